@@ -1,0 +1,79 @@
+"""Open files and directories.
+
+A write to a fabric file is buffered in its handle and committed at flush/fsync (so close()
+returns the verdict: EINVAL for a circuit Qiskit refuses) or, failing that, at release.
+Writers never share a buffer, so concurrent `cp`s onto one latest.qasm each become a whole
+version. Scratch files are written in place. Readers hold a snapshot taken at open, so a
+circuit deleted under an open reader does not break it.
+"""
+
+import dataclasses
+
+from fsops.nodes import Commit, Node
+from levels.scratch import ScratchFile
+
+Path = tuple[str, ...]
+
+
+@dataclasses.dataclass
+class FileHandle:
+    ino: int
+    path: Path
+    data: bytearray | bytes
+    writable: bool
+    commit: Commit | None = None
+    scratch: ScratchFile | None = None
+    subject: str | None = None
+    dirty: bool = False
+    imports: bool = False  # a /circuits/<name>.qasm import: the scratch goes at release
+
+    def read(self, offset: int, size: int) -> bytes:
+        return bytes(self.data[offset : offset + size])
+
+    def write(self, offset: int, buf: bytes) -> int:
+        data = self.data
+        assert isinstance(data, bytearray)
+        if offset > len(data):
+            data.extend(bytes(offset - len(data)))
+        data[offset : offset + len(buf)] = buf
+        self.dirty = True
+        if self.scratch is not None:
+            self.scratch.touch()
+        return len(buf)
+
+    def truncate(self, size: int) -> None:
+        data = self.data
+        assert isinstance(data, bytearray)
+        if size < len(data):
+            del data[size:]
+        else:
+            data.extend(bytes(size - len(data)))
+        self.dirty = True
+        if self.scratch is not None:
+            self.scratch.touch()
+
+    async def commit_if_dirty(self) -> None:
+        """Send the buffer to its commit target once; a failed commit is not retried."""
+        if not self.dirty or self.commit is None:
+            return
+        self.dirty = False
+        await self.commit(bytes(self.data))
+
+
+def open_handle(ino: int, path: Path, node: Node, content: bytes, writable: bool) -> FileHandle:
+    """A handle over a scratch file's own buffer, or over a private copy of `content`."""
+    if node.scratch is not None:
+        return FileHandle(
+            ino, path, node.scratch.data, writable, node.commit, node.scratch, node.subject,
+            imports=node.commit is not None,
+        )
+    data: bytearray | bytes = bytearray(content) if writable else content
+    return FileHandle(ino, path, data, writable, node.commit, None, node.subject)
+
+
+@dataclasses.dataclass
+class DirHandle:
+    """A directory listing snapshot: readdir offsets index it, stable while it is open."""
+
+    path: Path
+    entries: list[tuple[str, Node]]

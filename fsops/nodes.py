@@ -1,0 +1,177 @@
+"""What each kind of path is: its attributes, its content and what a write to it commits.
+
+Nodes are cheap views over levels/, made per request by fsops/routes.py. Slow work
+(parsing, drawing, searching) goes to a worker thread so the mount stays responsive.
+"""
+
+import dataclasses
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from levels.circuits import CircuitStore
+from levels.fabric import Fabric
+from levels.qasm import VIEW_FORMATS
+from levels.scratch import ScratchFile
+
+DIR, FILE, LINK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+
+# Immutable content may be cached by the kernel for long; mutable files are re-asked.
+IMMUTABLE_TIMEOUT = 300.0
+DIR_TIMEOUT = 1.0
+
+Commit = Callable[[bytes], Awaitable[None]]
+
+
+@dataclasses.dataclass
+class Node:
+    """One path's answer to getattr, open and readdir."""
+
+    kind: int
+    perm: int
+    mtime_ns: int
+    size: int = 0
+    attr_timeout: float = 0.0
+    entry_timeout: float = DIR_TIMEOUT  # 0 for names that may vanish behind the kernel's back
+    uid: int = dataclasses.field(default_factory=os.getuid)
+    gid: int = dataclasses.field(default_factory=os.getgid)
+    # Files: where the bytes come from, and (for files a write may change) where they go.
+    read: Callable[[], Awaitable[bytes]] | None = None
+    commit: Commit | None = None
+    live: bool = False  # made on every read (logs, errors): direct I/O, st_size 0
+    scratch: ScratchFile | None = None
+    link_target: str = ""
+    subject: str | None = None  # the circuit a refusal is reported under
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == DIR
+
+
+def directory(mtime_ns: int, perm: int = 0o755, timeout: float = DIR_TIMEOUT) -> Node:
+    return Node(DIR, perm, mtime_ns, attr_timeout=timeout)
+
+
+def constant(data: bytes, mtime_ns: int, perm: int = 0o444, timeout: float = 0.0) -> Node:
+    async def read() -> bytes:
+        return data
+
+    return Node(FILE, perm, mtime_ns, size=len(data), attr_timeout=timeout, read=read)
+
+
+def live(render: Callable[[], str], perm: int = 0o444) -> Node:
+    async def read() -> bytes:
+        return render().encode()
+
+    return Node(FILE, perm, time.time_ns(), read=read, live=True)
+
+
+def symlink(target: str, mtime_ns: int) -> Node:
+    return Node(
+        LINK, 0o777, mtime_ns, size=len(target.encode()), link_target=target, entry_timeout=0.0
+    )
+
+
+def scratch(file: ScratchFile, commit: Commit | None = None) -> Node:
+    async def read() -> bytes:
+        return bytes(file.data)
+
+    return Node(
+        FILE, file.mode & 0o7777, file.mtime_ns, size=len(file.data), uid=file.uid,
+        gid=file.gid, read=read, commit=commit, scratch=file,
+    )
+
+
+# -- circuits ------------------------------------------------------------------------------
+
+
+def commit_circuit_version(fabric: Fabric, name: str, create: bool) -> Commit:
+    """A write's bytes become the next version of circuit `name` after Qiskit accepts them."""
+
+    async def commit(data: bytes) -> None:
+        prepared = await trio.to_thread.run_sync(CircuitStore.prepare_version, data)
+        fabric.circuits.commit_version(name, prepared, create=create)
+
+    return commit
+
+
+def latest_file(fabric: Fabric, name: str) -> Node:
+    circuit = fabric.circuits.get(name)
+    latest = circuit.latest
+
+    async def read() -> bytes:
+        return fabric.circuits.source(name)
+
+    return Node(
+        FILE, 0o644, latest.created_ns if latest else circuit.created_ns,
+        size=latest.size if latest else 0, read=read,
+        commit=commit_circuit_version(fabric, name, create=False), subject=name,
+    )
+
+
+def version_source(fabric: Fabric, name: str, n: int) -> Node:
+    version = fabric.circuits.get(name).version(n)
+
+    async def read() -> bytes:
+        return fabric.circuits.source(name, n)
+
+    return Node(
+        FILE, 0o444, version.created_ns, size=version.size, attr_timeout=IMMUTABLE_TIMEOUT,
+        read=read, subject=name,
+    )
+
+
+async def version_view(fabric: Fabric, name: str, n: int, fmt: str) -> Node:
+    """A format view; rendered now (in a thread) because st_size must be exact."""
+    version = fabric.circuits.get(name).version(n)
+    data = await trio.to_thread.run_sync(fabric.circuits.view, name, n, fmt)
+    node = constant(data, version.created_ns, timeout=IMMUTABLE_TIMEOUT)
+    node.subject = name
+    return node
+
+
+def meta_file(fabric: Fabric, name: str) -> Node:
+    circuit = fabric.circuits.get(name)
+
+    async def commit(data: bytes) -> None:
+        fabric.circuits.set_meta(name, data)
+
+    node = constant(CircuitStore.meta_json(circuit), circuit.mtime_ns, perm=0o644)
+    node.commit = commit
+    node.subject = name
+    return node
+
+
+def stats_file(fabric: Fabric, name: str) -> Node:
+    circuit = fabric.circuits.get(name)
+    node = constant(CircuitStore.stats_json(circuit), circuit.mtime_ns)
+    node.subject = name
+    return node
+
+
+def result_file(fabric: Fabric, name: str, run: str) -> Node:
+    data = fabric.circuits.result(name, run)
+    node = constant(data, fabric.circuits.get(name).mtime_ns, perm=0o644)
+    node.commit = commit_result(fabric, name, run)
+    node.subject = name
+    return node
+
+
+def commit_result(fabric: Fabric, name: str, run: str) -> Commit:
+    async def commit(data: bytes) -> None:
+        fabric.circuits.put_result(name, run, data)
+
+    return commit
+
+
+def circuit_file_names(fabric: Fabric, name: str) -> list[str]:
+    """The fabric's own entries of a circuit directory (scratch files come on top)."""
+    circuit = fabric.circuits.get(name)
+    names = ["latest.qasm", "meta.json", "stats.json", "errors", "results", "similar"]
+    for version in circuit.versions:
+        names.append(f"v{version.n}.qasm")
+        names.extend(f"v{version.n}.{fmt}" for fmt in VIEW_FORMATS)
+    return names

@@ -1,0 +1,424 @@
+"""Level 3, CircuitFS: versioned OpenQASM circuits with metadata and results, in LMDB.
+
+Layout in the metadata store (one write transaction per change):
+  circuits  name -> JSON record {id, created, mtime, meta, versions: [{n, created, stats}], next}
+  names     name -> mtime in ns (8 bytes), so that listing 100k circuits decodes no JSON
+  sources   id/n -> the program text exactly as written (what you write is what you read)
+  results   id/run -> result JSON bytes
+Records are keyed by name but data by a stable id, so renaming a circuit moves one key.
+Parsing (slow, CPU-bound) is separate from committing (fast, one transaction): callers run
+`prepare_version` in a worker thread and `commit_version` where transactions are serialized.
+"""
+
+import dataclasses
+import json
+import re
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from levels.config import CircuitFsConfig
+from levels.errors import Exists, Invalid, NameTooLong, NotEmpty, NotFound, Unexpressible
+from levels.lru import LRU
+from levels.qasm import VIEW_FORMATS, CircuitStats, circuit_stats, parse_program, render_view
+from levels.store.meta import MetaStore, Txn
+
+MAX_NAME_BYTES = 200
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]*$")
+_RESULT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]*\.json$")
+META_FIELDS = {"description": str, "author": str, "tags": list, "parameters": dict}
+_MTIME = struct.Struct("<q")
+
+# Called with (name, search document) after a change, or (name, None) after a deletion.
+ChangeListener = Callable[[str, dict[str, Any] | None], None]
+
+
+def validate_name(name: str, what: str = "circuit name") -> None:
+    """Names become path components and Whoosh terms: keep them to a portable set."""
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise NameTooLong(f"{what} longer than {MAX_NAME_BYTES} bytes")
+    if not _NAME.match(name):
+        raise Invalid(
+            f"{what} {name!r}: use letters, digits and _ . + @ = -, not starting with . or -"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Version:
+    n: int
+    created_ns: int
+    stats: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        return int(self.stats["bytes"])
+
+
+@dataclasses.dataclass
+class Circuit:
+    name: str
+    id: str
+    created_ns: int
+    mtime_ns: int
+    meta: dict[str, Any]
+    versions: list[Version]
+    next_version: int
+
+    @property
+    def latest(self) -> Version | None:
+        return self.versions[-1] if self.versions else None
+
+    def version(self, n: int) -> Version:
+        for version in self.versions:
+            if version.n == n:
+                return version
+        raise NotFound(f"{self.name} has no version {n}")
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "id": self.id,
+                "created": self.created_ns,
+                "mtime": self.mtime_ns,
+                "meta": self.meta,
+                "versions": [
+                    {"n": v.n, "created": v.created_ns, "stats": v.stats} for v in self.versions
+                ],
+                "next": self.next_version,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, name: str, raw: bytes) -> "Circuit":
+        data = json.loads(raw)
+        return cls(
+            name=name,
+            id=data["id"],
+            created_ns=data["created"],
+            mtime_ns=data["mtime"],
+            meta=data["meta"],
+            versions=[Version(v["n"], v["created"], v["stats"]) for v in data["versions"]],
+            next_version=data["next"],
+        )
+
+    def search_document(self) -> dict[str, Any]:
+        latest = self.latest
+        stats = latest.stats if latest else {}
+        return {
+            "name": self.name,
+            "description": self.meta.get("description", ""),
+            "author": self.meta.get("author", ""),
+            "tags": list(self.meta.get("tags", [])),
+            "gates": sorted(stats.get("gate_counts", {})),
+            "qubits": int(stats.get("num_qubits", 0)),
+            "depth": int(stats.get("depth", 0)),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedVersion:
+    """A program that Qiskit accepted, with its statistics; not yet stored."""
+
+    source: bytes
+    stats: CircuitStats
+
+
+def _source_key(circuit_id: str, n: int) -> bytes:
+    return f"{circuit_id}/".encode() + n.to_bytes(8, "big")
+
+
+def _result_key(circuit_id: str, run: str) -> bytes:
+    return f"{circuit_id}/{run}".encode()
+
+
+class CircuitStore:
+    def __init__(
+        self,
+        meta: MetaStore,
+        config: CircuitFsConfig,
+        on_change: ChangeListener | None = None,
+    ) -> None:
+        self._meta = meta
+        self._config = config
+        self._on_change = on_change or (lambda _name, _doc: None)
+        self._parsed: LRU[Any] = LRU(max_entries=256)
+        self._views: LRU[bytes | str] = LRU(
+            max_entries=4096,
+            max_bytes=64 << 20,
+            sizeof=lambda v: len(v),
+        )
+
+    # -- reading -------------------------------------------------------------------------
+
+    def names_with_mtime(self) -> list[tuple[str, int]]:
+        """Every circuit name, sorted, with its mtime: the data of `ls -l /circuits`."""
+        with self._meta.reading() as txn:
+            return [(k.decode(), _MTIME.unpack(v)[0]) for k, v in txn.scan("names")]
+
+    def count(self) -> int:
+        with self._meta.reading() as txn:
+            return sum(1 for _ in txn.scan("names"))
+
+    def mtime(self, name: str) -> int | None:
+        """The circuit's mtime, or None when it does not exist (the cheap existence test)."""
+        with self._meta.reading() as txn:
+            raw = txn.get("names", name.encode())
+        return None if raw is None else _MTIME.unpack(raw)[0]
+
+    def get(self, name: str) -> Circuit:
+        with self._meta.reading() as txn:
+            return self._get(txn, name)
+
+    def all_circuits(self) -> Iterator[Circuit]:
+        with self._meta.reading() as txn:
+            for key, raw in txn.scan("circuits"):
+                yield Circuit.from_json(key.decode(), raw)
+
+    def source(self, name: str, n: int | None = None) -> bytes:
+        """The program text of version n (latest when None); b"" for a circuit with none."""
+        with self._meta.reading() as txn:
+            circuit = self._get(txn, name)
+            if n is None:
+                if circuit.latest is None:
+                    return b""
+                n = circuit.latest.n
+            circuit.version(n)
+            raw = txn.get("sources", _source_key(circuit.id, n))
+        if raw is None:
+            raise NotFound(f"{name} v{n}: source missing from the store")
+        return raw
+
+    def view(self, name: str, n: int, fmt: str) -> bytes:
+        """A format view of version n; slow on a miss (parsing, drawing): call from a thread."""
+        if fmt not in VIEW_FORMATS:
+            raise NotFound(f"no format view .{fmt}")
+        stats = self.get(name).version(n).stats
+        key = (stats["sha256"], fmt)
+        cached = self._views.get(key)
+        if cached is None:
+            try:
+                cached = render_view(self._circuit(name, n, stats["sha256"]), fmt)
+            except Unexpressible as exc:
+                cached = str(exc)
+            self._views.put(key, cached)
+        if isinstance(cached, str):
+            raise Unexpressible(f"{name} v{n}.{fmt}: {cached}")
+        return cached
+
+    def _circuit(self, name: str, n: int, sha256: str) -> Any:
+        circuit = self._parsed.get(sha256)
+        if circuit is None:
+            circuit = parse_program(self.source(name, n))
+            self._parsed.put(sha256, circuit)
+        return circuit
+
+    def results(self, name: str) -> list[tuple[str, int]]:
+        """(run file name, size) of every stored result of this circuit."""
+        with self._meta.reading() as txn:
+            circuit = self._get(txn, name)
+            prefix = f"{circuit.id}/".encode()
+            return [(k[len(prefix) :].decode(), len(v)) for k, v in txn.scan("results", prefix)]
+
+    def result(self, name: str, run: str) -> bytes:
+        with self._meta.reading() as txn:
+            circuit = self._get(txn, name)
+            raw = txn.get("results", _result_key(circuit.id, run))
+        if raw is None:
+            raise NotFound(f"{name} has no result {run}")
+        return raw
+
+    # -- changing ------------------------------------------------------------------------
+
+    def create(self, name: str) -> Circuit:
+        validate_name(name)
+        now = time.time_ns()
+        circuit = Circuit(name, uuid.uuid4().hex, now, now, {}, [], 1)
+        with self._meta.writing() as txn:
+            if txn.get("circuits", name.encode()) is not None:
+                raise Exists(f"circuit {name} already exists")
+            self._put(txn, circuit)
+        self._on_change(name, circuit.search_document())
+        return circuit
+
+    def delete(self, name: str) -> None:
+        """Delete a circuit with its versions; refused while it still holds results."""
+        with self._meta.writing() as txn:
+            circuit = self._get(txn, name)
+            prefix = f"{circuit.id}/".encode()
+            if any(True for _ in txn.scan("results", prefix)):
+                raise NotEmpty(f"circuit {name} still has results (rm them or use rm -r)")
+            for key, _ in list(txn.scan("sources", prefix)):
+                txn.delete("sources", key)
+            txn.delete("circuits", name.encode())
+            txn.delete("names", name.encode())
+        self._on_change(name, None)
+
+    def rename(self, old: str, new: str) -> None:
+        validate_name(new)
+        with self._meta.writing() as txn:
+            circuit = self._get(txn, old)
+            if txn.get("circuits", new.encode()) is not None:
+                raise Exists(f"circuit {new} already exists")
+            txn.delete("circuits", old.encode())
+            txn.delete("names", old.encode())
+            circuit.name = new
+            circuit.mtime_ns = time.time_ns()
+            self._put(txn, circuit)
+        self._on_change(old, None)
+        self._on_change(new, circuit.search_document())
+
+    @staticmethod
+    def prepare_version(source: bytes) -> PreparedVersion:
+        """Parse and measure a program (slow; run it in a worker thread)."""
+        circuit = parse_program(source)
+        return PreparedVersion(source, circuit_stats(source, circuit))
+
+    def commit_version(self, name: str, prepared: PreparedVersion, create: bool = False) -> int:
+        """Store a prepared program as the next version (one transaction); returns its number.
+
+        Content equal to the latest version is not a new version. Versions beyond
+        max_versions_per_artifact are dropped, oldest first.
+        """
+        if create:
+            validate_name(name)
+        with self._meta.writing() as txn:
+            circuit, n = self._commit_in(txn, name, prepared, create)
+        self._on_change(name, circuit.search_document())
+        return n
+
+    def commit_many(self, names: list[str], prepared: PreparedVersion) -> None:
+        """Bulk load: the same program as a version of many circuits, in one transaction."""
+        for name in names:
+            validate_name(name)
+        with self._meta.writing() as txn:
+            circuits = [self._commit_in(txn, name, prepared, True)[0] for name in names]
+        for circuit in circuits:
+            self._on_change(circuit.name, circuit.search_document())
+
+    def _commit_in(
+        self, txn: Txn, name: str, prepared: PreparedVersion, create: bool
+    ) -> tuple[Circuit, int]:
+        raw = txn.get("circuits", name.encode())
+        now = time.time_ns()
+        if raw is None:
+            if not create:
+                raise NotFound(f"no circuit {name}")
+            circuit = Circuit(name, uuid.uuid4().hex, now, now, {}, [], 1)
+        else:
+            circuit = Circuit.from_json(name, raw)
+        latest = circuit.latest
+        if latest is not None and latest.stats["sha256"] == prepared.stats.sha256:
+            return circuit, latest.n
+        stats = {**prepared.stats.as_dict(), "bytes": len(prepared.source)}
+        version = Version(circuit.next_version, now, stats)
+        circuit.versions.append(version)
+        circuit.next_version += 1
+        circuit.mtime_ns = now
+        keep = max(1, self._config.max_versions_per_artifact)
+        for dropped in circuit.versions[:-keep]:
+            txn.delete("sources", _source_key(circuit.id, dropped.n))
+        circuit.versions = circuit.versions[-keep:]
+        txn.put("sources", _source_key(circuit.id, version.n), prepared.source)
+        self._put(txn, circuit)
+        return circuit, version.n
+
+    def set_meta(self, name: str, document: bytes) -> None:
+        """Replace the user metadata from meta.json bytes, validated; `created` is kept."""
+        meta = parse_meta(document)
+        self.update_meta(name, lambda _old: meta)
+
+    def update_meta(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        with self._meta.writing() as txn:
+            circuit = self._get(txn, name)
+            circuit.meta = change(dict(circuit.meta))
+            circuit.mtime_ns = time.time_ns()
+            self._put(txn, circuit)
+        self._on_change(name, circuit.search_document())
+
+    def put_result(self, name: str, run: str, document: bytes) -> None:
+        if not _RESULT_NAME.match(run) or len(run.encode()) > MAX_NAME_BYTES:
+            raise Invalid(f"result name {run!r}: expected <run>.json with a portable name")
+        try:
+            json.loads(document)
+        except ValueError as exc:
+            raise Invalid(f"result {run} is not JSON: {exc}") from exc
+        with self._meta.writing() as txn:
+            circuit = self._get(txn, name)
+            txn.put("results", _result_key(circuit.id, run), document)
+
+    def delete_result(self, name: str, run: str) -> None:
+        with self._meta.writing() as txn:
+            circuit = self._get(txn, name)
+            key = _result_key(circuit.id, run)
+            if txn.get("results", key) is None:
+                raise NotFound(f"{name} has no result {run}")
+            txn.delete("results", key)
+
+    # -- rendering -----------------------------------------------------------------------
+
+    @staticmethod
+    def meta_json(circuit: Circuit) -> bytes:
+        document = {
+            "description": circuit.meta.get("description", ""),
+            "author": circuit.meta.get("author", ""),
+            "tags": circuit.meta.get("tags", []),
+            "parameters": circuit.meta.get("parameters", {}),
+            "created": _iso(circuit.created_ns),
+        }
+        return json.dumps(document, indent=2).encode() + b"\n"
+
+    @staticmethod
+    def stats_json(circuit: Circuit) -> bytes:
+        document = {
+            "name": circuit.name,
+            "latest": circuit.latest.n if circuit.latest else None,
+            "versions": [
+                {"version": v.n, "created": _iso(v.created_ns), **v.stats}
+                for v in circuit.versions
+            ],
+        }
+        return json.dumps(document, indent=2).encode() + b"\n"
+
+    # -- internals -----------------------------------------------------------------------
+
+    @staticmethod
+    def _get(txn: Txn, name: str) -> Circuit:
+        raw = txn.get("circuits", name.encode())
+        if raw is None:
+            raise NotFound(f"no circuit {name}")
+        return Circuit.from_json(name, raw)
+
+    @staticmethod
+    def _put(txn: Txn, circuit: Circuit) -> None:
+        txn.put("circuits", circuit.name.encode(), circuit.to_json())
+        txn.put("names", circuit.name.encode(), _MTIME.pack(circuit.mtime_ns))
+
+
+def parse_meta(document: bytes) -> dict[str, Any]:
+    """Validate meta.json: an object with known fields of the right types."""
+    try:
+        data = json.loads(document or b"{}")
+    except ValueError as exc:
+        raise Invalid(f"meta.json is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise Invalid("meta.json must be a JSON object")
+    meta: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "created":
+            continue  # read-only, always taken from the record
+        expected = META_FIELDS.get(key)
+        if expected is None:
+            raise Invalid(f"meta.json: unknown field {key!r} (known: {', '.join(META_FIELDS)})")
+        if not isinstance(value, expected):
+            raise Invalid(f"meta.json: {key} must be a {expected.__name__}")
+        if key == "tags" and not all(isinstance(t, str) and t.strip() for t in value):
+            raise Invalid("meta.json: tags must be non-empty strings")
+        meta[key] = value
+    return meta
+
+
+def _iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))

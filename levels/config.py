@@ -1,0 +1,102 @@
+"""Typed configuration with embedded defaults, read from the reference's qfs.yaml shape.
+
+Precedence, lowest first: embedded defaults, the YAML file, QFS_* environment variables.
+Unknown keys and badly typed values are refused with a message naming the key, because a
+typo in a config file must not silently fall back to a default.
+"""
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from levels.errors import Invalid
+
+
+@dataclasses.dataclass
+class CircuitFsConfig:
+    storage_backend: str = "lmdb"
+    indexing_enabled: bool = True
+    index_types: list[str] = dataclasses.field(default_factory=lambda: ["text", "metadata"])
+    versioning_enabled: bool = True
+    max_versions_per_artifact: int = 10
+    retention_policy: str = "7d"
+    search_result_limit: int = 10000
+    similar_result_limit: int = 10
+    index_commit_interval_ms: int = 200
+    lmdb_map_size_mb: int = 65536
+
+
+@dataclasses.dataclass
+class Config:
+    circuit_fs: CircuitFsConfig = dataclasses.field(default_factory=CircuitFsConfig)
+
+
+# QFS_* variables the reference names, mapped onto (section, key).
+ENVIRONMENT = {
+    "QFS_INDEXING_ENABLED": ("circuit_fs", "indexing_enabled"),
+    "QFS_MAX_VERSIONS": ("circuit_fs", "max_versions_per_artifact"),
+}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert a YAML or environment value to the type of its default, or refuse it."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif isinstance(default, list):
+        if isinstance(value, list):
+            return [str(v) for v in value]
+    elif isinstance(default, str) and isinstance(value, str | int | float):
+        return str(value)
+    raise Invalid(f"config key {key}: expected {type(default).__name__}, got {value!r}")
+
+
+def _apply(section_obj: Any, section: str, values: Mapping[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(section_obj)}
+    for key, value in values.items():
+        if key not in known:
+            raise Invalid(f"config key {section}.{key}: unknown key")
+        current = getattr(section_obj, key)
+        setattr(section_obj, key, _coerce(f"{section}.{key}", value, current))
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Build the effective configuration from defaults, an optional YAML file and QFS_* vars."""
+    config = Config()
+    sections = {f.name for f in dataclasses.fields(config)}
+    if path is not None:
+        try:
+            document = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise Invalid(f"config file {path}: {exc}") from exc
+        root = document.get("quantum_data_fabric", document) if isinstance(document, dict) else None
+        if not isinstance(root, dict):
+            raise Invalid(f"config file {path}: expected a mapping at the top")
+        for section, values in root.items():
+            if section not in sections:
+                raise Invalid(f"config key {section}: unknown section")
+            if not isinstance(values, dict):
+                raise Invalid(f"config key {section}: expected a mapping")
+            _apply(getattr(config, section), section, values)
+    env = os.environ if environ is None else environ
+    for variable, (section, key) in ENVIRONMENT.items():
+        if variable in env:
+            _apply(getattr(config, section), section, {key: env[variable]})
+    return config
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory, as XDG asks: $XDG_DATA_HOME/qfs or ~/.local/share/qfs."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "qfs"

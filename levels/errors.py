@@ -1,0 +1,41 @@
+"""Domain errors of the fabric.
+
+Each carries a readable reason. The FUSE layer maps each class to exactly one errno
+(fsops/errors.py), so levels never think in errno numbers.
+"""
+
+
+class QfsError(Exception):
+    """Base of every refusal the fabric gives on purpose."""
+
+
+class NotFound(QfsError):
+    """The named circuit, version, file or query result does not exist."""
+
+
+class Exists(QfsError):
+    """The name is already taken."""
+
+
+class NotEmpty(QfsError):
+    """A directory still holds data that deleting it would lose."""
+
+
+class Invalid(QfsError):
+    """The input is malformed: bad OpenQASM, bad JSON, bad name, bad command."""
+
+
+class ReadOnly(QfsError):
+    """The file is an immutable record (a version, a view, statistics)."""
+
+
+class NameTooLong(QfsError):
+    """A name is longer than the fabric stores."""
+
+
+class NoSpace(QfsError):
+    """The data directory or the LMDB map is full."""
+
+
+class Unexpressible(Invalid):
+    """A format view cannot represent this circuit (e.g. OpenQASM 2 of a dynamic circuit)."""

@@ -1,0 +1,217 @@
+"""The Whoosh index over circuits: derived data, always rebuildable from LMDB.
+
+A Whoosh commit per change caps indexing near 300 circuits/s (PERF-NOTES), so one
+background thread owns the writer and commits batches every `commit_interval`. A search
+first waits for every change submitted before it to be committed (read-your-writes: a
+circuit copied in is found by the very next `ls /search/...`), asking the writer to commit
+at once rather than at the end of its interval.
+"""
+
+import logging
+import re
+import shutil
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from whoosh import fields, index, qparser
+from whoosh.qparser.plugins import FieldAliasPlugin
+
+from levels.errors import Invalid
+
+log = logging.getLogger("qfs.search")
+
+SCHEMA = fields.Schema(
+    name=fields.ID(stored=True, unique=True),
+    title=fields.TEXT,
+    description=fields.TEXT,
+    author=fields.KEYWORD(lowercase=True),
+    tags=fields.KEYWORD(lowercase=True, commas=True, scorable=True),
+    gates=fields.KEYWORD(lowercase=True),
+    qubits=fields.NUMERIC(int),
+    depth=fields.NUMERIC(int),
+)
+DEFAULT_FIELDS = ["title", "description", "tags", "gates", "author"]
+ALIASES = {"tags": ["tag"], "gates": ["gate"], "qubits": ["qubit", "num_qubits"]}
+KNOWN_FIELDS = {"name", *DEFAULT_FIELDS, "qubits", "depth"} | {
+    alias for names in ALIASES.values() for alias in names
+}
+_FIELD_PREFIX = re.compile(r"(?:^|[\s(])([A-Za-z_]+):")
+_NAME_WORDS = re.compile(r"[_.+@=-]+")
+
+Document = dict[str, Any]
+Documents = Callable[[], Iterable[Document]]
+
+
+def _fields(doc: Document) -> Document:
+    return {
+        "name": doc["name"],
+        "title": f"{doc['name']} {_NAME_WORDS.sub(' ', doc['name'])}",
+        "description": doc.get("description", ""),
+        "author": doc.get("author", ""),
+        "tags": ",".join(doc.get("tags", [])),
+        "gates": " ".join(doc.get("gates", [])),
+        "qubits": int(doc.get("qubits", 0)),
+        "depth": int(doc.get("depth", 0)),
+    }
+
+
+class SearchIndex:
+    """Batched writer thread plus a shared, refreshed searcher."""
+
+    def __init__(self, path: Path, limit: int, commit_interval: float) -> None:
+        self._path = path
+        self._limit = limit
+        self._interval = commit_interval
+        self._cond = threading.Condition()
+        self._pending: dict[str, Document | None] = {}
+        self._submitted = 0  # generation of the newest submitted change
+        self._committed = 0  # generation that the index on disk has reached
+        self._flush_now = False
+        self._closing = False
+        self._ready = threading.Event()
+        self._failure: str | None = None
+        self._index: index.Index | None = None
+        self._searcher = None
+        self._parser = qparser.MultifieldParser(DEFAULT_FIELDS, SCHEMA)
+        self._parser.add_plugin(FieldAliasPlugin(ALIASES))
+        self._parser.add_plugin(qparser.GtLtPlugin())
+        self._thread: threading.Thread | None = None
+
+    def start(self, documents: Documents, expected: int, force: bool) -> None:
+        """Open the index (rebuilding it when missing, corrupt, stale or forced) in the thread."""
+        self._thread = threading.Thread(
+            target=self._run, args=(documents, expected, force), name="qfs-indexer", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, name: str, doc: Document | None) -> None:
+        with self._cond:
+            self._pending[name] = doc
+            self._submitted += 1
+            self._cond.notify_all()
+
+    def search(self, query: str) -> list[str]:
+        """Names of circuits matching a Whoosh query, best first (blocking: use a thread)."""
+        parsed = self._parse(query)
+        self.wait_committed()
+        with self._cond:
+            assert self._index is not None
+            if self._searcher is None:
+                self._searcher = self._index.searcher()
+            else:
+                self._searcher = self._searcher.refresh()
+            searcher = self._searcher
+        hits = searcher.search(parsed, limit=self._limit)
+        return [hit["name"] for hit in hits]
+
+    def _parse(self, query: str):
+        """Whoosh repairs malformed queries silently; refuse them instead, saying why."""
+        for opening, closing in ("[]", "()", "{}"):
+            if query.count(opening) != query.count(closing):
+                raise Invalid(f"bad search query {query!r}: unbalanced {opening}{closing}")
+        if query.count('"') % 2:
+            raise Invalid(f"bad search query {query!r}: unbalanced quotes")
+        for field in _FIELD_PREFIX.findall(query):
+            if field not in KNOWN_FIELDS:
+                raise Invalid(f"bad search query {query!r}: unknown field {field!r} "
+                              f"(known: {', '.join(sorted(KNOWN_FIELDS))})")
+        try:
+            return self._parser.parse(query)
+        except Exception as exc:
+            raise Invalid(f"bad search query {query!r}: {exc}") from exc
+
+    def wait_committed(self, timeout: float = 30.0) -> None:
+        if not self._ready.wait(timeout):
+            raise Invalid("the search index is still being rebuilt; try again shortly")
+        with self._cond:
+            target = self._submitted
+            self._flush_now = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._committed >= target or self._closing, timeout)
+        if self._failure:
+            raise Invalid(f"search index unavailable: {self._failure}")
+
+    def doc_count(self) -> int:
+        self.wait_committed()
+        assert self._index is not None
+        return self._index.doc_count()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self._searcher is not None:
+            self._searcher.close()
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _run(self, documents: Documents, expected: int, force: bool) -> None:
+        try:
+            self._open(documents, expected, force)
+        except Exception as exc:
+            log.exception("search index could not be opened or rebuilt")
+            self._failure = str(exc)
+            self._ready.set()
+            return
+        self._ready.set()
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._closing)
+                if not self._closing and not self._flush_now:
+                    self._cond.wait_for(lambda: self._flush_now or self._closing, self._interval)
+                batch, self._pending = self._pending, {}
+                generation = self._submitted
+                self._flush_now = False
+                closing = self._closing
+            if batch:
+                self._commit(batch)
+            with self._cond:
+                self._committed = generation
+                self._cond.notify_all()
+            if closing and not self._pending:
+                return
+
+    def _commit(self, batch: dict[str, Document | None]) -> None:
+        assert self._index is not None
+        writer = self._index.writer()
+        try:
+            for name, doc in batch.items():
+                if doc is None:
+                    writer.delete_by_term("name", name)
+                else:
+                    writer.update_document(**_fields(doc))
+            writer.commit()
+        except Exception:
+            writer.cancel()
+            log.exception("search index commit failed; %d changes not indexed", len(batch))
+
+    def _open(self, documents: Documents, expected: int, force: bool) -> None:
+        if not force and index.exists_in(str(self._path)):
+            try:
+                ix = index.open_dir(str(self._path))
+                if ix.doc_count() == expected:
+                    self._index = ix
+                    return
+                log.warning("search index holds %d of %d circuits: rebuilding",
+                            ix.doc_count(), expected)
+                ix.close()
+            except Exception:
+                log.warning("search index unreadable: rebuilding", exc_info=True)
+        self._rebuild(documents)
+
+    def _rebuild(self, documents: Documents) -> None:
+        shutil.rmtree(self._path, ignore_errors=True)
+        self._path.mkdir(parents=True)
+        ix = index.create_in(str(self._path), SCHEMA)
+        writer = ix.writer(limitmb=256)
+        count = 0
+        for doc in documents():
+            writer.add_document(**_fields(doc))
+            count += 1
+        writer.commit()
+        log.info("search index rebuilt with %d circuits", count)
+        self._index = ix

@@ -1,0 +1,1 @@
+"""Storage seams: the levels reach persistent data only through these interfaces."""

@@ -1,0 +1,83 @@
+"""The metadata store seam: a transactional key-value store with named tables.
+
+LMDB now. Each change the fabric makes is one write transaction, so a crash never leaves
+half a version. A shared database could implement the same `MetaStore` protocol later
+without touching the levels.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import lmdb
+
+from levels.errors import NoSpace
+
+TABLES = ("circuits", "sources", "results", "names")
+
+
+class Txn(Protocol):
+    def get(self, table: str, key: bytes) -> bytes | None: ...
+    def put(self, table: str, key: bytes, value: bytes) -> None: ...
+    def delete(self, table: str, key: bytes) -> None: ...
+    def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]: ...
+
+
+class MetaStore(Protocol):
+    def reading(self) -> contextlib.AbstractContextManager[Txn]: ...
+    def writing(self) -> contextlib.AbstractContextManager[Txn]: ...
+    def close(self) -> None: ...
+
+
+class _LmdbTxn:
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, object]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._dbs[table])
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._dbs[table])
+
+    def delete(self, table: str, key: bytes) -> None:
+        self._txn.delete(key, db=self._dbs[table])
+
+    def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        cursor = self._txn.cursor(db=self._dbs[table])
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+
+class LmdbMetaStore:
+    """One LMDB environment holding every table; writes are synced on commit."""
+
+    def __init__(self, path: Path, map_size_mb: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self._env = lmdb.open(
+            str(path), map_size=map_size_mb << 20, max_dbs=len(TABLES) + 4, subdir=True
+        )
+        self._dbs = {name: self._env.open_db(name.encode()) for name in TABLES}
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Txn]:
+        with self._env.begin(buffers=False) as txn:
+            yield _LmdbTxn(txn, self._dbs)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Txn]:
+        try:
+            with self._env.begin(write=True) as txn:
+                yield _LmdbTxn(txn, self._dbs)
+        except lmdb.MapFullError as exc:
+            raise NoSpace("the LMDB map is full (raise circuit_fs.lmdb_map_size_mb)") from exc
+        except lmdb.DiskError as exc:
+            raise NoSpace(f"the data directory is full: {exc}") from exc
+
+    def close(self) -> None:
+        self._env.close()

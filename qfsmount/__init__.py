@@ -1,0 +1,1 @@
+"""The `qfsmount` command: options, configuration, mount and daemon lifecycle."""

@@ -1,0 +1,99 @@
+"""Run the mounted filesystem: init, trio main loop, signals, close.
+
+SIGTERM/SIGINT/SIGHUP end the loop through pyfuse3.terminate() and unmount cleanly;
+`fusermount3 -u` ends it from outside. After an unexpected exception the mountpoint is
+left as it is (close(unmount=False)), never unmounted, so that a tool such as rsync --delete
+cannot mistake an empty directory for an emptied fabric. SIGUSR1 dumps every thread's stack
+to the log.
+"""
+
+import faulthandler
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from fsops.operations import Operations
+from levels.config import Config
+from levels.fabric import Fabric
+
+log = logging.getLogger("qfs")
+
+Ready = Callable[[str | None], None]
+
+
+def setup_logging(data_dir: Path, debug: bool, to_stderr: bool) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [logging.FileHandler(data_dir / "qfs.log")]
+    if to_stderr:
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def fuse_options(extra: list[str], debug: bool) -> set[str]:
+    options = set(pyfuse3.default_options) | {"fsname=qfs", "subtype=qfs"}
+    if os.getuid() == 0:
+        options.add("allow_other")  # other users see the fabric; permissions still apply
+    if debug:
+        options.add("debug")
+    options.update(o for o in extra if o)
+    return options
+
+
+async def _serve() -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                async for signum in sigs:
+                    log.info("signal %s: unmounting", signal.Signals(signum).name)
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def run(
+    mountpoint: Path,
+    data_dir: Path,
+    config: Config,
+    options: list[str],
+    debug: bool,
+    reindex: bool,
+    ready: Ready,
+) -> int:
+    """Mount and serve until unmounted; `ready` hears None once mounted, or the reason not."""
+    stack_log = open(data_dir / "qfs.log", "a")  # noqa: SIM115 - lives as long as the daemon
+    faulthandler.register(signal.SIGUSR1, file=stack_log, all_threads=True)
+    fabric = Fabric(data_dir, config, reindex=reindex)
+    operations = Operations(fabric)
+    try:
+        pyfuse3.init(operations, str(mountpoint), fuse_options(options, debug))
+    except RuntimeError as exc:
+        fabric.close()
+        ready(f"cannot mount {mountpoint}: {exc}")
+        return 1
+    log.info("mounted %s (data in %s)", mountpoint, data_dir)
+    ready(None)
+    try:
+        trio.run(_serve)
+    except BaseException:
+        log.exception("the filesystem loop failed; leaving the mountpoint as it is")
+        pyfuse3.close(unmount=False)
+        raise
+    finally:
+        fabric.close()
+    pyfuse3.close(unmount=True)
+    log.info("unmounted %s", mountpoint)
+    return 0

@@ -1,0 +1,184 @@
+"""Reading circuits: format views, metadata, statistics, results, search, similarity."""
+
+import errno
+import hashlib
+import json
+import os
+
+import pytest
+from qiskit import QuantumCircuit, qasm3, qpy
+from qiskit.quantum_info import Operator
+
+from tests.conftest import BELL, GHZ3
+
+pytestmark = pytest.mark.fuse
+
+DYNAMIC = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[2] q;
+bit[2] c;
+h q[0];
+c[0] = measure q[0];
+if (c[0]) { x q[1]; }
+c[1] = measure q[1];
+"""
+
+
+def _unitary_part(circuit: QuantumCircuit) -> Operator:
+    return Operator(circuit.remove_final_measurements(inplace=False))
+
+
+def test_qpy_view_loads_as_the_same_circuit(qfs):
+    ghz = qfs.write_circuit("ghz", GHZ3)
+    with open(ghz / "v1.qpy", "rb") as f:
+        (loaded,) = qpy.load(f)
+    reference = qasm3.loads(GHZ3)
+    assert _unitary_part(loaded).equiv(_unitary_part(reference))
+    assert loaded.count_ops() == reference.count_ops()
+
+
+def test_qasm2_and_qasm3_views_round_trip(qfs):
+    bell = qfs.write_circuit("bell")
+    via2 = QuantumCircuit.from_qasm_str((bell / "v1.qasm2").read_text())
+    via3 = qasm3.loads((bell / "v1.qasm3").read_text())
+    original = QuantumCircuit.from_qasm_str(BELL)
+    for circuit in (via2, via3):
+        assert _unitary_part(circuit).equiv(_unitary_part(original))
+
+
+def test_txt_view_is_the_text_drawing(qfs):
+    bell = qfs.write_circuit("bell")
+    drawing = (bell / "v1.txt").read_text()
+    assert drawing == str(QuantumCircuit.from_qasm_str(BELL).draw(output="text")) + "\n"
+
+
+def test_view_sizes_are_exact(qfs):
+    bell = qfs.write_circuit("bell")
+    (bell / "latest.qasm").write_text(GHZ3)
+    for name in os.listdir(bell):
+        path = bell / name
+        if path.is_file():
+            assert os.stat(path).st_size == len(path.read_bytes()) or name == "errors", name
+
+
+def test_qasm2_view_of_dynamic_circuit_is_refused(qfs):
+    dyn = qfs.write_circuit("dyn", DYNAMIC)
+    assert "v1.qasm3" in os.listdir(dyn)
+    assert "v1.qasm2" not in os.listdir(dyn)
+    with pytest.raises(OSError) as caught:
+        os.stat(dyn / "v1.qasm2")
+    assert caught.value.errno == errno.EINVAL
+    assert "OpenQASM 2" in (dyn / "errors").read_text()
+
+
+def test_stats_json(qfs):
+    ghz = qfs.write_circuit("ghz", GHZ3)
+    stats = json.loads((ghz / "stats.json").read_text())
+    (v1,) = stats["versions"]
+    assert v1["num_qubits"] == 3 and v1["num_clbits"] == 3
+    assert v1["gate_counts"] == {"h": 1, "cx": 2, "measure": 3}
+    assert v1["depth"] == 4
+    assert v1["sha256"] == hashlib.sha256(GHZ3.encode()).hexdigest()
+
+
+def test_meta_json_roundtrip_and_refusals(qfs):
+    bell = qfs.write_circuit("bell")
+    meta = bell / "meta.json"
+    meta.write_text(json.dumps({"description": "Bell pair", "author": "alice",
+                                "tags": ["entanglement"], "parameters": {"shots": 100}}))
+    stored = json.loads(meta.read_text())
+    assert stored["author"] == "alice" and stored["tags"] == ["entanglement"]
+    created = stored["created"]
+    for bad in ("{not json", "[1, 2]", '{"colour": "red"}', '{"tags": "x"}'):
+        f = open(meta, "w")
+        f.write(bad)
+        with pytest.raises(OSError) as caught:
+            f.close()
+        assert caught.value.errno == errno.EINVAL, bad
+    assert json.loads(meta.read_text()) == stored
+    assert "colour" in (bell / "errors").read_text()
+    assert json.loads(meta.read_text())["created"] == created
+
+
+def test_xattrs(qfs):
+    bell = qfs.write_circuit("bell")
+    os.setxattr(bell, "user.qfs.author", b"bob")
+    os.setxattr(bell, "user.qfs.tags", b"entanglement, demo")
+    assert os.getxattr(bell, "user.qfs.author") == b"bob"
+    assert json.loads((bell / "meta.json").read_text())["tags"] == ["entanglement", "demo"]
+    assert set(os.listxattr(bell)) >= {"user.qfs.author", "user.qfs.tags", "user.qfs.created"}
+    with pytest.raises(OSError) as caught:
+        os.getxattr(bell, "user.qfs.description")
+    assert caught.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as caught:
+        os.setxattr(bell, "user.other", b"x")
+    assert caught.value.errno == errno.ENOTSUP
+    with pytest.raises(OSError) as caught:
+        os.setxattr(bell, "user.qfs.parameters", b"[1]")
+    assert caught.value.errno == errno.EINVAL
+    os.removexattr(bell, "user.qfs.author")
+    assert json.loads((bell / "meta.json").read_text())["author"] == ""
+
+
+def test_results_files(qfs, tmp_path):
+    bell = qfs.write_circuit("bell")
+    result = tmp_path / "run-1.json"
+    result.write_text('{"counts": {"00": 510, "11": 514}}')
+    os.system(f"cp {result} {bell}/results/")
+    assert os.listdir(bell / "results") == ["run-1.json"]
+    assert (bell / "results" / "run-1.json").read_text() == result.read_text()
+    f = open(bell / "results" / "bad.json", "w")
+    f.write("{nope")
+    with pytest.raises(OSError) as caught:
+        f.close()
+    assert caught.value.errno == errno.EINVAL
+    assert os.listdir(bell / "results") == ["run-1.json"]
+
+
+def test_rmdir_refuses_with_results(qfs):
+    bell = qfs.write_circuit("bell")
+    (bell / "results" / "r.json").write_text("{}")
+    with pytest.raises(OSError) as caught:
+        os.rmdir(bell)
+    assert caught.value.errno == errno.ENOTEMPTY
+    assert (bell / "v1.qasm").read_text() == BELL
+    (bell / "results" / "r.json").unlink()
+    os.rmdir(bell)
+    assert not bell.exists()
+
+
+def test_search_queries(qfs):
+    bell = qfs.write_circuit("bell")
+    qfs.write_circuit("ghz", GHZ3)
+    qfs.write_circuit("bell_pair_two")
+    (bell / "meta.json").write_text('{"author": "alice", "tags": ["entanglement"]}')
+    search = qfs.root / "search"
+
+    def hits(query):
+        return sorted(os.listdir(search / query))
+
+    assert hits("bell") == ["bell", "bell_pair_two"]
+    assert hits("tag:entanglement author:alice") == ["bell"]
+    assert hits("qubits:[3 TO 5]") == ["ghz"]
+    assert hits("gate:cx qubits:2") == ["bell", "bell_pair_two"]
+    assert hits("nothing_matches_this") == []
+    link = search / "ghz" / "ghz"
+    assert os.readlink(link) == "../../circuits/ghz"
+    assert (link / "v1.qasm").read_text() == GHZ3
+    with pytest.raises(OSError) as caught:
+        os.listdir(search / "qubits:[2 TO")
+    assert caught.value.errno == errno.EINVAL
+
+
+def test_similar_ranks_by_structure(qfs):
+    qfs.write_circuit("bell")
+    qfs.write_circuit("bell_copy", BELL + "// same shape\n")
+    qfs.write_circuit("ghz", GHZ3)
+    qfs.write_circuit("only_x", "OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[5];\n"
+                      "x q[0];\nx q[1];\nx q[2];\nx q[3];\n")
+    similar = sorted(os.listdir(qfs.circuits / "bell" / "similar"))
+    assert similar[0] == "01-bell_copy"
+    assert similar[-1].endswith("-only_x") or "only_x" not in "".join(similar)
+    target = qfs.circuits / "bell" / "similar" / "01-bell_copy"
+    assert os.readlink(target) == "../../bell_copy"
+    assert (target / "v1.qasm").exists()

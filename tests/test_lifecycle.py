@@ -1,0 +1,109 @@
+"""qfsmount as a command: backgrounding, clear refusals, clean unmounts, remount."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import BELL, QFSMOUNT
+
+pytestmark = pytest.mark.fuse
+
+
+def _wait_unmounted(path, proc=None, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while os.path.ismount(path):
+        assert time.monotonic() < deadline, "still mounted"
+        time.sleep(0.05)
+    if proc is not None:
+        assert proc.wait(timeout=timeout) == 0
+
+
+def test_backgrounds_like_sshfs_and_fusermount_unmounts(tmp_path):
+    mnt, data = tmp_path / "m", tmp_path / "d"
+    mnt.mkdir()
+    done = subprocess.run([*QFSMOUNT, str(mnt), "--data", str(data)], timeout=60)
+    try:
+        assert done.returncode == 0
+        assert os.path.ismount(mnt)  # mounted by the time the command returned
+        assert sorted(os.listdir(mnt)) == [".qfs", "circuits", "search"]
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    _wait_unmounted(mnt)
+    assert "Traceback" not in (data / "qfs.log").read_text()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_cleanly(qfs, signum):
+    qfs.write_circuit("kept")
+    qfs.proc.send_signal(signum)
+    _wait_unmounted(qfs.root, qfs.proc)
+    qfs.proc = None
+    assert "unmounted" in qfs.daemon_log()
+
+
+def test_missing_mountpoint_is_a_message_not_a_traceback(tmp_path):
+    done = subprocess.run([*QFSMOUNT, str(tmp_path / "nope")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_busy_mountpoint_is_refused(qfs):
+    done = subprocess.run([*QFSMOUNT, str(qfs.root), "--data", str(qfs.data) + "2"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "busy" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_config_names_the_key(tmp_path):
+    (tmp_path / "m").mkdir()
+    config = tmp_path / "qfs.yaml"
+    config.write_text("quantum_data_fabric:\n  circuit_fs:\n    max_versions: 3\n")
+    done = subprocess.run([*QFSMOUNT, str(tmp_path / "m"), "--config", str(config)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "circuit_fs.max_versions" in done.stderr
+
+
+def test_remount_keeps_everything(mount_factory):
+    first = mount_factory()
+    first.write_circuit("bell")
+    (first.circuits / "bell" / "latest.qasm").write_text(BELL.replace("h q[0]", "x q[0]"))
+    (first.circuits / "bell" / "meta.json").write_text('{"author": "alice", "tags": ["demo"]}')
+    (first.circuits / "bell" / "results" / "run1.json").write_text('{"counts": {"00": 3}}')
+    first.stop()
+    second = mount_factory(data=first.data)
+    bell = second.circuits / "bell"
+    assert (bell / "v1.qasm").read_text() == BELL
+    assert "x q[0]" in (bell / "latest.qasm").read_text()
+    assert '"alice"' in (bell / "meta.json").read_text()
+    assert (bell / "results" / "run1.json").read_text() == '{"counts": {"00": 3}}'
+    assert os.listdir(second.root / "search" / "author:alice") == ["bell"]
+
+
+def test_search_index_rebuilt_when_missing(mount_factory):
+    first = mount_factory()
+    first.write_circuit("ghost")
+    first.stop()
+    shutil.rmtree(first.data / "index")
+    second = mount_factory(data=first.data)
+    assert os.listdir(second.root / "search" / "ghost") == ["ghost"]
+
+
+def test_reindex_option_rebuilds(mount_factory):
+    first = mount_factory()
+    first.write_circuit("phoenix")
+    first.stop()
+    second = mount_factory(data=first.data, extra=["--reindex"])
+    assert os.listdir(second.root / "search" / "phoenix") == ["phoenix"]
+    assert "rebuilt with 1 circuits" in (first.data / "qfs.log").read_text()
+
+
+def test_module_entry_point_runs():
+    done = subprocess.run([sys.executable, "-m", "qfsmount.cli", "--help"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and "MOUNTPOINT" in done.stdout.upper()
