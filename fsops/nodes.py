@@ -12,16 +12,20 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from levels.circuits import CircuitStore
+from levels.circuits import CircuitStore, PreparedVersion
 from levels.fabric import Fabric
 from levels.qasm import VIEW_FORMATS
 from levels.scratch import ScratchFile
+from levels.workers import run_in_process
 
 DIR, FILE, LINK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
 
 # Immutable content may be cached by the kernel for long; mutable files are re-asked.
 IMMUTABLE_TIMEOUT = 300.0
 DIR_TIMEOUT = 1.0
+
+# Programs larger than this are parsed in a separate process (see levels/workers.py).
+PROCESS_PARSE_BYTES = 32 * 1024
 
 Commit = Callable[[bytes], Awaitable[None]]
 
@@ -92,10 +96,18 @@ def commit_circuit_version(fabric: Fabric, name: str, create: bool) -> Commit:
     """A write's bytes become the next version of circuit `name` after Qiskit accepts them."""
 
     async def commit(data: bytes) -> None:
-        prepared = await trio.to_thread.run_sync(CircuitStore.prepare_version, data)
+        prepared = await trio.to_thread.run_sync(prepare_off_loop, data)
         fabric.circuits.commit_version(name, prepared, create=create)
 
     return commit
+
+
+def prepare_off_loop(source: bytes) -> PreparedVersion:
+    """Parse in this worker thread, or in a pool process when the program is big enough
+    that holding the GIL for it would stall every other request."""
+    if len(source) > PROCESS_PARSE_BYTES:
+        return run_in_process(CircuitStore.prepare_version, source)
+    return CircuitStore.prepare_version(source)
 
 
 def latest_file(fabric: Fabric, name: str) -> Node:

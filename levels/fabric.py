@@ -6,6 +6,7 @@ Programs and tests use this without FUSE; the mount wraps it.
 import logging
 from pathlib import Path
 
+from levels import workers
 from levels.circuits import CircuitStore
 from levels.config import Config
 from levels.oplog import OpLog
@@ -38,3 +39,4 @@ class Fabric:
     def close(self) -> None:
         self.search.close()
         self.meta.close()
+        workers.shutdown()

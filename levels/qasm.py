@@ -20,7 +20,7 @@ from levels.errors import Invalid, Unexpressible
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
 
-_VERSION_LINE = re.compile(rb"^\s*OPENQASM\s+([0-9]+)(?:\.([0-9]+))?\s*;", re.MULTILINE)
+_VERSION_LINE = re.compile(rb"OPENQASM\s+([0-9]+)(?:\.([0-9]+))?\s*;")
 _LEADING_COMMENTS = re.compile(rb"\A(?:\s+|//[^\n]*\n|/\*.*?\*/)*", re.DOTALL)
 
 # Format views made on read, by file extension.

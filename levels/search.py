@@ -74,6 +74,9 @@ class SearchIndex:
         self._failure: str | None = None
         self._index: index.Index | None = None
         self._searcher = None
+        self._searcher_commits = -1
+        self._commits = 0  # index commits so far, to know when the searcher is stale
+        self._search_lock = threading.Lock()
         self._parser = qparser.MultifieldParser(DEFAULT_FIELDS, SCHEMA)
         self._parser.add_plugin(FieldAliasPlugin(ALIASES))
         self._parser.add_plugin(qparser.GtLtPlugin())
@@ -96,15 +99,20 @@ class SearchIndex:
         """Names of circuits matching a Whoosh query, best first (blocking: use a thread)."""
         parsed = self._parse(query)
         self.wait_committed()
-        with self._cond:
-            assert self._index is not None
-            if self._searcher is None:
+        with self._search_lock:
+            with self._cond:
+                assert self._index is not None
+                stale = self._searcher_commits != self._commits
+                commits = self._commits
+            # Searcher.refresh() misses deletion-only commits; reopen after any commit.
+            # Searches are serialized, so the old searcher can be closed at once.
+            if self._searcher is None or stale:
+                if self._searcher is not None:
+                    self._searcher.close()
                 self._searcher = self._index.searcher()
-            else:
-                self._searcher = self._searcher.refresh()
-            searcher = self._searcher
-        hits = searcher.search(parsed, limit=self._limit)
-        return [hit["name"] for hit in hits]
+                self._searcher_commits = commits
+            hits = self._searcher.search(parsed, limit=self._limit)
+            return [hit["name"] for hit in hits]
 
     def _parse(self, query: str):
         """Whoosh repairs malformed queries silently; refuse them instead, saying why."""
@@ -144,8 +152,9 @@ class SearchIndex:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        if self._searcher is not None:
-            self._searcher.close()
+        with self._search_lock:
+            if self._searcher is not None:
+                self._searcher.close()
 
     # -- the writer thread ---------------------------------------------------------------
 
@@ -170,6 +179,7 @@ class SearchIndex:
             if batch:
                 self._commit(batch)
             with self._cond:
+                self._commits += 1 if batch else 0
                 self._committed = generation
                 self._cond.notify_all()
             if closing and not self._pending:

@@ -1,0 +1,111 @@
+"""Level 3 without FUSE: the store, the parsers and the index, on a real LMDB and Whoosh."""
+
+import pytest
+
+from levels.circuits import CircuitStore, parse_meta, validate_name
+from levels.config import load_config
+from levels.errors import Exists, Invalid, NameTooLong, NotEmpty, NotFound
+from levels.fabric import Fabric
+from levels.qasm import parse_program, qasm_major_version
+from levels.similar import rank_similar
+from tests.conftest import BELL, GHZ3
+
+
+@pytest.fixture
+def fabric(tmp_path):
+    f = Fabric(tmp_path / "data", load_config(environ={"QFS_MAX_VERSIONS": "2"}))
+    yield f
+    f.close()
+
+
+def prepare(text: str):
+    return CircuitStore.prepare_version(text.encode())
+
+
+def test_version_line_chooses_the_parser():
+    assert qasm_major_version(b"// c\n/* x */ OPENQASM 2.0;\n") == 2
+    assert qasm_major_version(b"OPENQASM 3;\n") == 3
+    assert qasm_major_version(b"qubit q;\n") == 3
+    legacy = "OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[3];\nsx q[0];\ncswap q[0],q[1],q[2];\n"
+    assert parse_program(legacy.encode()).count_ops() == {"sx": 1, "cswap": 1}
+
+
+@pytest.mark.parametrize("bad", [b"", b"\xff\xfe", b"OPENQASM 2.0;\nqreg q[1];\nfoo q[0];\n",
+                                 b"OPENQASM 3.0;\nqubit q;\nnot_a_gate q;\n"])
+def test_invalid_programs_are_refused(bad):
+    with pytest.raises(Invalid):
+        parse_program(bad)
+
+
+def test_names():
+    validate_name("bell_2.v3+x@y=z-w")
+    for bad in ("", ".hidden", "-x", "a b", "a/b", "é"):
+        with pytest.raises(Invalid):
+            validate_name(bad)
+    with pytest.raises(NameTooLong):
+        validate_name("x" * 201)
+
+
+def test_versions_retention_and_dedup(fabric):
+    store = fabric.circuits
+    assert store.commit_version("bell", prepare(BELL), create=True) == 1
+    assert store.commit_version("bell", prepare(BELL)) == 1
+    assert store.commit_version("bell", prepare(GHZ3)) == 2
+    assert store.commit_version("bell", prepare(BELL)) == 3
+    circuit = store.get("bell")
+    assert [v.n for v in circuit.versions] == [2, 3]
+    assert store.source("bell") == BELL.encode()
+    with pytest.raises(NotFound):
+        store.source("bell", 1)
+    with pytest.raises(NotFound):
+        store.commit_version("absent", prepare(BELL))
+
+
+def test_rename_delete_and_results(fabric):
+    store = fabric.circuits
+    store.commit_version("a", prepare(BELL), create=True)
+    store.create("b")
+    with pytest.raises(Exists):
+        store.rename("a", "b")
+    store.rename("a", "c")
+    assert store.source("c") == BELL.encode()
+    store.put_result("c", "r1.json", b'{"counts": {}}')
+    with pytest.raises(Invalid):
+        store.put_result("c", "r2.json", b"{")
+    with pytest.raises(NotEmpty):
+        store.delete("c")
+    store.delete_result("c", "r1.json")
+    store.delete("c")
+    assert [n for n, _ in store.names_with_mtime()] == ["b"]
+
+
+def test_meta_validation():
+    assert parse_meta(b'{"author": "a", "created": "ignored"}') == {"author": "a"}
+    for bad in (b"[]", b'{"x": 1}', b'{"tags": [""]}', b'{"parameters": []}', b"{"):
+        with pytest.raises(Invalid):
+            parse_meta(bad)
+
+
+def test_search_sees_every_change_before_it(fabric):
+    store = fabric.circuits
+    store.commit_version("bell", prepare(BELL), create=True)
+    store.commit_version("ghz", prepare(GHZ3), create=True)
+    store.update_meta("ghz", lambda m: {**m, "tags": ["entanglement"]})
+    assert fabric.search.search("tag:entanglement") == ["ghz"]
+    assert sorted(fabric.search.search("gate:cx")) == ["bell", "ghz"]
+    store.rename("ghz", "ghz3")
+    assert fabric.search.search("tag:entanglement") == ["ghz3"]
+    for bad in ("qubits:[1 TO", "colour:red", '"open'):
+        with pytest.raises(Invalid):
+            fabric.search.search(bad)
+
+
+def test_similarity_prefers_same_shape():
+    bell = {"gate_counts": {"h": 1, "cx": 1, "measure": 2}, "num_qubits": 2, "depth": 3}
+    ranked = rank_similar(bell, [
+        ("xs", {"gate_counts": {"x": 40}, "num_qubits": 20, "depth": 2}),
+        ("twin", dict(bell)),
+        ("ghz", {"gate_counts": {"h": 1, "cx": 2, "measure": 3}, "num_qubits": 3, "depth": 4}),
+    ], limit=10)
+    assert [n for n, _ in ranked][:2] == ["twin", "ghz"]
+    assert ranked[0][1] == pytest.approx(1.0)
