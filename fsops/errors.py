@@ -24,6 +24,8 @@ ERRNO: dict[type[errors.QfsError], int] = {
     errors.ReadOnly: errno.EACCES,
     errors.NameTooLong: errno.ENAMETOOLONG,
     errors.NoSpace: errno.ENOSPC,
+    errors.Busy: errno.EBUSY,
+    errors.PermissionDenied: errno.EACCES,
 }
 
 # Refusals that are routine lookups, not worth a line in /.qfs/log.

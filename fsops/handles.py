@@ -9,7 +9,7 @@ circuit deleted under an open reader does not break it.
 
 import dataclasses
 
-from fsops.nodes import Commit, Node
+from fsops.nodes import Commit, Control, Node
 from levels.scratch import ScratchFile
 
 Path = tuple[str, ...]
@@ -26,6 +26,8 @@ class FileHandle:
     subject: str | None = None
     dirty: bool = False
     imports: bool = False  # a /circuits/<name>.qasm import: the scratch goes at release
+    control: Control | None = None  # a control file: each write() runs one command
+    uid: int = 0  # who opened it (commands are checked against the task's owner)
 
     def read(self, offset: int, size: int) -> bytes:
         return bytes(self.data[offset : offset + size])
@@ -60,8 +62,12 @@ class FileHandle:
         await self.commit(bytes(self.data))
 
 
-def open_handle(ino: int, path: Path, node: Node, content: bytes, writable: bool) -> FileHandle:
+def open_handle(
+    ino: int, path: Path, node: Node, content: bytes, writable: bool, uid: int = 0
+) -> FileHandle:
     """A handle over a scratch file's own buffer, or over a private copy of `content`."""
+    if node.control is not None:
+        return FileHandle(ino, path, content, writable, control=node.control, uid=uid)
     if node.scratch is not None:
         return FileHandle(
             ino, path, node.scratch.data, writable, node.commit, node.scratch, node.subject,

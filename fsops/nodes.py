@@ -28,6 +28,8 @@ DIR_TIMEOUT = 1.0
 PROCESS_PARSE_BYTES = 32 * 1024
 
 Commit = Callable[[bytes], Awaitable[None]]
+# A control command: (line, uid of the writer) -> the reply readable from the file.
+Control = Callable[[str, int], Awaitable[str]]
 
 
 @dataclasses.dataclass
@@ -49,6 +51,7 @@ class Node:
     scratch: ScratchFile | None = None
     link_target: str = ""
     subject: str | None = None  # the circuit a refusal is reported under
+    control: Control | None = None  # control files: each write() is one command
 
     @property
     def is_dir(self) -> bool:
@@ -71,6 +74,13 @@ def live(render: Callable[[], str], perm: int = 0o444) -> Node:
         return render().encode()
 
     return Node(FILE, perm, time.time_ns(), read=read, live=True)
+
+
+def control_file(key: str, oplog, control: Control) -> Node:
+    """A sysfs-style control file: writes are commands, reads give the last reply."""
+    node = live(lambda: oplog.reply(key), perm=0o666)
+    node.control = control
+    return node
 
 
 def symlink(target: str, mtime_ns: int) -> Node:

@@ -15,12 +15,12 @@ from typing import Any
 import pyfuse3
 
 from fsops import routes
-from fsops.errors import guarded
+from fsops.errors import errno_of, guarded
 from fsops.handles import DirHandle, FileHandle, open_handle
 from fsops.inodes import InodeTable, Path
 from fsops.nodes import IMMUTABLE_TIMEOUT, Node
 from levels.circuits import CircuitStore
-from levels.errors import Exists, Invalid, NotEmpty, NotFound, ReadOnly
+from levels.errors import Exists, Invalid, NotEmpty, NotFound, QfsError, ReadOnly
 from levels.fabric import Fabric
 
 log = logging.getLogger("qfs.fsops")
@@ -147,6 +147,8 @@ class Operations(pyfuse3.Operations):
             del data[size:]
             data.extend(bytes(size - len(data)))
             node.scratch.touch()
+        elif node.control is not None:
+            pass  # `echo cmd > ctl` truncates first: control files have nothing to cut
         elif node.commit is not None and node.read is not None:
             content = (await node.read())[:size]
             await node.commit(content + bytes(size - len(content)))
@@ -322,12 +324,12 @@ class Operations(pyfuse3.Operations):
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
             writable = bool(flags & WRITE_FLAGS)
-            if writable and node.commit is None and node.scratch is None:
+            if writable and node.commit is None and node.scratch is None and not node.control:
                 raise routes.refuse_write(path)
             # libfuse3 negotiates atomic O_TRUNC: truncation arrives here, not as setattr.
-            truncate = writable and bool(flags & os.O_TRUNC)
+            truncate = writable and bool(flags & os.O_TRUNC) and node.control is None
             content = b"" if node.scratch is not None or truncate else await node.read()
-            handle = open_handle(inode, path, node, content, writable)
+            handle = open_handle(inode, path, node, content, writable, ctx.uid)
             if truncate:
                 handle.truncate(0)
             return self._file_info(self._register(handle), node)
@@ -365,7 +367,22 @@ class Operations(pyfuse3.Operations):
         handle = self._files[fh]
         if not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
-        return handle.write(off, buf)
+        if handle.control is None:
+            return handle.write(off, buf)
+        key = "/".join(handle.path)
+        with self._guard("write", handle.path):
+            try:
+                line = bytes(buf).decode()
+            except UnicodeDecodeError as exc:
+                raise Invalid("commands are UTF-8 text") from exc
+            try:
+                reply = await handle.control(line, handle.uid)
+            except QfsError as exc:
+                name = errno.errorcode.get(errno_of(exc), "EIO")
+                self.fabric.oplog.set_reply(key, f"error: {name}: {exc}")
+                raise
+            self.fabric.oplog.set_reply(key, f"ok: {reply}")
+            return len(buf)
 
     async def flush(self, fh):
         handle = self._files[fh]

@@ -15,7 +15,7 @@ import time
 
 import trio
 
-from fsops import nodes
+from fsops import nodes, qubit_routes
 from fsops.nodes import Node
 from levels.errors import Invalid, NotFound, ReadOnly
 from levels.fabric import Fabric
@@ -27,6 +27,11 @@ CIRCUITS, SEARCH, OPS = "circuits", "search", ".qfs"
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]{0,9})\.([a-z0-9]+)$")
 _SIMILAR = re.compile(r"^[0-9]+-(.+)$")
 _STARTED_NS = time.time_ns()
+# /.qfs files: name -> (fabric -> text renderer).
+OPS_FILES = {
+    "log": lambda fabric: fabric.oplog.text,
+    "metrics": lambda fabric: lambda: fabric.metrics.exposition().decode(),
+}
 
 
 def import_name(filename: str) -> str | None:
@@ -105,8 +110,13 @@ async def resolve(fabric: Fabric, path: Path) -> Node:
     if top == OPS:
         if depth == 1:
             return nodes.directory(_STARTED_NS, perm=0o555)
-        if depth == 2 and path[1] == "log":
-            return nodes.live(fabric.oplog.text)
+        if depth == 2 and path[1] in OPS_FILES:
+            return nodes.live(OPS_FILES[path[1]](fabric))
+    if top == qubit_routes.DEVICES and depth == 1:
+        return nodes.directory(_STARTED_NS, perm=0o555)
+    device = qubit_routes.split_device(fabric, path)
+    if device is not None:
+        return qubit_routes.resolve(fabric, device[0], device[1], path)
     raise NotFound("/".join(path))
 
 
@@ -169,7 +179,9 @@ async def list_dir(fabric: Fabric, path: Path) -> list[tuple[str, Node]]:
     """Every entry of a directory with its node (readdir returns attributes too)."""
     depth = len(path)
     if depth == 0:
-        names = [CIRCUITS, SEARCH, OPS]
+        names = [CIRCUITS, SEARCH, OPS, qubit_routes.QUBITS]
+        if qubit_routes.other_devices(fabric):
+            names.append(qubit_routes.DEVICES)
     elif path == (CIRCUITS,):
         entries = [(n, nodes.directory(m)) for n, m in fabric.circuits.names_with_mtime()]
         return entries + _scratch_entries(fabric, path)
@@ -189,7 +201,11 @@ async def list_dir(fabric: Fabric, path: Path) -> list[tuple[str, Node]]:
         return [(n, nodes.symlink(f"../../{CIRCUITS}/{n}", now))
                 for n in await search(fabric, path[1])]
     elif path == (OPS,):
-        names = ["log"]
+        names = list(OPS_FILES)
+    elif path == (qubit_routes.DEVICES,):
+        names = qubit_routes.other_devices(fabric)
+    elif (device := qubit_routes.split_device(fabric, path)) is not None:
+        names = qubit_routes.list_names(fabric, *device)
     else:
         raise NotFound("/".join(path))
     return [(n, await resolve(fabric, (*path, n))) for n in names]

@@ -208,6 +208,14 @@ class CircuitStore:
             raise Unexpressible(f"{name} v{n}.{fmt}: {cached}")
         return cached
 
+    def circuit(self, name: str, n: int | None = None) -> Any:
+        """The parsed QuantumCircuit of version n (latest when None), cached by content."""
+        circuit = self.get(name)
+        version = circuit.version(n) if n is not None else circuit.latest
+        if version is None:
+            raise Invalid(f"circuit {name} has no version yet")
+        return self._circuit(name, version.n, version.stats["sha256"])
+
     def _circuit(self, name: str, n: int, sha256: str) -> Any:
         circuit = self._parsed.get(sha256)
         if circuit is None:

@@ -30,16 +30,36 @@ class CircuitFsConfig:
     lmdb_map_size_mb: int = 65536
 
 
+DEFAULT_DEVICES = [{"name": "eagle", "qubits": 127, "topology": "heavy_hex", "seed": 7}]
+
+
+@dataclasses.dataclass
+class LiveQubitConfig:
+    allocation_strategy: str = "topology_noise_aware"
+    feedforward_enabled: bool = True
+    feedforward_latency_target_ms: int = 10
+    isolation_level: str = "none"  # the default isolate= of alloc commands
+    calibration_interval: str = "1h"
+    telemetry_collection_interval: str = "1s"
+    temporal_cooldown_ms: int = 1000
+    # The first device is /qubits; the others appear under /devices/<name>/.
+    devices: list[dict] = dataclasses.field(default_factory=lambda: list(DEFAULT_DEVICES))
+
+
 @dataclasses.dataclass
 class Config:
     circuit_fs: CircuitFsConfig = dataclasses.field(default_factory=CircuitFsConfig)
+    live_qubit_mgr: LiveQubitConfig = dataclasses.field(default_factory=LiveQubitConfig)
 
 
 # QFS_* variables the reference names, mapped onto (section, key).
 ENVIRONMENT = {
     "QFS_INDEXING_ENABLED": ("circuit_fs", "indexing_enabled"),
     "QFS_MAX_VERSIONS": ("circuit_fs", "max_versions_per_artifact"),
+    "QFS_ALLOCATION_STRATEGY": ("live_qubit_mgr", "allocation_strategy"),
+    "QFS_FEEDFORWARD_ENABLED": ("live_qubit_mgr", "feedforward_enabled"),
 }
+_DEVICE_KEYS = {"name": str, "qubits": int, "topology": str, "seed": int}
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -54,12 +74,31 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return value
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             return int(value)
+    elif key.endswith(".devices"):
+        return [_device(f"{key}[{i}]", d) for i, d in enumerate(value or [])] if isinstance(
+            value, list) and value else _refuse(key, "a non-empty list of devices", value)
     elif isinstance(default, list):
         if isinstance(value, list):
             return [str(v) for v in value]
     elif isinstance(default, str) and isinstance(value, str | int | float):
         return str(value)
-    raise Invalid(f"config key {key}: expected {type(default).__name__}, got {value!r}")
+    return _refuse(key, type(default).__name__, value)
+
+
+def _refuse(key: str, expected: str, value: Any) -> Any:
+    raise Invalid(f"config key {key}: expected {expected}, got {value!r}")
+
+
+def _device(key: str, value: Any) -> dict:
+    if not isinstance(value, dict) or not {"name", "qubits", "topology"} <= set(value):
+        return _refuse(key, "a mapping with name, qubits, topology (and seed)", value)
+    for field, kind in _DEVICE_KEYS.items():
+        if field in value and not isinstance(value[field], kind):
+            return _refuse(f"{key}.{field}", kind.__name__, value[field])
+    unknown = set(value) - set(_DEVICE_KEYS)
+    if unknown:
+        return _refuse(f"{key}.{sorted(unknown)[0]}", "a known device key", "unknown key")
+    return {"seed": 7, **value}
 
 
 def _apply(section_obj: Any, section: str, values: Mapping[str, Any]) -> None:

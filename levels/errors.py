@@ -39,3 +39,11 @@ class NoSpace(QfsError):
 
 class Unexpressible(Invalid):
     """A format view cannot represent this circuit (e.g. OpenQASM 2 of a dynamic circuit)."""
+
+
+class Busy(QfsError):
+    """The qubit or task is held by someone else, or in a state that refuses the command."""
+
+
+class PermissionDenied(QfsError):
+    """The task belongs to another user."""

@@ -9,7 +9,9 @@ from pathlib import Path
 from levels import workers
 from levels.circuits import CircuitStore
 from levels.config import Config
+from levels.metrics import Metrics
 from levels.oplog import OpLog
+from levels.qubits import LiveQubitManager
 from levels.scratch import ScratchFiles
 from levels.search import SearchIndex
 from levels.store.meta import LmdbMetaStore
@@ -30,6 +32,9 @@ class Fabric:
             data_dir / "index", cfs.search_result_limit, cfs.index_commit_interval_ms / 1000
         )
         self.circuits = CircuitStore(self.meta, cfs, on_change=self.search.submit)
+        self.metrics = Metrics()
+        self.qubits = LiveQubitManager(self.meta, self.circuits, config.live_qubit_mgr,
+                                       self.metrics)
         self.search.start(
             lambda: (c.search_document() for c in self.circuits.all_circuits()),
             expected=self.circuits.count(),

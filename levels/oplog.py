@@ -18,6 +18,7 @@ class OpLog:
         self._lines: collections.deque[str] = collections.deque(maxlen=capacity)
         self._by_subject: dict[str, collections.deque[str]] = {}
         self._per_subject = per_subject
+        self._replies: dict[str, str] = {}
 
     def refuse(self, where: str, reason: str, subject: str | None = None) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -42,3 +43,10 @@ class OpLog:
     def rename_subject(self, old: str, new: str) -> None:
         if old in self._by_subject:
             self._by_subject[new] = self._by_subject.pop(old)
+
+    def set_reply(self, control: str, text: str) -> None:
+        """The answer to the last command written to a control file, read back from it."""
+        self._replies[control] = text if text.endswith("\n") else text + "\n"
+
+    def reply(self, control: str) -> str:
+        return self._replies.get(control, "")

@@ -37,6 +37,7 @@ def setup_logging(data_dir: Path, debug: bool, to_stderr: bool) -> None:
         handlers=handlers,
         force=True,
     )
+    logging.getLogger("qiskit").setLevel(logging.WARNING)  # its INFO is per transpiler pass
 
 
 def fuse_options(extra: list[str], debug: bool) -> set[str]:

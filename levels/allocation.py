@@ -1,0 +1,120 @@
+"""Topology- and noise-aware choice of physical qubits.
+
+Shapes (linear, ring, triangle, grid, star) are found as subgraph monomorphisms of the
+free part of the coupling graph with rustworkx's VF2, trying the best-calibrated qubits
+first and scoring the first candidates found; `any` grows a connected set greedily from
+each of the best free qubits. The score of a candidate is the geometric mean of the
+fidelities it relies on: (1 - readout error)(1 - sx error) of each qubit and
+(1 - cx error) of each coupling the shape uses. `noise=` is the lowest acceptable score.
+"""
+
+import itertools
+import math
+from collections.abc import Iterable
+
+import rustworkx as rx
+
+from levels.devices import Device
+from levels.errors import NoSpace
+
+MAX_CANDIDATES = 24
+GREEDY_SEEDS = 8
+
+
+def shape_graph(topology: str, n: int) -> rx.PyGraph | None:
+    """The pattern a shape asks for; None for `any` (connected, no fixed pattern)."""
+    if topology == "any":
+        return None
+    if topology == "linear":
+        return rx.generators.path_graph(n)
+    if topology == "ring":
+        if n < 3:
+            raise NoSpace(f"a ring needs at least 3 qubits, not {n}")
+        return rx.generators.cycle_graph(n)
+    if topology == "triangle":
+        if n != 3:
+            raise NoSpace(f"a triangle is 3 qubits, not {n}")
+        return rx.generators.cycle_graph(3)
+    if topology == "star":
+        return rx.generators.star_graph(n)
+    if topology == "grid":
+        rows = next((r for r in range(math.isqrt(n), 0, -1) if n % r == 0), 1)
+        if rows == 1 and n > 2:
+            raise NoSpace(f"{n} qubits do not form a grid of at least 2 rows")
+        return rx.generators.grid_graph(rows, n // rows)
+    raise NoSpace(f"unknown topology {topology}")
+
+
+def score(device: Device, qubits: list[int], edges: Iterable[tuple[int, int]]) -> float:
+    qubit_log, edge_log = device.log_fidelity
+    total = sum(qubit_log[q] for q in qubits)
+    count = len(qubits)
+    for edge in edges:
+        total += edge_log.get(edge, math.log(1e-12))
+        count += 1
+    return math.exp(total / count) if count else 0.0
+
+
+def choose(
+    device: Device, free: set[int], n: int, topology: str, usable=None
+) -> tuple[list[int], float]:
+    """The best candidate (logical order -> physical qubit) and its score, or NoSpace.
+
+    `usable(candidate)` may veto a candidate (isolation rules that look beyond it).
+    """
+    if n > len(free):
+        raise NoSpace(f"{n} qubits asked, {len(free)} free on {device.name}")
+    pattern = shape_graph(topology, n)
+    best: tuple[float, list[int]] | None = None
+    for qubits, edges in _candidates(device, free, n, pattern):
+        if usable is not None and not usable(qubits):
+            continue
+        value = score(device, qubits, edges)
+        if best is None or value > best[0]:
+            best = (value, qubits)
+    if best is None:
+        raise NoSpace(f"no {topology} set of {n} free qubits on {device.name}"
+                      " (with the isolation asked for)")
+    return best[1], best[0]
+
+
+def _candidates(device: Device, free: set[int], n: int, pattern: rx.PyGraph | None):
+    order = [q for q in device.best_first if q in free]
+    if pattern is None:
+        yield from _greedy_connected(device, free, n, order)
+        return
+    # A graph whose node i is order[i], so that VF2 (id_order) tries the best qubits first.
+    position = {q: i for i, q in enumerate(order)}
+    sub = rx.PyGraph(multigraph=False)
+    sub.add_nodes_from(order)
+    sub.add_edges_from_no_data([(position[a], position[b]) for a, b in device.edges
+                                if a in position and b in position])
+    mappings = rx.vf2_mapping(sub, pattern, subgraph=True, induced=False, id_order=True,
+                              call_limit=200_000)
+    for mapping in itertools.islice(mappings, MAX_CANDIDATES):
+        by_logical = {logical: order[node] for node, logical in mapping.items()}
+        qubits = [by_logical[i] for i in range(n)]
+        edges = [(qubits[a], qubits[b]) for a, b in pattern.edge_list()]
+        yield qubits, edges
+
+
+def _greedy_connected(device: Device, free: set[int], n: int, order: list[int]):
+    """Grow from each of the best free qubits, always adding the best free neighbour."""
+    for seed in order[:GREEDY_SEEDS]:
+        chosen = [seed]
+        members = {seed}
+        edges: list[tuple[int, int]] = []
+        while len(chosen) < n:
+            options = [
+                (device.qubit_fidelity(nb) * device.edge_fidelity(q, nb), q, nb)
+                for q in chosen for nb in device.neighbors[q]
+                if nb in free and nb not in members
+            ]
+            if not options:
+                break
+            _, q, nb = max(options)
+            chosen.append(nb)
+            members.add(nb)
+            edges.append((q, nb))
+        if len(chosen) == n:
+            yield chosen, edges

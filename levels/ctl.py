@@ -1,0 +1,289 @@
+"""The control-file grammar: pure parsers from one written line to a command object.
+
+    /qubits/ctl             alloc N task=T [topology=any] [noise=0.0] [isolate=none]
+                            release task=T
+    /qubits/qK/ctl          alloc task=T | release | on 0|1 do ACTION[; ACTION...] [prio=N]
+                            off ID | off all
+    /qubits/tasks/T/ctl     run CIRCUIT[@vN] [shots=1024] [noise=on|off] [seed=N]
+                            apply CIRCUIT[@vN] | measure qK | reset | set NAME=VALUE | release
+    ACTION                  GATE[(angle, ...)] qA [qB ...] | set NAME=VALUE | stop
+Bad syntax raises Invalid with a message that says what was expected.
+"""
+
+import dataclasses
+import re
+import shlex
+
+from levels.errors import Invalid
+
+TOPOLOGIES = ("any", "linear", "ring", "triangle", "grid", "star")
+ISOLATIONS = ("none", "spatial", "temporal", "strict")
+_QUBIT = re.compile(r"^q([0-9]{1,4})$")
+_GATE = re.compile(r"^([a-z][a-z0-9_]*)(?:\(([^()]*)\))?$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CIRCUIT_REF = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_.+@=-]*?)(?:@v([1-9][0-9]*))?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Alloc:
+    count: int
+    task: str
+    topology: str = "any"
+    noise: float = 0.0
+    isolate: str = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    task: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GateAction:
+    name: str
+    qubits: tuple[int, ...]
+    params: tuple[float, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SetAction:
+    name: str
+    value: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StopAction:
+    pass
+
+
+Action = GateAction | SetAction | StopAction
+
+
+@dataclasses.dataclass(frozen=True)
+class On:
+    outcome: int
+    actions: tuple[Action, ...]
+    prio: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Off:
+    trigger_id: int | None  # None: all triggers on this qubit
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    circuit: str
+    version: int | None
+    shots: int = 1024
+    noise: bool = True
+    seed: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Apply:
+    circuit: str
+    version: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    qubit: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Reset:
+    pass
+
+
+def _words(line: str) -> list[str]:
+    text = line.strip()
+    if not text:
+        raise Invalid("empty command")
+    if "\n" in text:
+        raise Invalid("one command per write")
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise Invalid(f"cannot split command: {exc}") from exc
+
+
+def _options(words: list[str], allowed: dict[str, type], usage: str) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or key not in allowed:
+            raise Invalid(f"unexpected {word!r}; usage: {usage}")
+        options[key] = _convert(key, value, allowed[key])
+    return options
+
+
+def _convert(key: str, value: str, kind: type) -> object:
+    try:
+        if kind is bool:
+            if value not in ("on", "off", "1", "0", "true", "false"):
+                raise ValueError(value)
+            return value in ("on", "1", "true")
+        return kind(value)
+    except ValueError:
+        raise Invalid(f"{key}={value!r}: expected {kind.__name__}") from None
+
+
+def parse_qubit(word: str) -> int:
+    match = _QUBIT.match(word)
+    if not match:
+        raise Invalid(f"expected a qubit like q17, got {word!r}")
+    return int(match.group(1))
+
+
+def _count(word: str) -> int:
+    if not word.isdigit() or int(word) < 1:
+        raise Invalid(f"expected a qubit count >= 1, got {word!r}")
+    return int(word)
+
+
+ALLOC_USAGE = "alloc N task=NAME [topology=any|linear|ring|triangle|grid|star] " \
+              "[noise=0..1] [isolate=none|spatial|temporal|strict]"
+
+
+def _alloc(count: int, options: dict[str, object]) -> Alloc:
+    if "task" not in options:
+        raise Invalid(f"alloc needs task=NAME; usage: {ALLOC_USAGE}")
+    topology = str(options.get("topology", "any"))
+    isolate = str(options.get("isolate", "none"))
+    noise = float(options.get("noise", 0.0))  # type: ignore[arg-type]
+    if topology not in TOPOLOGIES:
+        raise Invalid(f"topology={topology}: expected one of {', '.join(TOPOLOGIES)}")
+    if isolate not in ISOLATIONS:
+        raise Invalid(f"isolate={isolate}: expected one of {', '.join(ISOLATIONS)}")
+    if not 0.0 <= noise <= 1.0:
+        raise Invalid(f"noise={noise}: expected a score between 0 and 1")
+    return Alloc(count, str(options["task"]), topology, noise, isolate)
+
+
+_ALLOC_OPTIONS = {"task": str, "topology": str, "noise": float, "isolate": str}
+
+
+def parse_device_command(line: str) -> Alloc | Release:
+    """A line written to /qubits/ctl."""
+    words = _words(line)
+    verb, rest = words[0], words[1:]
+    if verb == "alloc":
+        if not rest:
+            raise Invalid(f"usage: {ALLOC_USAGE}")
+        return _alloc(_count(rest[0]), _options(rest[1:], _ALLOC_OPTIONS, ALLOC_USAGE))
+    if verb == "release":
+        options = _options(rest, {"task": str}, "release task=NAME")
+        if "task" not in options:
+            raise Invalid("usage: release task=NAME")
+        return Release(str(options["task"]))
+    raise Invalid(f"unknown command {verb!r}; /qubits/ctl takes: alloc, release")
+
+
+def parse_qubit_command(line: str) -> Alloc | Release | On | Off:
+    """A line written to /qubits/qK/ctl (K is implied by the file)."""
+    words = _words(line)
+    verb, rest = words[0], words[1:]
+    if verb == "alloc":
+        return _alloc(1, _options(rest, {"task": str, "noise": float, "isolate": str},
+                                  "alloc task=NAME [isolate=...]"))
+    if verb == "release":
+        if rest:
+            raise Invalid("usage: release")
+        return Release()
+    if verb == "on":
+        return _parse_on(line)
+    if verb == "off":
+        if len(rest) != 1 or not (rest[0] == "all" or rest[0].isdigit()):
+            raise Invalid("usage: off ID | off all")
+        return Off(None if rest[0] == "all" else int(rest[0]))
+    raise Invalid(f"unknown command {verb!r}; a qubit's ctl takes: alloc, release, on, off")
+
+
+def _parse_on(line: str) -> On:
+    match = re.match(r"^\s*on\s+([01])\s+do\s+(.*?)\s*(?:\bprio=(-?[0-9]+))?\s*$", line.strip())
+    if not match:
+        raise Invalid("usage: on 0|1 do ACTION[; ACTION...] [prio=N]")
+    actions = tuple(parse_action(part) for part in match.group(2).split(";") if part.strip())
+    if not actions:
+        raise Invalid("a trigger needs at least one action")
+    return On(int(match.group(1)), actions, int(match.group(3) or 0))
+
+
+def parse_action(text: str) -> Action:
+    words = text.split()
+    if words == ["stop"]:
+        return StopAction()
+    if words and words[0] == "set":
+        name, value = _assignment(" ".join(words[1:]))
+        return SetAction(name, value)
+    if not words:
+        raise Invalid("empty action")
+    match = _GATE.match(words[0])
+    if not match:
+        raise Invalid(f"bad gate {words[0]!r}: expected NAME or NAME(angle, ...)")
+    params: tuple[float, ...] = ()
+    if match.group(2) is not None:
+        try:
+            params = tuple(float(p) for p in match.group(2).split(","))
+        except ValueError:
+            raise Invalid(f"bad angles in {words[0]!r}: expected numbers") from None
+    qubits = tuple(parse_qubit(w) for w in words[1:])
+    if not qubits:
+        raise Invalid(f"gate {match.group(1)} needs qubits, e.g. x q18")
+    if len(set(qubits)) != len(qubits):
+        raise Invalid(f"gate {match.group(1)} names a qubit twice")
+    return GateAction(match.group(1), qubits, params)
+
+
+def _assignment(text: str) -> tuple[str, float]:
+    name, sep, value = text.replace(" ", "").partition("=")
+    if not sep or not _IDENT.match(name):
+        raise Invalid(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise Invalid(f"{name}={value!r}: expected a number") from None
+
+
+def _circuit_ref(word: str) -> tuple[str, int | None]:
+    match = _CIRCUIT_REF.match(word)
+    if not match:
+        raise Invalid(f"expected CIRCUIT or CIRCUIT@vN, got {word!r}")
+    return match.group(1), int(match.group(2)) if match.group(2) else None
+
+
+RUN_USAGE = "run CIRCUIT[@vN] [shots=1024] [noise=on|off] [seed=N]"
+TASK_VERBS = ("run", "apply", "measure", "reset", "set", "release")
+
+
+def parse_task_command(line: str) -> Run | Apply | Measure | Reset | SetAction | Release:
+    """A line written to /qubits/tasks/T/ctl."""
+    words = _words(line)
+    verb, rest = words[0], words[1:]
+    if verb == "run":
+        if not rest:
+            raise Invalid(f"usage: {RUN_USAGE}")
+        name, version = _circuit_ref(rest[0])
+        options = _options(rest[1:], {"shots": int, "noise": bool, "seed": int}, RUN_USAGE)
+        shots = int(options.get("shots", 1024))  # type: ignore[arg-type]
+        if not 1 <= shots <= 10_000_000:
+            raise Invalid(f"shots={shots}: expected 1..10000000")
+        seed = options.get("seed")
+        return Run(name, version, shots, bool(options.get("noise", True)),
+                   None if seed is None else int(seed))  # type: ignore[arg-type]
+    if verb == "apply":
+        if len(rest) != 1:
+            raise Invalid("usage: apply CIRCUIT[@vN]")
+        return Apply(*_circuit_ref(rest[0]))
+    if verb == "measure":
+        if len(rest) != 1:
+            raise Invalid("usage: measure qK (K: the task's logical qubit)")
+        return Measure(parse_qubit(rest[0]))
+    if verb == "reset" and not rest:
+        return Reset()
+    if verb == "set":
+        return SetAction(*_assignment(" ".join(rest)))
+    if verb == "release" and not rest:
+        return Release()
+    raise Invalid(f"unknown command {line.strip()!r}; a task's ctl takes: {', '.join(TASK_VERBS)}")

@@ -1,0 +1,31 @@
+"""The fabric's metrics, with the reference's names and bucket boundaries.
+
+One prometheus_client registry per fabric (not the global one), so that several fabrics in
+one process (tests) do not collide; /.qfs/metrics is its text exposition.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.qubit_allocation_seconds = Histogram(
+            "qfs_qubit_allocation_seconds", "Qubit allocation time",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5), registry=r)
+        self.feedforward_latency_seconds = Histogram(
+            "qfs_feedforward_latency_seconds", "Feed-forward operation latency",
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05), registry=r)
+        self.gate_operation_seconds = Histogram(
+            "qfs_gate_operation_seconds", "Time of a run or apply on the simulated device",
+            buckets=(0.001, 0.01, 0.1, 0.5, 1.0, 5.0), registry=r)
+        self.qubit_utilization = Gauge(
+            "qfs_qubit_utilization", "Fraction of a device's qubits allocated or buffered",
+            ["device"], registry=r)
+        self.isolation_violations = Counter(
+            "qfs_isolation_violations_total", "Allocations refused to keep isolation",
+            registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

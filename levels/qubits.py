@@ -1,0 +1,508 @@
+"""Level 1, LiveQubitManager: allocation of physical qubits to tasks, their live state,
+feed-forward triggers and execution on Aer with the device's noise.
+
+Allocations and triggers persist in the metadata store (table `tasks`); live states do not
+(a remount starts every task in |0...0>, as a power cycle would). Every command either
+completes or changes nothing: it is validated fully before the first mutation.
+
+Isolation: `spatial` reserves every neighbour of a task's qubits as a buffer (and refuses
+candidates that touch another task's qubits); `temporal` keeps released qubits cooling for
+`temporal_cooldown_ms` before another task may take them; `strict` is both.
+"""
+
+import dataclasses
+import json
+import threading
+import time
+from typing import Any
+
+import trio
+
+from levels import allocation, ctl
+from levels.circuits import CircuitStore, validate_name
+from levels.config import LiveQubitConfig
+from levels.devices import Device, DeviceSpec
+from levels.errors import Busy, Invalid, NoSpace, NotFound, PermissionDenied
+from levels.feedforward import Trigger, compile_dynamic, dispatch_live
+from levels.livestate import LiveState, gate_matrix
+from levels.metrics import Metrics
+from levels.store.meta import MetaStore
+
+ISOLATION_ALIASES = {"spatial_temporal": "strict"}
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    device: str
+    owner: int
+    qubits: list[int]  # logical i -> physical qubits[i]
+    buffers: list[int]
+    topology: str
+    isolate: str
+    score: float
+    created_ns: int
+    triggers: list[Trigger] = dataclasses.field(default_factory=list)
+    next_trigger: int = 1
+    parameters: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        data = dataclasses.asdict(self)
+        data["triggers"] = [t.to_json() for t in self.triggers]
+        return json.dumps(data).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Task":
+        data = json.loads(raw)
+        data["triggers"] = [Trigger.from_json(t) for t in data["triggers"]]
+        return cls(**data)
+
+    def logical(self, physical: int) -> int:
+        try:
+            return self.qubits.index(physical)
+        except ValueError:
+            raise Invalid(f"q{physical} is not allocated to task {self.name}") from None
+
+
+@dataclasses.dataclass
+class Live:
+    """What is live on a task's qubits now (not persisted)."""
+
+    state: LiveState
+    measurements: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    stopped: bool = False
+    last_run: dict[str, Any] | None = None
+
+
+class LiveQubitManager:
+    def __init__(
+        self, meta: MetaStore, circuits: CircuitStore, config: LiveQubitConfig, metrics: Metrics
+    ) -> None:
+        self._meta = meta
+        self._circuits = circuits
+        self._config = config
+        self._metrics = metrics
+        self.specs = [DeviceSpec(d["name"], d["qubits"], d["topology"], d.get("seed", 7))
+                      for d in config.devices]
+        self.default_device = self.specs[0].name
+        self._devices: dict[str, Device] = {}
+        self._device_lock = threading.Lock()
+        self._local_noise: dict[tuple[str, tuple[int, ...]], Any] = {}
+        self.tasks: dict[str, Task] = {}
+        with meta.reading() as txn:
+            for _key, raw in txn.scan("tasks"):
+                task = Task.from_json(raw)
+                self.tasks[task.name] = task
+        self._live: dict[str, Live] = {}
+        self._cooling: dict[tuple[str, int], tuple[float, str]] = {}
+        self._runs = 0
+
+    # -- devices -------------------------------------------------------------------------
+
+    def device_names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def device(self, name: str) -> Device:
+        """The device model, built on first use (GenericBackendV2 takes ~0.5 s)."""
+        with self._device_lock:
+            if name not in self._devices:
+                spec = next((s for s in self.specs if s.name == name), None)
+                if spec is None:
+                    raise NotFound(f"no device {name}")
+                self._devices[name] = Device(spec)
+            return self._devices[name]
+
+    def num_qubits(self, device: str) -> int:
+        spec = next((s for s in self.specs if s.name == device), None)
+        if spec is None:
+            raise NotFound(f"no device {device}")
+        return spec.qubits
+
+    # -- who holds what ------------------------------------------------------------------
+
+    def reservations(self, device: str) -> dict[int, tuple[str, str]]:
+        """Physical qubit -> (task, "allocated" | "buffer" | "cooling")."""
+        held: dict[int, tuple[str, str]] = {}
+        now = time.monotonic()
+        for (dev, q), (until, task) in list(self._cooling.items()):
+            if until <= now:
+                del self._cooling[(dev, q)]
+            elif dev == device:
+                held[q] = (task, "cooling")
+        for task in self.tasks.values():
+            if task.device != device:
+                continue
+            for q in task.buffers:
+                held.setdefault(q, (task.name, "buffer"))
+            for q in task.qubits:
+                held[q] = (task.name, "allocated")
+        return held
+
+    def status(self, device: str, q: int) -> str:
+        task, role = self.reservations(device).get(q, ("", "free"))
+        if role == "free":
+            return "free"
+        if role == "allocated":
+            index = self.tasks[task].qubits.index(q)
+            return f"allocated to {task} (logical q{index})"
+        if role == "buffer":
+            return f"isolated (buffer of {task})"
+        return f"cooling (released by {task})"
+
+    def tasks_on(self, device: str) -> list[str]:
+        return sorted(t.name for t in self.tasks.values() if t.device == device)
+
+    def task(self, name: str) -> Task:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotFound(f"no task {name}") from None
+
+    # -- allocation ----------------------------------------------------------------------
+
+    def allocate(self, device_name: str, command: ctl.Alloc, uid: int,
+                 physical: int | None = None) -> Task:
+        """Allocate `command.count` qubits (or the one `physical` qubit) to a task."""
+        started = time.perf_counter()
+        validate_name(command.task, "task name")
+        device = self.device(device_name)
+        isolate = self._isolation(command.isolate)
+        existing = self.tasks.get(command.task)
+        if existing is not None:
+            self._check_owner(existing, uid)
+            if physical is None:
+                raise Busy(f"task {command.task} already holds qubits; release it first")
+            if existing.device != device_name:
+                raise Busy(f"task {command.task} lives on device {existing.device}")
+        held = self.reservations(device_name)
+        if physical is not None:
+            qubits, value = self._take_one(device, held, physical)
+        else:
+            qubits, value = self._choose(device, held, command, isolate)
+        if value < command.noise:
+            raise NoSpace(f"best {command.topology} set scores {value:.4f} < noise="
+                          f"{command.noise} (score: geometric mean of qubit and coupling "
+                          "fidelities)")
+        if existing is not None:
+            task = dataclasses.replace(existing, qubits=existing.qubits + qubits)
+        else:
+            task = Task(command.task, device_name, uid, qubits, [], command.topology, isolate,
+                        value, time.time_ns())
+        if task.isolate in ("spatial", "strict"):
+            task.buffers = sorted({n for q in task.qubits for n in device.neighbors[q]}
+                                  - set(task.qubits))
+        self._save(task)
+        self._live.pop(task.name, None)  # the register changed: start it afresh
+        self._metrics.qubit_allocation_seconds.observe(time.perf_counter() - started)
+        self._update_utilization(device_name)
+        return task
+
+    def _isolation(self, asked: str) -> str:
+        if asked == "none" and self._config.isolation_level != "none":
+            asked = self._config.isolation_level
+        return ISOLATION_ALIASES.get(asked, asked)
+
+    def _choose(self, device: Device, held, command: ctl.Alloc, isolate: str):
+        free = {q for q in range(device.num_qubits) if q not in held}
+        others = {q for q, (_t, role) in held.items() if role == "allocated"}
+
+        def usable(candidate: list[int]) -> bool:
+            if isolate not in ("spatial", "strict"):
+                return True
+            touches = any(n in others for q in candidate for n in device.neighbors[q])
+            if touches:
+                self._metrics.isolation_violations.inc()
+            return not touches
+
+        return allocation.choose(device, free, command.count, command.topology, usable)
+
+    def _take_one(self, device: Device, held, physical: int):
+        if not 0 <= physical < device.num_qubits:
+            raise NotFound(f"no qubit q{physical} on {device.name}")
+        if physical in held:
+            raise Busy(f"q{physical} is {self.status(device.name, physical)}")
+        return [physical], allocation.score(device, [physical], [])
+
+    def release(self, name: str, uid: int) -> Task:
+        task = self.task(name)
+        self._check_owner(task, uid)
+        with self._meta.writing() as txn:
+            txn.delete("tasks", name.encode())
+        del self.tasks[name]
+        self._live.pop(name, None)
+        self._cool(task, task.qubits)
+        self._update_utilization(task.device)
+        return task
+
+    def release_qubit(self, device_name: str, physical: int, uid: int) -> None:
+        held = self.reservations(device_name).get(physical)
+        if held is None or held[1] != "allocated":
+            raise Invalid(f"q{physical} is not allocated")
+        task = self.tasks[held[0]]
+        self._check_owner(task, uid)
+        if len(task.qubits) == 1:
+            self.release(task.name, uid)
+            return
+        logical = task.qubits.index(physical)
+        if any(t.qubit == logical or any(
+                logical in getattr(a, "qubits", ()) for a in t.actions) for t in task.triggers):
+            raise Busy(f"q{physical} has triggers in task {task.name}; remove them first")
+        kept = [q for q in task.qubits if q != physical]
+        renumber = {old: new for new, old in enumerate(
+            i for i, q in enumerate(task.qubits) if q != physical)}
+        triggers = [_renumbered(t, renumber) for t in task.triggers]
+        updated = dataclasses.replace(task, qubits=kept, triggers=triggers)
+        device = self.device(device_name)
+        if updated.isolate in ("spatial", "strict"):
+            updated.buffers = sorted({n for q in kept for n in device.neighbors[q]} - set(kept))
+        self._save(updated)
+        self._live.pop(task.name, None)
+        self._cool(task, [physical])
+        self._update_utilization(device_name)
+
+    def _cool(self, task: Task, qubits: list[int]) -> None:
+        if task.isolate in ("temporal", "strict"):
+            until = time.monotonic() + self._config.temporal_cooldown_ms / 1000
+            for q in qubits:
+                self._cooling[(task.device, q)] = (until, task.name)
+
+    def _check_owner(self, task: Task, uid: int) -> None:
+        if uid not in (0, task.owner):
+            raise PermissionDenied(f"task {task.name} belongs to uid {task.owner}, not {uid}")
+
+    def _save(self, task: Task) -> None:
+        with self._meta.writing() as txn:
+            txn.put("tasks", task.name.encode(), task.to_json())
+        self.tasks[task.name] = task
+
+    def _update_utilization(self, device: str) -> None:
+        self._metrics.qubit_utilization.labels(device).set(
+            len(self.reservations(device)) / self.num_qubits(device))
+
+    # -- triggers ------------------------------------------------------------------------
+
+    def add_trigger(self, device: str, physical: int, command: ctl.On, uid: int) -> Trigger:
+        task = self._task_of(device, physical, uid)
+        actions = tuple(_to_logical(task, a) for a in command.actions)
+        for action in actions:
+            if isinstance(action, ctl.GateAction):
+                gate_matrix(action.name, action.params, len(action.qubits))  # validates
+        trigger = Trigger(task.next_trigger, task.logical(physical), command.outcome, actions,
+                          command.prio)
+        self._save(dataclasses.replace(task, triggers=[*task.triggers, trigger],
+                                       next_trigger=task.next_trigger + 1))
+        return trigger
+
+    def remove_triggers(self, device: str, physical: int, command: ctl.Off, uid: int) -> int:
+        task = self._task_of(device, physical, uid)
+        logical = task.logical(physical)
+        keep = [t for t in task.triggers if t.qubit != logical or (
+            command.trigger_id is not None and t.id != command.trigger_id)]
+        removed = len(task.triggers) - len(keep)
+        if command.trigger_id is not None and removed == 0:
+            raise NotFound(f"no trigger {command.trigger_id} on q{physical}")
+        self._save(dataclasses.replace(task, triggers=keep))
+        return removed
+
+    def _task_of(self, device: str, physical: int, uid: int) -> Task:
+        held = self.reservations(device).get(physical)
+        if held is None or held[1] != "allocated":
+            raise Invalid(f"q{physical} is not allocated to a task")
+        task = self.tasks[held[0]]
+        self._check_owner(task, uid)
+        return task
+
+    # -- task commands -------------------------------------------------------------------
+
+    def live(self, name: str) -> Live:
+        task = self.task(name)
+        if name not in self._live:
+            self._live[name] = Live(LiveState(len(task.qubits)))
+        return self._live[name]
+
+    async def task_command(self, name: str, line: str, uid: int) -> str:
+        """Run one line written to a task's ctl; returns the reply shown when it is read."""
+        command = ctl.parse_task_command(line)
+        task = self.task(name)
+        self._check_owner(task, uid)
+        if isinstance(command, ctl.Release):
+            self.release(name, uid)
+            return f"released {name}"
+        if isinstance(command, ctl.SetAction):
+            self._save(dataclasses.replace(
+                task, parameters={**task.parameters, command.name: command.value}))
+            return f"set {command.name}={command.value:g}"
+        if isinstance(command, ctl.Reset):
+            live = self.live(name)
+            live.state.reset()
+            live.stopped = False
+            live.measurements.clear()
+            return "reset to |0...0>"
+        if isinstance(command, ctl.Measure):
+            return self._measure(task, command.qubit)
+        if isinstance(command, ctl.Apply):
+            return await self._apply(task, command)
+        return await self._run(task, command)
+
+    def _measure(self, task: Task, logical: int) -> str:
+        if not 0 <= logical < len(task.qubits):
+            raise Invalid(f"task {task.name} has logical qubits q0..q{len(task.qubits) - 1}")
+        live = self.live(task.name)
+        if live.stopped:
+            raise Busy(f"task {task.name} was stopped by a trigger; write reset to start again")
+        parameters = dict(task.parameters)
+        outcome = dispatch_live(live.state, logical, task.triggers, parameters)
+        self._metrics.feedforward_latency_seconds.observe(outcome.latency_ns / 1e9)
+        if parameters != task.parameters:
+            self._save(dataclasses.replace(task, parameters=parameters))
+        live.stopped = outcome.stopped
+        record = {"qubit": logical, "physical": task.qubits[logical],
+                  "outcome": outcome.outcome, "triggers": outcome.fired,
+                  "latency_ns": outcome.latency_ns, "stopped": outcome.stopped}
+        live.measurements = [*live.measurements[-19:], record]
+        fired = f" triggers {','.join(map(str, outcome.fired))}" if outcome.fired else ""
+        return f"q{logical}={outcome.outcome}{fired}"
+
+    async def _apply(self, task: Task, command: ctl.Apply) -> str:
+        live = self.live(task.name)
+        if live.stopped:
+            raise Busy(f"task {task.name} was stopped by a trigger; write reset to start again")
+        circuit = self._circuit_for(task, command.circuit, command.version)
+        bound = compile_dynamic(circuit, [], task.parameters)
+        state = live.state
+
+        def evolve():
+            started = time.perf_counter()
+            trial = LiveState(state.num_qubits, state.rng)
+            trial.vector = state.vector.copy()
+            trial.evolve(bound)
+            self._metrics.gate_operation_seconds.observe(time.perf_counter() - started)
+            return trial.vector
+
+        state.vector = await trio.to_thread.run_sync(evolve)  # all or nothing
+        return f"applied {command.circuit}"
+
+    def _circuit_for(self, task: Task, name: str, version: int | None):
+        circuit = self._circuits.circuit(name, version)
+        if circuit.num_qubits > len(task.qubits):
+            raise Invalid(f"{name} needs {circuit.num_qubits} qubits; task {task.name} has "
+                          f"{len(task.qubits)}")
+        return circuit
+
+    async def _run(self, task: Task, command: ctl.Run) -> str:
+        source = self._circuits.get(command.circuit)
+        version = command.version or (source.latest.n if source.latest else None)
+        if version is None:
+            raise Invalid(f"circuit {command.circuit} has no version to run")
+        circuit = self._circuit_for(task, command.circuit, version)
+        device = self.device(task.device)
+        snapshot = dataclasses.replace(task)
+        started = time.perf_counter()
+        counts, seed = await trio.to_thread.run_sync(
+            self._simulate, device, snapshot, circuit, command)
+        duration = time.perf_counter() - started
+        self._metrics.gate_operation_seconds.observe(duration)
+        self._runs += 1
+        run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{task.name}-{self._runs}"
+        document = {
+            "run": run_id, "circuit": command.circuit, "version": version, "task": task.name,
+            "device": task.device, "physical_qubits": task.qubits[: circuit.num_qubits],
+            "shots": command.shots, "noise": command.noise, "seed": seed, "counts": counts,
+            "triggers": [t.describe(task.qubits) for t in task.triggers],
+            "parameters": task.parameters, "duration_s": round(duration, 6),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self._circuits.put_result(command.circuit, f"{run_id}.json",
+                                  json.dumps(document, indent=2).encode() + b"\n")
+        if task.name in self.tasks:
+            self.live(task.name).last_run = document
+        return f"ran {command.circuit}@v{version}: results/{run_id}.json"
+
+    def _simulate(self, device: Device, task: Task, circuit, command: ctl.Run):
+        """Compile triggers in, transpile onto the task's qubits, run on Aer (a thread)."""
+        from qiskit import transpile
+        from qiskit.transpiler import CouplingMap
+        from qiskit_aer import AerSimulator
+
+        used = task.qubits[: max(circuit.num_qubits, 1)]
+        dynamic = compile_dynamic(circuit, [t for t in task.triggers
+                                            if t.qubit < circuit.num_qubits], task.parameters)
+        local = {p: i for i, p in enumerate(used)}
+        edges = [[local[a], local[b]] for a, b in device.edges if a in local and b in local]
+        coupling = CouplingMap(edges + [[b, a] for a, b in edges]) if edges else None
+        compiled = transpile(
+            dynamic, coupling_map=coupling, initial_layout=list(range(len(used))),
+            basis_gates=["cx", "id", "rz", "sx", "x", "measure", "reset", "delay", "if_else"],
+            optimization_level=1, seed_transpiler=0,
+        )
+        noise = self._local_noise_model(device, tuple(used)) if command.noise else None
+        seed = command.seed if command.seed is not None else int(time.time_ns() % 2**31)
+        result = AerSimulator(noise_model=noise).run(
+            compiled, shots=command.shots, seed_simulator=seed).result()
+        return dict(result.get_counts()), seed
+
+    def _local_noise_model(self, device: Device, used: tuple[int, ...]):
+        """The device's noise on `used`, renumbered 0..n-1, so Aer simulates n qubits only."""
+        key = (device.name, used)
+        if key not in self._local_noise:
+            from qiskit_aer.noise import NoiseModel
+
+            full = device.noise_dict()
+            local = {p: i for i, p in enumerate(used)}
+            errors = []
+            for error in full["errors"]:
+                gates = [g for g in error.get("gate_qubits", []) if all(q in local for q in g)]
+                if gates:
+                    errors.append({**error, "gate_qubits": [[local[q] for q in g]
+                                                            for g in gates]})
+            self._local_noise[key] = NoiseModel.from_dict({"errors": errors})
+        return self._local_noise[key]
+
+    # -- views ---------------------------------------------------------------------------
+
+    def mapping_text(self, name: str) -> str:
+        task = self.task(name)
+        return "".join(f"q{i} q{p}\n" for i, p in enumerate(task.qubits))
+
+    def triggers_text(self, name: str) -> str:
+        task = self.task(name)
+        return "".join(t.describe(task.qubits) + "\n" for t in task.triggers)
+
+    def state_json(self, name: str) -> dict[str, Any]:
+        task = self.task(name)
+        live = self._live.get(name)
+        document: dict[str, Any] = {
+            "task": task.name, "device": task.device, "owner_uid": task.owner,
+            "qubits": [f"q{p}" for p in task.qubits], "buffers": [f"q{p}" for p in task.buffers],
+            "topology": task.topology, "isolate": task.isolate, "score": round(task.score, 6),
+            "parameters": task.parameters, "triggers": len(task.triggers),
+        }
+        if live is None:
+            document["live"] = {"state": "|0...0> (untouched since allocation or remount)"}
+        else:
+            probabilities = abs(live.state.vector) ** 2
+            top = sorted(enumerate(probabilities), key=lambda kv: -kv[1])[:8]
+            document["live"] = {
+                "num_qubits": live.state.num_qubits, "stopped": live.stopped,
+                "norm": float(probabilities.sum()),
+                "top_probabilities": {format(i, f"0{live.state.num_qubits}b"): float(p)
+                                      for i, p in top if p > 1e-12},
+                "measurements": live.measurements,
+            }
+            if live.last_run is not None:
+                document["last_run"] = {k: live.last_run[k] for k in ("run", "circuit",
+                                                                       "version", "counts")}
+        return document
+
+
+def _to_logical(task: Task, action: ctl.Action) -> ctl.Action:
+    if isinstance(action, ctl.GateAction):
+        return dataclasses.replace(action, qubits=tuple(task.logical(q) for q in action.qubits))
+    return action
+
+
+def _renumbered(trigger: Trigger, renumber: dict[int, int]) -> Trigger:
+    actions = tuple(
+        dataclasses.replace(a, qubits=tuple(renumber[q] for q in a.qubits))
+        if isinstance(a, ctl.GateAction) else a for a in trigger.actions)
+    return dataclasses.replace(trigger, qubit=renumber[trigger.qubit], actions=actions)
