@@ -63,6 +63,10 @@ class Mount:
     def circuits(self) -> Path:
         return self.root / "circuits"
 
+    @property
+    def qubits(self) -> Path:
+        return self.root / "qubits"
+
     def start(self) -> "Mount":
         self.root.mkdir(exist_ok=True)
         with open(self.log, "ab") as out:
@@ -102,9 +106,11 @@ class Mount:
 def mount_factory(tmp_path: Path) -> Iterator:
     mounts: list[Mount] = []
 
-    def make(data: Path | None = None, extra: list[str] | None = None) -> Mount:
+    def make(data: Path | None = None, extra: list[str] | None = None,
+             base: Path | None = None) -> Mount:
         index = len(mounts)
-        m = Mount(tmp_path / f"mnt{index}", data or tmp_path / "data", extra or [])
+        root = (base or tmp_path) / f"mnt{index}"
+        m = Mount(root, data or tmp_path / "data", extra or [])
         mounts.append(m)
         return m.start()
 
