@@ -335,8 +335,7 @@ class LiveQubitManager:
         if isinstance(command, ctl.Reset):
             live = self.live(name)
             live.state.reset()
-            live.stopped = False
-            live.measurements.clear()
+            live.stopped = False  # the measurement history stays: it is a log
             return "reset to |0...0>"
         if isinstance(command, ctl.Measure):
             return self._measure(task, command.qubit)

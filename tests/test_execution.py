@@ -1,0 +1,181 @@
+"""Running circuits on the simulated device, live state, and feed-forward, through the mount.
+
+Counts are checked against exact probabilities with a chi-square test (p > 1e-3)."""
+
+import errno
+import json
+import math
+import os
+
+import pytest
+from scipy.stats import chisquare
+
+from tests.conftest import BELL
+from tests.test_qubits import command, mapping, refused
+
+pytestmark = pytest.mark.fuse
+
+PSI = (1.1, 0.7)  # the teleported state: rz(0.7) ry(1.1) |0>
+TELEPORT = f"""OPENQASM 3.0;
+include "stdgates.inc";
+qubit[3] q;
+bit[3] c;
+ry({PSI[0]}) q[0];
+rz({PSI[1]}) q[0];
+h q[1];
+cx q[1], q[2];
+cx q[0], q[1];
+h q[0];
+c[0] = measure q[0];
+c[1] = measure q[1];
+rz({-PSI[1]}) q[2];
+ry({-PSI[0]}) q[2];
+c[2] = measure q[2];
+"""
+PREP = TELEPORT.split("c[0] = measure")[0].replace("bit[3] c;\n", "")
+UNDO = f"""OPENQASM 3.0;
+include "stdgates.inc";
+qubit[3] q;
+rz({-PSI[1]}) q[2];
+ry({-PSI[0]}) q[2];
+"""
+
+
+def fit(counts: dict[str, int], expected: dict[str, float]) -> float:
+    """Chi-square p-value of counts against exact probabilities (no count outside them)."""
+    assert set(counts) <= set(expected), counts
+    keys = sorted(expected)
+    shots = sum(counts.values())
+    return chisquare([counts.get(k, 0) for k in keys],
+                     [expected[k] * shots for k in keys]).pvalue
+
+
+def last_result(qfs, circuit: str) -> dict:
+    results = sorted(os.listdir(qfs.circuits / circuit / "results"))
+    return json.loads((qfs.circuits / circuit / "results" / results[-1]).read_text())
+
+
+def test_run_writes_counts_that_fit_the_exact_distribution(qfs):
+    qfs.write_circuit("bell")
+    command(qfs.qubits / "ctl", "alloc 2 task=b topology=linear")
+    ctl = qfs.qubits / "tasks" / "b" / "ctl"
+    command(ctl, "run bell shots=4000 noise=off seed=5")
+    assert ctl.read_text().startswith("ok: ran bell@v1: results/")
+    result = last_result(qfs, "bell")
+    assert result["physical_qubits"] == mapping(qfs, "b") and result["shots"] == 4000
+    assert fit(result["counts"], {"00": 0.5, "11": 0.5}) > 1e-3
+    assert json.loads((qfs.qubits / "tasks" / "b" / "result.json").read_text()) == result
+
+
+def test_noisy_run_uses_the_device_noise(qfs):
+    qfs.write_circuit("bell")
+    command(qfs.qubits / "ctl", "alloc 2 task=n topology=linear")
+    command(qfs.qubits / "tasks" / "n" / "ctl", "run bell shots=4000 seed=9")
+    counts = last_result(qfs, "bell")["counts"]
+    errors = counts.get("01", 0) + counts.get("10", 0)
+    assert 0 < errors < 0.15 * 4000, counts
+
+
+def test_run_errors_leave_no_result(qfs):
+    qfs.write_circuit("bell")
+    qfs.write_circuit("ghz", BELL.replace("q[2]", "q[5]").replace("c[2]", "c[5]"))
+    command(qfs.qubits / "ctl", "alloc 2 task=e")
+    ctl = qfs.qubits / "tasks" / "e" / "ctl"
+    assert refused(ctl, "run nothing") == errno.ENOENT
+    assert refused(ctl, "run ghz") == errno.EINVAL
+    assert "needs 5 qubits" in ctl.read_text()
+    assert refused(ctl, "run bell shots=lots") == errno.EINVAL
+    assert refused(ctl, "run bell@v7") == errno.ENOENT
+    assert os.listdir(qfs.circuits / "bell" / "results") == []
+
+
+def _teleport_task(qfs) -> list[int]:
+    qfs.write_circuit("teleport", TELEPORT)
+    command(qfs.qubits / "ctl", "alloc 3 task=tp topology=linear")
+    return mapping(qfs, "tp")
+
+
+def _register_corrections(qfs, physical: list[int]) -> None:
+    p0, p1, p2 = physical
+    command(qfs.qubits / f"q{p1}" / "ctl", f"on 1 do x q{p2}")
+    command(qfs.qubits / f"q{p0}" / "ctl", f"on 1 do z q{p2} prio=1")
+
+
+def test_teleportation_as_a_dynamic_circuit(qfs):
+    physical = _teleport_task(qfs)
+    ctl = qfs.qubits / "tasks" / "tp" / "ctl"
+    command(ctl, "run teleport shots=2000 noise=off seed=3")
+    without = last_result(qfs, "teleport")["counts"]
+    assert sum(n for k, n in without.items() if k[0] == "1") > 100  # c2 random without them
+    _register_corrections(qfs, physical)
+    triggers = (qfs.qubits / "tasks" / "tp" / "triggers").read_text().splitlines()
+    assert triggers == [f"1 q{physical[1]} on 1 do x q{physical[2]} prio=0",
+                        f"2 q{physical[0]} on 1 do z q{physical[2]} prio=1"]
+    command(ctl, "run teleport shots=4000 noise=off seed=4")
+    counts = last_result(qfs, "teleport")["counts"]
+    # With the corrections q2 is |psi>; undoing the preparation always gives c2 = 0,
+    # and c1 c0 are uniform.
+    assert fit(counts, {"000": 0.25, "001": 0.25, "010": 0.25, "011": 0.25}) > 1e-3
+
+
+def test_teleportation_live(qfs):
+    physical = _teleport_task(qfs)
+    qfs.write_circuit("prep", PREP)
+    qfs.write_circuit("undo", UNDO)
+    _register_corrections(qfs, physical)
+    ctl = qfs.qubits / "tasks" / "tp" / "ctl"
+    outcomes = set()
+    for _ in range(12):
+        command(ctl, "reset")
+        command(ctl, "apply prep")
+        command(ctl, "measure q0")
+        m0 = ctl.read_text()
+        command(ctl, "measure q1")
+        m1 = ctl.read_text()
+        outcomes.add((m0[4:8], m1[4:8]))
+        command(ctl, "apply undo")
+        command(ctl, "measure q2")
+        assert ctl.read_text() == "ok: q2=0\n", (m0, m1)
+    assert len(outcomes) > 1  # the corrections were exercised on more than one branch
+    state = json.loads((qfs.qubits / "tasks" / "tp" / "state.json").read_text())
+    fired = [m for m in state["live"]["measurements"] if m["triggers"]]
+    assert fired and all(0 < m["latency_ns"] < 50_000_000 for m in fired)
+    metrics = (qfs.root / ".qfs" / "metrics").read_text()
+    count = next(line for line in metrics.splitlines()
+                 if line.startswith("qfs_feedforward_latency_seconds_count"))
+    assert float(count.split()[-1]) >= 24
+
+
+def test_parameter_update_and_early_stop(qfs):
+    adaptive = """OPENQASM 3.0;
+include "stdgates.inc";
+input float[64] theta;
+qubit[3] q;
+bit[3] c;
+x q[0];
+c[0] = measure q[0];
+rx(theta) q[1];
+c[1] = measure q[1];
+x q[2];
+c[2] = measure q[2];
+"""
+    qfs.write_circuit("adaptive", adaptive)
+    command(qfs.qubits / "ctl", "alloc 3 task=ad topology=linear")
+    p0 = mapping(qfs, "ad")[0]
+    ctl = qfs.qubits / "tasks" / "ad" / "ctl"
+    assert refused(ctl, "run adaptive noise=off") == errno.EINVAL  # theta has no value
+    command(ctl, "set theta=0")
+    command(ctl, "run adaptive shots=200 noise=off")
+    assert last_result(qfs, "adaptive")["counts"] == {"101": 200}
+    command(qfs.qubits / f"q{p0}" / "ctl", f"on 1 do set theta={math.pi}")
+    command(ctl, "run adaptive shots=200 noise=off")
+    assert last_result(qfs, "adaptive")["counts"] == {"111": 200}
+    command(qfs.qubits / f"q{p0}" / "ctl", "off all")
+    command(qfs.qubits / f"q{p0}" / "ctl", "on 1 do stop")
+    command(ctl, "run adaptive shots=200 noise=off")
+    assert last_result(qfs, "adaptive")["counts"] == {"001": 200}
+    assert refused(qfs.qubits / f"q{p0}" / "ctl", "off 99") == errno.ENOENT
+    assert refused(qfs.qubits / f"q{p0}" / "ctl", "on 2 do x q1") == errno.EINVAL
+    assert refused(qfs.qubits / f"q{p0}" / "ctl", "on 1 do x q126") == errno.EINVAL
+    assert refused(qfs.qubits / f"q{p0}" / "ctl", "on 1 do warp q" + str(p0)) == errno.EINVAL
+    assert len((qfs.qubits / "tasks" / "ad" / "triggers").read_text().splitlines()) == 1
