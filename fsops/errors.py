@@ -26,6 +26,8 @@ ERRNO: dict[type[errors.QfsError], int] = {
     errors.NoSpace: errno.ENOSPC,
     errors.Busy: errno.EBUSY,
     errors.PermissionDenied: errno.EACCES,
+    errors.Corrupt: errno.EIO,
+    errors.TooBig: errno.EFBIG,
 }
 
 # Refusals that are routine lookups, not worth a line in /.qfs/log.

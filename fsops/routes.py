@@ -15,7 +15,7 @@ import time
 
 import trio
 
-from fsops import nodes, qubit_routes
+from fsops import nodes, qubit_routes, state_routes
 from fsops.nodes import Node
 from levels.errors import Invalid, NotFound, ReadOnly
 from levels.fabric import Fabric
@@ -112,6 +112,8 @@ async def resolve(fabric: Fabric, path: Path) -> Node:
             return nodes.directory(_STARTED_NS, perm=0o555)
         if depth == 2 and path[1] in OPS_FILES:
             return nodes.live(OPS_FILES[path[1]](fabric))
+    if top == state_routes.STATES:
+        return state_routes.resolve(fabric, path)
     if top == qubit_routes.DEVICES and depth == 1:
         return nodes.directory(_STARTED_NS, perm=0o555)
     device = qubit_routes.split_device(fabric, path)
@@ -179,7 +181,7 @@ async def list_dir(fabric: Fabric, path: Path) -> list[tuple[str, Node]]:
     """Every entry of a directory with its node (readdir returns attributes too)."""
     depth = len(path)
     if depth == 0:
-        names = [CIRCUITS, SEARCH, OPS, qubit_routes.QUBITS]
+        names = [CIRCUITS, SEARCH, OPS, qubit_routes.QUBITS, state_routes.STATES]
         if qubit_routes.other_devices(fabric):
             names.append(qubit_routes.DEVICES)
     elif path == (CIRCUITS,):
@@ -202,6 +204,8 @@ async def list_dir(fabric: Fabric, path: Path) -> list[tuple[str, Node]]:
                 for n in await search(fabric, path[1])]
     elif path == (OPS,):
         names = list(OPS_FILES)
+    elif path[0] == state_routes.STATES and depth <= 2:
+        names = state_routes.list_names(fabric, path)
     elif path == (qubit_routes.DEVICES,):
         names = qubit_routes.other_devices(fabric)
     elif (device := qubit_routes.split_device(fabric, path)) is not None:

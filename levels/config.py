@@ -30,6 +30,25 @@ class CircuitFsConfig:
     lmdb_map_size_mb: int = 65536
 
 
+@dataclasses.dataclass
+class StateStoreConfig:
+    storage_backend: str = "local_ssd"
+    storage_path: str = ""  # empty: <data dir>/blobs
+    default_serialization_format: str = "auto"  # or one of the seven; tensor_network = mps
+    compression_enabled: bool = True
+    compression_level: str = "balanced"  # fast (zstd 1), balanced (3), max (19), or a number
+    compression_threads: int = 2
+    encryption_enabled: bool = True
+    encryption_algorithm: str = "AES-256-GCM"
+    checkpoint_retention: str = "24h"
+    max_checkpoint_size_mb: int = 1024
+    amplitude_precision: str = "complex128"  # complex64 halves state vectors (fidelity kept)
+    mps_max_bond: int = 64
+    sparse_threshold: float = 0.0
+    low_rank_k: int = 4
+    shadow_snapshots: int = 2000
+
+
 DEFAULT_DEVICES = [{"name": "eagle", "qubits": 127, "topology": "heavy_hex", "seed": 7}]
 
 
@@ -50,12 +69,16 @@ class LiveQubitConfig:
 class Config:
     circuit_fs: CircuitFsConfig = dataclasses.field(default_factory=CircuitFsConfig)
     live_qubit_mgr: LiveQubitConfig = dataclasses.field(default_factory=LiveQubitConfig)
+    state_store: StateStoreConfig = dataclasses.field(default_factory=StateStoreConfig)
 
 
 # QFS_* variables the reference names, mapped onto (section, key).
 ENVIRONMENT = {
     "QFS_INDEXING_ENABLED": ("circuit_fs", "indexing_enabled"),
     "QFS_MAX_VERSIONS": ("circuit_fs", "max_versions_per_artifact"),
+    "QFS_STATE_STORAGE_PATH": ("state_store", "storage_path"),
+    "QFS_STATE_COMPRESSION": ("state_store", "compression_enabled"),
+    "QFS_STATE_ENCRYPTION": ("state_store", "encryption_enabled"),
     "QFS_ALLOCATION_STRATEGY": ("live_qubit_mgr", "allocation_strategy"),
     "QFS_FEEDFORWARD_ENABLED": ("live_qubit_mgr", "feedforward_enabled"),
 }
@@ -80,6 +103,14 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, list):
         if isinstance(value, list):
             return [str(v) for v in value]
+    elif isinstance(default, float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif isinstance(default, str) and isinstance(value, str | int | float):
         return str(value)
     return _refuse(key, type(default).__name__, value)

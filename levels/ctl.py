@@ -96,6 +96,20 @@ class Reset:
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    format: str | None = None
+    encrypt: bool | None = None
+    retention: str | None = None
+    parent: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Restore:
+    name: str
+
+
 def _words(line: str) -> list[str]:
     text = line.strip()
     if not text:
@@ -254,13 +268,27 @@ def _circuit_ref(word: str) -> tuple[str, int | None]:
 
 
 RUN_USAGE = "run CIRCUIT[@vN] [shots=1024] [noise=on|off] [seed=N]"
-TASK_VERBS = ("run", "apply", "measure", "reset", "set", "release")
+CHECKPOINT_USAGE = "checkpoint NAME [format=auto|statevector|...] [encrypt=0|1] " \
+                   "[retention=24h] [parent=CHECKPOINT]"
+TASK_VERBS = ("run", "apply", "measure", "reset", "set", "checkpoint", "restore", "release")
 
 
-def parse_task_command(line: str) -> Run | Apply | Measure | Reset | SetAction | Release:
+def parse_task_command(
+    line: str,
+) -> Run | Apply | Measure | Reset | SetAction | Checkpoint | Restore | Release:
     """A line written to /qubits/tasks/T/ctl."""
     words = _words(line)
     verb, rest = words[0], words[1:]
+    if verb == "checkpoint":
+        if not rest:
+            raise Invalid(f"usage: {CHECKPOINT_USAGE}")
+        options = _options(rest[1:], {"format": str, "encrypt": bool, "retention": str,
+                                      "parent": str}, CHECKPOINT_USAGE)
+        return Checkpoint(rest[0], **options)  # type: ignore[arg-type]
+    if verb == "restore":
+        if len(rest) != 1:
+            raise Invalid("usage: restore CHECKPOINT")
+        return Restore(rest[0])
     if verb == "run":
         if not rest:
             raise Invalid(f"usage: {RUN_USAGE}")

@@ -47,3 +47,11 @@ class Busy(QfsError):
 
 class PermissionDenied(QfsError):
     """The task belongs to another user."""
+
+
+class Corrupt(QfsError):
+    """Stored data failed its integrity check (tampered, truncated, wrong key)."""
+
+
+class TooBig(QfsError):
+    """The object exceeds a configured size limit."""

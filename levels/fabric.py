@@ -14,13 +14,17 @@ from levels.oplog import OpLog
 from levels.qubits import LiveQubitManager
 from levels.scratch import ScratchFiles
 from levels.search import SearchIndex
+from levels.states import StateStore
+from levels.store.blobs import DirectoryBlobStore
 from levels.store.meta import LmdbMetaStore
+from levels.store.sealed import Sealer, load_or_create_key
 
 log = logging.getLogger("qfs")
 
 
 class Fabric:
-    def __init__(self, data_dir: Path, config: Config, reindex: bool = False) -> None:
+    def __init__(self, data_dir: Path, config: Config, reindex: bool = False,
+                 key_file: Path | None = None) -> None:
         self.data_dir = data_dir
         self.config = config
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -33,8 +37,13 @@ class Fabric:
         )
         self.circuits = CircuitStore(self.meta, cfs, on_change=self.search.submit)
         self.metrics = Metrics()
-        self.qubits = LiveQubitManager(self.meta, self.circuits, config.live_qubit_mgr,
-                                       self.metrics)
+        sst = config.state_store
+        blob_dir = Path(sst.storage_path) if sst.storage_path else data_dir / "blobs"
+        sealer = Sealer(load_or_create_key(key_file or data_dir / "state.key"),
+                        sst.compression_threads)
+        self.states = StateStore(self.meta, DirectoryBlobStore(blob_dir), sealer, sst)
+        self.qubits = LiveQubitManager(self.meta, self.circuits, self.states,
+                                       config.live_qubit_mgr, self.metrics)
         self.search.start(
             lambda: (c.search_document() for c in self.circuits.all_circuits()),
             expected=self.circuits.count(),

@@ -27,5 +27,12 @@ class Metrics:
             "qfs_isolation_violations_total", "Allocations refused to keep isolation",
             registry=r)
 
+        self.serialization_seconds = Histogram(
+            "qfs_state_serialization_seconds", "Quantum state serialization time",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0), registry=r)
+        self.deserialization_seconds = Histogram(
+            "qfs_state_deserialization_seconds", "Quantum state restore time",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0), registry=r)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -26,6 +26,8 @@ from levels.errors import Busy, Invalid, NoSpace, NotFound, PermissionDenied
 from levels.feedforward import Trigger, compile_dynamic, dispatch_live
 from levels.livestate import LiveState, gate_matrix
 from levels.metrics import Metrics
+from levels.stateformats import fidelity, pure_state_of
+from levels.states import Request, StateStore
 from levels.store.meta import MetaStore
 
 ISOLATION_ALIASES = {"spatial_temporal": "strict"}
@@ -72,14 +74,17 @@ class Live:
     measurements: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     stopped: bool = False
     last_run: dict[str, Any] | None = None
+    restored: dict[str, Any] | None = None  # the last restore: checkpoint and fidelity
 
 
 class LiveQubitManager:
     def __init__(
-        self, meta: MetaStore, circuits: CircuitStore, config: LiveQubitConfig, metrics: Metrics
+        self, meta: MetaStore, circuits: CircuitStore, states: StateStore,
+        config: LiveQubitConfig, metrics: Metrics,
     ) -> None:
         self._meta = meta
         self._circuits = circuits
+        self._states = states
         self._config = config
         self._metrics = metrics
         self.specs = [DeviceSpec(d["name"], d["qubits"], d["topology"], d.get("seed", 7))
@@ -341,7 +346,38 @@ class LiveQubitManager:
             return self._measure(task, command.qubit)
         if isinstance(command, ctl.Apply):
             return await self._apply(task, command)
+        if isinstance(command, ctl.Checkpoint):
+            return await self._checkpoint(task, command)
+        if isinstance(command, ctl.Restore):
+            return await self._restore(task, command.name)
         return await self._run(task, command)
+
+    async def _checkpoint(self, task: Task, command: ctl.Checkpoint) -> str:
+        vector = self.live(task.name).state.vector.copy()
+        request = Request(command.name, task=task.name, format=command.format,
+                          encrypt=command.encrypt, retention=command.retention,
+                          parent=command.parent)
+        prepared = await trio.to_thread.run_sync(self._states.prepare, request, vector)
+        self._metrics.serialization_seconds.observe(prepared.meta["serialization_seconds"])
+        meta = self._states.commit(prepared)
+        return (f"checkpoint {meta['name']}: {meta['format']}, fidelity "
+                f"{meta['fidelity']:.12g}, {meta['stored_bytes']} bytes stored")
+
+    async def _restore(self, task: Task, name: str) -> str:
+        started = time.perf_counter()
+        meta, decoded = await trio.to_thread.run_sync(self._states.load, name)
+        if meta["qubit_count"] != len(task.qubits):
+            raise Invalid(f"checkpoint {name} holds {meta['qubit_count']} qubits; task "
+                          f"{task.name} has {len(task.qubits)}")
+        vector = pure_state_of(decoded)
+        restored = meta["fidelity"] * fidelity(decoded, vector)
+        live = self.live(task.name)
+        live.state.vector = vector.copy()
+        live.stopped = False
+        live.restored = {"checkpoint": name, "format": meta["format"],
+                         "fidelity": restored, "physical_qubits": list(task.qubits)}
+        self._metrics.deserialization_seconds.observe(time.perf_counter() - started)
+        return f"restored {name} onto {task.name}: fidelity {restored:.12g}"
 
     def _measure(self, task: Task, logical: int) -> str:
         if not 0 <= logical < len(task.qubits):
@@ -488,6 +524,8 @@ class LiveQubitManager:
                                       for i, p in top if p > 1e-12},
                 "measurements": live.measurements,
             }
+            if live.restored is not None:
+                document["live"]["restored"] = live.restored
             if live.last_run is not None:
                 document["last_run"] = {k: live.last_run[k] for k in ("run", "circuit",
                                                                        "version", "counts")}

@@ -26,6 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-o", dest="options", action="append", default=[],
                         help="comma-separated FUSE mount options")
     parser.add_argument("--debug", action="store_true", help="debug logging (and FUSE debug)")
+    parser.add_argument("--key-file", type=Path, default=None,
+                        help="AES-256 key for state checkpoints (default DATA/state.key, "
+                             "created 0600 on first mount)")
     parser.add_argument("--reindex", action="store_true",
                         help="rebuild the search index from the stored circuits")
     return parser.parse_args(argv)
@@ -74,7 +77,8 @@ def _run(args, mountpoint, data_dir, config, options, ready) -> int:
     from qfsmount import daemon  # imported after fork: it starts threads
 
     daemon.setup_logging(data_dir, args.debug, to_stderr=args.foreground)
-    return daemon.run(mountpoint, data_dir, config, options, args.debug, args.reindex, ready)
+    return daemon.run(mountpoint, data_dir, config, options, args.debug, args.reindex,
+                      args.key_file, ready)
 
 
 def _daemonize(args, mountpoint, data_dir, config, options) -> int:

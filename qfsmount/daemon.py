@@ -19,6 +19,7 @@ import trio
 
 from fsops.operations import Operations
 from levels.config import Config
+from levels.errors import QfsError
 from levels.fabric import Fabric
 
 log = logging.getLogger("qfs")
@@ -72,12 +73,17 @@ def run(
     options: list[str],
     debug: bool,
     reindex: bool,
+    key_file: Path | None,
     ready: Ready,
 ) -> int:
     """Mount and serve until unmounted; `ready` hears None once mounted, or the reason not."""
     stack_log = open(data_dir / "qfs.log", "a")  # noqa: SIM115 - lives as long as the daemon
     faulthandler.register(signal.SIGUSR1, file=stack_log, all_threads=True)
-    fabric = Fabric(data_dir, config, reindex=reindex)
+    try:
+        fabric = Fabric(data_dir, config, reindex=reindex, key_file=key_file)
+    except QfsError as exc:
+        ready(str(exc))
+        return 2
     operations = Operations(fabric)
     try:
         pyfuse3.init(operations, str(mountpoint), fuse_options(options, debug))

@@ -14,7 +14,7 @@ import lmdb
 
 from levels.errors import NoSpace
 
-TABLES = ("circuits", "sources", "results", "names", "tasks")
+TABLES = ("circuits", "sources", "results", "names", "tasks", "checkpoints")
 
 
 class Txn(Protocol):

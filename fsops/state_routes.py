@@ -1,0 +1,103 @@
+"""The /states tree: one directory per checkpoint.
+
+    /states/<ckpt>/meta.json            format, fidelity, sizes, times (read-only)
+    /states/<ckpt>/statevector.npy      the decoded state (density_matrix.npy for mixed
+                                        formats), readable by np.load from the mount
+    /states/<ckpt>/blob                 the stored bytes exactly as kept
+    mkdir /states/x; cp psi.npy /states/x/statevector.npy   imports a state
+"""
+
+import io
+import time
+
+import numpy as np
+import trio
+
+from fsops import nodes
+from fsops.nodes import Node
+from levels.errors import Invalid, NotFound, ReadOnly
+from levels.fabric import Fabric
+from levels.lru import LRU
+from levels.states import Request, meta_json, npy_bytes, npy_size
+
+Path = tuple[str, ...]
+STATES = "states"
+IMPORT_FILES = {"statevector.npy": 1, "density_matrix.npy": 2}  # name -> array rank
+_decoded_npy: LRU[bytes] = LRU(max_entries=16, max_bytes=512 << 20, sizeof=len)
+
+
+def resolve(fabric: Fabric, path: Path) -> Node:
+    store = fabric.states
+    if len(path) == 1:
+        return nodes.directory(time.time_ns(), timeout=0.0)
+    name = path[1]
+    if name in store.pending:
+        if len(path) == 2:
+            return nodes.directory(time.time_ns(), timeout=0.0)
+        raise NotFound(f"{name} holds no state yet: cp a .npy file in")
+    meta = store.get(name)
+    if len(path) == 2:
+        return nodes.directory(meta["created_ns"], perm=0o555, timeout=0.0)
+    leaf = path[2] if len(path) == 3 else ""
+    created = meta["created_ns"]
+    if leaf == "meta.json":
+        return nodes.constant(meta_json(meta), created)
+    if leaf == "blob":
+        async def read_blob() -> bytes:
+            return await trio.to_thread.run_sync(store.blob, name)
+
+        return Node(nodes.FILE, 0o444, created, size=meta["stored_bytes"], read=read_blob,
+                    attr_timeout=nodes.IMMUTABLE_TIMEOUT)
+    if leaf == f"{meta['decodes_to']}.npy":
+        async def read_state() -> bytes:
+            key = (name, created)
+            data = _decoded_npy.get(key)
+            if data is None:
+                _meta, decoded = await trio.to_thread.run_sync(store.load, name)
+                data = await trio.to_thread.run_sync(npy_bytes, decoded)
+                _decoded_npy.put(key, data)
+            return data
+
+        return Node(nodes.FILE, 0o444, created, size=npy_size(store.decoded_shape(name)),
+                    read=read_state, attr_timeout=nodes.IMMUTABLE_TIMEOUT)
+    raise NotFound("/".join(path))
+
+
+def list_names(fabric: Fabric, path: Path) -> list[str]:
+    store = fabric.states
+    if len(path) == 1:
+        return sorted({*store.names(), *store.pending})
+    if path[1] in store.pending:
+        return []
+    meta = store.get(path[1])
+    return ["blob", "meta.json", f"{meta['decodes_to']}.npy"]
+
+
+def is_checkpoint_file(fabric: Fabric, path: Path) -> bool:
+    return len(path) == 3 and path[0] == STATES and path[1] not in fabric.states.pending
+
+
+def import_target(fabric: Fabric, path: Path) -> nodes.Commit:
+    """What writing /states/<x>/<file>.npy into a directory made by mkdir commits."""
+    if len(path) != 3 or path[1] not in fabric.states.pending:
+        raise ReadOnly("states are imported into a new directory: mkdir /states/x first")
+    rank = IMPORT_FILES.get(path[2])
+    if rank is None:
+        raise Invalid(f"import as {' or '.join(IMPORT_FILES)}, not {path[2]}")
+    name = path[1]
+
+    async def commit(data: bytes) -> None:
+        def prepare():
+            try:
+                array = np.load(io.BytesIO(data), allow_pickle=False)
+            except Exception as exc:
+                raise Invalid(f"{path[2]} is not a .npy array: {exc}") from exc
+            if array.ndim != rank:
+                raise Invalid(f"{path[2]} must be a {rank}-D array, not {array.ndim}-D")
+            return fabric.states.prepare(Request(name), array)
+
+        prepared = await trio.to_thread.run_sync(prepare)
+        fabric.states.commit(prepared)
+        fabric.states.pending.discard(name)
+
+    return commit

@@ -1,0 +1,253 @@
+"""Level 2, StateStore: quantum-state checkpoints, encoded, compressed, encrypted.
+
+A checkpoint is a blob (the sealed payload, content-addressed in the blob store) and one
+metadata record in the `checkpoints` table, written in that order: a crash in between
+leaves an unreferenced blob (found by the checker), never a visible partial checkpoint.
+The associated data of the encryption names the checkpoint, its format, qubit count and
+creation time, so a blob moved under another name or with edited metadata fails to open.
+
+Work is split as elsewhere: `prepare` (encode, measure fidelity, compress, encrypt) is
+CPU-heavy and runs in a worker thread; `commit` is one short transaction.
+"""
+
+import dataclasses
+import hashlib
+import io
+import json
+import re
+import time
+from typing import Any
+
+import numpy as np
+
+from levels import stateformats
+from levels.circuits import validate_name
+from levels.config import StateStoreConfig
+from levels.errors import Corrupt, Exists, Invalid, NotEmpty, NotFound, TooBig
+from levels.store.blobs import DirectoryBlobStore
+from levels.store.meta import MetaStore
+from levels.store.sealed import Sealer
+
+LEVELS = {"fast": 1, "balanced": 3, "max": 19}
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d)$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise Invalid(f"bad duration {text!r}: expected e.g. 90s, 30m, 24h, 7d")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def compression_level(setting: str) -> int:
+    if setting in LEVELS:
+        return LEVELS[setting]
+    try:
+        return int(setting)
+    except ValueError:
+        raise Invalid(f"compression_level {setting!r}: fast, balanced, max or a number") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What to checkpoint and how; None fields take the configured defaults."""
+
+    name: str
+    task: str | None = None
+    stage: str | None = None
+    format: str | None = None
+    encrypt: bool | None = None
+    retention: str | None = None
+    parent: str | None = None
+
+
+@dataclasses.dataclass
+class Prepared:
+    meta: dict[str, Any]
+    blob: bytes
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def npy_size(shape: tuple[int, ...]) -> int:
+    """The exact size of np.save of a complex128 array of this shape, without the array."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": np.dtype(np.complex128).str, "fortran_order": False, "shape": shape})
+    return header.tell() + 16 * int(np.prod(shape))
+
+
+class StateStore:
+    def __init__(self, meta: MetaStore, blobs: DirectoryBlobStore, sealer: Sealer,
+                 config: StateStoreConfig) -> None:
+        self._meta = meta
+        self._blobs = blobs
+        self._sealer = sealer
+        self._config = config
+        self.options = stateformats.FormatOptions(
+            mps_max_bond=config.mps_max_bond, sparse_threshold=config.sparse_threshold,
+            low_rank_k=config.low_rank_k, shadow_snapshots=config.shadow_snapshots,
+            complex64=config.amplitude_precision == "complex64")
+        self._retention = parse_duration(config.checkpoint_retention)
+        # Directories made by mkdir that await an imported state (in memory, like scratch).
+        self.pending: set[str] = set()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        self.expire()
+        with self._meta.reading() as txn:
+            return [k.decode() for k, _ in txn.scan("checkpoints")]
+
+    def get(self, name: str) -> dict[str, Any]:
+        with self._meta.reading() as txn:
+            raw = txn.get("checkpoints", name.encode())
+        if raw is None:
+            raise NotFound(f"no checkpoint {name}")
+        meta = json.loads(raw)
+        if meta["expires_ns"] <= time.time_ns():
+            raise NotFound(f"checkpoint {name} expired")
+        return meta
+
+    def blob(self, name: str) -> bytes:
+        return self._blobs.get(self.get(name)["blob"])
+
+    def payload(self, name: str) -> bytes:
+        """The decrypted, decompressed payload (a parent's is the dictionary of its child)."""
+        meta = self.get(name)
+        dictionary = self.payload(meta["parent"]) if meta["parent"] else None
+        return self._sealer.unseal(self._blobs.get(meta["blob"]), _aad(meta), dictionary)
+
+    def load(self, name: str) -> tuple[dict[str, Any], np.ndarray]:
+        """The checkpoint's metadata and decoded state, verified against its recorded hash."""
+        meta = self.get(name)
+        decoded = stateformats.decode(self.payload(name))
+        if hashlib.sha256(decoded.tobytes()).hexdigest() != meta["decoded_sha256"]:
+            raise Corrupt(f"checkpoint {name} decodes to a state other than the one recorded")
+        return meta, decoded
+
+    def decoded_shape(self, name: str) -> tuple[int, ...]:
+        meta = self.get(name)
+        dim = 2 ** meta["qubit_count"]
+        return (dim,) if meta["decodes_to"] == "statevector" else (dim, dim)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def prepare(self, request: Request, state: np.ndarray) -> Prepared:
+        """Encode, measure, compress and encrypt (slow: call from a worker thread)."""
+        validate_name(request.name, "checkpoint name")
+        state = stateformats.validate_state(state)
+        n = stateformats.num_qubits_of(state)
+        raw_bytes = state.size * 16
+        limit = self._config.max_checkpoint_size_mb << 20
+        if raw_bytes > limit:
+            raise TooBig(f"a {n}-qubit state is {raw_bytes >> 20} MiB, over "
+                         f"max_checkpoint_size_mb={self._config.max_checkpoint_size_mb}")
+        fmt, reason = self._format(request, state)
+        started = time.perf_counter()
+        encoded = stateformats.encode(state, fmt, self.options)
+        parent_payload = None
+        if request.parent:
+            parent = self.get(request.parent)
+            if parent["qubit_count"] != n:
+                raise Invalid(f"parent {request.parent} has {parent['qubit_count']} qubits, "
+                              f"this state {n}")
+            parent_payload = self.payload(request.parent)
+        created = time.time_ns()
+        retention = parse_duration(request.retention) if request.retention else self._retention
+        encrypt = self._config.encryption_enabled if request.encrypt is None else request.encrypt
+        meta: dict[str, Any] = {
+            "name": request.name, "task": request.task, "stage": request.stage,
+            "format": fmt, "format_reason": reason,
+            "decodes_to": stateformats.DECODES_TO[fmt], "qubit_count": n,
+            "fidelity": encoded.fidelity,
+            "entanglement_entropy": stateformats.entanglement_entropy(state),
+            "raw_bytes": raw_bytes, "payload_bytes": len(encoded.payload),
+            "encrypted": encrypt, "parent": request.parent,
+            "created_ns": created, "expires_ns": created + int(retention * 1e9),
+            "decoded_sha256": hashlib.sha256(encoded.decoded.tobytes()).hexdigest(),
+        }
+        level = compression_level(self._config.compression_level) \
+            if self._config.compression_enabled else None
+        blob = self._sealer.seal(encoded.payload, _aad(meta), encrypt, parent_payload, level)
+        meta["stored_bytes"] = len(blob)
+        meta["compression_ratio"] = len(blob) / raw_bytes
+        meta["serialization_seconds"] = time.perf_counter() - started
+        if len(blob) > limit:
+            raise TooBig(f"checkpoint is {len(blob) >> 20} MiB stored, over the limit")
+        return Prepared(meta, blob)
+
+    def _format(self, request: Request, state: np.ndarray) -> tuple[str, str]:
+        asked = request.format or self._config.default_serialization_format
+        asked = {"tensor_network": "mps", "auto": "auto"}.get(asked, asked)
+        if asked == "auto":
+            return stateformats.choose_format(state, self.options)
+        if asked not in stateformats.FORMATS:
+            raise Invalid(f"unknown format {asked!r} (known: auto, "
+                          f"{', '.join(stateformats.FORMATS)})")
+        return asked, "asked for"
+
+    def commit(self, prepared: Prepared) -> dict[str, Any]:
+        meta = dict(prepared.meta)
+        name = meta["name"]
+        with self._meta.reading() as txn:
+            if txn.get("checkpoints", name.encode()) is not None:
+                raise Exists(f"checkpoint {name} exists")
+        meta["blob"] = self._blobs.put(prepared.blob)
+        with self._meta.writing() as txn:
+            if txn.get("checkpoints", name.encode()) is not None:
+                raise Exists(f"checkpoint {name} exists")
+            txn.put("checkpoints", name.encode(), json.dumps(meta).encode())
+        return meta
+
+    def delete(self, name: str) -> None:
+        meta = self.get(name)
+        children = [c for c in self._all() if c.get("parent") == name]
+        if children:
+            raise NotEmpty(f"checkpoint {name} is the parent of {children[0]['name']}; "
+                           "delete that first")
+        with self._meta.writing() as txn:
+            txn.delete("checkpoints", name.encode())
+        self._blobs.delete(meta["blob"])
+
+    def expire(self) -> list[str]:
+        """Delete expired checkpoints (children before parents); returns their names."""
+        now = time.time_ns()
+        gone: list[str] = []
+        expired = {m["name"]: m for m in self._all() if m["expires_ns"] <= now}
+        parents = {m.get("parent") for m in self._all() if m["name"] not in expired}
+        for name, meta in expired.items():
+            if name in parents:
+                continue  # a live child still needs it as its dictionary
+            with self._meta.writing() as txn:
+                txn.delete("checkpoints", name.encode())
+            self._blobs.delete(meta["blob"])
+            gone.append(name)
+        return gone
+
+    def _all(self) -> list[dict[str, Any]]:
+        with self._meta.reading() as txn:
+            return [json.loads(v) for _k, v in txn.scan("checkpoints")]
+
+
+def _aad(meta: dict[str, Any]) -> bytes:
+    bound = {k: meta[k] for k in ("name", "format", "qubit_count", "created_ns", "parent",
+                                  "decoded_sha256")}
+    return json.dumps(bound, sort_keys=True).encode()
+
+
+def meta_json(meta: dict[str, Any]) -> bytes:
+    """meta.json as users read it: times in ISO 8601, the blob key left out."""
+    shown = {k: v for k, v in meta.items() if k not in ("blob", "created_ns", "expires_ns")}
+    shown["created"] = _iso(meta["created_ns"])
+    shown["expires"] = _iso(meta["expires_ns"])
+    return json.dumps(shown, indent=2).encode() + b"\n"
+
+
+def _iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))

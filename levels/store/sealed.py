@@ -1,0 +1,85 @@
+"""zstd compression and AES-256-GCM encryption of state payloads, as one wrapping layer.
+
+Layout of a sealed blob: magic b"QFS1", one flags byte (1 = encrypted, 2 = zstd), then
+for an encrypted blob a 12-byte fresh random nonce and the GCM ciphertext+tag of the
+(compressed) payload. The associated data binds the blob to its checkpoint id and
+metadata, so a blob swapped between checkpoints, truncated or altered, or opened with
+another key, fails authentication: the caller gets Corrupt, never wrongly decoded bytes.
+The key is read from a 0600 file and never logged.
+"""
+
+import os
+import stat
+from pathlib import Path
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from levels.errors import Corrupt, Invalid
+
+MAGIC = b"QFS1"
+ENCRYPTED = 1
+COMPRESSED = 2
+NONCE_BYTES = 12
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The 32-byte key in `path`, created 0600 on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(AESGCM.generate_key(bit_length=256))
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise Invalid(f"key file {path} is readable by others (mode {oct(mode)}); chmod 600")
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise Invalid(f"key file {path} must hold 32 bytes, not {len(key)}")
+    return key
+
+
+class Sealer:
+    def __init__(self, key: bytes, threads: int) -> None:
+        self._aead = AESGCM(key)
+        self._threads = threads
+
+    def seal(self, payload: bytes, aad: bytes, encrypt: bool, dictionary: bytes | None = None,
+             level: int | None = 3) -> bytes:
+        """level None stores the payload uncompressed (for data zstd cannot shrink)."""
+        flags = 0
+        body = payload
+        if level is not None:
+            compressor = zstandard.ZstdCompressor(
+                level=level, threads=self._threads, dict_data=_dictionary(dictionary))
+            body = compressor.compress(payload)
+            flags |= COMPRESSED
+        if not encrypt:
+            return MAGIC + bytes([flags]) + body
+        nonce = os.urandom(NONCE_BYTES)
+        return MAGIC + bytes([flags | ENCRYPTED]) + nonce + self._aead.encrypt(nonce, body, aad)
+
+    def unseal(self, blob: bytes, aad: bytes, dictionary: bytes | None = None) -> bytes:
+        if len(blob) < 5 or blob[:4] != MAGIC:
+            raise Corrupt("not a qfs state blob (bad magic)")
+        flags, body = blob[4], blob[5:]
+        if flags & ENCRYPTED:
+            nonce, ciphertext = body[:NONCE_BYTES], body[NONCE_BYTES:]
+            try:
+                body = self._aead.decrypt(nonce, ciphertext, aad)
+            except InvalidTag:
+                raise Corrupt("authentication failed: the blob was altered, swapped or "
+                              "truncated, or the key is not the one it was sealed with") from None
+        if not flags & COMPRESSED:
+            return body
+        try:
+            return zstandard.ZstdDecompressor(dict_data=_dictionary(dictionary)).decompress(body)
+        except zstandard.ZstdError as exc:
+            raise Corrupt(f"cannot decompress the blob: {exc}") from exc
+
+
+def _dictionary(raw: bytes | None):
+    if raw is None:
+        return None
+    return zstandard.ZstdCompressionDict(raw, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
