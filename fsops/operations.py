@@ -13,6 +13,7 @@ import stat
 from typing import Any
 
 import pyfuse3
+import trio
 
 from fsops import routes
 from fsops.errors import errno_of, guarded
@@ -393,6 +394,7 @@ class Operations(pyfuse3.Operations):
         handle = self._files[fh]
         with self._guard("fsync", handle.path, handle.subject):
             await handle.commit_if_dirty()
+            await trio.to_thread.run_sync(self.fabric.meta.sync)
 
     async def release(self, fh):
         handle = self._files.pop(fh)

@@ -102,10 +102,10 @@ async def resolve(fabric: Fabric, path: Path) -> Node:
     if top == SEARCH:
         if depth == 1:
             return nodes.directory(_STARTED_NS, perm=0o555)
-        names = await search(fabric, path[1])
         if depth == 2:
+            fabric.search.validate(path[1])  # the search itself runs at opendir
             return nodes.directory(time.time_ns(), perm=0o555, timeout=0.0)
-        if depth == 3 and path[2] in names:
+        if depth == 3 and path[2] in await search(fabric, path[1]):
             return nodes.symlink(f"../../{CIRCUITS}/{path[2]}", time.time_ns())
     if top == OPS:
         if depth == 1:

@@ -65,16 +65,21 @@ def choose(
     if n > len(free):
         raise NoSpace(f"{n} qubits asked, {len(free)} free on {device.name}")
     pattern = shape_graph(topology, n)
+    if topology in ("ring", "triangle") and n < device.girth:
+        raise NoSpace(f"no ring of {n} exists on {device.name}: its shortest cycle has "
+                      f"{device.girth} qubits")
     best: tuple[float, list[int]] | None = None
+    vetoed = False
     for qubits, edges in _candidates(device, free, n, pattern):
         if usable is not None and not usable(qubits):
+            vetoed = True
             continue
         value = score(device, qubits, edges)
         if best is None or value > best[0]:
             best = (value, qubits)
     if best is None:
-        raise NoSpace(f"no {topology} set of {n} free qubits on {device.name}"
-                      " (with the isolation asked for)")
+        why = " that keeps the isolation asked for" if vetoed else ""
+        raise NoSpace(f"no {topology} set of {n} free qubits{why} on {device.name}")
     return best[1], best[0]
 
 
@@ -99,22 +104,33 @@ def _candidates(device: Device, free: set[int], n: int, pattern: rx.PyGraph | No
 
 
 def _greedy_connected(device: Device, free: set[int], n: int, order: list[int]):
-    """Grow from each of the best free qubits, always adding the best free neighbour."""
+    """Grow from each of the best free qubits (see _grow)."""
     for seed in order[:GREEDY_SEEDS]:
-        chosen = [seed]
-        members = {seed}
-        edges: list[tuple[int, int]] = []
-        while len(chosen) < n:
-            options = [
-                (device.qubit_fidelity(nb) * device.edge_fidelity(q, nb), q, nb)
-                for q in chosen for nb in device.neighbors[q]
-                if nb in free and nb not in members
-            ]
-            if not options:
-                break
-            _, q, nb = max(options)
-            chosen.append(nb)
-            members.add(nb)
-            edges.append((q, nb))
+        grown = _grow(device, free, n, seed)
+        if grown is not None:
+            yield grown
+
+
+def _grow(device: Device, free: set[int], n: int, seed: int):
+    """Add, one at a time, the free neighbour whose qubit and coupling log-fidelities are
+    best; the frontier keeps each candidate's best attachment."""
+    qubit_log, edge_log = device.log_fidelity
+    chosen, members = [seed], {seed}
+    edges: list[tuple[int, int]] = []
+    frontier: dict[int, tuple[float, int]] = {}  # candidate -> (gain, attached to)
+    q = seed
+    while True:
+        for nb in device.neighbors[q]:
+            if nb in free and nb not in members:
+                gain = qubit_log[nb] + edge_log[(q, nb)]
+                if nb not in frontier or gain > frontier[nb][0]:
+                    frontier[nb] = (gain, q)
         if len(chosen) == n:
-            yield chosen, edges
+            return chosen, edges
+        if not frontier:
+            return None
+        q = max(frontier, key=lambda c: frontier[c][0])
+        _gain, attached = frontier.pop(q)
+        chosen.append(q)
+        members.add(q)
+        edges.append((attached, q))

@@ -26,7 +26,7 @@ class CircuitFsConfig:
     retention_policy: str = "7d"
     search_result_limit: int = 10000
     similar_result_limit: int = 10
-    index_commit_interval_ms: int = 200
+    index_commit_interval_ms: int = 1000
     lmdb_map_size_mb: int = 65536
 
 

@@ -152,6 +152,23 @@ class Device:
             return self._noise_model
 
     @functools.cached_property
+    def girth(self) -> int:
+        """Length of the shortest cycle (rings shorter than this cannot exist)."""
+        if len(self.edges) > 2000:
+            return 3  # dense graphs: not worth computing, triangles are likely
+        best = self.num_qubits + 1
+        for start in range(self.num_qubits):  # BFS from each qubit (once per device)
+            depth, parent, queue = {start: 0}, {start: -1}, [start]
+            for q in queue:
+                for nb in self.neighbors[q]:
+                    if nb not in depth:
+                        depth[nb], parent[nb] = depth[q] + 1, q
+                        queue.append(nb)
+                    elif parent[q] != nb:
+                        best = min(best, depth[q] + depth[nb] + 1)
+        return best
+
+    @functools.cached_property
     def best_first(self) -> list[int]:
         """Qubits by descending fidelity: allocation tries them in this order."""
         return sorted(range(self.num_qubits), key=self.qubit_fidelity, reverse=True)

@@ -4,6 +4,7 @@ Programs and tests use this without FUSE; the mount wraps it.
 """
 
 import logging
+import threading
 from pathlib import Path
 
 from levels import workers
@@ -20,6 +21,7 @@ from levels.store.meta import LmdbMetaStore
 from levels.store.sealed import Sealer, load_or_create_key
 
 log = logging.getLogger("qfs")
+SYNC_INTERVAL = 1.0  # seconds between background flushes of committed metadata
 
 
 class Fabric:
@@ -50,7 +52,21 @@ class Fabric:
             force=reindex,
         )
 
+        self._closing = threading.Event()
+        self._syncer = threading.Thread(target=self._sync_periodically, name="qfs-sync",
+                                        daemon=True)
+        self._syncer.start()
+
+    def _sync_periodically(self) -> None:
+        while not self._closing.wait(SYNC_INTERVAL):
+            try:
+                self.meta.sync()
+            except Exception:
+                log.exception("background sync of the metadata store failed")
+
     def close(self) -> None:
+        self._closing.set()
+        self._syncer.join(timeout=10)
         self.search.close()
         self.meta.close()
         workers.shutdown()

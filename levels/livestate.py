@@ -40,6 +40,36 @@ def gate_matrix(name: str, params: tuple[float, ...], num_qubits: int) -> np.nda
     return np.ascontiguousarray(tensor.transpose(order))
 
 
+@functools.lru_cache(maxsize=1024)
+def monomial_action(
+    name: str, params: tuple[float, ...], qubits: tuple[int, ...], num_qubits: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """For gates with one non-zero per column (x, y, z, s, t, rz, cx, cz, swap, ...): the
+    whole gate as new = old[source] * phases, two numpy operations on the feed-forward path.
+    None for gates that mix amplitudes (h, rx, ...)."""
+    matrix = gate_matrix(name, params, len(qubits))
+    k = len(qubits)
+    flat = matrix.transpose(list(reversed(range(k))) + [k + a for a in reversed(range(k))])
+    flat = flat.reshape(2**k, 2**k)  # back to Qiskit's little-endian matrix
+    nonzero = np.abs(flat) > 1e-12
+    if not np.all(nonzero.sum(axis=0) == 1):
+        return None
+    row_of = nonzero.argmax(axis=0)  # local column -> local row
+    index = np.arange(2**num_qubits)
+    local = np.zeros_like(index)
+    for j, q in enumerate(qubits):
+        local |= ((index >> q) & 1) << j
+    target = index.copy()
+    for j, q in enumerate(qubits):
+        target &= ~(1 << q)
+        target |= ((row_of[local] >> j) & 1) << q
+    source = np.empty_like(index)
+    source[target] = index
+    phases = np.empty(2**num_qubits, dtype=complex)
+    phases[target] = flat[row_of[local], local]
+    return source, phases
+
+
 class LiveState:
     def __init__(self, num_qubits: int, rng: np.random.Generator | None = None) -> None:
         if num_qubits > MAX_LIVE_QUBITS:
@@ -59,12 +89,35 @@ class LiveState:
         return self.num_qubits - 1 - qubit  # C-order axis 0 is the highest qubit
 
     def apply_gate(self, name: str, qubits: tuple[int, ...], params: tuple[float, ...] = ()):
-        tensor = gate_matrix(name, tuple(float(p) for p in params), len(qubits))
+        params = tuple(float(p) for p in params)
+        for q in qubits:
+            self._axis(q)
+        shortcut = monomial_action(name, params, tuple(qubits), self.num_qubits)
+        if shortcut is not None:
+            source, phases = shortcut
+            self.vector = self.vector[source] * phases
+            return
+        tensor = gate_matrix(name, params, len(qubits))
         k = len(qubits)
+        if k == 1:
+            self._apply_one(tensor, qubits[0])
+            return
         axes = [self._axis(q) for q in qubits]
         psi = self.vector.reshape((2,) * self.num_qubits)
         moved = np.tensordot(tensor, psi, axes=(list(range(k, 2 * k)), axes))
         self.vector = np.moveaxis(moved, list(range(k)), axes).reshape(-1)
+
+    def _apply_one(self, u: np.ndarray, qubit: int) -> None:
+        """A single-qubit gate in place on the two halves it mixes (no tensordot, no copy
+        of the whole vector): the feed-forward hot path."""
+        self._axis(qubit)
+        pairs = self.vector.reshape(-1, 2, 1 << qubit)
+        zero, one = pairs[:, 0, :], pairs[:, 1, :]
+        old_zero = zero.copy()
+        zero *= u[0, 0]
+        zero += u[0, 1] * one
+        one *= u[1, 1]
+        one += u[1, 0] * old_zero
 
     def evolve(self, circuit) -> None:
         """Apply a measurement-free circuit (its qubit i is the task's logical qubit i)."""

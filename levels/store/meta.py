@@ -3,6 +3,11 @@
 LMDB now. Each change the fabric makes is one write transaction, so a crash never leaves
 half a version. A shared database could implement the same `MetaStore` protocol later
 without touching the levels.
+
+Durability follows POSIX: a committed transaction is in the operating system at once (it
+survives a kill -9 of the daemon), and on disk after fsync() or within about a second (the
+fabric syncs in the background), not after every commit, which would cost a disk flush per
+close() and hold up every other request meanwhile.
 """
 
 import contextlib
@@ -27,6 +32,7 @@ class Txn(Protocol):
 class MetaStore(Protocol):
     def reading(self) -> contextlib.AbstractContextManager[Txn]: ...
     def writing(self) -> contextlib.AbstractContextManager[Txn]: ...
+    def sync(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -60,7 +66,8 @@ class LmdbMetaStore:
     def __init__(self, path: Path, map_size_mb: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._env = lmdb.open(
-            str(path), map_size=map_size_mb << 20, max_dbs=len(TABLES) + 4, subdir=True
+            str(path), map_size=map_size_mb << 20, max_dbs=len(TABLES) + 4, subdir=True,
+            sync=False,
         )
         self._dbs = {name: self._env.open_db(name.encode()) for name in TABLES}
 
@@ -79,5 +86,10 @@ class LmdbMetaStore:
         except lmdb.DiskError as exc:
             raise NoSpace(f"the data directory is full: {exc}") from exc
 
+    def sync(self) -> None:
+        """Flush committed transactions to disk (fsync)."""
+        self._env.sync(True)
+
     def close(self) -> None:
+        self._env.sync(True)
         self._env.close()
