@@ -15,7 +15,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from fsops import routes
+from fsops import routes, state_routes
 from fsops.errors import errno_of, guarded
 from fsops.handles import DirHandle, FileHandle, open_handle
 from fsops.inodes import InodeTable, Path
@@ -204,8 +204,13 @@ class Operations(pyfuse3.Operations):
     async def mkdir(self, parent_inode, name, mode, ctx):
         path = self._child(parent_inode, name)
         with self._guard("mkdir", path):
+            if len(path) == 2 and path[0] == state_routes.STATES:
+                self.fabric.states.make_pending(path[1])
+                return self._attrs(self.inodes.remember(path),
+                                   await routes.resolve(self.fabric, path))
             if len(path) != 2 or path[0] != routes.CIRCUITS:
-                raise ReadOnly("directories can only be made in /circuits (one per circuit)")
+                raise ReadOnly("directories can only be made in /circuits (one per circuit) "
+                               "and /states (one per imported state)")
             if self.fabric.scratch.find(path[:-1], path[1]) is not None:
                 raise Exists(f"{path[1]} exists")
             self.fabric.circuits.create(path[1])
@@ -218,6 +223,10 @@ class Operations(pyfuse3.Operations):
                 self.fabric.circuits.delete(path[1])
                 self.fabric.scratch.drop_tree(path)
                 self.fabric.oplog.forget_subject(path[1])
+                self.inodes.detach(path)
+                return
+            if len(path) == 2 and path[0] == state_routes.STATES:
+                self.fabric.states.remove_dir(path[1])
                 self.inodes.detach(path)
                 return
             if len(path) == 3 and path[0] == routes.CIRCUITS and path[2] in ("results", "similar"):
@@ -241,7 +250,8 @@ class Operations(pyfuse3.Operations):
                 self.fabric.circuits.delete_result(path[1], path[3])
                 self.inodes.detach(path)
                 return
-            if routes.fabric_file(self.fabric, path):
+            if routes.fabric_file(self.fabric, path) or state_routes.is_checkpoint_file(
+                    self.fabric, path):
                 # Versions and views are facets of the circuit: `rm` of one is accepted and
                 # changes nothing, so that `rm -r` reaches the rmdir that deletes the circuit.
                 await routes.resolve(self.fabric, path)
@@ -342,7 +352,11 @@ class Operations(pyfuse3.Operations):
             parent = path[:-1]
             if len(path) == 4 and path[0] == routes.CIRCUITS and path[2] == "results":
                 commit = routes.commit_target(fabric, path)
-                node = Node(stat.S_IFREG, 0o644, 0, commit=commit, subject=path[1])
+                node = Node(stat.S_IFREG, 0o644, 0, commit=commit, subject=path[1],
+                            entry_timeout=0.0)  # exists only if its commit succeeds
+            elif path[0] == state_routes.STATES:
+                node = Node(stat.S_IFREG, 0o644, 0, entry_timeout=0.0,
+                            commit=state_routes.import_target(fabric, path))
             elif routes.fabric_file(fabric, path):
                 # Recreating latest.qasm or meta.json after an editor moved it aside.
                 node = await routes.resolve(fabric, path)

@@ -205,6 +205,21 @@ class StateStore:
             txn.put("checkpoints", name.encode(), json.dumps(meta).encode())
         return meta
 
+    def make_pending(self, name: str) -> None:
+        """mkdir /states/<name>: an empty directory awaiting an imported state."""
+        validate_name(name, "checkpoint name")
+        with self._meta.reading() as txn:
+            taken = txn.get("checkpoints", name.encode()) is not None
+        if taken or name in self.pending:
+            raise Exists(f"checkpoint {name} exists")
+        self.pending.add(name)
+
+    def remove_dir(self, name: str) -> None:
+        if name in self.pending:
+            self.pending.discard(name)
+        else:
+            self.delete(name)
+
     def delete(self, name: str) -> None:
         meta = self.get(name)
         children = [c for c in self._all() if c.get("parent") == name]

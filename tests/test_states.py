@@ -1,0 +1,260 @@
+"""Level 2 through the mount: checkpoints of live task states, every format, import,
+encryption and tampering, incremental checkpoints, retention and size limits."""
+
+import errno
+import io
+import json
+import os
+import stat
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from qiskit import qasm3
+from qiskit.quantum_info import DensityMatrix, Statevector, state_fidelity
+
+from tests.test_qubits import command, refused
+
+pytestmark = pytest.mark.fuse
+
+ENTANGLED = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[4] q;
+ry(0.4) q[0];
+h q[1];
+cx q[1], q[2];
+rz(0.3) q[2];
+cx q[0], q[3];
+ry(1.2) q[3];
+"""
+CLIFFORD = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[4] q;
+h q[0];
+cx q[0], q[1];
+s q[1];
+cx q[1], q[2];
+h q[3];
+"""
+EXACT = {"statevector", "density_matrix", "stabilizer", "sparse"}
+
+
+def expected_state(source: str) -> Statevector:
+    return Statevector(qasm3.loads(source))
+
+
+def prepared_task(qfs, task: str, source: str = ENTANGLED, circuit: str = "prep") -> None:
+    if not (qfs.circuits / circuit).exists():
+        qfs.write_circuit(circuit, source)
+    command(qfs.qubits / "ctl", f"alloc 4 task={task} topology=linear")
+    command(qfs.qubits / "tasks" / task / "ctl", f"apply {circuit}")
+
+
+def meta_of(qfs, name: str) -> dict:
+    return json.loads((qfs.root / "states" / name / "meta.json").read_text())
+
+
+def npy(qfs, name: str, kind: str = "statevector") -> np.ndarray:
+    return np.load(qfs.root / "states" / name / f"{kind}.npy")
+
+
+def test_checkpoint_then_restore_onto_other_qubits(qfs):
+    prepared_task(qfs, "a")
+    ctl = qfs.qubits / "tasks" / "a" / "ctl"
+    command(ctl, "checkpoint c1 format=statevector")
+    assert sorted(os.listdir(qfs.root / "states" / "c1")) == ["blob", "meta.json",
+                                                               "statevector.npy"]
+    meta = meta_of(qfs, "c1")
+    assert meta["task"] == "a" and meta["qubit_count"] == 4 and meta["format"] == "statevector"
+    assert meta["encrypted"] is True and meta["stored_bytes"] == os.stat(
+        qfs.root / "states" / "c1" / "blob").st_size
+    for key in ("fidelity", "compression_ratio", "entanglement_entropy", "raw_bytes",
+                "created", "expires", "parent", "stage"):
+        assert key in meta
+    saved = npy(qfs, "c1")
+    assert state_fidelity(Statevector(saved), expected_state(ENTANGLED)) > 1 - 1e-12
+    command(qfs.qubits / "ctl", "alloc 4 task=b topology=linear")
+    command(qfs.qubits / "tasks" / "b" / "ctl", "restore c1")
+    state_a = json.loads((qfs.qubits / "tasks" / "a" / "state.json").read_text())
+    state_b = json.loads((qfs.qubits / "tasks" / "b" / "state.json").read_text())
+    assert not set(state_a["qubits"]) & set(state_b["qubits"])
+    restored = state_b["live"]["restored"]
+    assert restored["checkpoint"] == "c1" and restored["fidelity"] > 1 - 1e-12
+    command(qfs.qubits / "tasks" / "b" / "ctl", "checkpoint c2 format=statevector")
+    assert state_fidelity(Statevector(npy(qfs, "c2")), Statevector(saved)) > 1 - 1e-12
+
+
+@pytest.mark.parametrize("fmt", ["statevector", "density_matrix", "mps", "stabilizer",
+                                 "shadow", "sparse", "low_rank"])
+def test_every_format_round_trips_with_honest_fidelity(qfs, fmt):
+    source = CLIFFORD if fmt == "stabilizer" else ENTANGLED
+    prepared_task(qfs, "f", source)
+    command(qfs.qubits / "tasks" / "f" / "ctl", f"checkpoint s format={fmt}")
+    meta = meta_of(qfs, "s")
+    assert meta["format"] == fmt
+    kind = meta["decodes_to"]
+    decoded = npy(qfs, "s", kind)
+    exact = expected_state(source)
+    measured = state_fidelity(Statevector(decoded) if kind == "statevector"
+                              else DensityMatrix(decoded), exact)
+    if fmt in EXACT:
+        assert measured > 1 - 1e-12 and meta["fidelity"] > 1 - 1e-12
+    else:
+        assert abs(meta["fidelity"] - measured) < 0.01
+
+
+def test_automatic_format_choice_says_why(qfs):
+    prepared_task(qfs, "c", CLIFFORD, circuit="cliff")
+    command(qfs.qubits / "tasks" / "c" / "ctl", "checkpoint auto1")
+    assert meta_of(qfs, "auto1")["format"] == "stabilizer"
+    assert "stabilizer" in meta_of(qfs, "auto1")["format_reason"]
+    command(qfs.qubits / "ctl", "alloc 4 task=z")
+    command(qfs.qubits / "tasks" / "z" / "ctl", "checkpoint zero")  # |0000>: a stabilizer
+    assert meta_of(qfs, "zero")["format"] == "stabilizer"
+    product = "OPENQASM 3.0;\ninclude \"stdgates.inc\";\nqubit[4] q;\n" + "".join(
+        f"ry({0.3 + i / 5}) q[{i}];\nrz({0.2 * i}) q[{i}];\n" for i in range(4))
+    prepared_task(qfs, "p", product, circuit="product")
+    command(qfs.qubits / "tasks" / "p" / "ctl", "checkpoint prod")
+    assert meta_of(qfs, "prod")["format"] == "mps"
+    assert meta_of(qfs, "prod")["entanglement_entropy"] == pytest.approx(0, abs=1e-9)
+
+
+def _import(qfs, name: str, array, filename: str = "statevector.npy") -> None:
+    (qfs.root / "states" / name).mkdir(exist_ok=True)
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    with open(qfs.root / "states" / name / filename, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+def test_import_npy_and_refusals(qfs, tmp_path):
+    psi = np.asarray(expected_state(ENTANGLED).data)
+    np.save(tmp_path / "psi.npy", psi)
+    (qfs.root / "states" / "imported").mkdir()
+    subprocess.run(["cp", str(tmp_path / "psi.npy"),
+                    str(qfs.root / "states" / "imported" / "statevector.npy")], check=True)
+    assert meta_of(qfs, "imported")["qubit_count"] == 4
+    decoded = npy(qfs, "imported", meta_of(qfs, "imported")["decodes_to"])
+    assert state_fidelity(Statevector(decoded), Statevector(psi)) > 1 - 1e-12
+    for bad in (psi * 2, psi[:12] / np.linalg.norm(psi[:12]), np.array([np.nan, 0, 0, 1.0]),
+                np.zeros((2, 2, 2))):
+        with pytest.raises(OSError) as caught:
+            _import(qfs, "bad", bad)
+        assert caught.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as caught:
+        _import(qfs, "bad", psi, filename="notes.txt")
+    assert caught.value.errno == errno.EINVAL
+    assert os.listdir(qfs.root / "states" / "bad") == []
+    assert "not normalised" in (qfs.root / ".qfs" / "log").read_text()
+    rho = np.outer(psi, psi.conj()) * 0.5 + np.eye(16) * 0.5 / 16
+    _import(qfs, "mixed", rho, "density_matrix.npy")
+    assert meta_of(qfs, "mixed")["format"] == "density_matrix"
+    assert np.allclose(npy(qfs, "mixed", "density_matrix"), rho)
+
+
+def test_tampered_swapped_or_wrongly_keyed_blobs_are_refused(mount_factory, tmp_path):
+    qfs = mount_factory()
+    prepared_task(qfs, "t")
+    ctl = qfs.qubits / "tasks" / "t" / "ctl"
+    command(ctl, "checkpoint good format=statevector")
+    command(ctl, "checkpoint twin format=statevector")
+    blob_of = {n: qfs.root / "states" / n / "blob" for n in ("good", "twin")}
+    stored = {n: p.read_bytes() for n, p in blob_of.items()}
+    key = qfs.data / "state.key"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert key.read_bytes() not in (qfs.data / "qfs.log").read_bytes()
+    qfs.stop()
+    files = {p.read_bytes(): p for p in (qfs.data / "blobs").glob("??/*")}
+    good_file, twin_file = files[stored["good"]], files[stored["twin"]]
+    tampered = bytearray(stored["good"])
+    tampered[len(tampered) // 2] ^= 1
+    good_file.write_bytes(bytes(tampered))
+    twin_file.write_bytes(stored["good"])  # a blob moved under another checkpoint
+    second = mount_factory(data=qfs.data)
+    for name in ("good", "twin"):
+        with pytest.raises(OSError) as caught:
+            npy(second, name)
+        assert caught.value.errno == errno.EIO
+    assert "authentication failed" in (second.root / ".qfs" / "log").read_text()
+    second.stop()
+    good_file.write_bytes(stored["good"])
+    other_key = tmp_path / "other.key"
+    third = mount_factory(data=qfs.data, extra=["--key-file", str(other_key)])
+    with pytest.raises(OSError) as caught:
+        npy(third, "good")
+    assert caught.value.errno == errno.EIO
+    command(third.qubits / "ctl", "alloc 4 task=r")
+    assert refused(third.qubits / "tasks" / "r" / "ctl", "restore good") == errno.EIO
+
+
+def test_unencrypted_checkpoint(qfs):
+    prepared_task(qfs, "u")
+    command(qfs.qubits / "tasks" / "u" / "ctl", "checkpoint plain format=statevector encrypt=0")
+    assert meta_of(qfs, "plain")["encrypted"] is False
+    assert (qfs.root / "states" / "plain" / "blob").read_bytes()[:5] == b"QFS1\x02"
+
+
+def test_incremental_checkpoint_stores_only_the_change(qfs):
+    big = "OPENQASM 3.0;\ninclude \"stdgates.inc\";\nqubit[10] q;\n" + "".join(
+        f"h q[{i}];\nrz({0.1 * i + 0.05}) q[{i}];\ncx q[{i}], q[{(i + 1) % 10}];\n"
+        for i in range(10))
+    # A change confined to a quarter of the amplitudes (those with q9 = q8 = 1).
+    nudge = "OPENQASM 3.0;\ninclude \"stdgates.inc\";\nqubit[10] q;\nccx q[9], q[8], q[7];\n"
+    qfs.write_circuit("big", big)
+    qfs.write_circuit("nudge", nudge)
+    command(qfs.qubits / "ctl", "alloc 10 task=i")
+    ctl = qfs.qubits / "tasks" / "i" / "ctl"
+    command(ctl, "apply big")
+    command(ctl, "checkpoint base format=statevector")
+    command(ctl, "apply nudge")
+    command(ctl, "checkpoint full format=statevector")
+    command(ctl, "checkpoint delta format=statevector parent=base")
+    base, full, delta = (meta_of(qfs, n) for n in ("base", "full", "delta"))
+    assert delta["parent"] == "base"
+    assert delta["stored_bytes"] < 0.5 * full["stored_bytes"], (delta, full)
+    assert np.allclose(npy(qfs, "delta"), npy(qfs, "full"))
+    done = subprocess.run(["rm", "-r", str(qfs.root / "states" / "base")], capture_output=True,
+                          text=True)
+    assert done.returncode != 0 and "Directory not empty" in done.stderr
+    assert (qfs.root / "states" / "base" / "meta.json").exists()
+    subprocess.run(["rm", "-r", str(qfs.root / "states" / "delta")], check=True)
+    subprocess.run(["rm", "-r", str(qfs.root / "states" / "base")], check=True)
+    assert sorted(os.listdir(qfs.root / "states")) == ["full"]
+    assert base["format"] == "statevector"
+
+
+def test_retention_expires_checkpoints(qfs):
+    prepared_task(qfs, "e")
+    command(qfs.qubits / "tasks" / "e" / "ctl", "checkpoint brief retention=1s")
+    assert "brief" in os.listdir(qfs.root / "states")
+    time.sleep(1.2)
+    assert "brief" not in os.listdir(qfs.root / "states")
+    assert not (qfs.root / "states" / "brief").exists()
+    assert refused(qfs.qubits / "tasks" / "e" / "ctl", "restore brief") == errno.ENOENT
+
+
+def test_size_limit_and_bad_requests(mount_factory, tmp_path):
+    config = tmp_path / "qfs.yaml"
+    config.write_text("state_store:\n  max_checkpoint_size_mb: 0\n")
+    qfs = mount_factory(extra=["--config", str(config)])
+    prepared_task(qfs, "s")
+    ctl = qfs.qubits / "tasks" / "s" / "ctl"
+    assert refused(ctl, "checkpoint huge") == errno.EFBIG
+    assert "max_checkpoint_size_mb" in ctl.read_text()
+    assert os.listdir(qfs.root / "states") == []
+
+
+def test_checkpoint_errors_change_nothing(qfs):
+    prepared_task(qfs, "k")
+    ctl = qfs.qubits / "tasks" / "k" / "ctl"
+    command(ctl, "checkpoint once")
+    assert refused(ctl, "checkpoint once") == errno.EEXIST
+    assert refused(ctl, "checkpoint x format=hologram") == errno.EINVAL
+    assert refused(ctl, "checkpoint y parent=nothing") == errno.ENOENT
+    assert refused(ctl, "checkpoint z format=stabilizer") == errno.EINVAL
+    assert refused(ctl, "restore nothing") == errno.ENOENT
+    command(qfs.qubits / "ctl", "alloc 2 task=small")
+    assert refused(qfs.qubits / "tasks" / "small" / "ctl", "restore once") == errno.EINVAL
+    assert os.listdir(qfs.root / "states") == ["once"]
+
