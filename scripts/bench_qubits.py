@@ -681,13 +681,14 @@ def _profile(fabric, task, reps: int) -> Json:
     from levels.ctl import Run
 
     circuit = fabric.circuits.circuit("ghz")
+    sha256 = fabric.circuits.get("ghz").latest.stats["sha256"]
     manager = fabric.qubits
     device = manager.device(DEVICE)
-    manager._simulate(device, task, circuit, Run("ghz", None, 1024, True, 5))  # warm caches
+    manager._simulate(device, task, circuit, Run("ghz", None, 1024, True, 5), sha256)  # warm
     profiler = cProfile.Profile()
     profiler.enable()
     for i in range(reps):
-        manager._simulate(device, task, circuit, Run("ghz", None, 1024, True, 5 + i))
+        manager._simulate(device, task, circuit, Run("ghz", None, 1024, True, 5 + i), sha256)
     profiler.disable()
     stats = pstats.Stats(profiler, stream=io.StringIO())
     total = stats.total_tt
