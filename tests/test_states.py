@@ -258,3 +258,27 @@ def test_checkpoint_errors_change_nothing(qfs):
     assert refused(qfs.qubits / "tasks" / "small" / "ctl", "restore once") == errno.EINVAL
     assert os.listdir(qfs.root / "states") == ["once"]
 
+
+
+def test_kill_during_checkpoint_leaves_no_partial_checkpoint(mount_factory, tmp_path):
+    qfs = mount_factory()
+    rng = np.random.default_rng(5)
+    psi = rng.normal(size=2**20) + 1j * rng.normal(size=2**20)
+    np.save(tmp_path / "big.npy", psi / np.linalg.norm(psi))
+    (qfs.root / "states" / "big").mkdir()
+    copier = subprocess.Popen(["cp", str(tmp_path / "big.npy"),
+                               str(qfs.root / "states" / "big" / "statevector.npy")])
+    time.sleep(0.4)  # mid-copy or mid-checkpoint
+    qfs.proc.kill()
+    qfs.proc.wait()
+    copier.wait()
+    subprocess.run(["fusermount3", "-u", "-z", str(qfs.root)], check=False)
+    qfs.proc = None
+    second = mount_factory(data=qfs.data)
+    names = os.listdir(second.root / "states")
+    if names:  # the checkpoint completed before the kill: then it is whole
+        assert names == ["big"]
+        assert np.allclose(npy(second, "big"), psi / np.linalg.norm(psi))
+    referenced = {json.loads((second.root / "states" / n / "meta.json").read_text())["name"]
+                  for n in names}
+    assert referenced == set(names)
