@@ -25,6 +25,7 @@ class FileHandle:
     scratch: ScratchFile | None = None
     subject: str | None = None
     dirty: bool = False
+    written: bool = False  # any write() yet (a truncate alone is not yet content)
     imports: bool = False  # a /circuits/<name>.qasm import: the scratch goes at release
     control: Control | None = None  # a control file: each write() runs one command
     uid: int = 0  # who opened it (commands are checked against the task's owner)
@@ -38,7 +39,7 @@ class FileHandle:
         if offset > len(data):
             data.extend(bytes(offset - len(data)))
         data[offset : offset + len(buf)] = buf
-        self.dirty = True
+        self.dirty = self.written = True
         if self.scratch is not None:
             self.scratch.touch()
         return len(buf)
@@ -54,12 +55,15 @@ class FileHandle:
         if self.scratch is not None:
             self.scratch.touch()
 
-    async def commit_if_dirty(self) -> None:
-        """Send the buffer to its commit target once; a failed commit is not retried."""
-        if not self.dirty or self.commit is None:
+    async def commit_if_dirty(self, closing: bool = False) -> None:
+        """Send the buffer to its commit target once; a failed commit is not retried.
+
+        Before any write() only the last close commits: a shell redirection opens the file,
+        dup2()s and closes the first descriptor (a flush) before the command writes."""
+        if not self.dirty or self.commit is None or not (self.written or closing):
             return
         self.dirty = False
-        await self.commit(bytes(self.data))
+        await self.commit(bytes(self.data), self.uid)
 
 
 def open_handle(
@@ -71,10 +75,10 @@ def open_handle(
     if node.scratch is not None:
         return FileHandle(
             ino, path, node.scratch.data, writable, node.commit, node.scratch, node.subject,
-            imports=node.commit is not None,
+            imports=node.commit is not None, uid=uid,
         )
     data: bytearray | bytes = bytearray(content) if writable else content
-    return FileHandle(ino, path, data, writable, node.commit, None, node.subject)
+    return FileHandle(ino, path, data, writable, node.commit, None, node.subject, uid=uid)
 
 
 @dataclasses.dataclass

@@ -27,7 +27,8 @@ DIR_TIMEOUT = 1.0
 # Programs larger than this are parsed in a separate process (see levels/workers.py).
 PROCESS_PARSE_BYTES = 32 * 1024
 
-Commit = Callable[[bytes], Awaitable[None]]
+# A commit of written bytes: (content, uid of the writer) -> done, or a domain error.
+Commit = Callable[[bytes, int], Awaitable[None]]
 # A control command: (line, uid of the writer) -> the reply readable from the file.
 Control = Callable[[str, int], Awaitable[str]]
 
@@ -105,7 +106,7 @@ def scratch(file: ScratchFile, commit: Commit | None = None) -> Node:
 def commit_circuit_version(fabric: Fabric, name: str, create: bool) -> Commit:
     """A write's bytes become the next version of circuit `name` after Qiskit accepts them."""
 
-    async def commit(data: bytes) -> None:
+    async def commit(data: bytes, uid: int) -> None:
         prepared = await trio.to_thread.run_sync(prepare_off_loop, data)
         fabric.circuits.commit_version(name, prepared, create=create)
 
@@ -158,7 +159,7 @@ async def version_view(fabric: Fabric, name: str, n: int, fmt: str) -> Node:
 def meta_file(fabric: Fabric, name: str) -> Node:
     circuit = fabric.circuits.get(name)
 
-    async def commit(data: bytes) -> None:
+    async def commit(data: bytes, uid: int) -> None:
         fabric.circuits.set_meta(name, data)
 
     node = constant(CircuitStore.meta_json(circuit), circuit.mtime_ns, perm=0o644)
@@ -183,7 +184,7 @@ def result_file(fabric: Fabric, name: str, run: str) -> Node:
 
 
 def commit_result(fabric: Fabric, name: str, run: str) -> Commit:
-    async def commit(data: bytes) -> None:
+    async def commit(data: bytes, uid: int) -> None:
         fabric.circuits.put_result(name, run, data)
 
     return commit

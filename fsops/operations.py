@@ -15,7 +15,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from fsops import routes, state_routes
+from fsops import routes, state_routes, workflow_routes
 from fsops.errors import errno_of, guarded
 from fsops.handles import DirHandle, FileHandle, open_handle
 from fsops.inodes import InodeTable, Path
@@ -125,7 +125,7 @@ class Operations(pyfuse3.Operations):
         with self._guard("setattr", path):
             _path, node = await self._node(inode)
             if fields.update_size:
-                await self._truncate(path, node, fh, attr.st_size)
+                await self._truncate(path, node, fh, attr.st_size, ctx.uid)
             if node.scratch is not None:
                 if fields.update_mode:
                     node.scratch.mode = attr.st_mode & 0o7777
@@ -139,7 +139,8 @@ class Operations(pyfuse3.Operations):
             _path, node = await self._node(inode)
             return self._attrs(inode, node)
 
-    async def _truncate(self, path: Path, node: Node, fh: int | None, size: int) -> None:
+    async def _truncate(self, path: Path, node: Node, fh: int | None, size: int,
+                        uid: int) -> None:
         handle = self._files.get(fh) if fh is not None else None
         if handle is not None and handle.writable:
             handle.truncate(size)
@@ -152,7 +153,7 @@ class Operations(pyfuse3.Operations):
             pass  # `echo cmd > ctl` truncates first: control files have nothing to cut
         elif node.commit is not None and node.read is not None:
             content = (await node.read())[:size]
-            await node.commit(content + bytes(size - len(content)))
+            await node.commit(content + bytes(size - len(content)), uid)
         else:
             raise routes.refuse_write(path)
 
@@ -250,8 +251,9 @@ class Operations(pyfuse3.Operations):
                 self.fabric.circuits.delete_result(path[1], path[3])
                 self.inodes.detach(path)
                 return
-            if routes.fabric_file(self.fabric, path) or state_routes.is_checkpoint_file(
-                    self.fabric, path):
+            similar_link = len(path) == 4 and path[0] == routes.CIRCUITS and path[2] == "similar"
+            if similar_link or routes.fabric_file(self.fabric, path) or \
+                    state_routes.is_checkpoint_file(self.fabric, path):
                 # Versions and views are facets of the circuit: `rm` of one is accepted and
                 # changes nothing, so that `rm -r` reaches the rmdir that deletes the circuit.
                 await routes.resolve(self.fabric, path)
@@ -267,7 +269,7 @@ class Operations(pyfuse3.Operations):
                 raise Invalid("RENAME_EXCHANGE is not supported")
             if flags & pyfuse3.RENAME_NOREPLACE and await self._exists(dst):
                 raise Exists(f"/{'/'.join(dst)} exists")
-            await self._rename(src, dst)
+            await self._rename(src, dst, ctx.uid)
             self.inodes.move(src, dst)
 
     async def _exists(self, path: Path) -> bool:
@@ -277,7 +279,7 @@ class Operations(pyfuse3.Operations):
             return False
         return True
 
-    async def _rename(self, src: Path, dst: Path) -> None:
+    async def _rename(self, src: Path, dst: Path, uid: int) -> None:
         fabric = self.fabric
         if routes.is_circuit_dir(fabric, src):
             if len(dst) != 2 or dst[0] != routes.CIRCUITS:
@@ -292,7 +294,7 @@ class Operations(pyfuse3.Operations):
         content = await node.read()
         target = routes.commit_target(fabric, dst)
         if target is not None:
-            await target(content)  # refused content leaves both names as they were
+            await target(content, uid)  # refused content leaves both names as they were
             if node.scratch is not None:
                 fabric.scratch.remove(src[:-1], src[-1])
             elif len(src) == 4 and src[2] == "results":
@@ -357,6 +359,8 @@ class Operations(pyfuse3.Operations):
             elif path[0] == state_routes.STATES:
                 node = Node(stat.S_IFREG, 0o644, 0, entry_timeout=0.0,
                             commit=state_routes.import_target(fabric, path))
+            elif (submit := workflow_routes.submit_target(fabric, path)) is not None:
+                node = Node(stat.S_IFREG, 0o644, 0, entry_timeout=0.0, commit=submit)
             elif routes.fabric_file(fabric, path):
                 # Recreating latest.qasm or meta.json after an editor moved it aside.
                 node = await routes.resolve(fabric, path)
@@ -370,7 +374,7 @@ class Operations(pyfuse3.Operations):
             else:
                 raise ReadOnly(f"files cannot be created in /{'/'.join(parent)}")
             ino = self.inodes.remember(path)
-            handle = open_handle(ino, path, node, b"", True)
+            handle = open_handle(ino, path, node, b"", True, ctx.uid)
             handle.dirty = node.scratch is None  # a new fabric file commits even when empty
             fh = self._register(handle)
             return self._file_info(fh, node), self._attrs(ino, node)
@@ -419,7 +423,7 @@ class Operations(pyfuse3.Operations):
                 del self._writers[handle.ino]
         try:
             with self._guard("release", handle.path, handle.subject):
-                await handle.commit_if_dirty()
+                await handle.commit_if_dirty(closing=True)
         except pyfuse3.FUSEError:
             pass  # release errors never reach the caller; the reason is in the log
         if handle.imports and not any(

@@ -93,7 +93,7 @@ def _task_file(fabric: Fabric, task: str, leaf: str, full: Path) -> Node:
     manager = fabric.qubits
     if leaf == "ctl":
         async def control(line: str, uid: int) -> str:
-            return await manager.task_command(task, line, uid)
+            return await fabric.coordinator.task_command(task, line, uid)
 
         return nodes.control_file("/".join(full), fabric.oplog, control)
     if leaf == "mapping":

@@ -15,7 +15,7 @@ import time
 
 import trio
 
-from fsops import nodes, qubit_routes, state_routes
+from fsops import nodes, qubit_routes, state_routes, workflow_routes
 from fsops.nodes import Node
 from levels.errors import Invalid, NotFound, ReadOnly
 from levels.fabric import Fabric
@@ -58,7 +58,7 @@ def commit_target(fabric: Fabric, path: Path) -> nodes.Commit | None:
     if len(path) == 4 and path[0] == CIRCUITS and path[2] == "results":
         fabric.circuits.get(path[1])
         return nodes.commit_result(fabric, path[1], path[3])
-    return None
+    return workflow_routes.submit_target(fabric, path)
 
 
 def is_circuit_dir(fabric: Fabric, path: Path) -> bool:
@@ -114,6 +114,8 @@ async def resolve(fabric: Fabric, path: Path) -> Node:
             return nodes.live(OPS_FILES[path[1]](fabric))
     if top == state_routes.STATES:
         return state_routes.resolve(fabric, path)
+    if top == workflow_routes.WORKFLOWS:
+        return workflow_routes.resolve(fabric, path)
     if top == qubit_routes.DEVICES and depth == 1:
         return nodes.directory(_STARTED_NS, perm=0o555)
     device = qubit_routes.split_device(fabric, path)
@@ -181,7 +183,8 @@ async def list_dir(fabric: Fabric, path: Path) -> list[tuple[str, Node]]:
     """Every entry of a directory with its node (readdir returns attributes too)."""
     depth = len(path)
     if depth == 0:
-        names = [CIRCUITS, SEARCH, OPS, qubit_routes.QUBITS, state_routes.STATES]
+        names = [CIRCUITS, SEARCH, OPS, qubit_routes.QUBITS, state_routes.STATES,
+                 workflow_routes.WORKFLOWS]
         if qubit_routes.other_devices(fabric):
             names.append(qubit_routes.DEVICES)
     elif path == (CIRCUITS,):
@@ -206,6 +209,8 @@ async def list_dir(fabric: Fabric, path: Path) -> list[tuple[str, Node]]:
         names = list(OPS_FILES)
     elif path[0] == state_routes.STATES and depth <= 2:
         names = state_routes.list_names(fabric, path)
+    elif path[0] == workflow_routes.WORKFLOWS and depth <= 2:
+        names = workflow_routes.list_names(fabric, path)
     elif path == (qubit_routes.DEVICES,):
         names = qubit_routes.other_devices(fabric)
     elif (device := qubit_routes.split_device(fabric, path)) is not None:

@@ -86,7 +86,7 @@ def import_target(fabric: Fabric, path: Path) -> nodes.Commit:
         raise Invalid(f"import as {' or '.join(IMPORT_FILES)}, not {path[2]}")
     name = path[1]
 
-    async def commit(data: bytes) -> None:
+    async def commit(data: bytes, uid: int) -> None:
         def prepare():
             try:
                 array = np.load(io.BytesIO(data), allow_pickle=False)

@@ -66,10 +66,20 @@ class LiveQubitConfig:
 
 
 @dataclasses.dataclass
+class CrossLevelConfig:
+    consistency_level: str = "strong"
+    cache_enabled: bool = True
+    cache_size_mb: int = 512
+    migration_enabled: bool = True
+    migration_fidelity_threshold: float = 0.95
+
+
+@dataclasses.dataclass
 class Config:
     circuit_fs: CircuitFsConfig = dataclasses.field(default_factory=CircuitFsConfig)
     live_qubit_mgr: LiveQubitConfig = dataclasses.field(default_factory=LiveQubitConfig)
     state_store: StateStoreConfig = dataclasses.field(default_factory=StateStoreConfig)
+    cross_level: CrossLevelConfig = dataclasses.field(default_factory=CrossLevelConfig)
 
 
 # QFS_* variables the reference names, mapped onto (section, key).

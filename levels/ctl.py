@@ -110,6 +110,13 @@ class Restore:
     name: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Migrate:
+    device: str
+    format: str | None = None
+    threshold: float | None = None
+
+
 def _words(line: str) -> list[str]:
     text = line.strip()
     if not text:
@@ -270,12 +277,13 @@ def _circuit_ref(word: str) -> tuple[str, int | None]:
 RUN_USAGE = "run CIRCUIT[@vN] [shots=1024] [noise=on|off] [seed=N]"
 CHECKPOINT_USAGE = "checkpoint NAME [format=auto|statevector|...] [encrypt=0|1] " \
                    "[retention=24h] [parent=CHECKPOINT]"
-TASK_VERBS = ("run", "apply", "measure", "reset", "set", "checkpoint", "restore", "release")
+TASK_VERBS = ("run", "apply", "measure", "reset", "set", "checkpoint", "restore", "migrate",
+              "release")
 
 
 def parse_task_command(
     line: str,
-) -> Run | Apply | Measure | Reset | SetAction | Checkpoint | Restore | Release:
+) -> Run | Apply | Measure | Reset | SetAction | Checkpoint | Restore | Migrate | Release:
     """A line written to /qubits/tasks/T/ctl."""
     words = _words(line)
     verb, rest = words[0], words[1:]
@@ -289,6 +297,12 @@ def parse_task_command(
         if len(rest) != 1:
             raise Invalid("usage: restore CHECKPOINT")
         return Restore(rest[0])
+    if verb == "migrate":
+        usage = "migrate device=NAME [format=statevector|mps|...] [threshold=0.95]"
+        options = _options(rest, {"device": str, "format": str, "threshold": float}, usage)
+        if "device" not in options:
+            raise Invalid(f"usage: {usage}")
+        return Migrate(**options)  # type: ignore[arg-type]
     if verb == "run":
         if not rest:
             raise Invalid(f"usage: {RUN_USAGE}")

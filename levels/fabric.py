@@ -10,6 +10,7 @@ from pathlib import Path
 from levels import workers
 from levels.circuits import CircuitStore
 from levels.config import Config
+from levels.coordinator import Coordinator
 from levels.metrics import Metrics
 from levels.oplog import OpLog
 from levels.qubits import LiveQubitManager
@@ -46,6 +47,9 @@ class Fabric:
         self.states = StateStore(self.meta, DirectoryBlobStore(blob_dir), sealer, sst)
         self.qubits = LiveQubitManager(self.meta, self.circuits, self.states,
                                        config.live_qubit_mgr, self.metrics)
+        self.coordinator = Coordinator(self.meta, self.qubits, self.states, self.circuits,
+                                       self.metrics,
+                                       config.cross_level.migration_fidelity_threshold)
         self.search.start(
             lambda: (c.search_document() for c in self.circuits.all_circuits()),
             expected=self.circuits.count(),

@@ -34,5 +34,14 @@ class Metrics:
             "qfs_state_deserialization_seconds", "Quantum state restore time",
             buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0), registry=r)
 
+        self.migration_fidelity = Histogram(
+            "qfs_migration_fidelity", "Fidelity of migrated states",
+            buckets=(0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0), registry=r)
+        self.migration_success_rate = Gauge(
+            "qfs_migration_success_rate", "Fraction of migrations that succeeded", registry=r)
+        self.level_transition_seconds = Histogram(
+            "qfs_level_transition_seconds", "Time of a cross-level operation (migration)",
+            buckets=(0.001, 0.01, 0.1, 0.5, 1.0, 5.0), registry=r)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

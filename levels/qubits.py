@@ -402,23 +402,47 @@ class LiveQubitManager:
         return f"q{logical}={outcome.outcome}{fired}"
 
     async def _apply(self, task: Task, command: ctl.Apply) -> str:
-        live = self.live(task.name)
-        if live.stopped:
-            raise Busy(f"task {task.name} was stopped by a trigger; write reset to start again")
         circuit = self._circuit_for(task, command.circuit, command.version)
-        bound = compile_dynamic(circuit, [], task.parameters)
+        await self.apply_circuit(task.name, compile_dynamic(circuit, [], task.parameters))
+        return f"applied {command.circuit}"
+
+    async def apply_circuit(self, name: str, circuit) -> None:
+        """Evolve the task's live state by a unitary circuit, all or nothing (a thread)."""
+        live = self.live(name)
+        if live.stopped:
+            raise Busy(f"task {name} was stopped by a trigger; write reset to start again")
         state = live.state
 
         def evolve():
             started = time.perf_counter()
             trial = LiveState(state.num_qubits, state.rng)
             trial.vector = state.vector.copy()
-            trial.evolve(bound)
+            trial.evolve(circuit)
             self._metrics.gate_operation_seconds.observe(time.perf_counter() - started)
             return trial.vector
 
-        state.vector = await trio.to_thread.run_sync(evolve)  # all or nothing
-        return f"applied {command.circuit}"
+        state.vector = await trio.to_thread.run_sync(evolve)
+
+    def move_task(self, name: str, device_name: str, uid: int, vector) -> Task:
+        """Reallocate a task on another device and load `vector` there; on any refusal the
+        task stays where it was."""
+        task = self.task(name)
+        self._check_owner(task, uid)
+        device = self.device(device_name)
+        held = self.reservations(device_name)
+        command = ctl.Alloc(len(task.qubits), name, task.topology, 0.0, task.isolate)
+        qubits, value = self._choose(device, held, command, task.isolate)
+        buffers = sorted({n for q in qubits for n in device.neighbors[q]} - set(qubits)) \
+            if task.isolate in ("spatial", "strict") else []
+        moved = dataclasses.replace(task, device=device_name, qubits=qubits, buffers=buffers,
+                                    score=value)
+        self._save(moved)
+        self._cool(task, task.qubits)
+        live = self.live(name)
+        live.state.vector = vector.copy()
+        self._update_utilization(task.device)
+        self._update_utilization(device_name)
+        return moved
 
     def _circuit_for(self, task: Task, name: str, version: int | None):
         circuit = self._circuits.circuit(name, version)

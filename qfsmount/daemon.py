@@ -51,8 +51,10 @@ def fuse_options(extra: list[str], debug: bool) -> set[str]:
     return options
 
 
-async def _serve() -> None:
+async def _serve(fabric: Fabric) -> None:
     async with trio.open_nursery() as nursery:
+        # Workflows run as background tasks of this loop, beside the FUSE requests.
+        fabric.coordinator.spawn = nursery.start_soon
 
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -94,7 +96,7 @@ def run(
     log.info("mounted %s (data in %s)", mountpoint, data_dir)
     ready(None)
     try:
-        trio.run(_serve)
+        trio.run(_serve, fabric)
     except BaseException:
         log.exception("the filesystem loop failed; leaving the mountpoint as it is")
         pyfuse3.close(unmount=False)

@@ -191,7 +191,9 @@ def test_mv_renames_a_circuit(qfs):
 
 
 def test_rm_r_deletes_and_name_can_be_reused(qfs):
+    qfs.write_circuit("neighbour")  # so that gone/similar/ holds a link rm must pass
     qfs.write_circuit("gone")
+    assert os.listdir(qfs.circuits / "gone" / "similar") == ["01-neighbour"]
     (qfs.circuits / "gone" / "results" / "r.json").write_text("{}")
     subprocess.run(["rm", "-r", str(qfs.circuits / "gone")], check=True)
     assert not (qfs.circuits / "gone").exists()

@@ -19,7 +19,7 @@ import lmdb
 
 from levels.errors import NoSpace
 
-TABLES = ("circuits", "sources", "results", "names", "tasks", "checkpoints")
+TABLES = ("circuits", "sources", "results", "names", "tasks", "checkpoints", "workflows")
 
 
 class Txn(Protocol):

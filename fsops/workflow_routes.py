@@ -1,0 +1,71 @@
+"""The /workflows tree:
+
+    /workflows/<name>.yaml       write a workflow (validated at close) and it starts
+    /workflows/<name>/status     progress, one line per stage
+    /workflows/<name>/result.json
+    /workflows/<name>/ctl        resume | cancel
+"""
+
+import json
+import time
+
+from fsops import nodes
+from fsops.nodes import Node
+from levels.errors import NotFound
+from levels.fabric import Fabric
+
+Path = tuple[str, ...]
+WORKFLOWS = "workflows"
+SUFFIX = ".yaml"
+_STARTED_NS = time.time_ns()
+
+
+def definition_name(leaf: str) -> str | None:
+    return leaf[: -len(SUFFIX)] if leaf.endswith(SUFFIX) and len(leaf) > len(SUFFIX) else None
+
+
+def submit_target(fabric: Fabric, path: Path) -> nodes.Commit | None:
+    """Writing /workflows/<name>.yaml submits the workflow; None for other paths."""
+    name = definition_name(path[1]) if len(path) == 2 and path[0] == WORKFLOWS else None
+    if name is None:
+        return None
+
+    async def commit(data: bytes, uid: int) -> None:
+        fabric.coordinator.submit(name, data, uid)
+
+    return commit
+
+
+def resolve(fabric: Fabric, path: Path) -> Node:
+    coordinator = fabric.coordinator
+    if len(path) == 1:
+        return nodes.directory(_STARTED_NS, timeout=0.0)
+    leaf = path[1]
+    name = definition_name(leaf)
+    if name is not None and len(path) == 2:
+        record = coordinator.record(name)
+        node = nodes.constant(record["definition"].encode(), int(record["updated"] * 1e9),
+                              perm=0o644)
+        node.commit = submit_target(fabric, path)
+        return node
+    coordinator.record(leaf)
+    if len(path) == 2:
+        return nodes.directory(time.time_ns(), perm=0o555, timeout=0.0)
+    if len(path) == 3:
+        if path[2] == "status":
+            return nodes.live(lambda: coordinator.status_text(leaf))
+        if path[2] == "result.json":
+            return nodes.live(lambda: json.dumps(coordinator.result_json(leaf), indent=2) + "\n")
+        if path[2] == "ctl":
+            async def control(line: str, uid: int) -> str:
+                return coordinator.command(leaf, line, uid)
+
+            return nodes.control_file("/".join(path), fabric.oplog, control)
+    raise NotFound("/".join(path))
+
+
+def list_names(fabric: Fabric, path: Path) -> list[str]:
+    if len(path) == 1:
+        return sorted(n + suffix for n in fabric.coordinator.names() for suffix in ("", SUFFIX))
+    fabric.coordinator.record(path[1])
+    return ["ctl", "result.json", "status"]
