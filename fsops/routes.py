@@ -10,6 +10,7 @@ Anything else a tool creates inside a circuit directory is a scratch file.
 """
 
 import contextlib
+import json
 import re
 import time
 
@@ -17,6 +18,7 @@ import trio
 
 from fsops import nodes, qubit_routes, state_routes, workflow_routes
 from fsops.nodes import Node
+from levels import check
 from levels.errors import Invalid, NotFound, ReadOnly
 from levels.fabric import Fabric
 from levels.qasm import VIEW_FORMATS
@@ -31,6 +33,8 @@ _STARTED_NS = time.time_ns()
 OPS_FILES = {
     "log": lambda fabric: fabric.oplog.text,
     "metrics": lambda fabric: lambda: fabric.metrics.exposition().decode(),
+    "health": lambda fabric: lambda: json.dumps(check.health(fabric), indent=2) + "\n",
+    "config": lambda fabric: lambda: json.dumps(fabric.config.effective(), indent=2) + "\n",
 }
 
 

@@ -80,6 +80,22 @@ class Config:
     live_qubit_mgr: LiveQubitConfig = dataclasses.field(default_factory=LiveQubitConfig)
     state_store: StateStoreConfig = dataclasses.field(default_factory=StateStoreConfig)
     cross_level: CrossLevelConfig = dataclasses.field(default_factory=CrossLevelConfig)
+    # "section.key" -> where its value came from: a file path or QFS_* (default otherwise).
+    provenance: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def effective(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every setting with its value and origin, as /.qfs/config shows it."""
+        shown: dict[str, dict[str, dict[str, Any]]] = {}
+        for section in dataclasses.fields(self):
+            if section.name == "provenance":
+                continue
+            values = dataclasses.asdict(getattr(self, section.name))
+            shown[section.name] = {
+                key: {"value": value,
+                      "from": self.provenance.get(f"{section.name}.{key}", "default")}
+                for key, value in values.items()
+            }
+        return shown
 
 
 # QFS_* variables the reference names, mapped onto (section, key).
@@ -142,19 +158,21 @@ def _device(key: str, value: Any) -> dict:
     return {"seed": 7, **value}
 
 
-def _apply(section_obj: Any, section: str, values: Mapping[str, Any]) -> None:
+def _apply(config: "Config", section: str, values: Mapping[str, Any], origin: str) -> None:
+    section_obj = getattr(config, section)
     known = {f.name for f in dataclasses.fields(section_obj)}
     for key, value in values.items():
         if key not in known:
             raise Invalid(f"config key {section}.{key}: unknown key")
         current = getattr(section_obj, key)
         setattr(section_obj, key, _coerce(f"{section}.{key}", value, current))
+        config.provenance[f"{section}.{key}"] = origin
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Build the effective configuration from defaults, an optional YAML file and QFS_* vars."""
     config = Config()
-    sections = {f.name for f in dataclasses.fields(config)}
+    sections = {f.name for f in dataclasses.fields(config)} - {"provenance"}
     if path is not None:
         try:
             document = yaml.safe_load(path.read_text()) or {}
@@ -168,11 +186,11 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
                 raise Invalid(f"config key {section}: unknown section")
             if not isinstance(values, dict):
                 raise Invalid(f"config key {section}: expected a mapping")
-            _apply(getattr(config, section), section, values)
+            _apply(config, section, values, str(path))
     env = os.environ if environ is None else environ
     for variable, (section, key) in ENVIRONMENT.items():
         if variable in env:
-            _apply(getattr(config, section), section, {key: env[variable]})
+            _apply(config, section, {key: env[variable]}, variable)
     return config
 
 

@@ -242,6 +242,13 @@ class LiveQubitManager:
         self._update_utilization(task.device)
         return task
 
+    def forget_task(self, name: str) -> None:
+        """Drop a task record without checks (the checker's repair of an impossible task)."""
+        with self._meta.writing() as txn:
+            txn.delete("tasks", name.encode())
+        self.tasks.pop(name, None)
+        self._live.pop(name, None)
+
     def release_qubit(self, device_name: str, physical: int, uid: int) -> None:
         held = self.reservations(device_name).get(physical)
         if held is None or held[1] != "allocated":

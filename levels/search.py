@@ -57,6 +57,12 @@ def _fields(doc: Document) -> Document:
     }
 
 
+def _same_schema(schema: fields.Schema) -> bool:
+    """Field names and the name column (whoosh schemas do not compare equal after a load)."""
+    return set(schema.names()) == set(SCHEMA.names()) and \
+        schema["name"].column_type is not None
+
+
 class SearchIndex:
     """Batched writer thread plus a shared, refreshed searcher."""
 
@@ -70,6 +76,7 @@ class SearchIndex:
         self._committed = 0  # generation that the index on disk has reached
         self._flush_now = False
         self._closing = False
+        self._rebuild_with: Documents | None = None  # a rebuild asked for while running
         self._ready = threading.Event()
         self._failure: str | None = None
         self._index: index.Index | None = None
@@ -153,7 +160,7 @@ class SearchIndex:
 
     def wait_committed(self, timeout: float = 30.0) -> None:
         if not self._ready.wait(timeout):
-            raise Invalid("the search index is still being rebuilt; try again shortly")
+            raise Busy("the search index is still being rebuilt; try again shortly")
         with self._cond:
             target = self._submitted
             self._flush_now = True
@@ -165,6 +172,17 @@ class SearchIndex:
         if not caught_up:
             raise Busy(f"the search index is {target - self._committed} changes behind; "
                        "try again shortly")
+
+    def rebuild_now(self, documents: Documents, timeout: float = 600.0) -> None:
+        """Rebuild the index from `documents` in the writer thread and wait for it."""
+        self.wait_committed()
+        with self._cond:
+            self._rebuild_with = documents
+            self._cond.notify_all()
+            done = self._cond.wait_for(lambda: self._rebuild_with is None or self._closing,
+                                       timeout)
+        if not done:
+            raise Busy("the search index rebuild did not finish in time")
 
     def doc_count(self) -> int:
         self.wait_committed()
@@ -194,7 +212,18 @@ class SearchIndex:
         self._ready.set()
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._closing)
+                self._cond.wait_for(
+                    lambda: self._pending or self._closing or self._rebuild_with is not None)
+                rebuild = self._rebuild_with
+            if rebuild is not None:
+                self._rebuild(rebuild)
+                with self._cond:
+                    self._commits += 1
+                    self._results.clear()
+                    self._rebuild_with = None
+                    self._cond.notify_all()
+                continue
+            with self._cond:
                 if not self._closing and not self._flush_now:
                     self._cond.wait_for(lambda: self._flush_now or self._closing, self._interval)
                 batch, self._pending = self._pending, {}
@@ -228,7 +257,7 @@ class SearchIndex:
         if not force and index.exists_in(str(self._path)):
             try:
                 ix = index.open_dir(str(self._path))
-                if ix.schema != SCHEMA:
+                if not _same_schema(ix.schema):
                     log.warning("search index has an older schema: rebuilding")
                 elif ix.doc_count() == expected:
                     self._index = ix
@@ -242,6 +271,8 @@ class SearchIndex:
         self._rebuild(documents)
 
     def _rebuild(self, documents: Documents) -> None:
+        if self._index is not None:
+            self._index.close()
         shutil.rmtree(self._path, ignore_errors=True)
         self._path.mkdir(parents=True)
         ix = index.create_in(str(self._path), SCHEMA)

@@ -205,6 +205,17 @@ class StateStore:
             txn.put("checkpoints", name.encode(), json.dumps(meta).encode())
         return meta
 
+    def blob_keys(self) -> list[str]:
+        return self._blobs.keys()
+
+    def delete_blob(self, key: str) -> None:
+        self._blobs.delete(key)
+
+    def forget(self, name: str) -> None:
+        """Drop a checkpoint record whatever its state (the checker's repair)."""
+        with self._meta.writing() as txn:
+            txn.delete("checkpoints", name.encode())
+
     def make_pending(self, name: str) -> None:
         """mkdir /states/<name>: an empty directory awaiting an imported state."""
         validate_name(name, "checkpoint name")

@@ -17,7 +17,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="qfsmount", description="Mount the quantum data fabric as a filesystem."
     )
-    parser.add_argument("mountpoint", type=Path, help="an existing, empty directory")
+    parser.add_argument("mountpoint", type=Path, nargs="?",
+                        help="an existing, empty directory (not with --check)")
     parser.add_argument("--data", type=Path, default=None,
                         help=f"data directory (default {default_data_dir()})")
     parser.add_argument("--config", type=Path, default=None, help="qfs.yaml configuration file")
@@ -31,7 +32,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "created 0600 on first mount)")
     parser.add_argument("--reindex", action="store_true",
                         help="rebuild the search index from the stored circuits")
-    return parser.parse_args(argv)
+    parser.add_argument("--check", action="store_true",
+                        help="check the data directory offline (like fsck) and exit")
+    parser.add_argument("--repair", action="store_true",
+                        help="with --check: repair what is safe to repair")
+    args = parser.parse_args(argv)
+    if not args.check and args.mountpoint is None:
+        parser.error("MOUNTPOINT is required (or --check --data DIR)")
+    if args.repair and not args.check:
+        parser.error("--repair goes with --check")
+    return args
 
 
 def preflight(mountpoint: Path) -> str | None:
@@ -51,6 +61,8 @@ def preflight(mountpoint: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.check:
+        return _check(args)
     mountpoint = args.mountpoint.resolve()
     problem = preflight(mountpoint)
     if problem:
@@ -66,6 +78,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.foreground:
         return _run(args, mountpoint, data_dir, config, options, lambda reason: _say(reason))
     return _daemonize(args, mountpoint, data_dir, config, options)
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Offline consistency check: one line per finding; exit 1 if any remains unrepaired."""
+    import json
+    import logging
+
+    from levels.check import check
+    from levels.fabric import Fabric
+
+    data_dir = (args.data or default_data_dir()).resolve()
+    if not (data_dir / "meta.lmdb").exists():
+        print(f"qfsmount: {data_dir} holds no qfs data", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        fabric = Fabric(data_dir, load_config(args.config), key_file=args.key_file)
+    except (Invalid, OSError) as exc:
+        print(f"qfsmount: {exc}", file=sys.stderr)
+        return 2
+    try:
+        findings = check(fabric, repair=args.repair)
+    finally:
+        fabric.close()
+    for finding in findings:
+        print(json.dumps(finding.as_dict()))
+    unrepaired = [f for f in findings if not f.repaired]
+    print(f"{len(findings)} problem(s), {len(findings) - len(unrepaired)} repaired",
+          file=sys.stderr)
+    return 1 if unrepaired else 0
 
 
 def _say(reason: str | None) -> None:

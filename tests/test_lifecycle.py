@@ -30,7 +30,8 @@ def test_backgrounds_like_sshfs_and_fusermount_unmounts(tmp_path):
     try:
         assert done.returncode == 0
         assert os.path.ismount(mnt)  # mounted by the time the command returned
-        assert sorted(os.listdir(mnt)) == [".qfs", "circuits", "qubits", "search", "states"]
+        assert sorted(os.listdir(mnt)) == [".qfs", "circuits", "qubits", "search", "states",
+                                           "workflows"]
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
     _wait_unmounted(mnt)

@@ -33,6 +33,7 @@ class MetaStore(Protocol):
     def reading(self) -> contextlib.AbstractContextManager[Txn]: ...
     def writing(self) -> contextlib.AbstractContextManager[Txn]: ...
     def sync(self) -> None: ...
+    def usage(self) -> tuple[int, int]: ...
     def close(self) -> None: ...
 
 
@@ -89,6 +90,11 @@ class LmdbMetaStore:
     def sync(self) -> None:
         """Flush committed transactions to disk (fsync)."""
         self._env.sync(True)
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes of the map in use, map size)."""
+        info, stat = self._env.info(), self._env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"], info["map_size"]
 
     def close(self) -> None:
         self._env.sync(True)

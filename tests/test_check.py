@@ -1,0 +1,83 @@
+"""Consistency across levels: qfsmount --check [--repair], /.qfs/health and /.qfs/config."""
+
+import json
+import subprocess
+
+import pytest
+
+from levels.store.meta import LmdbMetaStore
+from tests.conftest import QFSMOUNT
+from tests.test_qubits import command
+from tests.test_states import prepared_task
+
+pytestmark = pytest.mark.fuse
+
+
+def run_check(data, *extra) -> tuple[int, list[dict]]:
+    done = subprocess.run([*QFSMOUNT, "--check", "--data", str(data), *extra],
+                          capture_output=True, text=True, timeout=120)
+    findings = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    return done.returncode, findings
+
+
+def test_check_finds_and_repairs_cross_level_damage(mount_factory):
+    qfs = mount_factory()
+    prepared_task(qfs, "t")
+    ctl = qfs.qubits / "tasks" / "t" / "ctl"
+    command(ctl, "checkpoint base format=statevector")
+    command(ctl, "checkpoint child format=statevector parent=base")
+    command(ctl, "checkpoint other format=statevector")
+    base_blob = (qfs.root / "states" / "base" / "blob").read_bytes()
+    health = json.loads((qfs.root / ".qfs" / "health").read_text())
+    assert health["status"] == "healthy", health
+    qfs.stop()
+    assert run_check(qfs.data) == (0, [])
+    blobs = list((qfs.data / "blobs").glob("??/*"))
+    next(p for p in blobs if p.read_bytes() == base_blob).unlink()
+    orphan = qfs.data / "blobs" / "ff" / ("ff" * 32)
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"left by a crash between blob and metadata")
+    meta = LmdbMetaStore(qfs.data / "meta.lmdb", 1024)
+    with meta.writing() as txn:
+        record = json.loads(txn.get("tasks", b"t"))
+        record.update(name="ghost", qubits=[500])
+        txn.put("tasks", b"ghost", json.dumps(record).encode())
+    meta.close()
+    code, findings = run_check(qfs.data)
+    assert code == 1
+    found = {(f["kind"], f["subject"]) for f in findings}
+    assert found == {("orphan_blob", "ff" * 32), ("broken_checkpoint", "base"),
+                     ("broken_checkpoint", "child"), ("bad_task", "ghost")}, found
+    code, findings = run_check(qfs.data, "--repair")
+    assert code == 0 and all(f["repaired"] for f in findings)
+    assert run_check(qfs.data) == (0, [])
+    second = mount_factory(data=qfs.data)
+    assert sorted(p.name for p in (second.root / "states").iterdir()) == ["other"]
+    assert [p.name for p in (second.qubits / "tasks").iterdir()] == ["t"]
+    assert json.loads((second.root / ".qfs" / "health").read_text())["status"] == "healthy"
+
+
+def test_health_reports_damage_while_mounted(qfs):
+    prepared_task(qfs, "h")
+    command(qfs.qubits / "tasks" / "h" / "ctl", "checkpoint c format=statevector")
+    stray = qfs.data / "blobs" / "ee" / ("ee" * 32)
+    stray.parent.mkdir(exist_ok=True)
+    stray.write_bytes(b"stray")
+    health = json.loads((qfs.root / ".qfs" / "health").read_text())
+    assert health["status"] == "degraded"
+    assert health["components"]["state_store"]["status"] == "degraded"
+    assert set(health["components"]) == {"lmdb", "search_index", "state_store", "key",
+                                         "device_model", "aer"}
+
+
+def test_config_shows_values_and_their_origin(mount_factory, tmp_path):
+    config = tmp_path / "qfs.yaml"
+    config.write_text("circuit_fs:\n  max_versions_per_artifact: 4\n")
+    qfs = mount_factory(extra=["--config", str(config)])
+    shown = json.loads((qfs.root / ".qfs" / "config").read_text())
+    assert shown["circuit_fs"]["max_versions_per_artifact"] == {"value": 4, "from": str(config)}
+    assert shown["cross_level"]["migration_fidelity_threshold"] == {"value": 0.95,
+                                                                   "from": "default"}
+    done = subprocess.run([*QFSMOUNT, "--check"], capture_output=True, text=True,
+                          env={"XDG_DATA_HOME": str(tmp_path / "none"), "PATH": "/usr/bin"})
+    assert done.returncode == 2 and "holds no qfs data" in done.stderr
