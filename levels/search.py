@@ -34,6 +34,7 @@ SCHEMA = fields.Schema(
 )
 DEFAULT_FIELDS = ["title", "description", "tags", "gates", "author"]
 ALIASES = {"tags": ["tag"], "gates": ["gate"], "qubits": ["qubit", "num_qubits"]}
+MERGE_EVERY = 16  # commits between segment merges
 KNOWN_FIELDS = {"name", *DEFAULT_FIELDS, "qubits", "depth"} | {
     alias for names in ALIASES.values() for alias in names
 }
@@ -77,6 +78,8 @@ class SearchIndex:
         self._flush_now = False
         self._closing = False
         self._rebuild_with: Documents | None = None  # a rebuild asked for while running
+        self._indexed: set[str] = set()  # names in the index (writer thread only)
+        self._batches = 0
         self._ready = threading.Event()
         self._failure: str | None = None
         self._index: index.Index | None = None
@@ -240,18 +243,33 @@ class SearchIndex:
                 return
 
     def _commit(self, batch: dict[str, Document | None]) -> None:
+        """One writer per batch. New circuits are added without the delete lookup that
+        update_document costs, and small segments are merged only every MERGE_EVERY
+        commits: both were most of the indexer's CPU while circuits were copied in."""
         assert self._index is not None
         writer = self._index.writer()
         try:
             for name, doc in batch.items():
                 if doc is None:
                     writer.delete_by_term("name", name)
-                else:
+                    self._indexed.discard(name)
+                elif name in self._indexed:
                     writer.update_document(**_fields(doc))
-            writer.commit()
+                else:
+                    writer.add_document(**_fields(doc))
+                    self._indexed.add(name)
+            self._batches += 1
+            writer.commit(merge=self._batches % MERGE_EVERY == 0)
         except Exception:
             writer.cancel()
+            self._indexed = self._names_in_index()
             log.exception("search index commit failed; %d changes not indexed", len(batch))
+
+    def _names_in_index(self) -> set[str]:
+        assert self._index is not None
+        with self._index.reader() as reader:
+            column = reader.column_reader("name")
+            return {column[d] for d in reader.all_doc_ids()}
 
     def _open(self, documents: Documents, expected: int, force: bool) -> None:
         if not force and index.exists_in(str(self._path)):
@@ -261,6 +279,7 @@ class SearchIndex:
                     log.warning("search index has an older schema: rebuilding")
                 elif ix.doc_count() == expected:
                     self._index = ix
+                    self._indexed = self._names_in_index()
                     return
                 else:
                     log.warning("search index holds %d of %d circuits: rebuilding",
@@ -277,10 +296,11 @@ class SearchIndex:
         self._path.mkdir(parents=True)
         ix = index.create_in(str(self._path), SCHEMA)
         writer = ix.writer(limitmb=256)
-        count = 0
+        self._indexed = set()
         for doc in documents():
             writer.add_document(**_fields(doc))
-            count += 1
+            self._indexed.add(doc["name"])
+        count = len(self._indexed)
         writer.commit()
         log.info("search index rebuilt with %d circuits", count)
         self._index = ix
