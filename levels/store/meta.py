@@ -11,6 +11,7 @@ close() and hold up every other request meanwhile.
 """
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +20,7 @@ import lmdb
 
 from levels.errors import NoSpace
 
+FULL_BELOW = 8 << 20  # free bytes under which a failed commit is taken for a full disk
 TABLES = ("circuits", "sources", "results", "names", "tasks", "checkpoints", "workflows")
 
 
@@ -66,6 +68,7 @@ class LmdbMetaStore:
 
     def __init__(self, path: Path, map_size_mb: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._env = lmdb.open(
             str(path), map_size=map_size_mb << 20, max_dbs=len(TABLES) + 4, subdir=True,
             sync=False,
@@ -86,6 +89,13 @@ class LmdbMetaStore:
             raise NoSpace("the LMDB map is full (raise circuit_fs.lmdb_map_size_mb)") from exc
         except lmdb.DiskError as exc:
             raise NoSpace(f"the data directory is full: {exc}") from exc
+        except lmdb.Error as exc:
+            # A commit that hits ENOSPC surfaces as EIO from mdb_txn_commit: tell them apart
+            # by the free space left.
+            free = os.statvfs(self._path)
+            if free.f_bavail * free.f_frsize < FULL_BELOW:
+                raise NoSpace(f"the data directory is full ({exc})") from exc
+            raise
 
     def sync(self) -> None:
         """Flush committed transactions to disk (fsync)."""
