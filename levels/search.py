@@ -132,8 +132,9 @@ class SearchIndex:
                 self._searcher_commits = commits
             # Unscored matching and names from the sortable column: ls sorts anyway, and
             # scoring plus stored-field reads made broad queries 10x slower.
-            names_column = self._searcher.reader().column_reader("name")
-            names = sorted(names_column[d] for d in self._searcher.docs_for_query(parsed))
+            reader = self._searcher.reader()
+            names = [] if reader.doc_count_all() == 0 else sorted(
+                reader.column_reader("name")[d] for d in self._searcher.docs_for_query(parsed))
             names = names[: self._limit]
         with self._cond:
             if len(self._results) >= 256:
@@ -268,6 +269,8 @@ class SearchIndex:
     def _names_in_index(self) -> set[str]:
         assert self._index is not None
         with self._index.reader() as reader:
+            if reader.doc_count_all() == 0:  # an empty index's reader has no columns
+                return set()
             column = reader.column_reader("name")
             return {column[d] for d in reader.all_doc_ids()}
 

@@ -109,3 +109,12 @@ def test_similarity_prefers_same_shape():
     ], limit=10)
     assert [n for n, _ in ranked][:2] == ["twin", "ghz"]
     assert ranked[0][1] == pytest.approx(1.0)
+
+
+def test_empty_index_searches_and_reopens(tmp_path):
+    first = Fabric(tmp_path / "d", load_config())
+    assert first.search.search("anything") == []
+    first.close()
+    second = Fabric(tmp_path / "d", load_config())
+    assert second.search.search("qubits:[1 TO 5]") == []
+    second.close()
