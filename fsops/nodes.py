@@ -107,8 +107,9 @@ def commit_circuit_version(fabric: Fabric, name: str, create: bool) -> Commit:
     """A write's bytes become the next version of circuit `name` after Qiskit accepts them."""
 
     async def commit(data: bytes, uid: int) -> None:
-        prepared = await trio.to_thread.run_sync(prepare_off_loop, data)
-        fabric.circuits.commit_version(name, prepared, create=create)
+        with fabric.metrics.artifact_store_seconds.time():
+            prepared = await trio.to_thread.run_sync(prepare_off_loop, data)
+            fabric.circuits.commit_version(name, prepared, create=create)
 
     return commit
 

@@ -18,7 +18,7 @@ import trio
 
 from fsops import nodes, qubit_routes, state_routes, workflow_routes
 from fsops.nodes import Node
-from levels import check
+from levels import check, tuning
 from levels.errors import Invalid, NotFound, ReadOnly
 from levels.fabric import Fabric
 from levels.qasm import VIEW_FORMATS
@@ -35,6 +35,7 @@ OPS_FILES = {
     "metrics": lambda fabric: lambda: fabric.metrics.exposition().decode(),
     "health": lambda fabric: lambda: json.dumps(check.health(fabric), indent=2) + "\n",
     "config": lambda fabric: lambda: json.dumps(fabric.config.effective(), indent=2) + "\n",
+    "tuning": lambda fabric: lambda: json.dumps(tuning.report(fabric.metrics), indent=2) + "\n",
 }
 
 
@@ -249,7 +250,8 @@ def _scratch_entries(fabric: Fabric, path: Path) -> list[tuple[str, Node]]:
 
 
 async def search(fabric: Fabric, query: str) -> list[str]:
-    return await trio.to_thread.run_sync(fabric.search.search, query)
+    with fabric.metrics.search_latency_seconds.time():
+        return await trio.to_thread.run_sync(fabric.search.search, query)
 
 
 async def similar(fabric: Fabric, name: str) -> list[tuple[str, float]]:

@@ -17,13 +17,11 @@ from fsops import nodes
 from fsops.nodes import Node
 from levels.errors import Invalid, NotFound, ReadOnly
 from levels.fabric import Fabric
-from levels.lru import LRU
 from levels.states import Request, meta_json, npy_bytes, npy_size
 
 Path = tuple[str, ...]
 STATES = "states"
 IMPORT_FILES = {"statevector.npy": 1, "density_matrix.npy": 2}  # name -> array rank
-_decoded_npy: LRU[bytes] = LRU(max_entries=16, max_bytes=512 << 20, sizeof=len)
 
 
 def resolve(fabric: Fabric, path: Path) -> Node:
@@ -51,11 +49,11 @@ def resolve(fabric: Fabric, path: Path) -> Node:
     if leaf == f"{meta['decodes_to']}.npy":
         async def read_state() -> bytes:
             key = (name, created)
-            data = _decoded_npy.get(key)
+            data = store.decoded_npy.get(key)
             if data is None:
                 _meta, decoded = await trio.to_thread.run_sync(store.load, name)
                 data = await trio.to_thread.run_sync(npy_bytes, decoded)
-                _decoded_npy.put(key, data)
+                store.decoded_npy.put(key, data)
             return data
 
         return Node(nodes.FILE, 0o444, created, size=npy_size(store.decoded_shape(name)),

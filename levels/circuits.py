@@ -140,6 +140,7 @@ class CircuitStore:
         meta: MetaStore,
         config: CircuitFsConfig,
         on_change: ChangeListener | None = None,
+        cache_bytes: int = 64 << 20,
     ) -> None:
         self._meta = meta
         self._config = config
@@ -147,9 +148,13 @@ class CircuitStore:
         self._parsed: LRU[Any] = LRU(max_entries=256)
         self._views: LRU[bytes | str] = LRU(
             max_entries=4096,
-            max_bytes=64 << 20,
+            max_bytes=cache_bytes,
             sizeof=lambda v: len(v),
         )
+
+    def caches(self) -> list[LRU]:
+        """The decoded-circuit and format-view caches (their hit rate is a metric)."""
+        return [self._parsed, self._views]
 
     # -- reading -------------------------------------------------------------------------
 

@@ -38,13 +38,19 @@ class Fabric:
         self.search = SearchIndex(
             data_dir / "index", cfs.search_result_limit, cfs.index_commit_interval_ms / 1000
         )
-        self.circuits = CircuitStore(self.meta, cfs, on_change=self.search.submit)
+        # cross_level.cache_size_mb: half for circuit views, half for decoded states.
+        cache_bytes = (config.cross_level.cache_size_mb << 20) // 2
+        self.circuits = CircuitStore(self.meta, cfs, on_change=self.search.submit,
+                                     cache_bytes=cache_bytes)
         self.metrics = Metrics()
+        self.metrics.caches += self.circuits.caches()
         sst = config.state_store
         blob_dir = Path(sst.storage_path) if sst.storage_path else data_dir / "blobs"
         sealer = Sealer(load_or_create_key(key_file or data_dir / "state.key"),
                         sst.compression_threads)
-        self.states = StateStore(self.meta, DirectoryBlobStore(blob_dir), sealer, sst)
+        self.states = StateStore(self.meta, DirectoryBlobStore(blob_dir), sealer, sst,
+                                 cache_bytes=cache_bytes)
+        self.metrics.caches.append(self.states.decoded_npy)
         self.qubits = LiveQubitManager(self.meta, self.circuits, self.states,
                                        config.live_qubit_mgr, self.metrics)
         self.coordinator = Coordinator(self.meta, self.qubits, self.states, self.circuits,

@@ -43,5 +43,35 @@ class Metrics:
             "qfs_level_transition_seconds", "Time of a cross-level operation (migration)",
             buckets=(0.001, 0.01, 0.1, 0.5, 1.0, 5.0), registry=r)
 
+        self.artifact_store_seconds = Histogram(
+            "qfs_artifact_store_seconds", "Time to validate and store a circuit version",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0), registry=r)
+        self.search_latency_seconds = Histogram(
+            "qfs_search_latency_seconds", "Search query time",
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0), registry=r)
+        self.checkpoint_size_bytes = Histogram(
+            "qfs_checkpoint_size_bytes", "Stored size of checkpoints",
+            buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9), registry=r)
+        self.compression_ratio = Gauge(
+            "qfs_compression_ratio", "Stored bytes over raw bytes of the last checkpoint",
+            registry=r)
+        self.cache_hit_rate = Gauge(
+            "qfs_cache_hit_rate", "Hit rate of the decoded-circuit and view caches", registry=r)
+        self.caches: list = []  # LRUs whose hit rate the gauge reports
+
     def exposition(self) -> bytes:
+        hits = sum(c.hits for c in self.caches)
+        lookups = hits + sum(c.misses for c in self.caches)
+        self.cache_hit_rate.set(hits / lookups if lookups else 1.0)
         return generate_latest(self.registry)
+
+    def average(self, histogram: Histogram) -> float | None:
+        """Mean of a histogram's observations, or None before the first."""
+        total = count = 0.0
+        for metric in histogram.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_sum"):
+                    total = sample.value
+                elif sample.name.endswith("_count"):
+                    count = sample.value
+        return total / count if count else None

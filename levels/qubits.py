@@ -370,6 +370,8 @@ class LiveQubitManager:
         prepared = await trio.to_thread.run_sync(self._states.prepare, request, vector)
         self._metrics.serialization_seconds.observe(prepared.meta["serialization_seconds"])
         meta = self._states.commit(prepared)
+        self._metrics.checkpoint_size_bytes.observe(meta["stored_bytes"])
+        self._metrics.compression_ratio.set(meta["compression_ratio"])
         return (f"checkpoint {meta['name']}: {meta['format']}, fidelity "
                 f"{meta['fidelity']:.12g}, {meta['stored_bytes']} bytes stored")
 

@@ -24,6 +24,7 @@ from levels import stateformats
 from levels.circuits import validate_name
 from levels.config import StateStoreConfig
 from levels.errors import Corrupt, Exists, Invalid, NotEmpty, NotFound, TooBig
+from levels.lru import LRU
 from levels.store.blobs import DirectoryBlobStore
 from levels.store.meta import MetaStore
 from levels.store.sealed import Sealer
@@ -84,7 +85,7 @@ def npy_size(shape: tuple[int, ...]) -> int:
 
 class StateStore:
     def __init__(self, meta: MetaStore, blobs: DirectoryBlobStore, sealer: Sealer,
-                 config: StateStoreConfig) -> None:
+                 config: StateStoreConfig, cache_bytes: int = 256 << 20) -> None:
         self._meta = meta
         self._blobs = blobs
         self._sealer = sealer
@@ -96,6 +97,8 @@ class StateStore:
         self._retention = parse_duration(config.checkpoint_retention)
         # Directories made by mkdir that await an imported state (in memory, like scratch).
         self.pending: set[str] = set()
+        # Decoded states as .npy bytes, by (name, created): reads of statevector.npy.
+        self.decoded_npy: LRU[bytes] = LRU(max_entries=64, max_bytes=cache_bytes, sizeof=len)
 
     # -- reading -------------------------------------------------------------------------
 

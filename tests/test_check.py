@@ -81,3 +81,27 @@ def test_config_shows_values_and_their_origin(mount_factory, tmp_path):
     done = subprocess.run([*QFSMOUNT, "--check"], capture_output=True, text=True,
                           env={"XDG_DATA_HOME": str(tmp_path / "none"), "PATH": "/usr/bin"})
     assert done.returncode == 2 and "holds no qfs data" in done.stderr
+
+
+def test_metrics_and_tuning_report(qfs):
+    bell = qfs.write_circuit("bell")
+    for _ in range(3):
+        (bell / "v1.txt").read_text()
+    os_listdir = [p.name for p in (qfs.root / "search" / "bell").iterdir()]
+    assert os_listdir == ["bell"]
+    metrics = (qfs.root / ".qfs" / "metrics").read_text()
+    values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+              if line and not line.startswith("#")}
+    assert values["qfs_artifact_store_seconds_count"] >= 1
+    assert values["qfs_search_latency_seconds_count"] >= 1
+    assert 0 < values["qfs_cache_hit_rate"] <= 1
+    for name in ("qfs_qubit_allocation_seconds_bucket{le=\"0.001\"}",
+                 "qfs_feedforward_latency_seconds_bucket{le=\"0.0001\"}",
+                 "qfs_state_serialization_seconds_bucket{le=\"0.01\"}"):
+        assert name in values, name
+    tuning = json.loads((qfs.root / ".qfs" / "tuning").read_text())
+    named = {b["bottleneck"] for b in tuning["bottlenecks"]}
+    average = tuning["measured"]["artifact_store_seconds_average"]
+    assert average > 0
+    assert ("SlowArtifactStorage" in named) == (average > 0.1)  # the reference's threshold
+    assert "LowCacheEfficiency" not in named
