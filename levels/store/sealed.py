@@ -22,6 +22,7 @@ MAGIC = b"QFS1"
 ENCRYPTED = 1
 COMPRESSED = 2
 NONCE_BYTES = 12
+WINDOW_LOG_MAX = 30  # 1 GiB: the largest checkpoint plus its parent
 
 
 def load_or_create_key(path: Path) -> bytes:
@@ -51,8 +52,21 @@ class Sealer:
         flags = 0
         body = payload
         if level is not None:
+            params = None
+            if dictionary is not None:
+                # The default window only reaches the dictionary's tail: above ~2 MiB an
+                # incremental checkpoint saved nothing. Size the window to parent + child and
+                # let long-distance matching find the unchanged runs.
+                window = max(20, min(WINDOW_LOG_MAX, (len(dictionary) + len(payload))
+                                     .bit_length()))
+                # Single-threaded: zstd's worker threads do not see the whole dictionary.
+                tables = min(window - 1, 24)
+                params = zstandard.ZstdCompressionParameters.from_level(
+                    level, window_log=window, enable_ldm=True, hash_log=tables,
+                    chain_log=tables, threads=0)
             compressor = zstandard.ZstdCompressor(
-                level=level, threads=self._threads, dict_data=_dictionary(dictionary))
+                level=level, dict_data=_dictionary(dictionary), compression_params=params,
+                **({} if params else {"threads": self._threads}))
             body = compressor.compress(payload)
             flags |= COMPRESSED
         if not encrypt:
@@ -74,7 +88,9 @@ class Sealer:
         if not flags & COMPRESSED:
             return body
         try:
-            return zstandard.ZstdDecompressor(dict_data=_dictionary(dictionary)).decompress(body)
+            return zstandard.ZstdDecompressor(
+                dict_data=_dictionary(dictionary), max_window_size=1 << WINDOW_LOG_MAX,
+            ).decompress(body)
         except zstandard.ZstdError as exc:
             raise Corrupt(f"cannot decompress the blob: {exc}") from exc
 

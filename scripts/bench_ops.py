@@ -1,0 +1,168 @@
+"""Benchmark the operations side of qfs; prints one JSON (not a test).
+
+  metrics_scrape   read /.qfs/metrics with every level populated (circuits, tasks,
+                   checkpoints, a workflow), p50/p99; baseline: reading a plain file of the
+                   same size on the same disk. Goal: p50 < 10 ms.
+  cache            the cache hit rate after a workflow that reruns its circuits (the reference
+                   alarms below 0.3)
+  migration        `migrate device=lab` of a live 20-qubit state through the mount; baseline:
+                   serializing and decoding the same state in process (what migration must do)
+
+    .venv/bin/python scripts/bench_ops.py [--quick] [--out FILE]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+QFSMOUNT = REPO / ".venv" / "bin" / "qfsmount"
+CONFIG = """live_qubit_mgr:
+  devices:
+    - {name: eagle, qubits: 127, topology: heavy_hex}
+    - {name: lab, qubits: 24, topology: linear, seed: 3}
+"""
+BELL = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\ncx q[0],q[1];\n'
+LAYER = "OPENQASM 3.0;\ninclude \"stdgates.inc\";\nqubit[20] q;\n" + "".join(
+    f"h q[{i}];\nrz({0.1 * i + 0.05}) q[{i}];\ncx q[{i}], q[{(i + 1) % 20}];\n"
+    for i in range(20))
+
+
+def say(message: str) -> None:
+    print(f"[bench_ops] {message}", file=sys.stderr, flush=True)
+
+
+def stats_ms(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"n": len(ordered), "p50_ms": round(statistics.median(ordered) * 1e3, 3),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3, 3)}
+
+
+def command(ctl: Path, line: str) -> float:
+    started = time.perf_counter()
+    fd = os.open(ctl, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    return time.perf_counter() - started
+
+
+def wait_done(mnt: Path, workflow: str) -> None:
+    deadline = time.monotonic() + 300
+    while not (mnt / "workflows" / workflow / "status").read_text().startswith("done"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("workflow did not finish")
+        time.sleep(0.1)
+
+
+def populate(mnt: Path, circuits: int) -> None:
+    for i in range(circuits):
+        (mnt / "circuits" / f"c{i:04d}.qasm").write_text(BELL + f"// {i}\n")
+    command(mnt / "qubits" / "ctl", "alloc 4 task=p topology=linear")
+    (mnt / "circuits" / "layer4.qasm").write_text(LAYER.replace("qubit[20]", "qubit[4]")
+                                                  .replace("% 20", "% 4"))
+
+
+def bench_scrape(mnt: Path, base: Path, reps: int) -> dict:
+    metrics = mnt / ".qfs" / "metrics"
+    plain = base / "plain-metrics.txt"
+    plain.write_text(metrics.read_text())
+    ours, baseline = [], []
+    for _ in range(reps):
+        started = time.perf_counter()
+        metrics.read_bytes()
+        ours.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        plain.read_bytes()
+        baseline.append(time.perf_counter() - started)
+    result = {"bytes": plain.stat().st_size, "qfs": stats_ms(ours),
+              "plain_file": stats_ms(baseline)}
+    result["goal_p50_under_10ms"] = result["qfs"]["p50_ms"] < 10
+    return result
+
+
+def bench_cache(mnt: Path) -> dict:
+    stages = "".join(f"  - name: s{i}\n    circuit: bell\n    shots: 100\n" for i in range(6))
+    (mnt / "circuits" / "bell.qasm").write_text(BELL)
+    for run in range(2):
+        (mnt / "workflows" / "rerun.yaml").write_text(f"stages:\n{stages}")
+        wait_done(mnt, "rerun")
+        say(f"workflow run {run + 1} done")
+    values = {line.split()[0]: float(line.split()[1])
+              for line in (mnt / ".qfs" / "metrics").read_text().splitlines()
+              if line and not line.startswith("#")}
+    rate = values["qfs_cache_hit_rate"]
+    return {"workflow": "6 stages of the same circuit, run twice", "cache_hit_rate": rate,
+            "above_reference_alarm_0.3": rate >= 0.3}
+
+
+def bench_migration(mnt: Path, reps: int) -> dict:
+    from levels.stateformats import FormatOptions, decode, encode
+
+    (mnt / "circuits" / "layer.qasm").write_text(LAYER)
+    times = []
+    for i in range(reps):
+        command(mnt / "qubits" / "ctl", f"alloc 20 task=m{i} topology=linear")
+        command(mnt / "qubits" / "tasks" / f"m{i}" / "ctl", "apply layer")
+        times.append(command(mnt / "qubits" / "tasks" / f"m{i}" / "ctl", "migrate device=lab"))
+        command(mnt / "devices" / "lab" / "tasks" / f"m{i}" / "ctl", "release")
+    rng = np.random.default_rng(1)
+    vector = rng.normal(size=2**20) + 1j * rng.normal(size=2**20)
+    vector /= np.linalg.norm(vector)
+    direct = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        decode(encode(vector, "statevector", FormatOptions()).payload)
+        direct.append(time.perf_counter() - started)
+    mount, base = stats_ms(times), stats_ms(direct)
+    return {"qubits": 20, "mount_migrate": mount, "in_process_serialize_decode": base,
+            "ratio_mount_over_direct": round(mount["p50_ms"] / base["p50_ms"], 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="qfs-bench-ops-"))
+    mnt, data = base / "mnt", base / "data"
+    mnt.mkdir()
+    (base / "qfs.yaml").write_text(CONFIG)
+    daemon = subprocess.Popen([str(QFSMOUNT), str(mnt), "--data", str(data), "-f",
+                               "--config", str(base / "qfs.yaml")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    report: dict = {"benchmark": "ops", "quick": args.quick}
+    try:
+        while not os.path.ismount(mnt):
+            time.sleep(0.05)
+        say("populating")
+        populate(mnt, 50 if args.quick else 500)
+        say("metrics scrape")
+        report["metrics_scrape"] = bench_scrape(mnt, base, 30 if args.quick else 200)
+        say("cache hit rate on a rerun workflow")
+        report["cache"] = bench_cache(mnt)
+        say("migration of a 20-qubit state")
+        report["migration"] = bench_migration(mnt, 2 if args.quick else 5)
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        daemon.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
