@@ -96,6 +96,7 @@ class LiveQubitManager:
         self._local_noise: dict[tuple[str, tuple[int, ...]], Any] = {}
         self._compiled: LRU[Any] = LRU(max_entries=128)
         self._pass_managers: LRU[Any] = LRU(max_entries=32)
+        self._simulators: LRU[Any] = LRU(max_entries=32)  # with their noise models
         self.tasks: dict[str, Task] = {}
         with meta.reading() as txn:
             for _key, raw in txn.scan("tasks"):
@@ -507,10 +508,13 @@ class LiveQubitManager:
             dynamic = compile_dynamic(circuit, triggers, task.parameters)
             compiled = self._pass_manager(device, used).run(dynamic)
             self._compiled.put(key, compiled)
-        noise = self._local_noise_model(device, used) if command.noise else None
+        simulator = self._simulators.get((device.name, used, command.noise))
+        if simulator is None:
+            noise = self._local_noise_model(device, used) if command.noise else None
+            simulator = AerSimulator(noise_model=noise)
+            self._simulators.put((device.name, used, command.noise), simulator)
         seed = command.seed if command.seed is not None else int(time.time_ns() % 2**31)
-        result = AerSimulator(noise_model=noise).run(
-            compiled, shots=command.shots, seed_simulator=seed).result()
+        result = simulator.run(compiled, shots=command.shots, seed_simulator=seed).result()
         return dict(result.get_counts()), seed
 
     def _pass_manager(self, device: Device, used: tuple[int, ...]):

@@ -34,7 +34,8 @@ SCHEMA = fields.Schema(
 )
 DEFAULT_FIELDS = ["title", "description", "tags", "gates", "author"]
 ALIASES = {"tags": ["tag"], "gates": ["gate"], "qubits": ["qubit", "num_qubits"]}
-MERGE_EVERY = 16  # commits between segment merges
+MERGE_EVERY = 64  # commits between segment merges under continuous load
+MERGE_WHEN_IDLE = 2.0  # seconds without changes before small segments are merged
 KNOWN_FIELDS = {"name", *DEFAULT_FIELDS, "qubits", "depth"} | {
     alias for names in ALIASES.values() for alias in names
 }
@@ -79,7 +80,7 @@ class SearchIndex:
         self._closing = False
         self._rebuild_with: Documents | None = None  # a rebuild asked for while running
         self._indexed: set[str] = set()  # names in the index (writer thread only)
-        self._batches = 0
+        self._unmerged = 0  # commits since segments were last merged
         self._ready = threading.Event()
         self._failure: str | None = None
         self._index: index.Index | None = None
@@ -216,9 +217,13 @@ class SearchIndex:
         self._ready.set()
         while True:
             with self._cond:
-                self._cond.wait_for(
-                    lambda: self._pending or self._closing or self._rebuild_with is not None)
+                woke = self._cond.wait_for(
+                    lambda: self._pending or self._closing or self._rebuild_with is not None,
+                    MERGE_WHEN_IDLE if self._unmerged else None)
                 rebuild = self._rebuild_with
+            if not woke:
+                self._merge()  # idle: now merging costs no one a wait
+                continue
             if rebuild is not None:
                 self._rebuild(rebuild)
                 with self._cond:
@@ -243,10 +248,19 @@ class SearchIndex:
             if closing and not self._pending:
                 return
 
+    def _merge(self) -> None:
+        assert self._index is not None
+        writer = self._index.writer()
+        writer.commit(merge=True)
+        self._unmerged = 0
+        with self._cond:
+            self._commits += 1
+
     def _commit(self, batch: dict[str, Document | None]) -> None:
         """One writer per batch. New circuits are added without the delete lookup that
-        update_document costs, and small segments are merged only every MERGE_EVERY
-        commits: both were most of the indexer's CPU while circuits were copied in."""
+        update_document costs, and segments are merged only when the writer is idle (or
+        after MERGE_EVERY commits): both were most of the indexer's CPU, and a merge inside
+        the commit a search waits for made it wait a second."""
         assert self._index is not None
         writer = self._index.writer()
         try:
@@ -259,8 +273,11 @@ class SearchIndex:
                 else:
                     writer.add_document(**_fields(doc))
                     self._indexed.add(name)
-            self._batches += 1
-            writer.commit(merge=self._batches % MERGE_EVERY == 0)
+            self._unmerged += 1
+            merge = self._unmerged >= MERGE_EVERY
+            writer.commit(merge=merge)
+            if merge:
+                self._unmerged = 0
         except Exception:
             writer.cancel()
             self._indexed = self._names_in_index()
