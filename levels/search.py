@@ -134,8 +134,10 @@ class SearchIndex:
             # Unscored matching and names from the sortable column: ls sorts anyway, and
             # scoring plus stored-field reads made broad queries 10x slower.
             reader = self._searcher.reader()
-            names = [] if reader.doc_count_all() == 0 else sorted(
-                reader.column_reader("name")[d] for d in self._searcher.docs_for_query(parsed))
+            names = []
+            if reader.doc_count_all():  # an empty index's reader has no columns
+                column = reader.column_reader("name")
+                names = sorted(column[d] for d in self._searcher.docs_for_query(parsed))
             names = names[: self._limit]
         with self._cond:
             if len(self._results) >= 256:
