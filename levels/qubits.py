@@ -197,9 +197,7 @@ class LiveQubitManager:
         else:
             task = Task(command.task, device_name, uid, qubits, [], command.topology, isolate,
                         value, time.time_ns())
-        if task.isolate in ("spatial", "strict"):
-            task.buffers = sorted({n for q in task.qubits for n in device.neighbors[q]}
-                                  - set(task.qubits))
+        task.buffers = _buffers(device, task.qubits, task.isolate)
         self._save(task)
         self._live.pop(task.name, None)  # the register changed: start it afresh
         self._metrics.qubit_allocation_seconds.observe(time.perf_counter() - started)
@@ -269,8 +267,7 @@ class LiveQubitManager:
         triggers = [_renumbered(t, renumber) for t in task.triggers]
         updated = dataclasses.replace(task, qubits=kept, triggers=triggers)
         device = self.device(device_name)
-        if updated.isolate in ("spatial", "strict"):
-            updated.buffers = sorted({n for q in kept for n in device.neighbors[q]} - set(kept))
+        updated.buffers = _buffers(device, kept, updated.isolate)
         self._save(updated)
         self._live.pop(task.name, None)
         self._cool(task, [physical])
@@ -442,8 +439,7 @@ class LiveQubitManager:
         held = self.reservations(device_name)
         command = ctl.Alloc(len(task.qubits), name, task.topology, 0.0, task.isolate)
         qubits, value = self._choose(device, held, command, task.isolate)
-        buffers = sorted({n for q in qubits for n in device.neighbors[q]} - set(qubits)) \
-            if task.isolate in ("spatial", "strict") else []
+        buffers = _buffers(device, qubits, task.isolate)
         moved = dataclasses.replace(task, device=device_name, qubits=qubits, buffers=buffers,
                                     score=value)
         self._save(moved)
@@ -590,6 +586,13 @@ class LiveQubitManager:
                 document["last_run"] = {k: live.last_run[k] for k in ("run", "circuit",
                                                                        "version", "counts")}
         return document
+
+
+def _buffers(device: Device, qubits: list[int], isolate: str) -> list[int]:
+    """The neighbours kept free around a spatially isolated task (none otherwise)."""
+    if isolate not in ("spatial", "strict"):
+        return []
+    return sorted({n for q in qubits for n in device.neighbors[q]} - set(qubits))
 
 
 def _to_logical(task: Task, action: ctl.Action) -> ctl.Action:
