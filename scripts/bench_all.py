@@ -49,6 +49,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default=",".join(BENCHES))
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="rebuild the summary from the JSON files already there")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     summary: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -58,11 +60,12 @@ def main() -> int:
         command = [sys.executable, str(REPO / "scripts" / f"bench_{name}.py"), "--out", str(out)]
         if args.quick:
             command.append("--quick")
-        print(f"[bench_all] {name} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
-        done = subprocess.run(command, stdout=subprocess.DEVNULL)
-        entry: dict[str, Any] = {"exit": done.returncode,
-                                 "seconds": round(time.monotonic() - started, 1)}
+        code = 0
+        if not args.summarize_only:
+            print(f"[bench_all] {name} ...", file=sys.stderr, flush=True)
+            code = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
+        entry: dict[str, Any] = {"exit": code, "seconds": round(time.monotonic() - started, 1)}
         if out.exists():
             entry["goals"] = dict(goals(json.loads(out.read_text())))
         summary["benchmarks"][name] = entry
