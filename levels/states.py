@@ -186,14 +186,17 @@ class StateStore:
         return Prepared(meta, blob)
 
     def _format(self, request: Request, state: np.ndarray) -> tuple[str, str]:
-        asked = request.format or self._config.default_serialization_format
-        asked = {"tensor_network": "mps", "auto": "auto"}.get(asked, asked)
-        if asked == "auto":
+        """The format asked for (strict), else the configured default where it fits the
+        state (a stabilizer default does not fit a T state), else the automatic choice."""
+        if request.format:
+            return _format_name(request.format), "asked for"
+        default = _format_name(self._config.default_serialization_format)
+        if default == "auto":
             return stateformats.choose_format(state, self.options)
-        if asked not in stateformats.FORMATS:
-            raise Invalid(f"unknown format {asked!r} (known: auto, "
-                          f"{', '.join(stateformats.FORMATS)})")
-        return asked, "asked for"
+        if default == "stabilizer" and stateformats.stabilizer_circuit(state) is None:
+            chosen, why = stateformats.choose_format(state, self.options)
+            return chosen, f"not a stabilizer state, so not the default: {why}"
+        return default, "the configured default"
 
     def commit(self, prepared: Prepared) -> dict[str, Any]:
         meta = dict(prepared.meta)
@@ -262,6 +265,18 @@ class StateStore:
     def _all(self) -> list[dict[str, Any]]:
         with self._meta.reading() as txn:
             return [json.loads(v) for _k, v in txn.scan("checkpoints")]
+
+
+FORMAT_ALIASES = {"tensor_network": "mps", "full_state_vector": "statevector",
+                  "classical_shadow": "shadow", "stabilizer_tableau": "stabilizer",
+                  "full_density_matrix": "density_matrix"}
+
+
+def _format_name(name: str) -> str:
+    name = FORMAT_ALIASES.get(name, name)
+    if name != "auto" and name not in stateformats.FORMATS:
+        raise Invalid(f"unknown format {name!r} (known: auto, {', '.join(stateformats.FORMATS)})")
+    return name
 
 
 def _aad(meta: dict[str, Any]) -> bytes:

@@ -22,6 +22,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=None,
                         help=f"data directory (default {default_data_dir()})")
     parser.add_argument("--config", type=Path, default=None, help="qfs.yaml configuration file")
+    parser.add_argument("--profile", default=None,
+                        help="workload profile: simulation, nisq, fault_tolerant or hybrid")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="also serve /.qfs/metrics over HTTP on this port for Prometheus")
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground and log to stderr")
     parser.add_argument("-o", dest="options", action="append", default=[],
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qfsmount: {problem}", file=sys.stderr)
         return 2
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, profile=args.profile)
     except Invalid as exc:
         print(f"qfsmount: {exc}", file=sys.stderr)
         return 2
@@ -94,7 +98,8 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING)
     try:
-        fabric = Fabric(data_dir, load_config(args.config), key_file=args.key_file)
+        fabric = Fabric(data_dir, load_config(args.config, profile=args.profile),
+                        key_file=args.key_file)
     except (Invalid, OSError) as exc:
         print(f"qfsmount: {exc}", file=sys.stderr)
         return 2
@@ -120,7 +125,7 @@ def _run(args, mountpoint, data_dir, config, options, ready) -> int:
 
     daemon.setup_logging(data_dir, args.debug, to_stderr=args.foreground)
     return daemon.run(mountpoint, data_dir, config, options, args.debug, args.reindex,
-                      args.key_file, ready)
+                      args.key_file, args.metrics_port, ready)
 
 
 def _daemonize(args, mountpoint, data_dir, config, options) -> int:

@@ -76,6 +76,7 @@ def run(
     debug: bool,
     reindex: bool,
     key_file: Path | None,
+    metrics_port: int | None,
     ready: Ready,
 ) -> int:
     """Mount and serve until unmounted; `ready` hears None once mounted, or the reason not."""
@@ -87,6 +88,15 @@ def run(
         ready(str(exc))
         return 2
     operations = Operations(fabric)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(metrics_port, addr="127.0.0.1", registry=fabric.metrics.registry)
+        except OSError as exc:
+            fabric.close()
+            ready(f"cannot serve metrics on port {metrics_port}: {exc}")
+            return 1
     try:
         pyfuse3.init(operations, str(mountpoint), fuse_options(options, debug))
     except RuntimeError as exc:

@@ -105,3 +105,34 @@ def test_metrics_and_tuning_report(qfs):
     assert average > 0
     assert ("SlowArtifactStorage" in named) == (average > 0.1)  # the reference's threshold
     assert "LowCacheEfficiency" not in named
+
+
+def test_profiles_and_metrics_endpoint(mount_factory, tmp_path):
+    import socket
+    import urllib.request
+
+    from tests.test_states import CLIFFORD, ENTANGLED
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    qfs = mount_factory(extra=["--profile", "fault_tolerant", "--metrics-port", str(port)])
+    shown = json.loads((qfs.root / ".qfs" / "config").read_text())
+    assert shown["state_store"]["default_serialization_format"] == {
+        "value": "stabilizer", "from": "profile fault_tolerant"}
+    assert shown["live_qubit_mgr"]["isolation_level"]["value"] == "strict"
+    prepared_task(qfs, "c", CLIFFORD, circuit="cliff")
+    command(qfs.qubits / "tasks" / "c" / "ctl", "checkpoint clifford")
+    prepared_task(qfs, "e", ENTANGLED, circuit="ent")
+    command(qfs.qubits / "tasks" / "e" / "ctl", "checkpoint entangled")
+    meta = {n: json.loads((qfs.root / "states" / n / "meta.json").read_text())
+            for n in ("clifford", "entangled")}
+    assert meta["clifford"]["format"] == "stabilizer"
+    assert meta["entangled"]["format"] != "stabilizer"
+    assert "not a stabilizer state" in meta["entangled"]["format_reason"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        body = reply.read().decode()
+    assert "qfs_qubit_allocation_seconds_count 2.0" in body
+    done = subprocess.run([*QFSMOUNT, str(tmp_path), "--profile", "quantum_supremacy"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "profile 'quantum_supremacy'" in done.stderr
