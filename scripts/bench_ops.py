@@ -69,8 +69,6 @@ def populate(mnt: Path, circuits: int) -> None:
     for i in range(circuits):
         (mnt / "circuits" / f"c{i:04d}.qasm").write_text(BELL + f"// {i}\n")
     command(mnt / "qubits" / "ctl", "alloc 4 task=p topology=linear")
-    (mnt / "circuits" / "layer4.qasm").write_text(LAYER.replace("qubit[20]", "qubit[4]")
-                                                  .replace("% 20", "% 4"))
 
 
 def bench_scrape(mnt: Path, base: Path, reps: int) -> dict:
