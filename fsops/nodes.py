@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from levels.circuits import CircuitStore, PreparedVersion
+from levels.circuits import PICTURE, CircuitStore, PreparedVersion
 from levels.fabric import Fabric
 from levels.qasm import VIEW_FORMATS
 from levels.scratch import ScratchFile
@@ -198,4 +198,13 @@ def circuit_file_names(fabric: Fabric, name: str) -> list[str]:
     for version in circuit.versions:
         names.append(f"v{version.n}.qasm")
         names.extend(f"v{version.n}.{fmt}" for fmt in VIEW_FORMATS)
+        if fabric.circuits.has_picture(name, version.n):  # pictures: listed once drawn
+            names.append(f"v{version.n}.{PICTURE}")
     return names
+
+
+async def result_picture(fabric: Fabric, name: str, run: str) -> Node:
+    data = await trio.to_thread.run_sync(fabric.circuits.result_picture, name, run)
+    node = constant(data, fabric.circuits.get(name).mtime_ns)
+    node.subject = name
+    return node

@@ -248,6 +248,8 @@ class Operations(pyfuse3.Operations):
                 self.inodes.detach(path)
                 return
             if len(path) == 4 and path[0] == routes.CIRCUITS and path[2] == "results":
+                if routes.picture_run(path[3]) is not None:
+                    return  # a histogram is a facet of its result, like the views
                 self.fabric.circuits.delete_result(path[1], path[3])
                 self.inodes.detach(path)
                 return

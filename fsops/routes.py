@@ -19,6 +19,7 @@ import trio
 from fsops import nodes, qubit_routes, state_routes, workflow_routes
 from fsops.nodes import Node
 from levels import check, tuning
+from levels.circuits import PICTURE
 from levels.errors import Invalid, NotFound, ReadOnly
 from levels.fabric import Fabric
 from levels.qasm import VIEW_FORMATS
@@ -44,6 +45,12 @@ def import_name(filename: str) -> str | None:
     if filename.endswith(".qasm") and not filename.startswith(".") and len(filename) > 5:
         return filename[: -len(".qasm")]
     return None
+
+
+def picture_run(filename: str) -> str | None:
+    """`<run>.png` in results/ is the histogram of `<run>.json`."""
+    suffix = f".{PICTURE}"
+    return filename[: -len(suffix)] if filename.endswith(suffix) else None
 
 
 def parse_version_file(filename: str) -> tuple[int, str] | None:
@@ -153,6 +160,9 @@ async def _resolve_circuits(fabric: Fabric, path: Path) -> Node:
     if depth == 3:
         return await _resolve_circuit_file(fabric, name, leaf, mtime)
     if depth == 4 and leaf == "results":
+        run = picture_run(path[3])
+        if run is not None:
+            return await nodes.result_picture(fabric, name, run)
         return nodes.result_file(fabric, name, path[3])
     if depth == 4 and leaf == "similar":
         match = _SIMILAR.match(path[3])
@@ -179,7 +189,7 @@ async def _resolve_circuit_file(fabric: Fabric, name: str, leaf: str, mtime: int
         n, fmt = version
         if fmt == "qasm":
             return nodes.version_source(fabric, name, n)
-        if fmt in VIEW_FORMATS:
+        if fmt in (*VIEW_FORMATS, PICTURE):
             return await nodes.version_view(fabric, name, n, fmt)
     return scratch_node(fabric, (CIRCUITS, name, leaf))
 
@@ -198,8 +208,14 @@ async def list_dir(fabric: Fabric, path: Path) -> list[tuple[str, Node]]:
     elif path[0] == CIRCUITS and depth == 2:
         return await _list_circuit(fabric, path)
     elif path[0] == CIRCUITS and depth == 3 and path[2] == "results":
-        return [(run, nodes.result_file(fabric, path[1], run))
-                for run, _size in fabric.circuits.results(path[1])]
+        entries = [(run, nodes.result_file(fabric, path[1], run))
+                   for run, _size in fabric.circuits.results(path[1])]
+        for run, _node in list(entries):
+            stem = run[: -len(".json")]
+            if fabric.circuits.has_result_picture(path[1], stem):  # listed once drawn
+                entries.append((f"{stem}.{PICTURE}",
+                                await nodes.result_picture(fabric, path[1], stem)))
+        return entries
     elif path[0] == CIRCUITS and depth == 3 and path[2] == "similar":
         mtime = fabric.circuits.mtime(path[1]) or 0
         return [(entry, nodes.symlink(f"../../{entry.split('-', 1)[1]}", mtime))

@@ -11,6 +11,7 @@ Parsing (slow, CPU-bound) is separate from committing (fast, one transaction): c
 """
 
 import dataclasses
+import hashlib
 import json
 import re
 import struct
@@ -22,12 +23,14 @@ from typing import Any
 from levels.config import CircuitFsConfig
 from levels.errors import Exists, Invalid, NameTooLong, NotEmpty, NotFound, Unexpressible
 from levels.lru import LRU
+from levels.pictures import circuit_png, histogram_png
 from levels.qasm import VIEW_FORMATS, CircuitStats, circuit_stats, parse_program, render_view
 from levels.store.meta import MetaStore, Txn
 
 MAX_NAME_BYTES = 200
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]*$")
 _RESULT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]*\.json$")
+PICTURE = "png"
 META_FIELDS = {"description": str, "author": str, "tags": list, "parameters": dict}
 _MTIME = struct.Struct("<q")
 
@@ -198,20 +201,51 @@ class CircuitStore:
 
     def view(self, name: str, n: int, fmt: str) -> bytes:
         """A format view of version n; slow on a miss (parsing, drawing): call from a thread."""
-        if fmt not in VIEW_FORMATS:
+        if fmt not in (*VIEW_FORMATS, PICTURE):
             raise NotFound(f"no format view .{fmt}")
         stats = self.get(name).version(n).stats
         key = (stats["sha256"], fmt)
         cached = self._views.get(key)
         if cached is None:
+            circuit = self._circuit(name, n, stats["sha256"])
             try:
-                cached = render_view(self._circuit(name, n, stats["sha256"]), fmt)
+                cached = circuit_png(circuit) if fmt == PICTURE else render_view(circuit, fmt)
             except Unexpressible as exc:
                 cached = str(exc)
             self._views.put(key, cached)
         if isinstance(cached, str):
             raise Unexpressible(f"{name} v{n}.{fmt}: {cached}")
         return cached
+
+    def has_picture(self, name: str, n: int) -> bool:
+        """Whether vN.png is drawn already (listings show pictures once drawn)."""
+        stats = self.get(name).version(n).stats
+        return isinstance(self._views.peek((stats["sha256"], PICTURE)), bytes)
+
+    def result_picture(self, name: str, run: str) -> bytes:
+        """The histogram of results/<run>.json as PNG (slow on a miss: call from a thread)."""
+        document = self.result(name, f"{run}.json")
+        key = ("histogram", hashlib.sha256(document).hexdigest())
+        cached = self._views.get(key)
+        if cached is None:
+            try:
+                counts = json.loads(document)["counts"]
+                if not isinstance(counts, dict) or not counts:
+                    raise TypeError("not a mapping of outcomes to counts")
+            except (KeyError, TypeError, ValueError) as exc:
+                raise NotFound(f"{name} result {run} has no counts to draw ({exc})") from exc
+            cached = histogram_png(counts, f"{name}: {run}")
+            self._views.put(key, cached)
+        assert isinstance(cached, bytes)
+        return cached
+
+    def has_result_picture(self, name: str, run: str) -> bool:
+        try:
+            document = self.result(name, f"{run}.json")
+        except NotFound:
+            return False
+        key = ("histogram", hashlib.sha256(document).hexdigest())
+        return isinstance(self._views.peek(key), bytes)
 
     def circuit(self, name: str, n: int | None = None) -> Any:
         """The parsed QuantumCircuit of version n (latest when None), cached by content."""

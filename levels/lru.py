@@ -35,6 +35,11 @@ class LRU(Generic[V]):
             self.hits += 1
             return value
 
+    def peek(self, key: Hashable) -> V | None:
+        """The value if cached, without counting a hit or a miss or refreshing it."""
+        with self._lock:
+            return self._data.get(key)
+
     def put(self, key: Hashable, value: V) -> None:
         with self._lock:
             old = self._data.pop(key, None)

@@ -4,6 +4,7 @@ import errno
 import hashlib
 import json
 import os
+import subprocess
 
 import pytest
 from qiskit import QuantumCircuit, qasm3, qpy
@@ -182,3 +183,25 @@ def test_similar_ranks_by_structure(qfs):
     target = qfs.circuits / "bell" / "similar" / "01-bell_copy"
     assert os.readlink(target) == "../../bell_copy"
     assert (target / "v1.qasm").exists()
+
+
+def test_pictures_of_circuits_and_results(qfs):
+    bell = qfs.write_circuit("bell")
+    assert "v1.png" not in os.listdir(bell)  # drawn on first open, then listed
+    picture = (bell / "v1.png").read_bytes()
+    assert picture[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.stat(bell / "v1.png").st_size == len(picture)
+    assert "v1.png" in os.listdir(bell)
+    (bell / "results" / "r1.json").write_text('{"counts": {"00": 510, "11": 514}}')
+    histogram = (bell / "results" / "r1.png").read_bytes()
+    assert histogram[:4] == b"\x89PNG" and os.stat(bell / "results" / "r1.png").st_size == len(
+        histogram)
+    assert sorted(os.listdir(bell / "results")) == ["r1.json", "r1.png"]
+    wide = "OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[3];\n" + "h q[0];\n" * 500
+    big = qfs.write_circuit("wide", wide)
+    with pytest.raises(OSError) as caught:
+        (big / "v1.png").read_bytes()
+    assert caught.value.errno == errno.EFBIG
+    assert "too large to draw" in (big / "errors").read_text()
+    subprocess.run(["rm", "-r", str(bell)], check=True)
+    assert not bell.exists()
