@@ -19,6 +19,8 @@ from levels.errors import Invalid
 @dataclasses.dataclass
 class CircuitFsConfig:
     storage_backend: str = "lmdb"
+    s3_endpoint: str = ""  # accepted for the reference's schema; blobs are local for now
+    s3_bucket: str = ""
     indexing_enabled: bool = True
     index_types: list[str] = dataclasses.field(default_factory=lambda: ["text", "metadata"])
     versioning_enabled: bool = True
@@ -75,11 +77,20 @@ class CrossLevelConfig:
 
 
 @dataclasses.dataclass
+class PerformanceConfig:
+    max_concurrent_operations: int = 100
+    io_threads: int = 4
+    compression_threads: int = 2
+    telemetry_buffer_size: int = 1000
+
+
+@dataclasses.dataclass
 class Config:
     circuit_fs: CircuitFsConfig = dataclasses.field(default_factory=CircuitFsConfig)
     live_qubit_mgr: LiveQubitConfig = dataclasses.field(default_factory=LiveQubitConfig)
     state_store: StateStoreConfig = dataclasses.field(default_factory=StateStoreConfig)
     cross_level: CrossLevelConfig = dataclasses.field(default_factory=CrossLevelConfig)
+    performance: PerformanceConfig = dataclasses.field(default_factory=PerformanceConfig)
     # "section.key" -> where its value came from: a file path or QFS_* (default otherwise).
     provenance: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -128,6 +139,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 
 # QFS_* variables the reference names, mapped onto (section, key).
 ENVIRONMENT = {
+    "QFS_CIRCUIT_STORAGE_BACKEND": ("circuit_fs", "storage_backend"),
+    "QFS_S3_ENDPOINT": ("circuit_fs", "s3_endpoint"),
     "QFS_INDEXING_ENABLED": ("circuit_fs", "indexing_enabled"),
     "QFS_MAX_VERSIONS": ("circuit_fs", "max_versions_per_artifact"),
     "QFS_STATE_STORAGE_PATH": ("state_store", "storage_path"),
@@ -135,6 +148,8 @@ ENVIRONMENT = {
     "QFS_STATE_ENCRYPTION": ("state_store", "encryption_enabled"),
     "QFS_ALLOCATION_STRATEGY": ("live_qubit_mgr", "allocation_strategy"),
     "QFS_FEEDFORWARD_ENABLED": ("live_qubit_mgr", "feedforward_enabled"),
+    "QFS_CONSISTENCY_LEVEL": ("cross_level", "consistency_level"),
+    "QFS_CACHE_ENABLED": ("cross_level", "cache_enabled"),
 }
 _DEVICE_KEYS = {"name": str, "qubits": int, "topology": str, "seed": int}
 

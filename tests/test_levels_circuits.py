@@ -118,3 +118,56 @@ def test_empty_index_searches_and_reopens(tmp_path):
     second = Fabric(tmp_path / "d", load_config())
     assert second.search.search("qubits:[1 TO 5]") == []
     second.close()
+
+
+def test_the_reference_configuration_schema_loads(tmp_path):
+    """Every key of the reference's default qfs.yaml is accepted (most are not used here)."""
+    config = tmp_path / "qfs.yaml"
+    config.write_text("""quantum_data_fabric:
+  circuit_fs:
+    storage_backend: "s3"
+    s3_endpoint: "http://localhost:9000"
+    s3_bucket: "circuits"
+    indexing_enabled: true
+    index_types: ["text", "semantic", "metadata"]
+    versioning_enabled: true
+    max_versions_per_artifact: 10
+    retention_policy: "7d"
+  state_store:
+    storage_backend: "local_ssd"
+    storage_path: ""
+    default_serialization_format: "tensor_network"
+    compression_enabled: true
+    compression_level: "balanced"
+    encryption_enabled: true
+    encryption_algorithm: "AES-256-GCM"
+    checkpoint_retention: "24h"
+    max_checkpoint_size_mb: 1024
+  live_qubit_mgr:
+    allocation_strategy: "topology_noise_aware"
+    feedforward_enabled: true
+    feedforward_latency_target_ms: 10
+    isolation_level: "spatial_temporal"
+    calibration_interval: "1h"
+    telemetry_collection_interval: "1s"
+  cross_level:
+    consistency_level: "strong"
+    cache_enabled: true
+    cache_size_mb: 512
+    migration_enabled: true
+    migration_fidelity_threshold: 0.95
+  performance:
+    max_concurrent_operations: 100
+    io_threads: 4
+    compression_threads: 2
+    telemetry_buffer_size: 1000
+""")
+    loaded = load_config(config, environ={"QFS_CACHE_ENABLED": "false"})
+    assert loaded.cross_level.migration_fidelity_threshold == 0.95
+    assert loaded.effective()["cross_level"]["cache_enabled"] == {"value": False,
+                                                                  "from": "QFS_CACHE_ENABLED"}
+    for bad in ("cross_level:\n  cache_size_mb: lots\n", "nonsense:\n  x: 1\n",
+                "state_store:\n  colour: red\n"):
+        config.write_text(bad)
+        with pytest.raises(Invalid):
+            load_config(config, environ={})
