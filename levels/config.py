@@ -1,28 +1,32 @@
 """Typed configuration with embedded defaults, read from the reference's qfs.yaml shape.
 
-Precedence, lowest first: embedded defaults, the YAML file, QFS_* environment variables.
-Unknown keys and badly typed values are refused with a message naming the key, because a
-typo in a config file must not silently fall back to a default.
+Precedence, lowest first: embedded defaults, a profile, the YAML file, QFS_* environment
+variables. The layers are merged as plain mappings, remembering where each value came
+from, and then validated once by pydantic models that forbid unknown keys: a typo in a
+config file must not silently fall back to a default, and the message names the key.
 """
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from levels.errors import Invalid
 
 
-@dataclasses.dataclass
-class CircuitFsConfig:
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CircuitFsConfig(_Section):
     storage_backend: str = "lmdb"
     s3_endpoint: str = ""  # accepted for the reference's schema; blobs are local for now
     s3_bucket: str = ""
     indexing_enabled: bool = True
-    index_types: list[str] = dataclasses.field(default_factory=lambda: ["text", "metadata"])
+    index_types: list[str] = ["text", "metadata"]
     versioning_enabled: bool = True
     max_versions_per_artifact: int = 10
     retention_policy: str = "7d"
@@ -32,13 +36,12 @@ class CircuitFsConfig:
     lmdb_map_size_mb: int = 65536
 
 
-@dataclasses.dataclass
-class StateStoreConfig:
+class StateStoreConfig(_Section):
     storage_backend: str = "local_ssd"
     storage_path: str = ""  # empty: <data dir>/blobs
     default_serialization_format: str = "auto"  # or one of the seven; tensor_network = mps
     compression_enabled: bool = True
-    compression_level: str = "balanced"  # fast (zstd 1), balanced (3), max (19), or a number
+    compression_level: str | int = "balanced"  # fast (zstd 1), balanced (3), max (19), or N
     compression_threads: int = 2
     encryption_enabled: bool = True
     encryption_algorithm: str = "AES-256-GCM"
@@ -51,11 +54,14 @@ class StateStoreConfig:
     shadow_snapshots: int = 2000
 
 
-DEFAULT_DEVICES = [{"name": "eagle", "qubits": 127, "topology": "heavy_hex", "seed": 7}]
+class DeviceConfig(_Section):
+    name: str
+    qubits: int = Field(ge=1)
+    topology: str
+    seed: int = 7
 
 
-@dataclasses.dataclass
-class LiveQubitConfig:
+class LiveQubitConfig(_Section):
     allocation_strategy: str = "topology_noise_aware"
     feedforward_enabled: bool = True
     feedforward_latency_target_ms: int = 10
@@ -64,11 +70,12 @@ class LiveQubitConfig:
     telemetry_collection_interval: str = "1s"
     temporal_cooldown_ms: int = 1000
     # The first device is /qubits; the others appear under /devices/<name>/.
-    devices: list[dict] = dataclasses.field(default_factory=lambda: list(DEFAULT_DEVICES))
+    devices: list[DeviceConfig] = Field(
+        default=[DeviceConfig(name="eagle", qubits=127, topology="heavy_hex", seed=7)],
+        min_length=1)
 
 
-@dataclasses.dataclass
-class CrossLevelConfig:
+class CrossLevelConfig(_Section):
     consistency_level: str = "strong"
     cache_enabled: bool = True
     cache_size_mb: int = 512
@@ -76,34 +83,30 @@ class CrossLevelConfig:
     migration_fidelity_threshold: float = 0.95
 
 
-@dataclasses.dataclass
-class PerformanceConfig:
+class PerformanceConfig(_Section):
     max_concurrent_operations: int = 100
     io_threads: int = 4
     compression_threads: int = 2
     telemetry_buffer_size: int = 1000
 
 
-@dataclasses.dataclass
-class Config:
-    circuit_fs: CircuitFsConfig = dataclasses.field(default_factory=CircuitFsConfig)
-    live_qubit_mgr: LiveQubitConfig = dataclasses.field(default_factory=LiveQubitConfig)
-    state_store: StateStoreConfig = dataclasses.field(default_factory=StateStoreConfig)
-    cross_level: CrossLevelConfig = dataclasses.field(default_factory=CrossLevelConfig)
-    performance: PerformanceConfig = dataclasses.field(default_factory=PerformanceConfig)
-    # "section.key" -> where its value came from: a file path or QFS_* (default otherwise).
-    provenance: dict[str, str] = dataclasses.field(default_factory=dict)
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    circuit_fs: CircuitFsConfig = CircuitFsConfig()
+    live_qubit_mgr: LiveQubitConfig = LiveQubitConfig()
+    state_store: StateStoreConfig = StateStoreConfig()
+    cross_level: CrossLevelConfig = CrossLevelConfig()
+    performance: PerformanceConfig = PerformanceConfig()
+    # "section.key" -> where its value came from: a profile, a file path or QFS_*.
+    provenance: dict[str, str] = {}
 
     def effective(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Every setting with its value and origin, as /.qfs/config shows it."""
         shown: dict[str, dict[str, dict[str, Any]]] = {}
-        for section in dataclasses.fields(self):
-            if section.name == "provenance":
-                continue
-            values = dataclasses.asdict(getattr(self, section.name))
-            shown[section.name] = {
-                key: {"value": value,
-                      "from": self.provenance.get(f"{section.name}.{key}", "default")}
+        for section, values in self.model_dump(exclude={"provenance"}).items():
+            shown[section] = {
+                key: {"value": value, "from": self.provenance.get(f"{section}.{key}", "default")}
                 for key, value in values.items()
             }
         return shown
@@ -151,98 +154,55 @@ ENVIRONMENT = {
     "QFS_CONSISTENCY_LEVEL": ("cross_level", "consistency_level"),
     "QFS_CACHE_ENABLED": ("cross_level", "cache_enabled"),
 }
-_DEVICE_KEYS = {"name": str, "qubits": int, "topology": str, "seed": int}
+SECTIONS = set(Config.model_fields) - {"provenance"}
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Convert a YAML or environment value to the type of its default, or refuse it."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-    elif key.endswith(".devices"):
-        return [_device(f"{key}[{i}]", d) for i, d in enumerate(value or [])] if isinstance(
-            value, list) and value else _refuse(key, "a non-empty list of devices", value)
-    elif isinstance(default, list):
-        if isinstance(value, list):
-            return [str(v) for v in value]
-    elif isinstance(default, float):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif isinstance(default, str) and isinstance(value, str | int | float):
-        return str(value)
-    return _refuse(key, type(default).__name__, value)
-
-
-def _refuse(key: str, expected: str, value: Any) -> Any:
-    raise Invalid(f"config key {key}: expected {expected}, got {value!r}")
-
-
-def _device(key: str, value: Any) -> dict:
-    if not isinstance(value, dict) or not {"name", "qubits", "topology"} <= set(value):
-        return _refuse(key, "a mapping with name, qubits, topology (and seed)", value)
-    for field, kind in _DEVICE_KEYS.items():
-        if field in value and not isinstance(value[field], kind):
-            return _refuse(f"{key}.{field}", kind.__name__, value[field])
-    unknown = set(value) - set(_DEVICE_KEYS)
-    if unknown:
-        return _refuse(f"{key}.{sorted(unknown)[0]}", "a known device key", "unknown key")
-    return {"seed": 7, **value}
-
-
-def _apply(config: "Config", section: str, values: Mapping[str, Any], origin: str) -> None:
-    section_obj = getattr(config, section)
-    known = {f.name for f in dataclasses.fields(section_obj)}
-    for key, value in values.items():
-        if key not in known:
-            raise Invalid(f"config key {section}.{key}: unknown key")
-        current = getattr(section_obj, key)
-        setattr(section_obj, key, _coerce(f"{section}.{key}", value, current))
-        config.provenance[f"{section}.{key}"] = origin
+def _layer(merged: dict, provenance: dict[str, str], values: Any, origin: str) -> None:
+    """Lay one source's mapping over the merged one, section by section."""
+    if not isinstance(values, dict):
+        raise Invalid(f"config from {origin}: expected a mapping of sections")
+    for section, entries in values.items():
+        if section not in SECTIONS:
+            raise Invalid(f"config key {section}: unknown section (known: "
+                          f"{', '.join(sorted(SECTIONS))}) in {origin}")
+        if not isinstance(entries, dict):
+            raise Invalid(f"config key {section}: expected a mapping in {origin}")
+        merged.setdefault(section, {}).update(entries)
+        for key in entries:
+            provenance[f"{section}.{key}"] = origin
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None,
                 profile: str | None = None) -> Config:
     """Build the effective configuration: defaults, a profile (--profile or QFS_PROFILE), an
     optional YAML file, then QFS_* variables."""
-    config = Config()
-    sections = {f.name for f in dataclasses.fields(config)} - {"provenance"}
     env = os.environ if environ is None else environ
+    merged: dict[str, dict[str, Any]] = {}
+    provenance: dict[str, str] = {}
     profile = profile or env.get("QFS_PROFILE")
     if profile is not None:
         if profile not in PROFILES:
             raise Invalid(f"profile {profile!r}: expected one of {', '.join(PROFILES)}")
-        for section, values in PROFILES[profile].items():
-            _apply(config, section, values, f"profile {profile}")
+        _layer(merged, provenance, PROFILES[profile], f"profile {profile}")
     if path is not None:
         try:
             document = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise Invalid(f"config file {path}: {exc}") from exc
-        root = document.get("quantum_data_fabric", document) if isinstance(document, dict) else None
-        if not isinstance(root, dict):
-            raise Invalid(f"config file {path}: expected a mapping at the top")
-        for section, values in root.items():
-            if section not in sections:
-                raise Invalid(f"config key {section}: unknown section")
-            if not isinstance(values, dict):
-                raise Invalid(f"config key {section}: expected a mapping")
-            _apply(config, section, values, str(path))
+        if isinstance(document, dict) and "quantum_data_fabric" in document:
+            document = document["quantum_data_fabric"]
+        _layer(merged, provenance, document, str(path))
     for variable, (section, key) in ENVIRONMENT.items():
         if variable in env:
-            _apply(config, section, {key: env[variable]}, variable)
-    return config
+            _layer(merged, provenance, {section: {key: env[variable]}}, variable)
+    try:
+        return Config(**merged, provenance=provenance)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        where = provenance.get(".".join(str(p) for p in error["loc"][:2]), "")
+        raise Invalid(f"config key {key}: {error['msg']}"
+                      + (f" (from {where})" if where else "")) from None
 
 
 def default_data_dir() -> Path:

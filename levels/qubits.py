@@ -88,8 +88,7 @@ class LiveQubitManager:
         self._states = states
         self._config = config
         self._metrics = metrics
-        self.specs = [DeviceSpec(d["name"], d["qubits"], d["topology"], d.get("seed", 7))
-                      for d in config.devices]
+        self.specs = [DeviceSpec(d.name, d.qubits, d.topology, d.seed) for d in config.devices]
         self.default_device = self.specs[0].name
         self._devices: dict[str, Device] = {}
         self._device_lock = threading.Lock()
