@@ -21,5 +21,11 @@ set -x
 ls -l "$mnt/circuits/bell"
 cat "$mnt/circuits/bell/v1.txt"
 ls -l "$mnt/search/qubits:2"
+echo "alloc 2 task=demo topology=linear" > "$mnt/qubits/ctl"
+cat "$mnt/qubits/tasks/demo/mapping"
+echo "run bell shots=1000" > "$mnt/qubits/tasks/demo/ctl"
+cat "$mnt/qubits/tasks/demo/ctl"
+python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["counts"])' "$mnt/qubits/tasks/demo/result.json"
+echo release > "$mnt/qubits/tasks/demo/ctl"
 { set +x; } 2>/dev/null
 echo "qfs is mounted at $mnt; unmount with: fusermount3 -u $mnt"
