@@ -14,7 +14,7 @@ import trio
 
 from levels.circuits import PICTURE, CircuitStore, PreparedVersion
 from levels.fabric import Fabric
-from levels.qasm import VIEW_FORMATS
+from levels.qasm import VIEW_FORMATS, qasm_major_version
 from levels.scratch import ScratchFile
 from levels.workers import run_in_process
 
@@ -24,7 +24,11 @@ DIR, FILE, LINK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
 IMMUTABLE_TIMEOUT = 300.0
 DIR_TIMEOUT = 1.0
 
-# Programs larger than this are parsed in a separate process (see levels/workers.py).
+# OpenQASM 2 programs up to INLINE_PARSE_BYTES are parsed on the trio thread (Qiskit's Rust
+# parser: under a millisecond, less than a hand-off to a worker thread costs; OpenQASM 3 may
+# need the slow reference importer); larger ones in a worker thread, and
+# beyond PROCESS_PARSE_BYTES in a separate process (see levels/workers.py).
+INLINE_PARSE_BYTES = 2048
 PROCESS_PARSE_BYTES = 32 * 1024
 
 # A commit of written bytes: (content, uid of the writer) -> done, or a domain error.
@@ -108,7 +112,10 @@ def commit_circuit_version(fabric: Fabric, name: str, create: bool) -> Commit:
 
     async def commit(data: bytes, uid: int) -> None:
         with fabric.metrics.artifact_store_seconds.time():
-            prepared = await trio.to_thread.run_sync(prepare_off_loop, data)
+            if len(data) <= INLINE_PARSE_BYTES and qasm_major_version(data) == 2:
+                prepared = CircuitStore.prepare_version(data)  # < 1 ms: cheaper than a hop
+            else:
+                prepared = await trio.to_thread.run_sync(prepare_off_loop, data)
             fabric.circuits.commit_version(name, prepared, create=create)
 
     return commit

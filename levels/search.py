@@ -1,13 +1,18 @@
 """The Whoosh index over circuits: derived data, always rebuildable from LMDB.
 
 A Whoosh commit per change caps indexing near 300 circuits/s (PERF-NOTES), so one
-background thread owns the writer and commits batches every `commit_interval`. A search
+background thread batches changes and commits them every `commit_interval`. The writing
+itself (pure-Python Whoosh, a quarter of the daemon's CPU while circuits are copied in)
+runs in a child process, so it does not hold the GIL that every FUSE request needs;
+searches read the committed segments in this process. A search
 first waits for every change submitted before it to be committed (read-your-writes: a
 circuit copied in is found by the very next `ls /search/...`), asking the writer to commit
 at once rather than at the end of its interval.
 """
 
+import concurrent.futures
 import logging
+import multiprocessing
 import re
 import shutil
 import threading
@@ -80,6 +85,7 @@ class SearchIndex:
         self._closing = False
         self._rebuild_with: Documents | None = None  # a rebuild asked for while running
         self._indexed: set[str] = set()  # names in the index (writer thread only)
+        self._writer_pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._unmerged = 0  # commits since segments were last merged
         self._ready = threading.Event()
         self._failure: str | None = None
@@ -202,6 +208,8 @@ class SearchIndex:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._writer_pool is not None:
+            self._writer_pool.shutdown(wait=True)
         with self._search_lock:
             if self._searcher is not None:
                 self._searcher.close()
@@ -251,9 +259,7 @@ class SearchIndex:
                 return
 
     def _merge(self) -> None:
-        assert self._index is not None
-        writer = self._index.writer()
-        writer.commit(merge=True)
+        self._in_child(_merge_in_child, str(self._path))
         self._unmerged = 0
         with self._cond:
             self._commits += 1
@@ -263,27 +269,36 @@ class SearchIndex:
         update_document costs, and segments are merged only when the writer is idle (or
         after MERGE_EVERY commits): both were most of the indexer's CPU, and a merge inside
         the commit a search waits for made it wait a second."""
-        assert self._index is not None
-        writer = self._index.writer()
+        operations: list[tuple[str, Any]] = []
+        for name, doc in batch.items():
+            if doc is None:
+                operations.append(("delete", name))
+            else:
+                operations.append(("update" if name in self._indexed else "add", _fields(doc)))
+        merge = self._unmerged + 1 >= MERGE_EVERY
         try:
-            for name, doc in batch.items():
-                if doc is None:
-                    writer.delete_by_term("name", name)
-                    self._indexed.discard(name)
-                elif name in self._indexed:
-                    writer.update_document(**_fields(doc))
-                else:
-                    writer.add_document(**_fields(doc))
-                    self._indexed.add(name)
-            self._unmerged += 1
-            merge = self._unmerged >= MERGE_EVERY
-            writer.commit(merge=merge)
-            if merge:
-                self._unmerged = 0
+            self._in_child(_apply_in_child, str(self._path), operations, merge)
         except Exception:
-            writer.cancel()
             self._indexed = self._names_in_index()
             log.exception("search index commit failed; %d changes not indexed", len(batch))
+            return
+        for name, doc in batch.items():
+            if doc is None:
+                self._indexed.discard(name)
+            else:
+                self._indexed.add(name)
+        self._unmerged = 0 if merge else self._unmerged + 1
+
+    def _in_child(self, function, *args) -> None:
+        """Run a Whoosh write in the child process (restarted if it died)."""
+        if self._writer_pool is None:
+            self._writer_pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            self._writer_pool.submit(function, *args).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            self._writer_pool = None
+            raise
 
     def _names_in_index(self) -> set[str]:
         assert self._index is not None
@@ -314,15 +329,40 @@ class SearchIndex:
     def _rebuild(self, documents: Documents) -> None:
         if self._index is not None:
             self._index.close()
-        shutil.rmtree(self._path, ignore_errors=True)
-        self._path.mkdir(parents=True)
-        ix = index.create_in(str(self._path), SCHEMA)
-        writer = ix.writer(limitmb=256)
-        self._indexed = set()
-        for doc in documents():
-            writer.add_document(**_fields(doc))
-            self._indexed.add(doc["name"])
-        count = len(self._indexed)
-        writer.commit()
-        log.info("search index rebuilt with %d circuits", count)
-        self._index = ix
+        prepared = [_fields(doc) for doc in documents()]
+        self._in_child(_rebuild_in_child, str(self._path), prepared)
+        self._indexed = {f["name"] for f in prepared}
+        log.info("search index rebuilt with %d circuits", len(self._indexed))
+        self._index = index.open_dir(str(self._path))
+
+
+# -- the writer process: module functions, so that a spawned child can import them ---------
+
+
+def _apply_in_child(path: str, operations: list[tuple[str, Any]], merge: bool) -> None:
+    writer = index.open_dir(path).writer()
+    try:
+        for kind, value in operations:
+            if kind == "delete":
+                writer.delete_by_term("name", value)
+            elif kind == "update":
+                writer.update_document(**value)
+            else:
+                writer.add_document(**value)
+        writer.commit(merge=merge)
+    except BaseException:
+        writer.cancel()
+        raise
+
+
+def _merge_in_child(path: str) -> None:
+    index.open_dir(path).writer().commit(merge=True)
+
+
+def _rebuild_in_child(path: str, prepared: list[Document]) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    Path(path).mkdir(parents=True)
+    writer = index.create_in(path, SCHEMA).writer(limitmb=256)
+    for document in prepared:
+        writer.add_document(**document)
+    writer.commit()
