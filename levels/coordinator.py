@@ -7,6 +7,7 @@ A workflow is YAML:
     topology: linear          # optional allocation shape
     stages:
       - name: prepare
+        qubits: 2             # optional: this stage's qubit count (the largest is allocated)
         circuit: bell@v1      # applied to the workflow's live state (final measurements
         shots: 1024           #   are dropped; counts are sampled from the state after it)
         checkpoint: true      # /states/<workflow>-<stage> after the stage
@@ -41,8 +42,8 @@ from levels.states import StateStore
 from levels.store.meta import MetaStore
 
 log = logging.getLogger("qfs.coordinator")
-STAGE_KEYS = {"name": str, "circuit": str, "shots": int, "checkpoint": bool, "delay": float,
-              "format": str}
+STAGE_KEYS = {"name": str, "circuit": str, "qubits": int, "shots": int, "checkpoint": bool,
+              "delay": float, "format": str}
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 
@@ -55,6 +56,7 @@ class Stage:
     checkpoint: bool = False
     delay: float = 0.0
     format: str | None = None
+    qubits: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +101,12 @@ def parse_workflow(name: str, text: bytes) -> Workflow:
         shots = int(raw.get("shots", 0))
         if not 0 <= shots <= 1_000_000:
             raise Invalid(f"{where}: shots must be 0..1000000")
+        stage_qubits = int(raw.get("qubits", 0))
+        if stage_qubits < 0:
+            raise Invalid(f"{where}: qubits must be positive")
         stages.append(Stage(stage_name, circuit, int(version) if version else None, shots,
                             bool(raw.get("checkpoint", False)), float(raw.get("delay", 0.0)),
-                            raw.get("format")))
+                            raw.get("format"), stage_qubits))
     if len({s.name for s in stages}) != len(stages):
         raise Invalid(f"workflow {name}: stage names must be distinct")
     qubits = document.get("qubits", 0)
@@ -214,8 +219,9 @@ class Coordinator:
         record = self.record(name)
         workflow = parse_workflow(name, record["definition"].encode())
         task = f"wf-{name}"
-        width = max([workflow.qubits] + [self._circuits.circuit(s.circuit, s.version).num_qubits
-                                         for s in workflow.stages])
+        # One allocation for the whole workflow: the most any stage asks for or needs.
+        width = max([workflow.qubits] + [max(s.qubits, self._circuits.circuit(
+            s.circuit, s.version).num_qubits) for s in workflow.stages])
         if task in self._qubits.tasks:
             self._qubits.release(task, 0)
         self._qubits.allocate(self._qubits.default_device,

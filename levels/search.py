@@ -86,6 +86,7 @@ class SearchIndex:
         self._rebuild_with: Documents | None = None  # a rebuild asked for while running
         self._indexed: set[str] = set()  # names in the index (writer thread only)
         self._writer_pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._in_process = False  # set when no writer process can run
         self._unmerged = 0  # commits since segments were last merged
         self._ready = threading.Event()
         self._failure: str | None = None
@@ -290,15 +291,21 @@ class SearchIndex:
         self._unmerged = 0 if merge else self._unmerged + 1
 
     def _in_child(self, function, *args) -> None:
-        """Run a Whoosh write in the child process (restarted if it died)."""
+        """Run a Whoosh write in the child process, or here when no child can be spawned
+        (a program read from stdin has no main module for the child to import)."""
+        if self._in_process:
+            function(*args)
+            return
         if self._writer_pool is None:
             self._writer_pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         try:
             self._writer_pool.submit(function, *args).result()
         except concurrent.futures.process.BrokenProcessPool:
+            log.warning("the index writer process died; writing in this process from now on")
             self._writer_pool = None
-            raise
+            self._in_process = True
+            function(*args)
 
     def _names_in_index(self) -> set[str]:
         assert self._index is not None

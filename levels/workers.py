@@ -31,8 +31,17 @@ def _get_pool() -> concurrent.futures.ProcessPoolExecutor:
 
 
 def run_in_process(function: Callable[..., T], *args: object) -> T:
-    """Run `function(*args)` in a pool process and wait (blocking: call it from a thread)."""
-    return _get_pool().submit(function, *args).result()
+    """Run `function(*args)` in a pool process and wait (blocking: call it from a thread).
+
+    Where no process can be spawned (a program read from stdin has no main module for the
+    child to import) it runs here instead, in the calling thread."""
+    global _pool
+    try:
+        return _get_pool().submit(function, *args).result()
+    except concurrent.futures.process.BrokenProcessPool:
+        with _lock:
+            _pool = None
+        return function(*args)
 
 
 def shutdown() -> None:

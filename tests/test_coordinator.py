@@ -24,6 +24,7 @@ stages:
     checkpoint: true
   - name: rotate
     circuit: rot
+    qubits: 3
     shots: 400
     delay: {delay}
   - name: again
