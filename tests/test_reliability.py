@@ -104,6 +104,11 @@ def fuzz_mount(tmp_path_factory):
     mount = Mount(base / "mnt", base / "data", []).start()
     mount.write_circuit("bell")
     command(mount.qubits / "ctl", "alloc 2 task=fz topology=linear")
+    (mount.root / "workflows" / "wf.yaml").write_text("stages:\n  - circuit: bell\n")
+    deadline = time.monotonic() + 60
+    while not (mount.root / "workflows" / "wf" / "status").read_text().startswith("done"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     yield mount
     mount.stop()
     assert "Traceback" not in mount.daemon_log()
@@ -111,11 +116,14 @@ def fuzz_mount(tmp_path_factory):
 
 def _snapshot(qfs) -> tuple:
     tasks = sorted(os.listdir(qfs.qubits / "tasks"))
-    return tasks, {t: (qfs.qubits / "tasks" / t / "mapping").read_text() for t in tasks}
+    workflow = (qfs.root / "workflows" / "wf" / "status").read_text()
+    return tasks, {t: (qfs.qubits / "tasks" / t / "mapping").read_text() for t in tasks}, \
+        workflow
 
 
 commands = st.one_of(
     st.text(max_size=60),
+    st.sampled_from(["resume", "cancel", "resume now", " resume"]),
     st.builds(lambda verb, rest: f"{verb} {rest}",
               st.sampled_from(["alloc", "release", "on", "off", "run", "measure", "set",
                                "checkpoint", "restore", "migrate", "apply", "reset"]),
@@ -125,7 +133,8 @@ commands = st.one_of(
 
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(line=commands, target=st.sampled_from(["ctl", "q3/ctl", "tasks/fz/ctl"]))
+@given(line=commands, target=st.sampled_from(["ctl", "q3/ctl", "tasks/fz/ctl",
+                                              "../workflows/wf/ctl"]))
 def test_fuzzed_control_commands_get_an_errno_and_change_nothing(fuzz_mount, line, target):
     qfs = fuzz_mount
     line = line.replace("\n", " ").replace("\x00", "")
