@@ -44,15 +44,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from benchlib import Json, finish, load, ratio, run_section, say
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_QFSMOUNT = REPO / ".venv" / "bin" / "qfsmount"
-STARTED = time.monotonic()
 DEVICE = "eagle"
 ALLOC_CASES = [(4, "linear"), (8, "linear"), (16, "linear"), (4, "any"), (8, "any"),
                (16, "any"), (12, "ring")]
@@ -69,12 +69,8 @@ GHZ = "\n".join([
 # What LiveQubitManager._simulate transpiles to; repeated here so the baseline is ours.
 BASIS = ["cx", "id", "rz", "sx", "x", "measure", "reset", "delay", "if_else"]
 
-Json = dict[str, Any]
 
 
-def say(message: str) -> None:
-    """Progress on stderr, so stdout carries only the JSON document."""
-    print(f"[bench {time.monotonic() - STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,11 +121,6 @@ def summary(samples_ns: list[int], unit: str = "us") -> Json:
     }
 
 
-def ratio(numerator: float, denominator: float) -> float | None:
-    """numerator / denominator rounded, or None when the baseline is zero or missing."""
-    if not denominator or math.isnan(denominator) or math.isnan(numerator):
-        return None
-    return round(numerator / denominator, 3)
 
 
 def median(samples_ns: list[int]) -> float:
@@ -147,9 +138,6 @@ def timed(action: Callable[[], Any]) -> tuple[int, Any]:
     return time.perf_counter_ns() - started, result
 
 
-def load() -> list[float]:
-    """1/5/15-minute load averages: another benchmark on the same 2 cores shows up here."""
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 # -- 1. allocation ---------------------------------------------------------------------------
@@ -719,17 +707,6 @@ def _where(func: tuple[str, int, str]) -> str:
 # -- main ------------------------------------------------------------------------------------
 
 
-def run_section(report: Json, name: str, action: Callable[[], Json]) -> None:
-    """Run one part; a failure is recorded in the report rather than losing the others."""
-    started = time.monotonic()
-    load_before = load()
-    try:
-        report[name] = action()
-    except Exception as exc:
-        say(f"{name} failed: {exc!r}")
-        report[name] = {"error": repr(exc), "traceback": traceback.format_exc()}
-    report[name]["section_seconds"] = round(time.monotonic() - started, 1)
-    report[name]["loadavg_before_after"] = [load_before, load()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -785,14 +762,7 @@ def main(argv: list[str] | None = None) -> int:
             fabric.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    report["total_seconds"] = round(time.monotonic() - STARTED, 1)
-    report["loadavg_at_end"] = load()
-    document = json.dumps(report, indent=2)
-    print(document)
-    if args.out:
-        args.out.write_text(document + "\n")
-    say(f"done in {report['total_seconds']} s")
-    return 0
+    return finish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -53,14 +53,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from benchlib import Json, finish, load, ratio, run_section, say
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_QFSMOUNT = REPO / ".venv" / "bin" / "qfsmount"
-STARTED = time.monotonic()
 DEVICE = "eagle"
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 # The import path would otherwise pick a format automatically (a full MPS SVD chain at 20
@@ -72,12 +72,8 @@ MB = 1e6
 SERIALIZATION_GOAL_S = 1.0
 COMPRESSION_GOAL = 0.5
 
-Json = dict[str, Any]
 
 
-def say(message: str) -> None:
-    """Progress on stderr, so stdout carries only the JSON document."""
-    print(f"[bench {time.monotonic() - STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +111,6 @@ def seconds_summary(samples: list[float], raw_bytes: int | None = None) -> Json:
     return report
 
 
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    """numerator / denominator rounded, or None when either is missing or zero."""
-    if not numerator or not denominator or math.isnan(numerator) or math.isnan(denominator):
-        return None
-    return round(numerator / denominator, 3)
 
 
 def median_of(samples: list[float]) -> float | None:
@@ -133,9 +124,6 @@ def timed(action: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def load() -> list[float]:
-    """1/5/15-minute load averages: another benchmark on the same 2 cores shows up here."""
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def own_peak_rss_mib() -> float:
@@ -965,17 +953,6 @@ def bench_incremental(fabric: Any, sizes: Sizes) -> Json:
 # -- main ------------------------------------------------------------------------------------
 
 
-def run_section(report: Json, name: str, action: Callable[[], Json]) -> None:
-    """Run one part; a failure is recorded in the report rather than losing the others."""
-    started = time.monotonic()
-    load_before = load()
-    try:
-        report[name] = action()
-    except Exception as exc:
-        say(f"{name} failed: {exc!r}")
-        report[name] = {"error": repr(exc), "traceback": traceback.format_exc()}
-    report[name]["section_seconds"] = round(time.monotonic() - started, 1)
-    report[name]["loadavg_before_after"] = [load_before, load()]
 
 
 def environment(base: Path) -> Json:
@@ -1037,14 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
             fabric.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    report["total_seconds"] = round(time.monotonic() - STARTED, 1)
-    report["loadavg_at_end"] = load()
-    document = json.dumps(report, indent=2)
-    print(document)
-    if args.out:
-        args.out.write_text(document + "\n")
-    say(f"done in {report['total_seconds']} s")
-    return 0
+    return finish(report, args.out)
 
 
 if __name__ == "__main__":
