@@ -15,6 +15,14 @@ from levels.scratch import ScratchFile
 Path = tuple[str, ...]
 
 
+def resize(data: bytearray, size: int) -> None:
+    """Cut or zero-extend a buffer in place, as truncate(2) does to a file."""
+    if size < len(data):
+        del data[size:]
+    else:
+        data.extend(bytes(size - len(data)))
+
+
 @dataclasses.dataclass
 class FileHandle:
     ino: int
@@ -45,12 +53,8 @@ class FileHandle:
         return len(buf)
 
     def truncate(self, size: int) -> None:
-        data = self.data
-        assert isinstance(data, bytearray)
-        if size < len(data):
-            del data[size:]
-        else:
-            data.extend(bytes(size - len(data)))
+        assert isinstance(self.data, bytearray)
+        resize(self.data, size)
         self.dirty = True
         if self.scratch is not None:
             self.scratch.touch()

@@ -164,14 +164,17 @@ async def version_view(fabric: Fabric, name: str, n: int, fmt: str) -> Node:
     return node
 
 
-def meta_file(fabric: Fabric, name: str) -> Node:
-    circuit = fabric.circuits.get(name)
-
+def commit_meta(fabric: Fabric, name: str) -> Commit:
     async def commit(data: bytes, uid: int) -> None:
         fabric.circuits.set_meta(name, data)
 
+    return commit
+
+
+def meta_file(fabric: Fabric, name: str) -> Node:
+    circuit = fabric.circuits.get(name)
     node = constant(CircuitStore.meta_json(circuit), circuit.mtime_ns, perm=0o644)
-    node.commit = commit
+    node.commit = commit_meta(fabric, name)
     node.subject = name
     return node
 

@@ -17,7 +17,7 @@ import trio
 
 from fsops import routes, state_routes, workflow_routes
 from fsops.errors import errno_of, guarded
-from fsops.handles import DirHandle, FileHandle, open_handle
+from fsops.handles import DirHandle, FileHandle, open_handle, resize
 from fsops.inodes import InodeTable, Path
 from fsops.nodes import IMMUTABLE_TIMEOUT, Node
 from levels.circuits import CircuitStore
@@ -145,9 +145,7 @@ class Operations(pyfuse3.Operations):
         if handle is not None and handle.writable:
             handle.truncate(size)
         elif node.scratch is not None:
-            data = node.scratch.data
-            del data[size:]
-            data.extend(bytes(size - len(data)))
+            resize(node.scratch.data, size)
             node.scratch.touch()
         elif node.control is not None:
             pass  # `echo cmd > ctl` truncates first: control files have nothing to cut

@@ -66,7 +66,7 @@ def commit_target(fabric: Fabric, path: Path) -> nodes.Commit | None:
         if path[2] == "latest.qasm":
             return nodes.commit_circuit_version(fabric, path[1], create=False)
         if path[2] == "meta.json":
-            return nodes.meta_file(fabric, path[1]).commit
+            return nodes.commit_meta(fabric, path[1])
     if len(path) == 4 and path[0] == CIRCUITS and path[2] == "results":
         fabric.circuits.get(path[1])
         return nodes.commit_result(fabric, path[1], path[3])

@@ -247,11 +247,7 @@ class LiveQubitManager:
         self._live.pop(name, None)
 
     def release_qubit(self, device_name: str, physical: int, uid: int) -> None:
-        held = self.reservations(device_name).get(physical)
-        if held is None or held[1] != "allocated":
-            raise Invalid(f"q{physical} is not allocated")
-        task = self.tasks[held[0]]
-        self._check_owner(task, uid)
+        task = self._task_of(device_name, physical, uid)
         if len(task.qubits) == 1:
             self.release(task.name, uid)
             return
