@@ -4,7 +4,9 @@ Nodes are cheap views over levels/, made per request by fsops/routes.py. Slow wo
 (parsing, drawing, searching) goes to a worker thread so the mount stays responsive.
 """
 
+import collections
 import dataclasses
+import hashlib
 import os
 import stat
 import time
@@ -12,24 +14,16 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from levels.circuits import PICTURE, CircuitStore, PreparedVersion
+from levels.circuits import PICTURE, CircuitStore
 from levels.fabric import Fabric
-from levels.qasm import VIEW_FORMATS, qasm_major_version
+from levels.qasm import VIEW_FORMATS
 from levels.scratch import ScratchFile
-from levels.workers import run_in_process
 
 DIR, FILE, LINK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
 
 # Immutable content may be cached by the kernel for long; mutable files are re-asked.
 IMMUTABLE_TIMEOUT = 300.0
 DIR_TIMEOUT = 1.0
-
-# OpenQASM 2 programs up to INLINE_PARSE_BYTES are parsed on the trio thread (Qiskit's Rust
-# parser: under a millisecond, less than a hand-off to a worker thread costs; OpenQASM 3 may
-# need the slow reference importer); larger ones in a worker thread, and
-# beyond PROCESS_PARSE_BYTES in a separate process (see levels/workers.py).
-INLINE_PARSE_BYTES = 2048
-PROCESS_PARSE_BYTES = 32 * 1024
 
 # A commit of written bytes: (content, uid of the writer) -> done, or a domain error.
 Commit = Callable[[bytes, int], Awaitable[None]]
@@ -52,7 +46,8 @@ class Node:
     # Files: where the bytes come from, and (for files a write may change) where they go.
     read: Callable[[], Awaitable[bytes]] | None = None
     commit: Commit | None = None
-    live: bool = False  # made on every read (logs, errors): direct I/O, st_size 0
+    live: bool = False  # rendered at each resolve (logs, status): direct I/O, see live()
+    content: bytes = b""  # a live node's render, whose changes move its mtime
     scratch: ScratchFile | None = None
     link_target: str = ""
     subject: str | None = None  # the circuit a refusal is reported under
@@ -75,10 +70,35 @@ def constant(data: bytes, mtime_ns: int, perm: int = 0o444, timeout: float = 0.0
 
 
 def live(render: Callable[[], str], perm: int = 0o444) -> Node:
-    async def read() -> bytes:
-        return render().encode()
+    """Content that changes by itself (logs, status): rendered at each lookup, getattr and
+    open, so st_size is the length of that render and a handle reads the render of its own
+    open. Direct I/O keeps the page cache from serving an older render; the mtime is the
+    time the content was last seen to change (ChangeClock), so tar and rsync see a stable
+    file while nothing changes."""
+    data = render().encode()
+    node = constant(data, 0, perm)
+    node.live, node.content = True, data
+    return node
 
-    return Node(FILE, perm, time.time_ns(), read=read, live=True)
+
+class ChangeClock:
+    """mtimes of live files: when each path's render was last seen to differ (bounded)."""
+
+    def __init__(self, capacity: int = 65536) -> None:
+        self._seen: collections.OrderedDict[tuple[str, ...], tuple[bytes, int]] = (
+            collections.OrderedDict()
+        )
+        self._capacity = capacity
+
+    def mtime(self, path: tuple[str, ...], content: bytes) -> int:
+        digest = hashlib.blake2b(content, digest_size=16).digest()
+        seen = self._seen.pop(path, None)
+        if seen is None or seen[0] != digest:
+            seen = (digest, time.time_ns())
+        self._seen[path] = seen
+        if len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        return seen[1]
 
 
 def control_file(key: str, oplog, control: Control) -> Node:
@@ -112,21 +132,10 @@ def commit_circuit_version(fabric: Fabric, name: str, create: bool) -> Commit:
 
     async def commit(data: bytes, uid: int) -> None:
         with fabric.metrics.artifact_store_seconds.time():
-            if len(data) <= INLINE_PARSE_BYTES and qasm_major_version(data) == 2:
-                prepared = CircuitStore.prepare_version(data)  # < 1 ms: cheaper than a hop
-            else:
-                prepared = await trio.to_thread.run_sync(prepare_off_loop, data)
+            prepared = await trio.to_thread.run_sync(fabric.circuits.prepare_version, data)
             fabric.circuits.commit_version(name, prepared, create=create)
 
     return commit
-
-
-def prepare_off_loop(source: bytes) -> PreparedVersion:
-    """Parse in this worker thread, or in a pool process when the program is big enough
-    that holding the GIL for it would stall every other request."""
-    if len(source) > PROCESS_PARSE_BYTES:
-        return run_in_process(CircuitStore.prepare_version, source)
-    return CircuitStore.prepare_version(source)
 
 
 def latest_file(fabric: Fabric, name: str) -> Node:

@@ -19,7 +19,7 @@ from fsops import routes, state_routes, workflow_routes
 from fsops.errors import errno_of, guarded
 from fsops.handles import DirHandle, FileHandle, open_handle, resize
 from fsops.inodes import InodeTable, Path
-from fsops.nodes import IMMUTABLE_TIMEOUT, Node
+from fsops.nodes import IMMUTABLE_TIMEOUT, ChangeClock, Node
 from levels.circuits import CircuitStore
 from levels.errors import Exists, Invalid, NotEmpty, NotFound, QfsError, ReadOnly
 from levels.fabric import Fabric
@@ -48,6 +48,7 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._writers: dict[int, set[int]] = {}  # inode -> open write handles
         self._next_fh = 1
+        self._clock = ChangeClock()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -71,7 +72,10 @@ class Operations(pyfuse3.Operations):
         attr.st_size = size
         attr.st_blksize = 4096
         attr.st_blocks = (size + 511) // 512
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
+        mtime = node.mtime_ns
+        if node.live:
+            mtime = self._clock.mtime(self.inodes.path(ino), node.content)
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
         attr.attr_timeout = node.attr_timeout
         attr.entry_timeout = node.entry_timeout
         return attr

@@ -1,0 +1,85 @@
+"""Everyday tools on the mount behave as on a plain directory: exact sizes for tar and rsync,
+no symlink loops for find -L and diff -r, backups that restore, nothing written that
+vanishes, what was read before a remount still there after it, honest version retention."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import BELL, GHZ3
+from tests.test_coordinator import wait_status, write_workflow
+from tests.test_qubits import command
+
+pytestmark = pytest.mark.fuse
+
+WORKFLOW = """qubits: 2
+stages:
+  - name: entangle
+    circuit: bell
+    shots: 100
+    checkpoint: true
+"""
+
+
+def populate(qfs) -> None:
+    """Circuits with versions, a refusal, a result, a task with a run and a trigger, a
+    finished workflow with its checkpoint: every kind of file the mount serves."""
+    bell = qfs.write_circuit("bell")
+    (bell / "latest.qasm").write_text(BELL + "// second\n")
+    qfs.write_circuit("ghz", GHZ3)
+    with pytest.raises(OSError):
+        qfs.write_circuit("ghz", "OPENQASM 3.0;\nqubit[1] q;\nbogus q;\n")
+    command(qfs.qubits / "ctl", "alloc 2 task=t")
+    task = qfs.qubits / "tasks" / "t"
+    physical = (task / "mapping").read_text().split()[1]
+    command(qfs.qubits / physical / "ctl", "on 1 do x q" + physical[1:])
+    command(task / "ctl", "run bell shots=50 seed=1")
+    write_workflow(qfs, "wf", WORKFLOW)
+    wait_status(qfs, "wf", ("done",))
+
+
+def every_file(root) -> list[str]:
+    found = []
+    for top, _dirs, files in os.walk(root):
+        found.extend(os.path.join(top, f) for f in files)
+    return found
+
+
+def test_every_file_reports_the_size_a_read_returns(qfs, tmp_path):
+    populate(qfs)
+    files = every_file(qfs.root)
+    for must in ("circuits/ghz/errors", ".qfs/log", ".qfs/metrics", "qubits/q0/status",
+                 "qubits/tasks/t/mapping", "qubits/tasks/t/state.json",
+                 "qubits/tasks/t/triggers", "qubits/tasks/t/result.json",
+                 "workflows/wf/status", "workflows/wf/result.json"):
+        assert str(qfs.root / must) in files
+    wrong = {}
+    for path in files:
+        size = os.stat(path).st_size
+        with open(path, "rb") as f:
+            data = f.read()
+        if size != len(data):
+            wrong[path] = (size, len(data))
+    assert wrong == {}
+    assert (qfs.circuits / "ghz" / "errors").stat().st_size > 0
+    # tar reads st_size bytes and compares the attributes before and after: no complaint.
+    done = subprocess.run(["tar", "cf", str(tmp_path / "c.tar"), "-C", str(qfs.root),
+                           "circuits"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    subprocess.run(["tar", "xf", str(tmp_path / "c.tar"), "-C", str(tmp_path)], check=True)
+    for name in ("ghz/errors", "bell/stats.json", "bell/v2.qasm"):
+        assert (tmp_path / "circuits" / name).read_bytes() == (qfs.circuits / name).read_bytes()
+
+
+def test_live_files_keep_their_mtime_until_they_change(qfs):
+    errors = qfs.circuits / "ghz" / "errors"
+    qfs.write_circuit("ghz", GHZ3)
+    before = os.stat(errors)
+    time.sleep(0.05)
+    assert os.stat(errors).st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(OSError):
+        qfs.write_circuit("ghz", "OPENQASM 3.0;\nqubit[1] q;\nbogus q;\n")
+    after = os.stat(errors)
+    assert after.st_mtime_ns > before.st_mtime_ns and after.st_size > before.st_size
