@@ -3,8 +3,10 @@
 Cross-level invariants, each with the repair that is safe:
 - every blob is referenced by a checkpoint (orphans: deleted on repair; a crash between
   writing a blob and committing its checkpoint leaves one);
-- every checkpoint's blob exists and its parent exists (broken ones: deleted on repair,
-  children first, since nothing could restore them);
+- every checkpoint names its blob by a hex digest, the blob exists and its parent exists
+  (broken ones: their records deleted on repair, since nothing could restore them; a blob
+  goes with them only when no surviving checkpoint shares it, and a key that is not a
+  digest is never used as a path);
 - every task sits on a configured device, on qubits that exist and that no other task
   holds (bad tasks: released on repair);
 - every circuit version has its source (report only: the record says what is lost);
@@ -16,6 +18,7 @@ import json
 from typing import Any
 
 from levels.fabric import Fabric
+from levels.store.blobs import is_key
 
 
 @dataclasses.dataclass
@@ -43,14 +46,14 @@ def _blobs_and_checkpoints(fabric: Fabric, repair: bool) -> list[Finding]:
     with fabric.meta.reading() as txn:
         records = {k.decode(): json.loads(v) for k, v in txn.scan("checkpoints")}
     stored = set(fabric.states.blob_keys())
-    referenced = {r["blob"] for r in records.values()}
+    referenced = {r.get("blob") for r in records.values()}
     for key in sorted(stored - referenced):
         finding = Finding("orphan_blob", key, "a blob no checkpoint refers to")
         if repair:
             fabric.states.delete_blob(key)
             finding.repaired = True
         findings.append(finding)
-    broken = {n for n, r in records.items() if r["blob"] not in stored}
+    broken = {n for n, r in records.items() if r.get("blob") not in stored}
     changed = True
     while changed:  # a checkpoint whose parent is broken cannot be restored either
         changed = False
@@ -59,26 +62,15 @@ def _blobs_and_checkpoints(fabric: Fabric, repair: bool) -> list[Finding]:
             if name not in broken and parent and (parent not in records or parent in broken):
                 broken.add(name)
                 changed = True
-    for name in sorted(broken, key=lambda n: -_depth(records, n)):
-        record = records[name]
-        detail = "its blob is missing" if record["blob"] not in stored else \
-            f"its parent {record['parent']} is missing or broken"
-        finding = Finding("broken_checkpoint", name, detail)
-        if repair:
-            fabric.states.forget(name)
-            if record["blob"] in stored:
-                fabric.states.delete_blob(record["blob"])
-            finding.repaired = True
-        findings.append(finding)
+    for name in sorted(broken):
+        key = records[name].get("blob")
+        detail = f"its blob key {key!r} is not a SHA-256 hex digest" if not is_key(key) else \
+            "its blob is missing" if key not in stored else \
+            f"its parent {records[name]['parent']} is missing or broken"
+        findings.append(Finding("broken_checkpoint", name, detail, repaired=repair))
+    if repair and broken:
+        fabric.states.forget(sorted(broken))
     return findings
-
-
-def _depth(records: dict[str, dict], name: str) -> int:
-    depth = 0
-    while records.get(name, {}).get("parent") in records and depth < len(records):
-        name = records[name]["parent"]
-        depth += 1
-    return depth
 
 
 def _tasks(fabric: Fabric, repair: bool) -> list[Finding]:

@@ -3,6 +3,9 @@
 A checkpoint is a blob (the sealed payload, content-addressed in the blob store) and one
 metadata record in the `checkpoints` table, written in that order: a crash in between
 leaves an unreferenced blob (found by the checker), never a visible partial checkpoint.
+Two unencrypted checkpoints of one state share a blob, so a blob is deleted only when the
+write transaction that deletes a record finds no other record naming it; `_blob_lock`
+keeps a commit from reusing a blob file between that decision and the unlink.
 The associated data of the encryption names the checkpoint, its format, qubit count and
 creation time, so a blob moved under another name or with edited metadata fails to open.
 
@@ -15,6 +18,7 @@ import hashlib
 import io
 import json
 import re
+import threading
 import time
 from typing import Any
 
@@ -25,7 +29,7 @@ from levels.circuits import validate_name
 from levels.config import StateStoreConfig
 from levels.errors import Corrupt, Exists, Invalid, NotEmpty, NotFound, TooBig
 from levels.lru import LRU
-from levels.store.blobs import DirectoryBlobStore
+from levels.store.blobs import DirectoryBlobStore, is_key
 from levels.store.meta import MetaStore
 from levels.store.sealed import Sealer
 
@@ -95,6 +99,7 @@ class StateStore:
             low_rank_k=config.low_rank_k, shadow_snapshots=config.shadow_snapshots,
             complex64=config.amplitude_precision == "complex64")
         self._retention = parse_duration(config.checkpoint_retention)
+        self._blob_lock = threading.Lock()
         # Directories made by mkdir that await an imported state (in memory, like scratch).
         self.pending: set[str] = set()
         # Decoded states as .npy bytes, by (name, created): reads of statevector.npy.
@@ -115,6 +120,9 @@ class StateStore:
         meta = json.loads(raw)
         if meta["expires_ns"] <= time.time_ns():
             raise NotFound(f"checkpoint {name} expired")
+        if not is_key(meta.get("blob")):
+            raise Corrupt(f"checkpoint {name} names blob {meta.get('blob')!r}, not a SHA-256 "
+                          "hex digest: its record was damaged or edited")
         return meta
 
     def blob(self, name: str) -> bytes:
@@ -204,11 +212,12 @@ class StateStore:
         with self._meta.reading() as txn:
             if txn.get("checkpoints", name.encode()) is not None:
                 raise Exists(f"checkpoint {name} exists")
-        meta["blob"] = self._blobs.put(prepared.blob)
-        with self._meta.writing() as txn:
-            if txn.get("checkpoints", name.encode()) is not None:
-                raise Exists(f"checkpoint {name} exists")
-            txn.put("checkpoints", name.encode(), json.dumps(meta).encode())
+        with self._blob_lock:
+            meta["blob"] = self._blobs.put(prepared.blob)
+            with self._meta.writing() as txn:
+                if txn.get("checkpoints", name.encode()) is not None:
+                    raise Exists(f"checkpoint {name} exists")
+                txn.put("checkpoints", name.encode(), json.dumps(meta).encode())
         return meta
 
     def blob_keys(self) -> list[str]:
@@ -217,10 +226,10 @@ class StateStore:
     def delete_blob(self, key: str) -> None:
         self._blobs.delete(key)
 
-    def forget(self, name: str) -> None:
-        """Drop a checkpoint record whatever its state (the checker's repair)."""
-        with self._meta.writing() as txn:
-            txn.delete("checkpoints", name.encode())
+    def forget(self, names: list[str]) -> None:
+        """Drop checkpoint records whatever their state (the checker's repair), and the
+        blobs that no remaining record names."""
+        self._drop(lambda records: [n for n in names if n in records])
 
     def make_pending(self, name: str) -> None:
         """mkdir /states/<name>: an empty directory awaiting an imported state."""
@@ -238,33 +247,49 @@ class StateStore:
             self.delete(name)
 
     def delete(self, name: str) -> None:
-        meta = self.get(name)
-        children = [c for c in self._all() if c.get("parent") == name]
-        if children:
-            raise NotEmpty(f"checkpoint {name} is the parent of {children[0]['name']}; "
-                           "delete that first")
-        with self._meta.writing() as txn:
-            txn.delete("checkpoints", name.encode())
-        self._blobs.delete(meta["blob"])
+        self.get(name)  # ENOENT, or EIO for a damaged record, before anything changes
+
+        def doomed(records: dict[str, dict[str, Any]]) -> list[str]:
+            children = sorted(c for c, m in records.items() if m.get("parent") == name)
+            if children:
+                raise NotEmpty(f"checkpoint {name} is the parent of {children[0]}; "
+                               "delete that first")
+            return [name]
+
+        self._drop(doomed)
 
     def expire(self) -> list[str]:
-        """Delete expired checkpoints (children before parents); returns their names."""
+        """Delete expired checkpoints, except ancestors of live ones (their dictionaries);
+        returns the names deleted."""
         now = time.time_ns()
-        gone: list[str] = []
-        expired = {m["name"]: m for m in self._all() if m["expires_ns"] <= now}
-        parents = {m.get("parent") for m in self._all() if m["name"] not in expired}
-        for name, meta in expired.items():
-            if name in parents:
-                continue  # a live child still needs it as its dictionary
-            with self._meta.writing() as txn:
-                txn.delete("checkpoints", name.encode())
-            self._blobs.delete(meta["blob"])
-            gone.append(name)
-        return gone
 
-    def _all(self) -> list[dict[str, Any]]:
-        with self._meta.reading() as txn:
-            return [json.loads(v) for _k, v in txn.scan("checkpoints")]
+        def doomed(records: dict[str, dict[str, Any]]) -> list[str]:
+            pinned: set[str] = set()
+            for meta in records.values():
+                if meta["expires_ns"] > now:
+                    parent = meta.get("parent")
+                    while parent and parent not in pinned:
+                        pinned.add(parent)
+                        parent = records.get(parent, {}).get("parent")
+            return [n for n, m in records.items() if m["expires_ns"] <= now and n not in pinned]
+
+        return self._drop(doomed)
+
+    def _drop(self, choose) -> list[str]:
+        """Delete the records `choose(records)` names in one write transaction, then the
+        blobs no remaining record names (never a blob another checkpoint still uses)."""
+        with self._blob_lock:
+            with self._meta.writing() as txn:
+                records = {k.decode(): json.loads(v) for k, v in txn.scan("checkpoints")}
+                names = choose(records)
+                for name in names:
+                    txn.delete("checkpoints", name.encode())
+                gone = set(names)
+                kept = {m.get("blob") for n, m in records.items() if n not in gone}
+                unused = {records[n].get("blob") for n in names} - kept
+            for key in sorted(k for k in unused if is_key(k)):
+                self._blobs.delete(key)
+        return names
 
 
 FORMAT_ALIASES = {"tensor_network": "mps", "full_state_vector": "statevector",

@@ -1,14 +1,20 @@
 """Consistency across levels: qfsmount --check [--repair], /.qfs/health and /.qfs/config."""
 
+import errno
 import json
+import os
 import subprocess
+import time
 
+import numpy as np
 import pytest
+from qiskit import qasm3
+from qiskit.quantum_info import Statevector, state_fidelity
 
 from levels.store.meta import LmdbMetaStore
 from tests.conftest import QFSMOUNT
 from tests.test_qubits import command
-from tests.test_states import prepared_task
+from tests.test_states import ENTANGLED, prepared_task
 
 pytestmark = pytest.mark.fuse
 
@@ -136,3 +142,84 @@ def test_profiles_and_metrics_endpoint(mount_factory, tmp_path):
     done = subprocess.run([*QFSMOUNT, str(tmp_path), "--profile", "quantum_supremacy"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "profile 'quantum_supremacy'" in done.stderr
+
+
+def _edit_checkpoint(data, name: str, **changes) -> None:
+    """Change one checkpoint record offline (the mount stopped), as damage or an editor would."""
+    meta = LmdbMetaStore(data / "meta.lmdb", 1024)
+    with meta.writing() as txn:
+        record = json.loads(txn.get("checkpoints", changes.pop("source", name).encode()))
+        record.update(name=name, **changes)
+        txn.put("checkpoints", name.encode(), json.dumps(record).encode())
+    meta.close()
+
+
+def _checkpoint_names(data) -> set[str]:
+    meta = LmdbMetaStore(data / "meta.lmdb", 1024)
+    with meta.reading() as txn:
+        names = {k.decode() for k, _v in txn.scan("checkpoints")}
+    meta.close()
+    return names
+
+
+def test_checkpoints_sharing_a_blob_survive_each_other(mount_factory):
+    qfs = mount_factory()
+    prepared_task(qfs, "d")
+    ctl = qfs.qubits / "tasks" / "d" / "ctl"
+    for line in ("checkpoint one format=statevector encrypt=0",
+                 "checkpoint two format=statevector encrypt=0",
+                 "checkpoint brief format=statevector encrypt=0 retention=1s"):
+        command(ctl, line)
+    blobs = {(qfs.root / "states" / n / "blob").read_bytes() for n in ("one", "two", "brief")}
+    assert len(blobs) == 1 and len(list((qfs.data / "blobs").glob("??/*"))) == 1
+    subprocess.run(["rm", "-r", str(qfs.root / "states" / "one")], check=True)
+    deadline = time.monotonic() + 20
+    while "brief" in _checkpoint_names(qfs.data):  # expired, then deleted by the daemon
+        assert time.monotonic() < deadline, "the expired checkpoint was never deleted"
+        time.sleep(0.2)
+        os.listdir(qfs.root / "states")
+    exact = Statevector(qasm3.loads(ENTANGLED))
+    assert state_fidelity(Statevector(np.load(qfs.root / "states" / "two" / "statevector.npy")),
+                          exact) > 1 - 1e-12
+    qfs.stop()
+    assert run_check(qfs.data) == (0, [])
+    # A damaged record sharing the survivor's blob: repair drops the record, not the blob.
+    _edit_checkpoint(qfs.data, "ghost", source="two", parent="vanished")
+    code, findings = run_check(qfs.data, "--repair")
+    assert code == 0 and [(f["kind"], f["subject"]) for f in findings] == [
+        ("broken_checkpoint", "ghost")]
+    assert run_check(qfs.data) == (0, [])
+    second = mount_factory(data=qfs.data)
+    assert os.listdir(second.root / "states") == ["two"]
+    assert state_fidelity(
+        Statevector(np.load(second.root / "states" / "two" / "statevector.npy")),
+        exact) > 1 - 1e-12
+
+
+def test_edited_blob_keys_are_never_used_as_paths(mount_factory, tmp_path):
+    qfs = mount_factory()
+    prepared_task(qfs, "k")
+    command(qfs.qubits / "tasks" / "k" / "ctl", "checkpoint real format=statevector encrypt=0")
+    qfs.stop()
+    victim = tmp_path / "victim"
+    victim.write_bytes(next((qfs.data / "blobs").glob("??/*")).read_bytes())
+    _edit_checkpoint(qfs.data, "absolute", source="real", blob=str(victim))
+    _edit_checkpoint(qfs.data, "dotdot", source="real", blob="../../victim")
+    second = mount_factory(data=qfs.data)
+    for name in ("absolute", "dotdot"):
+        for action in (lambda d: (d / "blob").read_bytes(),
+                       lambda d: np.load(d / "statevector.npy"),
+                       lambda d: (d / "meta.json").read_bytes(),
+                       os.rmdir):
+            with pytest.raises(OSError) as caught:
+                action(second.root / "states" / name)
+            assert caught.value.errno == errno.EIO
+    assert "not a SHA-256 hex digest" in (second.root / ".qfs" / "log").read_text()
+    second.stop()
+    assert victim.exists()
+    code, findings = run_check(qfs.data, "--repair")
+    assert code == 0 and {(f["kind"], f["subject"]) for f in findings} == {
+        ("broken_checkpoint", "absolute"), ("broken_checkpoint", "dotdot")}
+    assert all("not a SHA-256 hex digest" in f["detail"] for f in findings)
+    assert victim.exists() and run_check(qfs.data) == (0, [])
+    assert _checkpoint_names(qfs.data) == {"real"}

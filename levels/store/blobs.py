@@ -1,14 +1,25 @@
 """The blob store seam: content-addressed bytes in a directory (S3-compatible later).
 
 A blob is written to a temporary file, fsynced and renamed into place, so a crash leaves
-either the whole blob or none of it; names are the SHA-256 of the content.
+either the whole blob or none of it; names are the SHA-256 of the content. Identical
+content is one file: whoever deletes decides from the metadata that no other record still
+names the key (levels/states.py). A key is checked to be a hex digest before it becomes a
+path, since it comes from the metadata store, which a damaged or edited record can hold
+anything in.
 """
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
-from levels.errors import NoSpace, NotFound
+from levels.errors import Corrupt, NoSpace, NotFound
+
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+def is_key(key: object) -> bool:
+    return isinstance(key, str) and _KEY.fullmatch(key) is not None
 
 
 class DirectoryBlobStore:
@@ -17,6 +28,9 @@ class DirectoryBlobStore:
         root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
+        if not is_key(key):
+            raise Corrupt(f"blob key {key!r} is not a SHA-256 hex digest: the metadata "
+                          "record was damaged or edited (qfsmount --check reports it)")
         return self._root / key[:2] / key
 
     def put(self, data: bytes) -> str:
@@ -49,4 +63,4 @@ class DirectoryBlobStore:
         self._path(key).unlink(missing_ok=True)
 
     def keys(self) -> list[str]:
-        return sorted(p.name for p in self._root.glob("??/*") if not p.name.startswith("."))
+        return sorted(p.name for p in self._root.glob("??/*") if is_key(p.name))
