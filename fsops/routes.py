@@ -1,7 +1,8 @@
 """The tree's grammar: which node a path is, and what a directory lists.
 
     /circuits/<name>/{latest.qasm, vN.qasm, vN.<view>, meta.json, stats.json, errors}
-    /circuits/<name>/results/<run>.json     /circuits/<name>/similar/<rank>-<name> -> link
+    /circuits/<name>/results/<run>.json
+    /circuits/<name>/similar/<rank>-<other> -> ../../<other>/latest.qasm
     /circuits/<file>                        scratch; <name>.qasm imports circuit <name> and
                                             then stays an unlisted alias of its latest.qasm
     /search/<query>/<name> -> ../../circuits/<name>
@@ -28,7 +29,6 @@ from levels.similar import rank_similar
 Path = tuple[str, ...]
 CIRCUITS, SEARCH, OPS = "circuits", "search", ".qfs"
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]{0,9})\.([a-z0-9]+)$")
-_SIMILAR = re.compile(r"^[0-9]+-(.+)$")
 _STARTED_NS = time.time_ns()
 # /.qfs files: name -> (fabric -> text renderer).
 OPS_FILES = {
@@ -164,10 +164,8 @@ async def _resolve_circuits(fabric: Fabric, path: Path) -> Node:
         if run is not None:
             return await nodes.result_picture(fabric, name, run)
         return nodes.result_file(fabric, name, path[3])
-    if depth == 4 and leaf == "similar":
-        match = _SIMILAR.match(path[3])
-        if match and path[3] in dict(await similar(fabric, name)):
-            return nodes.symlink(f"../../{match.group(1)}", mtime)
+    if depth == 4 and leaf == "similar" and path[3] in dict(await similar(fabric, name)):
+        return nodes.symlink(similar_target(path[3]), mtime)
     raise NotFound("/".join(path))
 
 
@@ -218,7 +216,7 @@ async def list_dir(fabric: Fabric, path: Path) -> list[tuple[str, Node]]:
         return entries
     elif path[0] == CIRCUITS and depth == 3 and path[2] == "similar":
         mtime = fabric.circuits.mtime(path[1]) or 0
-        return [(entry, nodes.symlink(f"../../{entry.split('-', 1)[1]}", mtime))
+        return [(entry, nodes.symlink(similar_target(entry), mtime))
                 for entry, _score in await similar(fabric, path[1])]
     elif path == (SEARCH,):
         names = []
@@ -268,6 +266,12 @@ def _scratch_entries(fabric: Fabric, path: Path) -> list[tuple[str, Node]]:
 async def search(fabric: Fabric, query: str) -> list[str]:
     with fabric.metrics.search_latency_seconds.time():
         return await trio.to_thread.run_sync(fabric.search.search, query)
+
+
+def similar_target(entry: str) -> str:
+    """`NN-<other>` links to the other circuit's latest.qasm, not to its directory: a link
+    to a sibling directory makes find -L, grep -R and diff -r walk an exponential tree."""
+    return f"../../{entry.split('-', 1)[1]}/latest.qasm"
 
 
 async def similar(fabric: Fabric, name: str) -> list[tuple[str, float]]:

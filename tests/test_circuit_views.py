@@ -181,8 +181,8 @@ def test_similar_ranks_by_structure(qfs):
     assert similar[0] == "01-bell_copy"
     assert similar[-1].endswith("-only_x") or "only_x" not in "".join(similar)
     target = qfs.circuits / "bell" / "similar" / "01-bell_copy"
-    assert os.readlink(target) == "../../bell_copy"
-    assert (target / "v1.qasm").exists()
+    assert os.readlink(target) == "../../bell_copy/latest.qasm"
+    assert target.read_text() == BELL + "// same shape\n"
 
 
 def test_pictures_of_circuits_and_results(qfs):

@@ -83,3 +83,32 @@ def test_live_files_keep_their_mtime_until_they_change(qfs):
         qfs.write_circuit("ghz", "OPENQASM 3.0;\nqubit[1] q;\nbogus q;\n")
     after = os.stat(errors)
     assert after.st_mtime_ns > before.st_mtime_ns and after.st_size > before.st_size
+
+
+def seven_circuits(qfs) -> None:
+    for i in range(7):
+        qfs.write_circuit(f"c{i}", BELL + f"// {i}\n" + "x q[1];\n" * i)
+
+
+def timed(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    return done, time.monotonic() - started
+
+
+def test_no_link_leads_into_a_directory_that_contains_it(qfs, tmp_path):
+    seven_circuits(qfs)
+    links = [os.path.join(top, n) for top, dirs, files in os.walk(qfs.circuits)
+             for n in dirs + files if os.path.islink(os.path.join(top, n))]
+    assert len(links) == 7 * 6
+    for link in links:
+        assert os.path.isfile(link), (link, os.readlink(link))
+    copy, copy_s = timed(["cp", "-a", str(qfs.circuits), str(tmp_path / "copy")])
+    assert copy.returncode == 0, copy.stderr
+    budget = 10 * copy_s + 5  # an exponential walk of 7 circuits runs for minutes
+    for args in (["find", "-L", str(qfs.root)],
+                 ["grep", "-R", "-c", "cx", str(qfs.circuits)],
+                 ["diff", "-r", str(qfs.circuits), str(tmp_path / "copy")]):
+        done, seconds = timed(args)
+        assert done.returncode == 0, (args, done.stderr)
+        assert seconds < budget, (args, seconds, copy_s)
