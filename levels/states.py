@@ -36,13 +36,20 @@ from levels.store.sealed import Sealer
 LEVELS = {"fast": 1, "balanced": 3, "max": 19}
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d)$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Retention bounds: an expiry time must be a date meta.json can show (years past 9999 are
+# not), and under a second a checkpoint would be gone before anyone could read it.
+MIN_RETENTION_S, MAX_RETENTION_S = 1, 3650 * 86400
 
 
 def parse_duration(text: str) -> float:
+    """A retention such as 90s, 30m, 24h or 7d, in seconds, within the bounds above."""
     match = _DURATION.match(text.strip())
     if not match:
         raise Invalid(f"bad duration {text!r}: expected e.g. 90s, 30m, 24h, 7d")
-    return float(match.group(1)) * _SECONDS[match.group(2)]
+    seconds = float(match.group(1)) * _SECONDS[match.group(2)]
+    if not MIN_RETENTION_S <= seconds <= MAX_RETENTION_S:
+        raise Invalid(f"retention {text.strip()} is outside 1s..3650d")
+    return seconds
 
 
 def compression_level(setting: str) -> int:
@@ -152,6 +159,7 @@ class StateStore:
     def prepare(self, request: Request, state: np.ndarray) -> Prepared:
         """Encode, measure, compress and encrypt (slow: call from a worker thread)."""
         validate_name(request.name, "checkpoint name")
+        retention = parse_duration(request.retention) if request.retention else self._retention
         state = stateformats.validate_state(state)
         n = stateformats.num_qubits_of(state)
         raw_bytes = state.size * 16
@@ -170,7 +178,6 @@ class StateStore:
                               f"this state {n}")
             parent_payload = self.payload(request.parent)
         created = time.time_ns()
-        retention = parse_duration(request.retention) if request.retention else self._retention
         encrypt = self._config.encryption_enabled if request.encrypt is None else request.encrypt
         meta: dict[str, Any] = {
             "name": request.name, "task": request.task, "stage": request.stage,
@@ -191,6 +198,7 @@ class StateStore:
         meta["serialization_seconds"] = time.perf_counter() - started
         if len(blob) > limit:
             raise TooBig(f"checkpoint is {len(blob) >> 20} MiB stored, over the limit")
+        meta_json(meta)  # never store a record its meta.json could not show
         return Prepared(meta, blob)
 
     def _format(self, request: Request, state: np.ndarray) -> tuple[str, str]:

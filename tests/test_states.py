@@ -234,6 +234,23 @@ def test_retention_expires_checkpoints(qfs):
     assert refused(qfs.qubits / "tasks" / "e" / "ctl", "restore brief") == errno.ENOENT
 
 
+def test_retention_is_bounded_at_the_request(qfs):
+    prepared_task(qfs, "r")
+    ctl = qfs.qubits / "tasks" / "r" / "ctl"
+    for retention in ("99999999999999999999d", "3651d", "0s", "0.5s", "-1d", "soon"):
+        assert refused(ctl, f"checkpoint c retention={retention}") == errno.EINVAL
+        assert ctl.read_text().startswith("error: EINVAL")
+    assert "outside 1s..3650d" in (qfs.root / ".qfs" / "log").read_text()
+    assert os.listdir(qfs.root / "states") == []
+    command(ctl, "checkpoint c retention=3650d")
+    meta = meta_of(qfs, "c")
+    created, expires = (time.mktime(time.strptime(meta[k], "%Y-%m-%dT%H:%M:%SZ"))
+                        for k in ("created", "expires"))
+    assert expires - created == pytest.approx(3650 * 86400, abs=2)
+    assert sorted(os.listdir(qfs.root / "states" / "c")) == ["blob", "meta.json",
+                                                              "statevector.npy"]
+
+
 def test_size_limit_and_bad_requests(mount_factory, tmp_path):
     config = tmp_path / "qfs.yaml"
     config.write_text("state_store:\n  max_checkpoint_size_mb: 0\n")
