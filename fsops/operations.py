@@ -28,6 +28,7 @@ log = logging.getLogger("qfs.fsops")
 
 XATTR_PREFIX = "user.qfs."
 XATTR_FIELDS = ("description", "author", "tags", "parameters")
+PINNED = "user.qfs.pinned"  # on vN.qasm: "1" keeps the version beyond retention
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 
@@ -208,7 +209,7 @@ class Operations(pyfuse3.Operations):
         path = self._child(parent_inode, name)
         with self._guard("mkdir", path):
             if len(path) == 2 and path[0] == state_routes.STATES:
-                self.fabric.states.make_pending(path[1])
+                self.fabric.states.make_pending(path[1], ctx.uid)
                 return self._attrs(self.inodes.remember(path),
                                    await routes.resolve(self.fabric, path))
             if len(path) != 2 or path[0] != routes.CIRCUITS:
@@ -437,7 +438,19 @@ class Operations(pyfuse3.Operations):
             if self.fabric.scratch.find(parent, leaf) is handle.scratch:
                 self.fabric.scratch.remove(parent, leaf)
 
-    # -- extended attributes: circuit metadata as user.qfs.* -----------------------------
+    # -- extended attributes: circuit metadata as user.qfs.*, pins on versions -----------
+
+    def _version_of(self, inode: int) -> tuple[str, int] | None:
+        """(circuit, n) when the inode is a vN.qasm, whose one attribute is the pin."""
+        path = self.inodes.path(inode)
+        version = routes.parse_version_file(path[2]) if len(path) == 3 else None
+        if version is None or path[0] != routes.CIRCUITS or version[1] != "qasm":
+            return None
+        self.fabric.circuits.get(path[1]).version(version[0])
+        return path[1], version[0]
+
+    def _pinned(self, circuit: str, n: int) -> bool:
+        return n in self.fabric.circuits.get(circuit).meta.get("pinned", ())
 
     def _circuit_of(self, inode: int) -> str:
         path = self.inodes.path(inode)
@@ -457,6 +470,11 @@ class Operations(pyfuse3.Operations):
 
     async def getxattr(self, inode, name, ctx):
         with self._guard("getxattr"):
+            version = self._version_of(inode)
+            if version is not None:
+                if _name(name) != PINNED or not self._pinned(*version):
+                    raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+                return b"1"
             field = self._field(name)
             circuit = self.fabric.circuits.get(self._circuit_of(inode))
             meta = json.loads(CircuitStore.meta_json(circuit))
@@ -469,6 +487,9 @@ class Operations(pyfuse3.Operations):
 
     async def listxattr(self, inode, ctx):
         with self._guard("listxattr"):
+            version = self._version_of(inode)
+            if version is not None:
+                return [PINNED.encode()] if self._pinned(*version) else []
             path = self.inodes.path(inode)
             if len(path) != 2 or path[0] != routes.CIRCUITS:
                 return []
@@ -478,6 +499,12 @@ class Operations(pyfuse3.Operations):
 
     async def setxattr(self, inode, name, value, ctx):
         with self._guard("setxattr"):
+            version = self._version_of(inode)
+            if version is not None and _name(name) == PINNED:
+                if value not in (b"0", b"1"):
+                    raise Invalid(f"{PINNED} is 1 (keep this version beyond retention) or 0")
+                self.fabric.circuits.pin(*version, value == b"1")
+                return
             # ENOTSUP tells tools such as sed -i and vim that ACLs are not kept here.
             field = self._field(name, missing=errno.ENOTSUP)
             if field == "created":
@@ -488,6 +515,12 @@ class Operations(pyfuse3.Operations):
 
     async def removexattr(self, inode, name, ctx):
         with self._guard("removexattr"):
+            version = self._version_of(inode)
+            if version is not None:
+                if _name(name) != PINNED or not self._pinned(*version):
+                    raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+                self.fabric.circuits.pin(*version, False)
+                return
             field = self._field(name)
             circuit = self._circuit_of(inode)
             if field not in self.fabric.circuits.get(circuit).meta:

@@ -103,7 +103,7 @@ def _task_file(fabric: Fabric, task: str, leaf: str, full: Path) -> Node:
     if leaf == "state.json":
         return nodes.live(lambda: json.dumps(manager.state_json(task), indent=2) + "\n")
     if leaf == "result.json":
-        last = manager.live(task).last_run
+        last = manager.last_run(task)
         if last is None:
             raise NotFound(f"task {task} has not run yet")
         return nodes.live(lambda: json.dumps(last, indent=2) + "\n")
@@ -118,7 +118,7 @@ def list_names(fabric: Fabric, device: str, rest: Path) -> list[str]:
         return manager.tasks_on(device)
     if len(rest) == 2 and rest[0] == "tasks":
         names = list(TASK_FILES)
-        if manager.live(rest[1]).last_run is None:
+        if manager.last_run(rest[1]) is None:
             names.remove("result.json")
         return names
     if len(rest) == 1:

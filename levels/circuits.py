@@ -31,11 +31,14 @@ MAX_NAME_BYTES = 200
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]*$")
 _RESULT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]*\.json$")
 PICTURE = "png"
-META_FIELDS = {"description": str, "author": str, "tags": list, "parameters": dict}
+META_FIELDS = {"description": str, "author": str, "tags": list, "parameters": dict,
+               "pinned": list}
 _MTIME = struct.Struct("<q")
 
 # Called with (name, search document) after a change, or (name, None) after a deletion.
 ChangeListener = Callable[[str, dict[str, Any] | None], None]
+# Called with (where, what happened) for what a user should hear of (a dropped version).
+Notice = Callable[[str, str], None]
 
 
 def validate_name(name: str, what: str = "circuit name") -> None:
@@ -144,10 +147,12 @@ class CircuitStore:
         config: CircuitFsConfig,
         on_change: ChangeListener | None = None,
         cache_bytes: int = 64 << 20,
+        notice: Notice | None = None,
     ) -> None:
         self._meta = meta
         self._config = config
         self._on_change = on_change or (lambda _name, _doc: None)
+        self._notice = notice or (lambda _where, _what: None)
         self._parsed: LRU[Any] = LRU(max_entries=256)
         self._views: LRU[bytes | str] = LRU(
             max_entries=4096,
@@ -326,13 +331,14 @@ class CircuitStore:
     def commit_version(self, name: str, prepared: PreparedVersion, create: bool = False) -> int:
         """Store a prepared program as the next version (one transaction); returns its number.
 
-        Content equal to the latest version is not a new version. Versions beyond
-        max_versions_per_artifact are dropped, oldest first.
+        Content equal to the latest version is not a new version. Unpinned versions beyond
+        max_versions_per_artifact are dropped, oldest first, each with a notice.
         """
         if create:
             validate_name(name)
         with self._meta.writing() as txn:
-            circuit, n = self._commit_in(txn, name, prepared, create)
+            circuit, n, dropped = self._commit_in(txn, name, prepared, create)
+        self._dropped(name, dropped)
         self._on_change(name, circuit.search_document())
         return n
 
@@ -341,13 +347,14 @@ class CircuitStore:
         for name in names:
             validate_name(name)
         with self._meta.writing() as txn:
-            circuits = [self._commit_in(txn, name, prepared, True)[0] for name in names]
-        for circuit in circuits:
+            commits = [self._commit_in(txn, name, prepared, True) for name in names]
+        for circuit, _n, dropped in commits:
+            self._dropped(circuit.name, dropped)
             self._on_change(circuit.name, circuit.search_document())
 
     def _commit_in(
         self, txn: Txn, name: str, prepared: PreparedVersion, create: bool
-    ) -> tuple[Circuit, int]:
+    ) -> tuple[Circuit, int, list[int]]:
         raw = txn.get("circuits", name.encode())
         now = time.time_ns()
         if raw is None:
@@ -358,24 +365,60 @@ class CircuitStore:
             circuit = Circuit.from_json(name, raw)
         latest = circuit.latest
         if latest is not None and latest.stats["sha256"] == prepared.stats.sha256:
-            return circuit, latest.n
+            return circuit, latest.n, []
         stats = {**prepared.stats.as_dict(), "bytes": len(prepared.source)}
         version = Version(circuit.next_version, now, stats)
         circuit.versions.append(version)
         circuit.next_version += 1
         circuit.mtime_ns = now
-        keep = max(1, self._config.max_versions_per_artifact)
-        for dropped in circuit.versions[:-keep]:
-            txn.delete("sources", _source_key(circuit.id, dropped.n))
-        circuit.versions = circuit.versions[-keep:]
+        dropped = self._retain(txn, circuit)
         txn.put("sources", _source_key(circuit.id, version.n), prepared.source)
         self._put(txn, circuit)
-        return circuit, version.n
+        return circuit, version.n, dropped
+
+    def _retain(self, txn: Txn, circuit: Circuit) -> list[int]:
+        """Drop the oldest unpinned versions beyond max_versions_per_artifact; pinned
+        versions are kept and do not count towards it."""
+        pinned = set(circuit.meta.get("pinned", ()))
+        unpinned = [v.n for v in circuit.versions if v.n not in pinned]
+        keep = max(1, self._config.max_versions_per_artifact)
+        dropped = unpinned[: max(0, len(unpinned) - keep)]
+        for n in dropped:
+            txn.delete("sources", _source_key(circuit.id, n))
+        circuit.versions = [v for v in circuit.versions if v.n not in dropped]
+        return dropped
+
+    def _dropped(self, name: str, dropped: list[int]) -> None:
+        keep = self._config.max_versions_per_artifact
+        for n in dropped:
+            self._notice(f"retention /circuits/{name}",
+                         f"dropped v{n}: only the newest {keep} unpinned versions are kept "
+                         f"(max_versions_per_artifact); pin one with "
+                         f"setfattr -n user.qfs.pinned -v 1 v<N>.qasm")
+
+    def pin(self, name: str, n: int, pinned: bool) -> None:
+        """Keep version n beyond retention (or no longer)."""
+        self.get(name).version(n)
+
+        def change(meta: dict[str, Any]) -> dict[str, Any]:
+            pins = set(meta.get("pinned", ()))
+            if pinned:
+                pins.add(n)
+            else:
+                pins.discard(n)
+            return _with_pins(meta, pins)
+
+        self.update_meta(name, change)
 
     def set_meta(self, name: str, document: bytes) -> None:
-        """Replace the user metadata from meta.json bytes, validated; `created` is kept."""
+        """Replace the user metadata from meta.json bytes, validated; `created` is kept, and
+        so are the pins when the document names none (a pin guards a version from loss)."""
         meta = parse_meta(document)
-        self.update_meta(name, lambda _old: meta)
+
+        def change(old: dict[str, Any]) -> dict[str, Any]:
+            return _with_pins(meta, set((meta if "pinned" in meta else old).get("pinned", ())))
+
+        self.update_meta(name, change)
 
     def update_meta(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         with self._meta.writing() as txn:
@@ -413,6 +456,7 @@ class CircuitStore:
             "author": circuit.meta.get("author", ""),
             "tags": circuit.meta.get("tags", []),
             "parameters": circuit.meta.get("parameters", {}),
+            "pinned": circuit.meta.get("pinned", []),
             "created": _iso(circuit.created_ns),
         }
         return json.dumps(document, indent=2).encode() + b"\n"
@@ -463,8 +507,16 @@ def parse_meta(document: bytes) -> dict[str, Any]:
             raise Invalid(f"meta.json: {key} must be a {expected.__name__}")
         if key == "tags" and not all(isinstance(t, str) and t.strip() for t in value):
             raise Invalid("meta.json: tags must be non-empty strings")
+        if key == "pinned" and not all(type(n) is int and n > 0 for n in value):
+            raise Invalid("meta.json: pinned must be a list of version numbers")
         meta[key] = value
     return meta
+
+
+def _with_pins(meta: dict[str, Any], pins: set[int]) -> dict[str, Any]:
+    """`meta` with `pinned` as a sorted list, or without the key when nothing is pinned."""
+    meta = {k: v for k, v in meta.items() if k != "pinned"}
+    return {**meta, "pinned": sorted(pins)} if pins else meta
 
 
 def _iso(ns: int) -> str:

@@ -31,9 +31,9 @@ class Fabric:
         self.data_dir = data_dir
         self.config = config
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.oplog = OpLog()
         self.scratch = ScratchFiles()
         self.meta = LmdbMetaStore(data_dir / "meta.lmdb", config.circuit_fs.lmdb_map_size_mb)
+        self.oplog = OpLog(self.meta)
         cfs = config.circuit_fs
         self.search = SearchIndex(
             data_dir / "index", cfs.search_result_limit, cfs.index_commit_interval_ms / 1000
@@ -41,7 +41,7 @@ class Fabric:
         # cross_level.cache_size_mb: half for circuit views, half for decoded states.
         cache_bytes = (config.cross_level.cache_size_mb << 20) // 2
         self.circuits = CircuitStore(self.meta, cfs, on_change=self.search.submit,
-                                     cache_bytes=cache_bytes)
+                                     cache_bytes=cache_bytes, notice=self.oplog.note)
         self.metrics = Metrics()
         self.metrics.caches += self.circuits.caches()
         sst = config.state_store

@@ -48,6 +48,7 @@ class Task:
     triggers: list[Trigger] = dataclasses.field(default_factory=list)
     next_trigger: int = 1
     parameters: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_run: str = ""  # "<circuit>/<run>.json": result.json after a remount
 
     def to_json(self) -> bytes:
         data = dataclasses.asdict(self)
@@ -327,6 +328,18 @@ class LiveQubitManager:
             self._live[name] = Live(LiveState(len(task.qubits)))
         return self._live[name]
 
+    def last_run(self, name: str) -> dict[str, Any] | None:
+        """The task's last run: in memory, or read back from its circuit's results after a
+        remount; None when it has not run (or that result was deleted or its circuit renamed)."""
+        live = self._live.get(name)
+        if live is not None and live.last_run is not None:
+            return live.last_run
+        circuit, _, run = self.task(name).last_run.partition("/")
+        try:
+            return json.loads(self._circuits.result(circuit, run)) if run else None
+        except NotFound:
+            return None
+
     async def task_command(self, name: str, line: str, uid: int) -> str:
         """Run one line written to a task's ctl; returns the reply shown when it is read."""
         command = ctl.parse_task_command(line)
@@ -479,6 +492,8 @@ class LiveQubitManager:
                                   json.dumps(document, indent=2).encode() + b"\n")
         if task.name in self.tasks:
             self.live(task.name).last_run = document
+            self._save(dataclasses.replace(self.tasks[task.name],
+                                           last_run=f"{command.circuit}/{run_id}.json"))
         return f"ran {command.circuit}@v{version}: results/{run_id}.json"
 
     def _simulate(self, device: Device, task: Task, circuit, command: ctl.Run, sha256: str):

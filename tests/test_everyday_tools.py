@@ -2,6 +2,7 @@
 no symlink loops for find -L and diff -r, backups that restore, nothing written that
 vanishes, what was read before a remount still there after it, honest version retention."""
 
+import json
 import os
 import subprocess
 import time
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from tests.conftest import BELL, GHZ3
+from tests.test_circuit_writes import versions
 from tests.test_coordinator import wait_status, write_workflow
 from tests.test_qubits import command
 
@@ -112,3 +114,55 @@ def test_no_link_leads_into_a_directory_that_contains_it(qfs, tmp_path):
         done, seconds = timed(args)
         assert done.returncode == 0, (args, done.stderr)
         assert seconds < budget, (args, seconds, copy_s)
+
+
+def test_refusals_and_last_runs_outlive_a_remount(mount_factory):
+    first = mount_factory()
+    bell = first.write_circuit("bell")
+    with pytest.raises(OSError):
+        (bell / "latest.qasm").write_text("OPENQASM 2.0;\nqreg q[1];\nbogus q[0];\n")
+    command(first.qubits / "ctl", "alloc 2 task=t")
+    command(first.qubits / "tasks" / "t" / "ctl", "run bell shots=20 seed=3")
+    for i in range(1005):  # more refusals than the log keeps
+        with pytest.raises(OSError):
+            os.mkdir(first.circuits / f"-bad{i}")
+    errors = (bell / "errors").read_text()
+    log = (first.root / ".qfs" / "log").read_text()
+    result = (first.qubits / "tasks" / "t" / "result.json").read_text()
+    assert "bogus" in errors and len(log.splitlines()) == 1000 and '"counts"' in result
+    first.stop()
+    second = mount_factory(data=first.data)
+    assert (second.circuits / "bell" / "errors").read_text() == errors
+    assert (second.root / ".qfs" / "log").read_text() == log
+    assert (second.qubits / "tasks" / "t" / "result.json").read_text() == result
+    assert "result.json" in os.listdir(second.qubits / "tasks" / "t")
+
+
+def test_retention_is_logged_and_pinned_versions_survive(mount_factory, tmp_path):
+    config = tmp_path / "qfs.yaml"
+    config.write_text("circuit_fs:\n  max_versions_per_artifact: 3\n")
+    qfs = mount_factory(extra=["--config", str(config)])
+    bell = qfs.write_circuit("bell")
+    os.setxattr(bell / "v1.qasm", "user.qfs.pinned", b"1")
+    assert os.getxattr(bell / "v1.qasm", "user.qfs.pinned") == b"1"
+
+    def edit(i: int) -> None:
+        (bell / "latest.qasm").write_text(BELL + f"// edit {i}\n")
+
+    for i in range(2, 7):
+        edit(i)
+    assert versions(bell) == [1, 4, 5, 6]
+    assert (bell / "v1.qasm").read_text() == BELL
+    log = (qfs.root / ".qfs" / "log").read_text()
+    assert "retention /circuits/bell: dropped v2" in log and "dropped v3" in log
+    assert json.loads((bell / "meta.json").read_text())["pinned"] == [1]
+    # meta.json pins too; a document that names no pins keeps them.
+    (bell / "meta.json").write_text('{"pinned": [1, 4]}')
+    (bell / "meta.json").write_text('{"author": "alice"}')
+    edit(7)
+    assert versions(bell) == [1, 4, 5, 6, 7]  # pinned versions do not count
+    os.removexattr(bell / "v1.qasm", "user.qfs.pinned")
+    assert os.listxattr(bell / "v1.qasm") == []
+    edit(8)
+    assert versions(bell) == [4, 6, 7, 8]
+    assert "dropped v1" in (qfs.root / ".qfs" / "log").read_text()
