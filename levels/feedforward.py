@@ -1,12 +1,17 @@
 """Feed-forward triggers: actions taken when a qubit is measured with a given outcome.
 
 The reference's four actions: a gate (x q18), an adaptive sequence (h q2; cz q2 q0), a
-parameter update (set theta=0.5) and early termination (stop). They run two ways:
+parameter update (set theta=0.5) and early termination (stop). One order for both paths:
+a measurement giving outcome o runs the triggers on that qubit and outcome highest `prio`
+first, ties in registration order, each trigger's actions as written, up to the first
+`stop`; a `set` binds what follows (so of two sets of one name the later one holds) and
+lasts one shot. The two paths:
 - compiled into a dynamic circuit (mid-circuit measurement + if_test) that Aer executes per
-  shot: gates become if_test blocks; `set` and `stop` change what follows, so the rest of
-  the circuit is emitted in an if/else pair (with the new parameter values, or not at all);
-- live: `measure qK` samples the task's state and dispatches the matching triggers on it at
-  once, timing each dispatch for the feed-forward latency histogram.
+  shot: gates become if_test blocks; where a `set` changes a parameter that a later gate
+  uses, the rest of the circuit is emitted once per outcome (with that outcome's values);
+  after a `stop` the rest is not emitted in that outcome's branch;
+- live: `measure qK` samples the task's state and runs the same actions on it at once,
+  timing each dispatch for the feed-forward latency histogram; a `set` lasts until `reset`.
 Trigger qubits are the task's logical qubits.
 """
 
@@ -18,6 +23,11 @@ from levels.ctl import Action, GateAction, SetAction, StopAction
 from levels.errors import Invalid
 from levels.livestate import LiveState
 
+# Bounds of the compiled dynamic circuit: each measurement whose triggers change a
+# parameter used later duplicates the rest of the circuit, which can double per measurement.
+MAX_ADDED_OPERATIONS = 10_000
+MAX_NESTED_BRANCHES = 64
+
 
 @dataclasses.dataclass(frozen=True)
 class Trigger:
@@ -27,20 +37,16 @@ class Trigger:
     actions: tuple[Action, ...]
     prio: int = 0
 
-    @property
-    def branches(self) -> bool:
-        """Whether it changes what follows (parameters or termination), not just gates."""
-        return any(isinstance(a, SetAction | StopAction) for a in self.actions)
-
     def describe(self, physical: list[int]) -> str:
         parts = []
         for action in self.actions:
             if isinstance(action, GateAction):
-                angles = f"({', '.join(f'{p:g}' for p in action.params)})" if action.params else ""
+                angles = f"({', '.join(repr(p) for p in action.params)})" \
+                    if action.params else ""
                 parts.append(f"{action.name}{angles} " +
                              " ".join(f"q{physical[q]}" for q in action.qubits))
             elif isinstance(action, SetAction):
-                parts.append(f"set {action.name}={action.value:g}")
+                parts.append(f"set {action.name}={action.value!r}")
             else:
                 parts.append("stop")
         return (f"{self.id} q{physical[self.qubit]} on {self.outcome} do {'; '.join(parts)}"
@@ -72,8 +78,30 @@ class Trigger:
         return cls(data["id"], data["qubit"], data["outcome"], tuple(actions), data["prio"])
 
 
-def by_priority(triggers: list[Trigger]) -> list[Trigger]:
-    return sorted(triggers, key=lambda t: (-t.prio, t.id))
+@dataclasses.dataclass
+class Fired:
+    """What one measurement outcome runs: the triggers, their actions in order, and whether
+    a stop ended them."""
+
+    triggers: list[int]
+    actions: list[Action]
+    stopped: bool
+
+
+def fired(triggers: list[Trigger], qubit: int, outcome: int) -> Fired:
+    """The one trigger order of both paths: highest prio first, ties in registration order,
+    each trigger's actions as written, nothing after the first stop."""
+    result = Fired([], [], False)
+    for trigger in sorted(triggers, key=lambda t: (-t.prio, t.id)):
+        if trigger.qubit != qubit or trigger.outcome != outcome:
+            continue
+        result.triggers.append(trigger.id)
+        for action in trigger.actions:
+            result.actions.append(action)
+            if isinstance(action, StopAction):
+                result.stopped = True
+                return result
+    return result
 
 
 @dataclasses.dataclass
@@ -89,25 +117,17 @@ class Dispatch:
 def dispatch_live(
     state: LiveState, qubit: int, triggers: list[Trigger], parameters: dict[str, float],
 ) -> Dispatch:
-    """Measure `qubit` and run the matching triggers on the state, timing the dispatch."""
+    """Measure `qubit` and run the matching triggers on the state, timing the dispatch;
+    `set` actions go into `parameters`."""
     outcome = state.measure(qubit)
     started = time.perf_counter_ns()
-    fired: list[int] = []
-    stopped = False
-    for trigger in by_priority(triggers):
-        if trigger.qubit != qubit or trigger.outcome != outcome:
-            continue
-        fired.append(trigger.id)
-        for action in trigger.actions:
-            if isinstance(action, GateAction):
-                state.apply_gate(action.name, action.qubits, action.params)
-            elif isinstance(action, SetAction):
-                parameters[action.name] = action.value
-            else:
-                stopped = True
-        if stopped:
-            break
-    return Dispatch(outcome, fired, time.perf_counter_ns() - started, stopped)
+    run = fired(triggers, qubit, outcome)
+    for action in run.actions:
+        if isinstance(action, GateAction):
+            state.apply_gate(action.name, action.qubits, action.params)
+        elif isinstance(action, SetAction):
+            parameters[action.name] = action.value
+    return Dispatch(outcome, run.triggers, time.perf_counter_ns() - started, run.stopped)
 
 
 def compile_dynamic(circuit, triggers: list[Trigger], parameters: dict[str, float]):
@@ -115,90 +135,141 @@ def compile_dynamic(circuit, triggers: list[Trigger], parameters: dict[str, floa
     and its parameters bound (a `set` trigger binds what follows it in its branch)."""
     from qiskit import QuantumCircuit
 
-    out = QuantumCircuit(*circuit.qregs, *circuit.cregs)
-    if len(out.qubits) != len(circuit.qubits) or len(out.clbits) != len(circuit.clbits):
-        out = QuantumCircuit(circuit.num_qubits, circuit.num_clbits)
-    qubit_of = {bit: i for i, bit in enumerate(circuit.qubits)}
-    clbit_of = {bit: i for i, bit in enumerate(circuit.clbits)}
-    on_qubit: dict[int, list[Trigger]] = {}
-    for trigger in by_priority(triggers):
-        on_qubit.setdefault(trigger.qubit, []).append(trigger)
-    _emit(out, circuit.data, 0, dict(parameters), on_qubit, qubit_of, clbit_of)
+    out = QuantumCircuit(list(circuit.qubits), list(circuit.clbits), *circuit.qregs,
+                         *circuit.cregs)
+    _Compiler(circuit, triggers, out).emit(0, dict(parameters))
     return out
 
 
-def _emit(out, data, start, parameters, on_qubit, qubit_of, clbit_of) -> None:
-    for index in range(start, len(data)):
-        instruction = data[index]
-        operation = _bound(instruction.operation, parameters)
-        qubits = [out.qubits[qubit_of[q]] for q in instruction.qubits]
-        clbits = [out.clbits[clbit_of[c]] for c in instruction.clbits]
-        out.append(operation, qubits, clbits)
-        if operation.name != "measure":
-            continue
-        triggers = on_qubit.get(qubit_of[instruction.qubits[0]], [])
-        clbit = clbits[0]
-        for trigger in triggers:
-            if trigger.branches:
+class _Compiler:
+    def __init__(self, circuit, triggers: list[Trigger], out) -> None:
+        self.data = circuit.data
+        self.index_of = {bit: i for i, bit in enumerate(circuit.qubits)}
+        self.triggers = triggers
+        self.out = out
+        # Parameter names used by instruction i or later: a `set` of a name not among
+        # them changes nothing and must not split the circuit.
+        self.used_after = [frozenset[str]()] * (len(self.data) + 1)
+        for i in range(len(self.data) - 1, -1, -1):
+            self.used_after[i] = self.used_after[i + 1] | _names(self.data[i].operation)
+        self.limit = len(self.data) + MAX_ADDED_OPERATIONS
+        self.size = 0
+        self.depth = 0
+
+    def count(self) -> None:
+        self.size += 1
+        if self.size > self.limit:
+            raise Invalid(
+                f"feed-forward would compile this circuit into more than {self.limit} "
+                f"operations (its own {len(self.data)} + {MAX_ADDED_OPERATIONS}): each "
+                "measurement whose triggers `set` a parameter used later copies the rest of "
+                "the circuit once per outcome; use fewer such triggers or measurements")
+
+    def emit(self, start: int, parameters: dict[str, float]) -> None:
+        for index in range(start, len(self.data)):
+            instruction = self.data[index]
+            self.count()
+            self.out.append(_bound(instruction.operation, parameters), instruction.qubits,
+                            instruction.clbits)
+            if instruction.operation.name != "measure":
                 continue
-            with out.if_test((clbit, trigger.outcome)):
-                _gates(out, trigger.actions)
-        branching = [t for t in triggers if t.branches]
-        if branching:
-            _branch(out, data, index + 1, parameters, branching, clbit, on_qubit, qubit_of,
-                    clbit_of)
+            qubit = self.index_of[instruction.qubits[0]]
+            outcomes = [fired(self.triggers, qubit, o) for o in (0, 1)]
+            if not any(f.actions for f in outcomes):
+                continue
+            later = self.used_after[index + 1]
+            values = [_after(parameters, f.actions) for f in outcomes]
+            splits = any(f.stopped for f in outcomes) or any(
+                _restricted(v, later) != _restricted(parameters, later) for v in values)
+            clbit = instruction.clbits[0]
+            if not splits:
+                self.branch(clbit, outcomes, None)
+                continue
+            self.depth += 1
+            if self.depth > MAX_NESTED_BRANCHES:
+                raise Invalid(f"feed-forward would nest more than {MAX_NESTED_BRANCHES} "
+                              "branches (measurements whose triggers stop or set a "
+                              "parameter used later)")
+            self.branch(clbit, outcomes, (index + 1, values))
+            self.depth -= 1
             return
 
+    def branch(self, clbit, outcomes: list[Fired], rest) -> None:
+        """One if/else on the measured bit: each outcome's gates, then, when `rest` is
+        (start, values per outcome), the rest of the circuit unless that outcome stopped."""
 
-def _branch(out, data, start, parameters, branching, clbit, on_qubit, qubit_of, clbit_of):
-    """The highest-priority branching trigger splits the rest of the circuit in two."""
-    trigger, others = branching[0], branching[1:]
-    with out.if_test((clbit, trigger.outcome)) as otherwise:
-        _gates(out, trigger.actions)
-        if not any(isinstance(a, StopAction) for a in trigger.actions):
-            updated = dict(parameters)
-            updated.update({a.name: a.value for a in trigger.actions
-                            if isinstance(a, SetAction)})
-            _emit(out, data, start, updated, on_qubit, qubit_of, clbit_of)
-    with otherwise:
-        remaining = [t for t in others if t.outcome != trigger.outcome]
-        if remaining:
-            _branch(out, data, start, parameters, remaining, clbit, on_qubit, qubit_of,
-                    clbit_of)
-        else:
-            _emit(out, data, start, parameters, on_qubit, qubit_of, clbit_of)
+        def body(outcome: int):
+            gates = [a for a in outcomes[outcome].actions if isinstance(a, GateAction)]
+            goes_on = rest is not None and not outcomes[outcome].stopped
+            if not gates and not goes_on:
+                return None
 
+            def emit() -> None:
+                for action in gates:
+                    self.gate(action)
+                if goes_on:
+                    self.emit(rest[0], rest[1][outcome])
 
-def _gates(out, actions) -> None:
-    from qiskit.circuit.library import get_standard_gate_name_mapping
+            return emit
 
-    library = get_standard_gate_name_mapping()
-    for action in actions:
-        if not isinstance(action, GateAction):
-            continue
-        template = library.get(action.name)
+        bodies = [body(0), body(1)]
+        present = [o for o in (1, 0) if bodies[o] is not None]
+        if not present:
+            return
+        self.count()
+        with self.out.if_test((clbit, present[0])) as otherwise:
+            bodies[present[0]]()
+        if len(present) == 2:
+            with otherwise:
+                bodies[present[1]]()
+
+    def gate(self, action: GateAction) -> None:
+        from qiskit.circuit.library import get_standard_gate_name_mapping
+
+        template = get_standard_gate_name_mapping().get(action.name)
         if template is None:
             raise Invalid(f"unknown gate {action.name!r} in a trigger")
+        self.count()
         gate = template.base_class(*action.params) if action.params else template
-        out.append(gate, [out.qubits[q] for q in action.qubits])
+        self.out.append(gate, [self.out.qubits[q] for q in action.qubits])
+
+
+def _after(parameters: dict[str, float], actions: list[Action]) -> dict[str, float]:
+    values = dict(parameters)
+    values.update((a.name, a.value) for a in actions if isinstance(a, SetAction))
+    return values
+
+
+def _restricted(values: dict[str, float], names: frozenset[str]) -> dict[str, float]:
+    return {k: v for k, v in values.items() if k in names}
+
+
+def _names(operation) -> frozenset[str]:
+    """The parameter names an operation (or the blocks of a control-flow op) uses."""
+    from qiskit.circuit import ControlFlowOp, ParameterExpression
+
+    if isinstance(operation, ControlFlowOp):
+        return frozenset(p.name for block in operation.blocks for p in block.parameters)
+    return frozenset(p.name for param in operation.params
+                     if isinstance(param, ParameterExpression) for p in param.parameters)
 
 
 def _bound(operation, parameters: dict[str, float]):
-    from qiskit.circuit import ParameterExpression
+    from qiskit.circuit import ControlFlowOp, ParameterExpression
 
-    if not any(isinstance(p, ParameterExpression) for p in operation.params):
+    names = _names(operation)
+    if not names:
         return operation
-    values = []
-    for param in operation.params:
-        if isinstance(param, ParameterExpression):
-            missing = [p.name for p in param.parameters if p.name not in parameters]
-            if missing:
-                raise Invalid(f"parameter {missing[0]} has no value (write `set "
-                              f"{missing[0]}=VALUE` to the task's ctl)")
-            param = float(param.bind({p: parameters[p.name] for p in param.parameters}))
-        values.append(param)
+    missing = sorted(names - parameters.keys())
+    if missing:
+        raise Invalid(f"parameter {missing[0]} has no value (write `set {missing[0]}=VALUE` "
+                      "to the task's ctl)")
+    if isinstance(operation, ControlFlowOp):
+        return operation.replace_blocks([
+            block.assign_parameters({p: parameters[p.name] for p in block.parameters})
+            for block in operation.blocks])
     bound = operation.copy()
-    bound.params = values
+    bound.params = [
+        float(p.bind({q: parameters[q.name] for q in p.parameters}))
+        if isinstance(p, ParameterExpression) else p for p in operation.params]
     return bound
-
-

@@ -77,6 +77,9 @@ class Live:
     stopped: bool = False
     last_run: dict[str, Any] | None = None
     restored: dict[str, Any] | None = None  # the last restore: checkpoint and fidelity
+    # Values `set` by triggers since the last reset: they last one live shot, as a `set`
+    # in a compiled circuit lasts one shot, and never change the task's own parameters.
+    parameters: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class LiveQubitManager:
@@ -351,11 +354,14 @@ class LiveQubitManager:
         if isinstance(command, ctl.SetAction):
             self._save(dataclasses.replace(
                 task, parameters={**task.parameters, command.name: command.value}))
-            return f"set {command.name}={command.value:g}"
+            if name in self._live:  # the latest statement holds, over a trigger's set
+                self._live[name].parameters.pop(command.name, None)
+            return f"set {command.name}={command.value!r}"
         if isinstance(command, ctl.Reset):
             live = self.live(name)
             live.state.reset()
             live.stopped = False  # the measurement history stays: it is a log
+            live.parameters.clear()
             return "reset to |0...0>"
         if isinstance(command, ctl.Measure):
             return self._measure(task, command.qubit)
@@ -391,6 +397,7 @@ class LiveQubitManager:
         live = self.live(task.name)
         live.state.vector = vector.copy()
         live.stopped = False
+        live.parameters.clear()
         live.restored = {"checkpoint": name, "format": meta["format"],
                          "fidelity": restored, "physical_qubits": list(task.qubits)}
         self._metrics.deserialization_seconds.observe(time.perf_counter() - started)
@@ -402,11 +409,8 @@ class LiveQubitManager:
         live = self.live(task.name)
         if live.stopped:
             raise Busy(f"task {task.name} was stopped by a trigger; write reset to start again")
-        parameters = dict(task.parameters)
-        outcome = dispatch_live(live.state, logical, task.triggers, parameters)
+        outcome = dispatch_live(live.state, logical, task.triggers, live.parameters)
         self._metrics.feedforward_latency_seconds.observe(outcome.latency_ns / 1e9)
-        if parameters != task.parameters:
-            self._save(dataclasses.replace(task, parameters=parameters))
         live.stopped = outcome.stopped
         record = {"qubit": logical, "physical": task.qubits[logical],
                   "outcome": outcome.outcome, "triggers": outcome.fired,
@@ -417,7 +421,8 @@ class LiveQubitManager:
 
     async def _apply(self, task: Task, command: ctl.Apply) -> str:
         circuit = self._circuit_for(task, command.circuit, command.version)
-        await self.apply_circuit(task.name, compile_dynamic(circuit, [], task.parameters))
+        parameters = {**task.parameters, **self.live(task.name).parameters}
+        await self.apply_circuit(task.name, compile_dynamic(circuit, [], parameters))
         return f"applied {command.circuit}"
 
     async def apply_circuit(self, name: str, circuit) -> None:
@@ -585,7 +590,7 @@ class LiveQubitManager:
                 "norm": float(probabilities.sum()),
                 "top_probabilities": {format(i, f"0{live.state.num_qubits}b"): float(p)
                                       for i, p in top if p > 1e-12},
-                "measurements": live.measurements,
+                "measurements": live.measurements, "parameters": live.parameters,
             }
             if live.restored is not None:
                 document["live"]["restored"] = live.restored

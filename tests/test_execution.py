@@ -51,8 +51,10 @@ def fit(counts: dict[str, int], expected: dict[str, float]) -> float:
 
 
 def last_result(qfs, circuit: str) -> dict:
-    results = sorted(os.listdir(qfs.circuits / circuit / "results"))
-    return json.loads((qfs.circuits / circuit / "results" / results[-1]).read_text())
+    """The newest run of a circuit (run names end in the mount's run counter)."""
+    results = [n for n in os.listdir(qfs.circuits / circuit / "results") if n.endswith(".json")]
+    newest = max(results, key=lambda n: int(n.removesuffix(".json").rsplit("-", 1)[1]))
+    return json.loads((qfs.circuits / circuit / "results" / newest).read_text())
 
 
 def test_run_writes_counts_that_fit_the_exact_distribution(qfs):
@@ -179,3 +181,39 @@ c[2] = measure q[2];
     assert refused(qfs.qubits / f"q{p0}" / "ctl", "on 1 do x q126") == errno.EINVAL
     assert refused(qfs.qubits / f"q{p0}" / "ctl", "on 1 do warp q" + str(p0)) == errno.EINVAL
     assert len((qfs.qubits / "tasks" / "ad" / "triggers").read_text().splitlines()) == 1
+
+
+def test_a_trigger_set_lasts_one_shot_on_both_paths(qfs):
+    """A `set` fired live holds until reset and leaves the task's own value alone, as a set
+    in the compiled circuit lasts one shot."""
+    header = 'OPENQASM 3.0;\ninclude "stdgates.inc";\ninput float[64] theta;\nqubit[3] q;\n'
+    qfs.write_circuit("adaptive", header + "bit[3] c;\nx q[0];\nc[0] = measure q[0];\n"
+                      "rx(theta) q[1];\nc[1] = measure q[1];\nx q[2];\nc[2] = measure q[2];\n")
+    qfs.write_circuit("flip", header.replace("input float[64] theta;\n", "") + "x q[0];\n")
+    qfs.write_circuit("rot", header + "rx(theta) q[1];\n")
+    command(qfs.qubits / "ctl", "alloc 3 task=sh topology=linear")
+    p0 = mapping(qfs, "sh")[0]
+    task = qfs.qubits / "tasks" / "sh"
+    command(task / "ctl", "set theta=0")
+    command(qfs.qubits / f"q{p0}" / "ctl", f"on 1 do set theta={math.pi!r}")
+
+    def p_one(qubit: int) -> float:
+        probabilities = json.loads((task / "state.json").read_text())["live"][
+            "top_probabilities"]
+        return sum(p for bits, p in probabilities.items() if bits[::-1][qubit] == "1")
+
+    command(task / "ctl", "apply flip")
+    command(task / "ctl", "measure q0")
+    command(task / "ctl", "apply rot")  # rx(pi) on q1 in this shot
+    assert p_one(1) == pytest.approx(1, abs=1e-12)
+    state = json.loads((task / "state.json").read_text())
+    assert state["parameters"] == {"theta": 0.0}
+    assert state["live"]["parameters"] == {"theta": math.pi}
+    command(task / "ctl", "reset")
+    command(task / "ctl", "apply rot")  # a new shot: theta is the task's 0 again
+    assert p_one(1) == pytest.approx(0, abs=1e-12)
+    command(task / "ctl", "run adaptive shots=200 noise=off")
+    assert last_result(qfs, "adaptive")["counts"] == {"111": 200}
+    command(qfs.qubits / f"q{p0}" / "ctl", "off all")
+    command(task / "ctl", "run adaptive shots=200 noise=off")
+    assert last_result(qfs, "adaptive")["counts"] == {"101": 200}
