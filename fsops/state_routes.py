@@ -5,6 +5,10 @@
                                         formats), readable by np.load from the mount
     /states/<ckpt>/blob                 the stored bytes exactly as kept
     mkdir /states/x; cp psi.npy /states/x/statevector.npy   imports a state
+
+/states is 1777, like /tmp: anyone may import, and only the owner of a checkpoint (or root)
+may remove it. A checkpoint's directory and files belong to its owner; the blob and the
+decoded state are 0400, since a state is its owner's data; meta.json is 0444.
 """
 
 import io
@@ -17,7 +21,7 @@ from fsops import nodes
 from fsops.nodes import Node
 from levels.errors import Invalid, NotFound, ReadOnly
 from levels.fabric import Fabric
-from levels.states import Request, meta_json, npy_bytes, npy_size
+from levels.states import Request, meta_json, npy_bytes, npy_size, owner_of
 
 Path = tuple[str, ...]
 STATES = "states"
@@ -27,25 +31,26 @@ IMPORT_FILES = {"statevector.npy": 1, "density_matrix.npy": 2}  # name -> array 
 def resolve(fabric: Fabric, path: Path) -> Node:
     store = fabric.states
     if len(path) == 1:
-        return nodes.directory(time.time_ns(), timeout=0.0)
+        return nodes.directory(time.time_ns(), perm=0o1777, timeout=0.0)
     name = path[1]
     if name in store.pending:
         if len(path) == 2:
-            return nodes.directory(time.time_ns(), timeout=0.0)
+            return owned(nodes.directory(time.time_ns(), timeout=0.0), store.pending[name])
         raise NotFound(f"{name} holds no state yet: cp a .npy file in")
     meta = store.get(name)
+    owner = owner_of(meta)
     if len(path) == 2:
-        return nodes.directory(meta["created_ns"], perm=0o555, timeout=0.0)
+        return owned(nodes.directory(meta["created_ns"], timeout=0.0), owner)
     leaf = path[2] if len(path) == 3 else ""
     created = meta["created_ns"]
     if leaf == "meta.json":
-        return nodes.constant(meta_json(meta), created)
+        return owned(nodes.constant(meta_json(meta), created), owner)
     if leaf == "blob":
         async def read_blob() -> bytes:
             return await trio.to_thread.run_sync(store.blob, name)
 
-        return Node(nodes.FILE, 0o444, created, size=meta["stored_bytes"], read=read_blob,
-                    attr_timeout=nodes.IMMUTABLE_TIMEOUT)
+        return Node(nodes.FILE, 0o400, created, size=meta["stored_bytes"], read=read_blob,
+                    attr_timeout=nodes.IMMUTABLE_TIMEOUT, uid=owner)
     if leaf == f"{meta['decodes_to']}.npy":
         async def read_state() -> bytes:
             key = (name, created)
@@ -56,9 +61,14 @@ def resolve(fabric: Fabric, path: Path) -> Node:
                 store.decoded_npy.put(key, data)
             return data
 
-        return Node(nodes.FILE, 0o444, created, size=npy_size(store.decoded_shape(name)),
-                    read=read_state, attr_timeout=nodes.IMMUTABLE_TIMEOUT)
+        return Node(nodes.FILE, 0o400, created, size=npy_size(store.decoded_shape(name)),
+                    read=read_state, attr_timeout=nodes.IMMUTABLE_TIMEOUT, uid=owner)
     raise NotFound("/".join(path))
+
+
+def owned(node: Node, uid: int) -> Node:
+    node.uid = uid
+    return node
 
 
 def list_names(fabric: Fabric, path: Path) -> list[str]:
@@ -85,6 +95,8 @@ def import_target(fabric: Fabric, path: Path) -> nodes.Commit:
     name = path[1]
 
     async def commit(data: bytes, uid: int) -> None:
+        owner = fabric.states.pending.get(name, uid)  # who made the directory
+
         def prepare():
             try:
                 array = np.load(io.BytesIO(data), allow_pickle=False)
@@ -92,10 +104,10 @@ def import_target(fabric: Fabric, path: Path) -> nodes.Commit:
                 raise Invalid(f"{path[2]} is not a .npy array: {exc}") from exc
             if array.ndim != rank:
                 raise Invalid(f"{path[2]} must be a {rank}-D array, not {array.ndim}-D")
-            return fabric.states.prepare(Request(name), array)
+            return fabric.states.prepare(Request(name, owner=owner), array)
 
         prepared = await trio.to_thread.run_sync(prepare)
         fabric.states.commit(prepared)
-        fabric.states.pending.discard(name)
+        fabric.states.pending.pop(name, None)
 
     return commit

@@ -8,6 +8,9 @@ write transaction that deletes a record finds no other record naming it; `_blob_
 keeps a commit from reusing a blob file between that decision and the unlink.
 The associated data of the encryption names the checkpoint, its format, qubit count and
 creation time, so a blob moved under another name or with edited metadata fails to open.
+A checkpoint belongs to a uid (the owner of its task, or whoever made the directory of an
+import): its decoded state is readable by that uid only, and it may name only that uid's
+checkpoints as parent, since a child keeps its parent from being deleted or expiring.
 
 Work is split as elsewhere: `prepare` (encode, measure fidelity, compress, encrypt) is
 CPU-heavy and runs in a worker thread; `commit` is one short transaction.
@@ -17,6 +20,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import re
 import threading
 import time
@@ -27,7 +31,15 @@ import numpy as np
 from levels import stateformats
 from levels.circuits import validate_name
 from levels.config import StateStoreConfig
-from levels.errors import Corrupt, Exists, Invalid, NotEmpty, NotFound, TooBig
+from levels.errors import (
+    Corrupt,
+    Exists,
+    Invalid,
+    NotEmpty,
+    NotFound,
+    PermissionDenied,
+    TooBig,
+)
 from levels.lru import LRU
 from levels.store.blobs import DirectoryBlobStore, is_key
 from levels.store.meta import MetaStore
@@ -72,6 +84,7 @@ class Request:
     encrypt: bool | None = None
     retention: str | None = None
     parent: str | None = None
+    owner: int = 0  # the importer's uid; a task's checkpoint belongs to the task's owner
 
 
 @dataclasses.dataclass
@@ -107,8 +120,9 @@ class StateStore:
             complex64=config.amplitude_precision == "complex64")
         self._retention = parse_duration(config.checkpoint_retention)
         self._blob_lock = threading.Lock()
-        # Directories made by mkdir that await an imported state (in memory, like scratch).
-        self.pending: set[str] = set()
+        # Directories made by mkdir that await an imported state, with the uid that made
+        # each (in memory, like scratch).
+        self.pending: dict[str, int] = {}
         # Decoded states as .npy bytes, by (name, created): reads of statevector.npy.
         self.decoded_npy: LRU[bytes] = LRU(max_entries=64, max_bytes=cache_bytes, sizeof=len)
 
@@ -160,6 +174,8 @@ class StateStore:
         """Encode, measure, compress and encrypt (slow: call from a worker thread)."""
         validate_name(request.name, "checkpoint name")
         retention = parse_duration(request.retention) if request.retention else self._retention
+        owner = self._owner(request)
+        parent = self._parent(request.parent, owner) if request.parent else None
         state = stateformats.validate_state(state)
         n = stateformats.num_qubits_of(state)
         raw_bytes = state.size * 16
@@ -171,8 +187,7 @@ class StateStore:
         started = time.perf_counter()
         encoded = stateformats.encode(state, fmt, self.options)
         parent_payload = None
-        if request.parent:
-            parent = self.get(request.parent)
+        if parent is not None:
             if parent["qubit_count"] != n:
                 raise Invalid(f"parent {request.parent} has {parent['qubit_count']} qubits, "
                               f"this state {n}")
@@ -186,7 +201,7 @@ class StateStore:
             "fidelity": encoded.fidelity,
             "entanglement_entropy": stateformats.entanglement_entropy(state),
             "raw_bytes": raw_bytes, "payload_bytes": len(encoded.payload),
-            "encrypted": encrypt, "parent": request.parent,
+            "encrypted": encrypt, "parent": request.parent, "owner": owner,
             "created_ns": created, "expires_ns": created + int(retention * 1e9),
             "decoded_sha256": hashlib.sha256(encoded.decoded.tobytes()).hexdigest(),
         }
@@ -200,6 +215,25 @@ class StateStore:
             raise TooBig(f"checkpoint is {len(blob) >> 20} MiB stored, over the limit")
         meta_json(meta)  # never store a record its meta.json could not show
         return Prepared(meta, blob)
+
+    def _owner(self, request: Request) -> int:
+        """The owner of the task whose state this is (its record in the tasks table is the
+        authority on ownership), else the importer."""
+        if request.task is not None:
+            with self._meta.reading() as txn:
+                raw = txn.get("tasks", request.task.encode())
+            if raw is not None:
+                return int(json.loads(raw)["owner"])
+        return request.owner
+
+    def _parent(self, name: str, owner: int) -> dict[str, Any]:
+        parent = self.get(name)
+        if owner_of(parent) != owner:
+            raise PermissionDenied(
+                f"parent {name} belongs to uid {owner_of(parent)}, this checkpoint to uid "
+                f"{owner}: a child keeps its parent from being deleted or expiring, so a "
+                "parent must have the same owner")
+        return parent
 
     def _format(self, request: Request, state: np.ndarray) -> tuple[str, str]:
         """The format asked for (strict), else the configured default where it fits the
@@ -239,19 +273,17 @@ class StateStore:
         blobs that no remaining record names."""
         self._drop(lambda records: [n for n in names if n in records])
 
-    def make_pending(self, name: str) -> None:
-        """mkdir /states/<name>: an empty directory awaiting an imported state."""
+    def make_pending(self, name: str, uid: int) -> None:
+        """mkdir /states/<name> by `uid`: an empty directory awaiting an imported state."""
         validate_name(name, "checkpoint name")
         with self._meta.reading() as txn:
             taken = txn.get("checkpoints", name.encode()) is not None
         if taken or name in self.pending:
             raise Exists(f"checkpoint {name} exists")
-        self.pending.add(name)
+        self.pending[name] = uid
 
     def remove_dir(self, name: str) -> None:
-        if name in self.pending:
-            self.pending.discard(name)
-        else:
+        if self.pending.pop(name, None) is None:
             self.delete(name)
 
     def delete(self, name: str) -> None:
@@ -303,6 +335,12 @@ class StateStore:
 FORMAT_ALIASES = {"tensor_network": "mps", "full_state_vector": "statevector",
                   "classical_shadow": "shadow", "stabilizer_tableau": "stabilizer",
                   "full_density_matrix": "density_matrix"}
+
+
+def owner_of(meta: dict[str, Any]) -> int:
+    """Records from before checkpoints had owners belong to the daemon's user (root, or
+    the one user of a mount that is not root's)."""
+    return int(meta.get("owner", os.getuid()))
 
 
 def _format_name(name: str) -> str:

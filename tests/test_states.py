@@ -7,7 +7,9 @@ import json
 import os
 import stat
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,6 +153,51 @@ def test_import_npy_and_refusals(qfs, tmp_path):
     _import(qfs, "mixed", rho, "density_matrix.npy")
     assert meta_of(qfs, "mixed")["format"] == "density_matrix"
     assert np.allclose(npy(qfs, "mixed", "density_matrix"), rho)
+
+
+def as_nobody(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "bash", "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_owners_pin_only_their_own_parents_and_alone_read_their_states(mount_factory):
+    base = Path(tempfile.mkdtemp(prefix="qfs-owner-"))
+    base.chmod(0o755)  # the mountpoint must be reachable for nobody
+    qfs = mount_factory(base=base)
+    states = qfs.root / "states"
+    prepared_task(qfs, "r")
+    command(qfs.qubits / "tasks" / "r" / "ctl", "checkpoint rootc format=statevector")
+    ctl = qfs.qubits / "tasks" / "n" / "ctl"
+    done = as_nobody(f"echo 'alloc 4 task=n' > {qfs.qubits / 'ctl'} && "
+                     f"echo 'apply prep' > {ctl} && "
+                     f"echo 'checkpoint mine format=statevector' > {ctl} && "
+                     f"echo 'checkpoint kid format=statevector parent=mine' > {ctl}")
+    assert done.returncode == 0, done.stderr
+    done = as_nobody(f"echo 'checkpoint child parent=rootc retention=3650d' > {ctl}")
+    assert done.returncode != 0 and "Permission denied" in done.stderr
+    assert "parent rootc belongs to uid 0" in (qfs.root / ".qfs" / "log").read_text()
+    psi = np.asarray(expected_state(ENTANGLED).data)
+    np.save(base / "psi.npy", psi)
+    done = as_nobody(f"mkdir {states / 'imp'} && cp {base / 'psi.npy'} "
+                     f"{states / 'imp' / 'statevector.npy'}")
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(states)) == ["imp", "kid", "mine", "rootc"]
+    for name, uid in (("rootc", 0), ("mine", 65534), ("kid", 65534), ("imp", 65534)):
+        for leaf, mode in (("statevector.npy", 0o400), ("blob", 0o400), ("meta.json", 0o444)):
+            st = os.stat(states / name / leaf)
+            assert (stat.S_IMODE(st.st_mode), st.st_uid) == (mode, uid), (name, leaf)
+    done = as_nobody(f"cat {states / 'mine' / 'statevector.npy'} "
+                     f"{states / 'imp' / 'blob'} >/dev/null")
+    assert done.returncode == 0, done.stderr
+    for leaf in ("statevector.npy", "blob"):
+        done = as_nobody(f"cat {states / 'rootc' / leaf} >/dev/null")
+        assert done.returncode != 0 and "Permission denied" in done.stderr
+    done = as_nobody(f"rm -rf {states / 'rootc'}")
+    assert done.returncode != 0 and (states / "rootc" / "meta.json").exists()
+    subprocess.run(["rm", "-r", str(states / "rootc")], check=True)  # nothing pins it
+    done = as_nobody(f"rm -r {states / 'kid'} {states / 'mine'} {states / 'imp'}")
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(states) == []
 
 
 def test_tampered_swapped_or_wrongly_keyed_blobs_are_refused(mount_factory, tmp_path):
