@@ -28,6 +28,7 @@ ERRNO: dict[type[errors.QfsError], int] = {
     errors.PermissionDenied: errno.EACCES,
     errors.Corrupt: errno.EIO,
     errors.TooBig: errno.EFBIG,
+    errors.WorkerDied: errno.EIO,
 }
 
 # Refusals that are routine lookups, not worth a line in /.qfs/log.

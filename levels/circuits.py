@@ -6,8 +6,10 @@ Layout in the metadata store (one write transaction per change):
   sources   id/n -> the program text exactly as written (what you write is what you read)
   results   id/run -> result JSON bytes
 Records are keyed by name but data by a stable id, so renaming a circuit moves one key.
-Parsing (slow, CPU-bound) is separate from committing (fast, one transaction): callers run
-`prepare_version` in a worker thread and `commit_version` where transactions are serialized.
+Parsing (slow, CPU-bound, native code on untrusted input) is separate from committing (fast,
+one transaction): `prepare_version` parses in a worker process (levels/workers.py; call it
+from a thread) and `commit_version` runs where transactions are serialized. Format views and
+pictures are made in worker processes too.
 """
 
 import dataclasses
@@ -20,12 +22,23 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from levels import qasm
 from levels.config import CircuitFsConfig
-from levels.errors import Exists, Invalid, NameTooLong, NotEmpty, NotFound, Unexpressible
+from levels.errors import (
+    Exists,
+    Invalid,
+    NameTooLong,
+    NotEmpty,
+    NotFound,
+    TooBig,
+    Unexpressible,
+    WorkerDied,
+)
 from levels.lru import LRU
-from levels.pictures import circuit_png, histogram_png
-from levels.qasm import VIEW_FORMATS, CircuitStats, circuit_stats, parse_program, render_view
+from levels.pictures import histogram_png
+from levels.qasm import VIEW_FORMATS, CircuitStats, ProgramLimits, parse_program
 from levels.store.meta import MetaStore, Txn
+from levels.workers import WorkerPool
 
 MAX_NAME_BYTES = 200
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]*$")
@@ -145,12 +158,17 @@ class CircuitStore:
         self,
         meta: MetaStore,
         config: CircuitFsConfig,
+        workers: WorkerPool,
         on_change: ChangeListener | None = None,
         cache_bytes: int = 64 << 20,
         notice: Notice | None = None,
     ) -> None:
         self._meta = meta
         self._config = config
+        self._workers = workers
+        self.limits = ProgramLimits(
+            max_bytes=config.max_program_bytes, max_qubits=config.max_program_qubits,
+            max_operations=config.max_program_operations, max_nesting=config.max_program_nesting)
         self._on_change = on_change or (lambda _name, _doc: None)
         self._notice = notice or (lambda _where, _what: None)
         self._parsed: LRU[Any] = LRU(max_entries=256)
@@ -205,21 +223,26 @@ class CircuitStore:
         return raw
 
     def view(self, name: str, n: int, fmt: str) -> bytes:
-        """A format view of version n; slow on a miss (parsing, drawing): call from a thread."""
+        """A format view of version n; slow on a miss (a worker renders): call from a thread.
+
+        One render makes every text view of a version (one parse); a picture is drawn
+        alone, on first demand."""
         if fmt not in (*VIEW_FORMATS, PICTURE):
             raise NotFound(f"no format view .{fmt}")
         stats = self.get(name).version(n).stats
-        key = (stats["sha256"], fmt)
-        cached = self._views.get(key)
+        cached = self._views.get((stats["sha256"], fmt))
         if cached is None:
-            circuit = self._circuit(name, n, stats["sha256"])
+            formats = (PICTURE,) if fmt == PICTURE else VIEW_FORMATS
             try:
-                cached = circuit_png(circuit) if fmt == PICTURE else render_view(circuit, fmt)
-            except Unexpressible as exc:
-                cached = str(exc)
-            self._views.put(key, cached)
+                views = self._workers.run(qasm.render_views, self.source(name, n), name, formats)
+            except WorkerDied as exc:
+                raise WorkerDied(f"{name} v{n}.{fmt} could not be made: {exc}") from exc
+            for each, made in views.items():
+                self._views.put((stats["sha256"], each), made)
+            cached = views[fmt]
         if isinstance(cached, str):
-            raise Unexpressible(f"{name} v{n}.{fmt}: {cached}")
+            refusal = TooBig if cached.startswith("too large") else Unexpressible
+            raise refusal(f"{name} v{n}.{fmt}: {cached}")
         return cached
 
     def has_picture(self, name: str, n: int) -> bool:
@@ -239,7 +262,7 @@ class CircuitStore:
                     raise TypeError("not a mapping of outcomes to counts")
             except (KeyError, TypeError, ValueError) as exc:
                 raise NotFound(f"{name} result {run} has no counts to draw ({exc})") from exc
-            cached = histogram_png(counts, f"{name}: {run}")
+            cached = self._workers.run(histogram_png, counts, f"{name}: {run}")
             self._views.put(key, cached)
         assert isinstance(cached, bytes)
         return cached
@@ -263,7 +286,7 @@ class CircuitStore:
     def _circuit(self, name: str, n: int, sha256: str) -> Any:
         circuit = self._parsed.get(sha256)
         if circuit is None:
-            circuit = parse_program(self.source(name, n))
+            circuit = parse_program(self.source(name, n), self.limits)
             self._parsed.put(sha256, circuit)
         return circuit
 
@@ -322,11 +345,16 @@ class CircuitStore:
         self._on_change(old, None)
         self._on_change(new, circuit.search_document())
 
-    @staticmethod
-    def prepare_version(source: bytes) -> PreparedVersion:
-        """Parse and measure a program (slow; run it in a worker thread)."""
-        circuit = parse_program(source)
-        return PreparedVersion(source, circuit_stats(source, circuit))
+    def prepare_version(self, source: bytes) -> PreparedVersion:
+        """Check, parse and measure a new program in a worker process (blocking: call it
+        from a thread). A program the parser cannot survive is refused, never retried here."""
+        if len(source) > self.limits.max_bytes:
+            qasm.check_source(source, self.limits)  # refuses before the bytes travel
+        try:
+            stats = self._workers.run(qasm.prepare, source, self.limits)
+        except WorkerDied as exc:
+            raise Invalid(f"the parser could not handle this program: {exc}") from exc
+        return PreparedVersion(source, stats)
 
     def commit_version(self, name: str, prepared: PreparedVersion, create: bool = False) -> int:
         """Store a prepared program as the next version (one transaction); returns its number.

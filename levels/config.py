@@ -34,6 +34,11 @@ class CircuitFsConfig(_Section):
     similar_result_limit: int = 10
     index_commit_interval_ms: int = 1000
     lmdb_map_size_mb: int = 65536
+    # What one program may ask for (levels/qasm.py ProgramLimits): over a limit is EFBIG.
+    max_program_bytes: int = Field(default=4 << 20, ge=64)
+    max_program_qubits: int = Field(default=1024, ge=1)
+    max_program_operations: int = Field(default=100_000, ge=1)
+    max_program_nesting: int = Field(default=64, ge=1)
 
 
 class StateStoreConfig(_Section):
@@ -88,6 +93,10 @@ class PerformanceConfig(_Section):
     io_threads: int = 4
     compression_threads: int = 2
     telemetry_buffer_size: int = 1000
+    # Worker processes for Qiskit/Aer work on programs (levels/workers.py) and their limits.
+    worker_processes: int = Field(default=2, ge=1, le=64)
+    worker_memory_mb: int = Field(default=4096, ge=512)
+    worker_cpu_seconds: int = Field(default=120, ge=1)
 
 
 class Config(BaseModel):

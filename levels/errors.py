@@ -55,3 +55,8 @@ class Corrupt(QfsError):
 
 class TooBig(QfsError):
     """The object exceeds a configured size limit."""
+
+
+class WorkerDied(QfsError):
+    """A worker process doing native library work crashed, ran out of its limits or was
+    stopped; the daemon goes on. Callers parsing a new program refuse it as Invalid."""

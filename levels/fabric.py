@@ -40,7 +40,11 @@ class Fabric:
         )
         # cross_level.cache_size_mb: half for circuit views, half for decoded states.
         cache_bytes = (config.cross_level.cache_size_mb << 20) // 2
-        self.circuits = CircuitStore(self.meta, cfs, on_change=self.search.submit,
+        perf = config.performance
+        self.workers = workers.WorkerPool(perf.worker_processes, workers.Limits(
+            memory_mb=perf.worker_memory_mb, cpu_seconds=perf.worker_cpu_seconds,
+            wall_seconds=perf.worker_cpu_seconds * 2))
+        self.circuits = CircuitStore(self.meta, cfs, self.workers, on_change=self.search.submit,
                                      cache_bytes=cache_bytes, notice=self.oplog.note)
         self.metrics = Metrics()
         self.metrics.caches += self.circuits.caches()
@@ -73,10 +77,14 @@ class Fabric:
                 self.meta.sync()
             except Exception:
                 log.exception("background sync of the metadata store failed")
+            try:
+                self.states.expire()  # here, not in listings: a readdir deletes nothing
+            except Exception:
+                log.exception("expiring checkpoints failed")
 
     def close(self) -> None:
         self._closing.set()
         self._syncer.join(timeout=10)
         self.search.close()
         self.meta.close()
-        workers.shutdown()
+        self.workers.shutdown()

@@ -1,57 +1,197 @@
 """OpenQASM parsing and the format views of a circuit, with Qiskit's own loaders.
 
+Programs are untrusted: everything here that touches Qiskit runs in a worker process
+(levels/workers.py), and `check_source` refuses, before any parser sees the text, what
+would make a parser allocate without bound (a `qreg q[100000000]`), read host files (an
+`include` of anything but the standard gate libraries) or recurse without bound (deep
+nesting). The limits are configuration (`circuit_fs.max_program_*`).
+
 The parser is chosen from the program's version line (PERF-NOTES: the reference OpenQASM 3
-importer can take seconds to refuse an OpenQASM 2 file). OpenQASM 2 is read the way
-`QuantumCircuit.from_qasm_str` reads it (legacy gates such as sx, swap, cswap accepted), so
-files that Qiskit itself exports are accepted. For OpenQASM 3 the fast Rust importer is tried
-first, isolated (it can raise a pyo3 PanicException, which is not an Exception), with the
-reference importer as the fallback that decides.
+importer can take seconds to refuse an OpenQASM 2 file); a program without one is read by
+its syntax (`qreg`, `creg` or `include "qelib1.inc"` mean OpenQASM 2, as Qiskit's own
+OpenQASM 2 loader accepts such files). OpenQASM 2 is read the way
+`QuantumCircuit.from_qasm_str` reads it (legacy gates such as sx, swap, cswap accepted).
+For OpenQASM 3 the fast Rust importer is tried first, isolated (it can raise a pyo3
+PanicException, which is not an Exception), with the reference importer as the fallback
+that decides; the Rust importer's diagnostics (line:column) are kept for the reason.
 """
 
+import contextlib
 import hashlib
 import io
+import os
 import re
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from levels.errors import Invalid, Unexpressible
+from levels import workers
+from levels.errors import Invalid, TooBig, Unexpressible
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
 
 _VERSION_LINE = re.compile(rb"OPENQASM\s+([0-9]+)(?:\.([0-9]+))?\s*;")
 _LEADING_COMMENTS = re.compile(rb"\A(?:\s+|//[^\n]*\n|/\*.*?\*/)*", re.DOTALL)
+_QASM2_SYNTAX = re.compile(rb"\b(?:qreg|creg)\b|\binclude\s*\"qelib1\.inc\"")
+_COMMENTS = re.compile(rb"//[^\n]*|/\*.*?\*/", re.DOTALL)
+_INCLUDE_WORD = re.compile(rb"\binclude\b")
+_INCLUDE = re.compile(rb"\binclude\s*[\"']([^\"'\n]{0,200})[\"']\s*;")
+_DECLARED_SIZE = re.compile(rb"\b(qreg|creg)\s+[A-Za-z_][A-Za-z0-9_]*\s*\[\s*([0-9]+)\s*\]"
+                            rb"|\b(qubit|bit)\s*\[\s*([0-9]+)\s*\]")
+_PHYSICAL_QUBIT = re.compile(rb"\$([0-9]+)")
+_BRACKETS = re.compile(rb"[()\[\]{}]")
+_OPENING = frozenset(b"([{")
+_STANDARD_INCLUDES = ("qelib1.inc", "stdgates.inc")
 
 # Format views made on read, by file extension.
 VIEW_FORMATS = ("qpy", "qasm2", "qasm3", "txt")
+MAX_TEXT_DRAWN_OPERATIONS = 10_000  # the text drawing costs ~6 KB per operation
+
+
+@dataclass(frozen=True)
+class ProgramLimits:
+    """What one program may ask of the fabric (circuit_fs.max_program_* in the config)."""
+
+    max_bytes: int = 4 << 20
+    max_qubits: int = 1024
+    max_operations: int = 100_000
+    max_nesting: int = 64
 
 
 def qasm_major_version(source: bytes) -> int:
-    """3 or 2, from the version line at the top; OpenQASM 3 allows leaving it out."""
+    """3 or 2, from the version line at the top, else from the program's syntax."""
     head = _LEADING_COMMENTS.match(source)
     start = head.end() if head else 0
     match = _VERSION_LINE.match(source, start)
     if match is None:
-        return 3
+        return 2 if _QASM2_SYNTAX.search(source) else 3
     return int(match.group(1))
+
+
+def check_source(source: bytes, limits: ProgramLimits) -> str:
+    """The program as text, or a refusal for what no parser should be given."""
+    if len(source) > limits.max_bytes:
+        raise TooBig(f"program of {len(source)} bytes; the limit is {limits.max_bytes} "
+                     "(circuit_fs.max_program_bytes)")
+    try:
+        text = source.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Invalid(f"not UTF-8 text (byte {exc.start})") from exc
+    if not text.strip():
+        raise Invalid("empty program")
+    code = _COMMENTS.sub(b" ", source)
+    _check_includes(code)
+    _check_sizes(code, limits)
+    _check_nesting(code, limits.max_nesting)
+    return text
+
+
+def _check_includes(code: bytes) -> None:
+    allowed = {m.start() for m in _INCLUDE.finditer(code)
+               if m.group(1).decode("utf-8", "replace") in _STANDARD_INCLUDES}
+    for word in _INCLUDE_WORD.finditer(code):
+        if word.start() not in allowed:
+            named = _INCLUDE.match(code, word.start())
+            what = repr(named.group(1).decode("utf-8", "replace")) if named else "this include"
+            raise Invalid(f"include of {what} refused: only {' and '.join(_STANDARD_INCLUDES)} "
+                          "can be included (qfs never reads host files for a program)")
+
+
+def _check_sizes(code: bytes, limits: ProgramLimits) -> None:
+    qubits = clbits = 0
+    for match in _DECLARED_SIZE.finditer(code):
+        kind = (match.group(1) or match.group(3)).decode()
+        size = int(match.group(2) or match.group(4))
+        if kind in ("qreg", "qubit"):
+            qubits += size
+        else:
+            clbits += size
+    physical = max((int(m.group(1)) + 1 for m in _PHYSICAL_QUBIT.finditer(code)), default=0)
+    for what, count in (("qubits", max(qubits, physical)), ("classical bits", clbits)):
+        if count > limits.max_qubits:
+            raise TooBig(f"declares {count} {what}; the limit is {limits.max_qubits} "
+                         "(circuit_fs.max_program_qubits)")
+
+
+def _check_nesting(code: bytes, max_nesting: int) -> None:
+    depth = 0
+    for match in _BRACKETS.finditer(code):
+        if match.group()[0] in _OPENING:
+            depth += 1
+            if depth > max_nesting:
+                raise Invalid(f"brackets nested more than {max_nesting} deep "
+                              "(circuit_fs.max_program_nesting)")
+        else:
+            depth = max(depth - 1, 0)
+
+
+@contextlib.contextmanager
+def _captured_output(lines: list[str]) -> Iterator[None]:
+    """Collect what native code prints on file descriptors 1 and 2 while inside (the Rust
+    importer prints its diagnostics instead of putting them in the exception). Only in a
+    worker process: in the daemon, those descriptors are shared by every thread."""
+    if not workers.IN_WORKER:
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        saved = [os.dup(fd) for fd in (1, 2)]
+        for fd in (1, 2):
+            os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in zip((1, 2), saved, strict=True):
+                os.dup2(original, fd)
+                os.close(original)
+            capture.seek(0)
+            lines.extend(capture.read(64 * 1024).decode("utf-8", "replace").splitlines())
+
+
+def _diagnostic(lines: list[str]) -> str:
+    """`Expected ',' at line 4, column 7`, from the Rust importer's printed report."""
+    message = location = ""
+    for line in lines:
+        text = line.strip()
+        if not message and text.startswith("Error:"):
+            message = text[len("Error:"):].strip()
+        found = re.search(r"\[no file:([0-9]+):([0-9]+)\]", text)
+        if found and not location:
+            location = f" at line {found.group(1)}, column {found.group(2)}"
+    return f"{message}{location}" if message else ""
 
 
 def _load_qasm3(text: str) -> "QuantumCircuit":
     from qiskit import qasm3
 
+    diagnostic = ""
+    printed: list[str] = []
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _captured_output(printed):
             warnings.simplefilter("ignore")
             return qasm3.loads_experimental(text)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException:  # pyo3 PanicException derives from BaseException only
-        pass
+    except BaseException as exc:  # pyo3 PanicException derives from BaseException only
+        diagnostic = _diagnostic(printed)
+        unsupported = "not yet handled during OpenQASM 3 import: "
+        if unsupported in str(exc):
+            construct = str(exc).split(unsupported, 1)[1].split("(", 1)[0]
+            diagnostic = f"{construct} is not supported by Qiskit's OpenQASM 3 importer"
     try:
-        return qasm3.loads(text)
+        circuit = qasm3.loads(text)
     except Exception as exc:
-        raise Invalid(f"OpenQASM 3 rejected by Qiskit: {_first_line(exc)}") from exc
+        reason = diagnostic or _first_line(exc)
+        raise Invalid(f"OpenQASM 3 rejected by Qiskit: {reason}") from exc
+    if any(instruction.operation.name == "for_loop" for instruction in circuit.data):
+        raise Invalid("OpenQASM 3 rejected: a `for` loop is not supported by Qiskit's OpenQASM "
+                      "3 importer (its loop variable would be left unbound)")
+    return circuit
 
 
 def _load_qasm2(text: str) -> "QuantumCircuit":
@@ -72,17 +212,19 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(text.split())[:400]
 
 
-def parse_program(source: bytes) -> "QuantumCircuit":
-    """Parse OpenQASM 2 or 3 bytes into a QuantumCircuit, or raise Invalid with the reason."""
-    try:
-        text = source.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Invalid(f"not UTF-8 text (byte {exc.start})") from exc
-    if not text.strip():
-        raise Invalid("empty program")
-    if qasm_major_version(source) == 2:
-        return _load_qasm2(text)
-    return _load_qasm3(text)
+def parse_program(source: bytes, limits: ProgramLimits | None = None) -> "QuantumCircuit":
+    """Parse OpenQASM 2 or 3 bytes into a QuantumCircuit, or raise Invalid/TooBig with the
+    reason. Call it in a worker process for a program not yet accepted."""
+    limits = limits or ProgramLimits()
+    text = check_source(source, limits)
+    circuit = _load_qasm2(text) if qasm_major_version(source) == 2 else _load_qasm3(text)
+    if circuit.size() > limits.max_operations:
+        raise TooBig(f"{circuit.size()} operations; the limit is {limits.max_operations} "
+                     "(circuit_fs.max_program_operations)")
+    if circuit.num_qubits > limits.max_qubits:
+        raise TooBig(f"{circuit.num_qubits} qubits; the limit is {limits.max_qubits} "
+                     "(circuit_fs.max_program_qubits)")
+    return circuit
 
 
 @dataclass(frozen=True)
@@ -144,5 +286,33 @@ def render_view(circuit: "QuantumCircuit", fmt: str) -> bytes:
         except Exception as exc:
             raise Unexpressible(f"not expressible in OpenQASM 3: {_first_line(exc)}") from exc
     if fmt == "txt":
+        if circuit.size() > MAX_TEXT_DRAWN_OPERATIONS:
+            raise TooBig(f"too large to draw as text ({circuit.size()} operations; the limit is "
+                         f"{MAX_TEXT_DRAWN_OPERATIONS}): read the .qasm3 view instead")
         return str(circuit.draw(output="text")).encode() + b"\n"
     raise Invalid(f"unknown format view .{fmt}")
+
+
+# -- jobs for worker processes (levels/workers.py): bytes in, plain data out ---------------
+
+
+def prepare(source: bytes, limits: ProgramLimits) -> CircuitStats:
+    """Check, parse and measure a program that is not yet stored."""
+    return circuit_stats(source, parse_program(source, limits))
+
+
+def render_views(source: bytes, title: str, formats: tuple[str, ...]) -> dict[str, bytes | str]:
+    """Every format view of one stored version from a single parse: the bytes, or the
+    reason the format cannot hold it. The circuit is named after the fabric's circuit, so
+    a view is the same bytes on every mount (Qiskit would number it `circuit-53`)."""
+    from levels.pictures import circuit_png
+
+    circuit = parse_program(source, ProgramLimits(max_bytes=len(source)))
+    circuit.name = title
+    views: dict[str, bytes | str] = {}
+    for fmt in formats:
+        try:
+            views[fmt] = circuit_png(circuit) if fmt == "png" else render_view(circuit, fmt)
+        except (Unexpressible, TooBig) as exc:
+            views[fmt] = str(exc)
+    return views

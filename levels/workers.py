@@ -1,52 +1,260 @@
-"""A process pool for CPU-heavy pure-Python work (the reference OpenQASM 3 importer).
+"""Supervised worker processes for native library work on untrusted input.
 
-A worker thread is not enough for such work: it holds the GIL, and every FUSE request of
-the daemon then waits for it (a 4 s parse made `ls` take 0.3 s). Small jobs stay in
-threads, where a process round trip would cost more than it saves. The pool starts on first
-use with the `spawn` method, because forking a daemon that runs threads is unsafe.
+Qiskit's Rust importer, Aer's C++ simulator and matplotlib run native code that a hostile
+or merely unusual program can crash (10,000 nested parentheses overflow the importer's
+stack) or make exhaust memory. In the daemon such a crash ends the mount; here it costs
+one request. Each job runs in a worker process under limits on address space and CPU time;
+a worker that dies or overruns is replaced, its request fails with WorkerDied (the caller
+decides the errno: EINVAL for a program the parser could not survive, EIO otherwise), and
+every other request goes on. Nothing is ever retried in the daemon.
+
+Workers are fresh interpreters (`python -m levels.workers`), never forks of the daemon
+(forking a process that runs threads is unsafe), talking over a socket pair; plain
+subprocesses, not multiprocessing's spawn, which would also start a resource-tracker
+process that outlives a killed daemon. They are started from one long-lived thread:
+PR_SET_PDEATHSIG fires when the *thread* that started a child exits, so starting workers
+from trio's recycled threads would kill them at random. They die with the daemon (the
+death signal, and a watchdog on the parent's pid), so a kill -9 leaves no process behind.
 """
 
-import atexit
 import concurrent.futures
-import multiprocessing
+import contextlib
+import ctypes
+import dataclasses
+import importlib
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable
-from typing import TypeVar
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+from levels.errors import QfsError, WorkerDied
 
 T = TypeVar("T")
 
-_lock = threading.Lock()
-_pool: concurrent.futures.ProcessPoolExecutor | None = None
+_PR_SET_PDEATHSIG = 1
+QISKIT = ("qiskit.qasm2", "qiskit.qasm3")
+IN_WORKER = False  # True inside a worker process: jobs may then take over its stderr
 
 
-def _get_pool() -> concurrent.futures.ProcessPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=2, mp_context=multiprocessing.get_context("spawn")
-            )
-            atexit.register(shutdown)
-        return _pool
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one worker may use: address space for its whole life, CPU time per job, and
+    wall-clock time per job (a job blocked on nothing CPU-bound is still bounded)."""
+
+    memory_mb: int = 4096
+    cpu_seconds: int = 60
+    wall_seconds: float = 120.0
 
 
-def run_in_process(function: Callable[..., T], *args: object) -> T:
-    """Run `function(*args)` in a pool process and wait (blocking: call it from a thread).
+class _Worker:
+    """One worker process and the daemon's end of its pipe."""
 
-    Where no process can be spawned (a program read from stdin has no main module for the
-    child to import) it runs here instead, in the calling thread."""
-    global _pool
-    try:
-        return _get_pool().submit(function, *args).result()
-    except concurrent.futures.process.BrokenProcessPool:
-        with _lock:
-            _pool = None
-        return function(*args)
+    def __init__(self, process: subprocess.Popen, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+
+    def call(self, function: Callable[..., Any], args: tuple, limits: Limits) -> Any:
+        try:
+            self.conn.send((function, args, limits.cpu_seconds))
+            if not self.conn.poll(limits.wall_seconds):
+                self.kill()
+                raise WorkerDied(f"took longer than {limits.wall_seconds:g} s and was stopped")
+            status, value = self.conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            raise WorkerDied(self._death()) from None
+        if status == "ok":
+            return value
+        if status == "refused":
+            raise value
+        raise RuntimeError(value)  # a bug in the job: the caller's guard logs it as such
+
+    def _death(self) -> str:
+        """Why the worker is gone, in words: a signal name or an exit status."""
+        try:
+            code = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return "worker stopped answering"
+        if code < 0:
+            name = signal.Signals(-code).name
+            if name == "SIGXCPU":
+                return "used more CPU time than allowed and was stopped"
+            return f"worker crashed ({name})"
+        if code == _OUT_OF_MEMORY:
+            return "ran out of the memory a worker may use"
+        return f"worker exited with status {code}"
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        self.conn.close()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
 
-def shutdown() -> None:
-    global _pool
-    with _lock:
-        if _pool is not None:
-            _pool.shutdown(wait=False, cancel_futures=True)
-            _pool = None
+_OUT_OF_MEMORY = 75
+
+
+class WorkerPool:
+    """At most `size` workers, started on first use, each serving one job at a time."""
+
+    def __init__(self, size: int, limits: Limits, preload: tuple[str, ...] = QISKIT) -> None:
+        self.limits = limits
+        self._preload = preload
+        self._size = max(1, size)
+        self._idle: list[_Worker] = []
+        self._started = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._spawner = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="qfs-spawner")
+        self.crashes = 0
+
+    def run(self, function: Callable[..., T], *args: object, limits: Limits | None = None) -> T:
+        """`function(*args)` in a worker (blocking: call it from a thread). `function` must
+        be importable by name; QfsError refusals it raises reach the caller unchanged."""
+        worker = self._checkout()
+        try:
+            result = worker.call(function, args, limits or self.limits)
+        except WorkerDied:
+            worker.kill()
+            self._forget()
+            self.crashes += 1
+            raise
+        except BaseException:
+            self._checkin(worker)
+            raise
+        self._checkin(worker)
+        return result
+
+    def _checkout(self) -> _Worker:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise WorkerDied("the filesystem is shutting down")
+                while self._idle:
+                    worker = self._idle.pop()
+                    if worker.alive():
+                        return worker
+                    worker.kill()
+                    self._started -= 1
+                if self._started < self._size:
+                    self._started += 1
+                    break
+                self._cond.wait()
+        try:
+            return self._spawner.submit(self._start).result()
+        except BaseException:
+            self._forget()
+            raise
+
+    def _start(self) -> _Worker:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "levels.workers", str(theirs.fileno()),
+                 str(self.limits.memory_mb), str(os.getpid()), *self._preload],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+        return _Worker(process, Connection(ours.detach()))
+
+    def _checkin(self, worker: _Worker) -> None:
+        with self._cond:
+            if self._closed:
+                worker.kill()
+            else:
+                self._idle.append(worker)
+            self._cond.notify()
+
+    def _forget(self) -> None:
+        with self._cond:
+            self._started -= 1
+            self._cond.notify()
+
+    def shutdown(self) -> None:
+        """Stop every idle worker now; busy ones are stopped as their jobs come back."""
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._cond.notify_all()
+        for worker in idle:
+            worker.kill()
+        self._spawner.shutdown(wait=False)
+
+
+# -- the worker's side -----------------------------------------------------------------------
+
+
+def _serve(conn: Connection, memory_mb: int, parent_pid: int, preload: list[str]) -> None:
+    """A worker's life: die with the parent, take the limits, import what its jobs use
+    (once, not inside the first request), then answer jobs until the pipe closes."""
+    global IN_WORKER
+    IN_WORKER = True
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C of a foreground daemon is its own
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    limit = memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    for module in preload:
+        importlib.import_module(module)
+    while True:
+        try:
+            function, args, cpu_seconds = conn.recv()
+        except (EOFError, OSError):
+            return
+        _allow_cpu(cpu_seconds)
+        try:
+            reply: tuple[str, Any] = ("ok", function(*args))
+        except QfsError as exc:
+            reply = ("refused", exc)
+        except MemoryError:
+            os._exit(_OUT_OF_MEMORY)
+        except Exception as exc:
+            reply = ("bug", f"{type(exc).__name__}: {exc} (in a worker)\n"
+                            f"{traceback.format_exc()}")
+        try:
+            conn.send(reply)
+        except MemoryError:
+            os._exit(_OUT_OF_MEMORY)
+        except Exception as exc:  # an unpicklable result is a bug in the job
+            conn.send(("bug", f"cannot send the result back: {type(exc).__name__}: {exc}"))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(0)
+
+    def watch() -> None:  # second line: a job in native code that holds the GIL is
+        while os.getppid() == parent_pid:  # still ended by the death signal
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _allow_cpu(seconds: int) -> None:
+    """The CPU-time limit is per process; move it to what is used now plus this job's share."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = int(usage.ru_utime + usage.ru_stime) + seconds + 1
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+if __name__ == "__main__":
+    # Serve from the importable module, not __main__, so that jobs see its IN_WORKER.
+    from levels import workers
+
+    workers._serve(Connection(int(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]),
+                   sys.argv[4:])

@@ -3,8 +3,9 @@
 SIGTERM/SIGINT/SIGHUP end the loop through pyfuse3.terminate() and unmount cleanly;
 `fusermount3 -u` ends it from outside. After an unexpected exception the mountpoint is
 left as it is (close(unmount=False)), never unmounted, so that a tool such as rsync --delete
-cannot mistake an empty directory for an emptied fabric. SIGUSR1 dumps every thread's stack
-to the log.
+cannot mistake an empty directory for an emptied fabric. A fatal signal (a native crash)
+writes every thread's stack to qfs.log before the process dies, and SIGUSR1 does the same
+on demand.
 """
 
 import faulthandler
@@ -81,6 +82,7 @@ def run(
 ) -> int:
     """Mount and serve until unmounted; `ready` hears None once mounted, or the reason not."""
     stack_log = open(data_dir / "qfs.log", "a")  # noqa: SIM115 - lives as long as the daemon
+    faulthandler.enable(file=stack_log, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=stack_log, all_threads=True)
     try:
         fabric = Fabric(data_dir, config, reindex=reindex, key_file=key_file)

@@ -109,14 +109,13 @@ def bulk_load(data: Path, count: int) -> Json:
 
     The corpus is not uniform on purpose: `qubits:5` then matches a quarter, not everything.
     """
-    from levels.circuits import CircuitStore
     from levels.config import load_config
     from levels.fabric import Fabric
 
     started = time.perf_counter()
     fabric = Fabric(data, load_config())
     try:
-        prepared = {q: CircuitStore.prepare_version(program(q, extra))
+        prepared = {q: fabric.circuits.prepare_version(program(q, extra))
                     for q, extra in QUBIT_VARIANTS.items()}
         qubit_list = list(QUBIT_VARIANTS)
         for start in range(0, count, LOAD_CHUNK):

@@ -517,7 +517,6 @@ def bench_run(mnt: Path, fabric, device, base: Path, sizes: Sizes) -> Json:
     from qiskit import transpile
     from qiskit_aer import AerSimulator
 
-    from levels.circuits import CircuitStore
     from levels.ctl import Alloc
 
     source = base / "ghz.qasm"
@@ -529,7 +528,8 @@ def bench_run(mnt: Path, fabric, device, base: Path, sizes: Sizes) -> Json:
     task_dir = mnt / "qubits" / "tasks" / "r"
     physical = mapping_of(task_dir)
     ctl = task_dir / "ctl"
-    fabric.circuits.commit_version("ghz", CircuitStore.prepare_version(GHZ.encode()), create=True)
+    prepared = fabric.circuits.prepare_version(GHZ.encode())
+    fabric.circuits.commit_version("ghz", prepared, create=True)
     local_task = fabric.qubits.allocate(DEVICE, Alloc(GHZ_QUBITS, "r", "linear"), uid=0)
 
     say("run: cold run through the mount (builds the device noise model in the daemon)")

@@ -18,8 +18,8 @@ def fabric(tmp_path):
     f.close()
 
 
-def prepare(text: str):
-    return CircuitStore.prepare_version(text.encode())
+def prepare(store: CircuitStore, text: str):
+    return store.prepare_version(text.encode())
 
 
 def test_version_line_chooses_the_parser():
@@ -48,22 +48,22 @@ def test_names():
 
 def test_versions_retention_and_dedup(fabric):
     store = fabric.circuits
-    assert store.commit_version("bell", prepare(BELL), create=True) == 1
-    assert store.commit_version("bell", prepare(BELL)) == 1
-    assert store.commit_version("bell", prepare(GHZ3)) == 2
-    assert store.commit_version("bell", prepare(BELL)) == 3
+    assert store.commit_version("bell", prepare(store, BELL), create=True) == 1
+    assert store.commit_version("bell", prepare(store, BELL)) == 1
+    assert store.commit_version("bell", prepare(store, GHZ3)) == 2
+    assert store.commit_version("bell", prepare(store, BELL)) == 3
     circuit = store.get("bell")
     assert [v.n for v in circuit.versions] == [2, 3]
     assert store.source("bell") == BELL.encode()
     with pytest.raises(NotFound):
         store.source("bell", 1)
     with pytest.raises(NotFound):
-        store.commit_version("absent", prepare(BELL))
+        store.commit_version("absent", prepare(store, BELL))
 
 
 def test_rename_delete_and_results(fabric):
     store = fabric.circuits
-    store.commit_version("a", prepare(BELL), create=True)
+    store.commit_version("a", prepare(store, BELL), create=True)
     store.create("b")
     with pytest.raises(Exists):
         store.rename("a", "b")
@@ -88,8 +88,8 @@ def test_meta_validation():
 
 def test_search_sees_every_change_before_it(fabric):
     store = fabric.circuits
-    store.commit_version("bell", prepare(BELL), create=True)
-    store.commit_version("ghz", prepare(GHZ3), create=True)
+    store.commit_version("bell", prepare(store, BELL), create=True)
+    store.commit_version("ghz", prepare(store, GHZ3), create=True)
     store.update_meta("ghz", lambda m: {**m, "tags": ["entanglement"]})
     assert fabric.search.search("tag:entanglement") == ["ghz"]
     assert sorted(fabric.search.search("gate:cx")) == ["bell", "ghz"]

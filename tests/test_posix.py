@@ -6,7 +6,6 @@ import subprocess
 
 import pytest
 
-from levels.circuits import CircuitStore
 from levels.config import load_config
 from levels.fabric import Fabric
 from tests.conftest import BELL, GHZ3
@@ -61,7 +60,7 @@ def test_statfs(qfs):
 def test_ten_thousand_circuits_list(mount_factory, tmp_path):
     data = tmp_path / "data"
     fabric = Fabric(data, load_config())
-    prepared = CircuitStore.prepare_version(BELL.encode())
+    prepared = fabric.circuits.prepare_version(BELL.encode())
     names = [f"c{i:05d}" for i in range(10_050)]
     fabric.circuits.commit_many(names, prepared)
     fabric.close()

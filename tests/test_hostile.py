@@ -1,0 +1,162 @@
+"""Hostile programs: nothing written into /circuits may crash the daemon, exhaust it or
+make it read a host file; native crashes cost one request; workers die with the daemon."""
+
+import errno
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BELL
+
+pytestmark = pytest.mark.fuse
+
+
+def write(path: Path, data: bytes) -> int:
+    """Write and close; 0 on success, else the errno close() (or write()) gave."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        return exc.errno or -1
+    return 0
+
+
+def nested(depth: int) -> bytes:
+    return (b'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[1] q;\nrz(' + b"(" * depth
+            + b"0.1" + b")" * depth + b") q[0];\n")
+
+
+def vm_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_deep_nesting_is_refused_with_the_limit(qfs):
+    started = time.monotonic()
+    assert write(qfs.circuits / "deep.qasm", nested(10_000)) == errno.EINVAL
+    assert time.monotonic() - started < 10
+    assert "nested more than 64 deep" in (qfs.root / ".qfs" / "log").read_text()
+    assert not (qfs.circuits / "deep").exists()
+    qfs.write_circuit("after")
+    assert (qfs.circuits / "after" / "v1.qasm").read_text() == BELL
+
+
+def test_a_parser_crash_costs_one_request_not_the_mount(mount_factory, tmp_path):
+    """With the nesting check lifted, Qiskit's importer overflows its stack on 20,000
+    parentheses: the worker dies, the write is EINVAL with the reason, the daemon serves on."""
+    config = tmp_path / "qfs.yaml"
+    config.write_text("circuit_fs:\n  max_program_nesting: 1000000\n")
+    qfs = mount_factory(extra=["--config", str(config)])
+    qfs.write_circuit("before")
+    assert write(qfs.circuits / "deep.qasm", nested(20_000)) == errno.EINVAL
+    log = (qfs.root / ".qfs" / "log").read_text()
+    assert "the parser could not handle this program: worker crashed" in log
+    assert qfs.proc.poll() is None
+    qfs.write_circuit("after")
+    assert sorted(os.listdir(qfs.circuits)) == ["after", "before"]
+    assert (qfs.circuits / "before" / "v1.qasm").read_text() == BELL
+
+
+@pytest.mark.parametrize("program, reason", [
+    (b"OPENQASM 2.0;\nqreg q[100000000];\n", "declares 100000000 qubits; the limit is 1024"),
+    (b"OPENQASM 3.0;\nqubit[3000000] q;\n", "declares 3000000 qubits"),
+    (b"OPENQASM 3.0;\nbit[3000000] c;\n", "declares 3000000 classical bits"),
+    (b"OPENQASM 3.0;\nh $5000000;\n", "declares 5000001 qubits"),
+])
+def test_poison_sizes_are_refused_before_parsing(qfs, program, reason):
+    before = vm_rss_kb(qfs.proc.pid)
+    assert write(qfs.circuits / "poison.qasm", program) == errno.EFBIG
+    assert reason in (qfs.root / ".qfs" / "log").read_text()
+    assert vm_rss_kb(qfs.proc.pid) < before + 50_000
+    assert not (qfs.circuits / "poison").exists()
+
+
+def test_program_size_and_operation_limits(mount_factory, tmp_path):
+    config = tmp_path / "qfs.yaml"
+    config.write_text("circuit_fs:\n  max_program_bytes: 4096\n  max_program_operations: 50\n")
+    qfs = mount_factory(extra=["--config", str(config)])
+    many = BELL + "x q[0];\n" * 60
+    assert write(qfs.circuits / "many.qasm", many.encode()) == errno.EFBIG
+    assert "64 operations; the limit is 50" in (qfs.root / ".qfs" / "log").read_text()
+    big = BELL + "// padding\n" * 400
+    assert write(qfs.circuits / "big.qasm", big.encode()) == errno.EFBIG
+    assert "the limit is 4096 (circuit_fs.max_program_bytes)" in \
+        (qfs.root / ".qfs" / "log").read_text()
+    assert os.listdir(qfs.circuits) == []
+
+
+@pytest.mark.parametrize("target", ["/etc/hostname", "../../../../etc/hostname", "DATA/state.key",
+                                    "/proc/self/environ"])
+def test_includes_never_open_host_files(qfs, target):
+    target = target.replace("DATA", str(qfs.data))
+    program = f'OPENQASM 2.0;\ninclude "{target}";\nqreg q[1];\n'.encode()
+    assert write(qfs.circuits / "inc.qasm", program) == errno.EINVAL
+    log = (qfs.root / ".qfs" / "log").read_text()
+    assert "only qelib1.inc and stdgates.inc can be included" in log
+    if target == "/etc/hostname":
+        assert Path(target).read_text().strip() not in log.replace(target, "")
+
+
+def test_openqasm2_without_a_version_line_is_accepted(qfs):
+    program = BELL.replace("OPENQASM 2.0;\n", "")
+    assert write(qfs.circuits / "legacy.qasm", program.encode()) == 0
+    stats = (qfs.circuits / "legacy" / "stats.json").read_text()
+    assert '"qasm_version": 2' in stats
+    assert (qfs.circuits / "legacy" / "v1.qasm").read_text() == program
+
+
+def test_reasons_name_the_line_and_column_and_unsupported_constructs(qfs):
+    syntax = b'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nh q[0]\ncx q[0], q[1];\n'
+    assert write(qfs.circuits / "s.qasm", syntax) == errno.EINVAL
+    loop = (b'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\n'
+            b"for int i in [0:1] { h q[i]; }\n")
+    assert write(qfs.circuits / "f.qasm", loop) == errno.EINVAL
+    log = (qfs.root / ".qfs" / "log").read_text()
+    assert "Expected `,` at line 4, column 7" in log
+    assert "ForStmt is not supported by Qiskit's OpenQASM 3 importer" in log
+
+
+def test_workers_die_with_the_daemon(mount_factory, tmp_path):
+    qfs = mount_factory()
+    qfs.write_circuit("bell")
+    assert (qfs.circuits / "bell" / "v1.qasm3").read_bytes()
+    workers = children(qfs.proc.pid)
+    assert workers, "the parse should have started a worker process"
+    qfs.proc.kill()
+    qfs.proc.wait()
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    subprocess.run(["fusermount3", "-u", "-z", str(qfs.root)], capture_output=True)
+    qfs.proc = None
+
+
+def test_a_fatal_signal_writes_every_stack_to_the_log(mount_factory, tmp_path):
+    qfs = mount_factory()
+    os.kill(qfs.proc.pid, signal.SIGSEGV)
+    qfs.proc.wait(timeout=20)
+    subprocess.run(["fusermount3", "-u", "-z", str(qfs.root)], capture_output=True)
+    qfs.proc = None
+    text = (qfs.data / "qfs.log").read_text()
+    assert "Fatal Python error: Segmentation fault" in text
+    assert "most recent call first" in text
