@@ -24,8 +24,9 @@ from levels.errors import Invalid
 from levels.livestate import LiveState
 
 # Bounds of the compiled dynamic circuit: each measurement whose triggers change a
-# parameter used later duplicates the rest of the circuit, which can double per measurement.
-MAX_ADDED_OPERATIONS = 10_000
+# parameter used later copies the rest of the circuit, which can double per measurement,
+# and transpiling operations inside branches costs about 2 ms each.
+MAX_ADDED_OPERATIONS = 4_000
 MAX_NESTED_BRANCHES = 64
 
 

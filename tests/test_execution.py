@@ -6,6 +6,11 @@ import errno
 import json
 import math
 import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 from scipy.stats import chisquare
@@ -217,3 +222,48 @@ def test_a_trigger_set_lasts_one_shot_on_both_paths(qfs):
     command(qfs.qubits / f"q{p0}" / "ctl", "off all")
     command(task / "ctl", "run adaptive shots=200 noise=off")
     assert last_result(qfs, "adaptive")["counts"] == {"101": 200}
+
+
+def test_feed_forward_cannot_exhaust_the_daemon(mount_factory):
+    """`nobody` puts `set` triggers on every qubit of a 16-qubit task: where no later gate
+    uses the parameter nothing is copied; where one does, the compiled circuit would double
+    per measurement and the run is refused with the bound, in bounded time and memory."""
+    base = Path(tempfile.mkdtemp(prefix="qfs-ff-"))
+    base.chmod(0o755)
+    qfs = mount_factory(base=base)
+
+    def as_nobody(line: str, ctl: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               "bash", "-c", f"echo '{line}' > {ctl}"],
+                              capture_output=True, text=True)
+
+    def rss_mb() -> float:
+        status = Path(f"/proc/{qfs.proc.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+
+    n = 16
+    header = f'OPENQASM 3.0;\ninclude "stdgates.inc";\ninput float[64] phi;\nqubit[{n}] q;\n' \
+             f"bit[{n}] c;\n"
+    qfs.write_circuit("ghz", header + "h q[0];\n" + "".join(
+        f"cx q[{i}], q[{i + 1}];\n" for i in range(n - 1)) + "c = measure q;\n")
+    qfs.write_circuit("chain", header + "h q[0];\n" + "".join(
+        f"c[{i}] = measure q[{i}];\nrx(phi) q[{i + 1}];\n" for i in range(n - 1))
+        + f"c[{n - 1}] = measure q[{n - 1}];\n")
+    assert as_nobody(f"alloc {n} task=ff", qfs.qubits / "ctl").returncode == 0
+    ctl = qfs.qubits / "tasks" / "ff" / "ctl"
+    for q in mapping(qfs, "ff"):
+        for line in ("on 0 do set phi=1", "on 1 do set phi=2"):
+            assert as_nobody(line, qfs.qubits / f"q{q}" / "ctl").returncode == 0
+    assert as_nobody("set phi=0", ctl).returncode == 0
+    before = rss_mb()
+    started = time.monotonic()
+    done = as_nobody("run ghz shots=100 noise=off", ctl)
+    assert done.returncode == 0, done.stderr
+    assert set(last_result(qfs, "ghz")["counts"]) == {"0" * n, "1" * n}
+    done = as_nobody("run chain shots=100 noise=off", ctl)
+    assert done.returncode != 0 and "Invalid argument" in done.stderr
+    assert "more than" in ctl.read_text() and "operations" in ctl.read_text()
+    assert time.monotonic() - started < 30
+    assert rss_mb() - before < 300
+    assert "results" not in os.listdir(qfs.circuits / "chain") or \
+        os.listdir(qfs.circuits / "chain" / "results") == []
