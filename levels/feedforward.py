@@ -131,11 +131,34 @@ def dispatch_live(
     return Dispatch(outcome, run.triggers, time.perf_counter_ns() - started, run.stopped)
 
 
+def width(num_qubits: int, triggers: list[Trigger]) -> int:
+    """How many of the task's qubits a run of a circuit on `num_qubits` needs: those, and
+    every qubit acted on by a trigger its measurements can fire (one the circuit may leave
+    idle, which a run must then include)."""
+    return max([num_qubits] + [
+        q + 1 for t in triggers if t.qubit < num_qubits
+        for a in t.actions if isinstance(a, GateAction) for q in a.qubits])
+
+
+def widened(circuit, triggers: list[Trigger]):
+    """The circuit over `width` qubits (the idle ones added after its own)."""
+    from qiskit.circuit import Qubit
+
+    extra = width(circuit.num_qubits, triggers) - circuit.num_qubits
+    if not extra:
+        return circuit
+    wide = circuit.copy()
+    wide.add_bits([Qubit() for _ in range(extra)])
+    return wide
+
+
 def compile_dynamic(circuit, triggers: list[Trigger], parameters: dict[str, float]):
-    """The circuit with the triggers of each measured qubit woven in as if_test blocks,
-    and its parameters bound (a `set` trigger binds what follows it in its branch)."""
+    """The circuit, widened to the qubits its triggers act on, with the triggers of each
+    measured qubit woven in as if_test blocks and its parameters bound (a `set` trigger
+    binds what follows it in its branch)."""
     from qiskit import QuantumCircuit
 
+    circuit = widened(circuit, triggers)
     out = QuantumCircuit(list(circuit.qubits), list(circuit.clbits), *circuit.qregs,
                          *circuit.cregs)
     _Compiler(circuit, triggers, out).emit(0, dict(parameters))

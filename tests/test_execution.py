@@ -267,3 +267,29 @@ def test_feed_forward_cannot_exhaust_the_daemon(mount_factory):
     assert rss_mb() - before < 300
     assert "results" not in os.listdir(qfs.circuits / "chain") or \
         os.listdir(qfs.circuits / "chain" / "results") == []
+
+
+def test_a_trigger_may_act_on_a_task_qubit_the_circuit_leaves_idle(qfs):
+    """bell on a 3-qubit task; q0=1 flips q1 through the idle q2 before q1 is measured."""
+    qfs.write_circuit("bell")
+    qfs.write_circuit("pair", BELL.replace("measure q -> c;\n", ""))
+    command(qfs.qubits / "ctl", "alloc 3 task=idle topology=linear")
+    p0, p1, p2 = mapping(qfs, "idle")
+    command(qfs.qubits / f"q{p0}" / "ctl", f"on 1 do x q{p2}; cx q{p2} q{p1}")
+    ctl = qfs.qubits / "tasks" / "idle" / "ctl"
+    command(ctl, "run bell shots=4000 noise=off seed=2")
+    assert ctl.read_text().startswith("ok: ran bell@v1")
+    result = last_result(qfs, "bell")
+    assert result["physical_qubits"] == [p0, p1, p2]
+    assert fit(result["counts"], {"00": 0.5, "01": 0.5}) > 1e-3
+    seen = set()
+    for _ in range(8):
+        command(ctl, "reset")
+        command(ctl, "apply pair")
+        command(ctl, "measure q0")
+        outcome = ctl.read_text()[7]
+        seen.add(outcome)
+        live = json.loads((qfs.qubits / "tasks" / "idle" / "state.json").read_text())["live"]
+        assert live["top_probabilities"] == pytest.approx(
+            {"101": 1.0} if outcome == "1" else {"000": 1.0}, abs=1e-12)
+    assert seen == {"0", "1"}

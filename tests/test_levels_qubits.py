@@ -86,3 +86,22 @@ def test_control_grammar():
         for parse in parsers:
             with pytest.raises(Invalid):
                 parse(bad)
+
+
+def test_compiled_triggers_reach_a_qubit_the_circuit_leaves_idle():
+    from qiskit_aer import AerSimulator
+    from scipy.stats import chisquare
+
+    from levels.feedforward import compile_dynamic, width
+
+    bell = QuantumCircuit(2, 2)
+    bell.h(0)
+    bell.cx(0, 1)
+    bell.measure([0, 1], [0, 1])
+    flip = [Trigger(1, 0, 1, (GateAction("x", (2,)), GateAction("cx", (2, 1))))]
+    assert width(2, flip) == 3 and width(2, [Trigger(2, 2, 1, flip[0].actions)]) == 2
+    compiled = compile_dynamic(bell, flip, {})
+    assert compiled.num_qubits == 3 and compiled.num_clbits == 2
+    counts = AerSimulator().run(compiled, shots=4000, seed_simulator=3).result().get_counts()
+    assert set(counts) == {"00", "01"}  # q0=1 flips q1 through q2 before it is measured
+    assert chisquare([counts["00"], counts["01"]]).pvalue > 1e-3
