@@ -293,3 +293,19 @@ def test_a_trigger_may_act_on_a_task_qubit_the_circuit_leaves_idle(qfs):
         assert live["top_probabilities"] == pytest.approx(
             {"101": 1.0} if outcome == "1" else {"000": 1.0}, abs=1e-12)
     assert seen == {"0", "1"}
+
+
+def test_angles_keep_full_precision(qfs):
+    qfs.write_circuit("bell")
+    command(qfs.qubits / "ctl", "alloc 2 task=fp topology=linear")
+    p0, p1 = mapping(qfs, "fp")
+    angle = 0.1 + 0.2  # 0.30000000000000004: six digits would lose it
+    command(qfs.qubits / f"q{p0}" / "ctl", f"on 1 do rx({angle!r}) q{p1}; set theta={math.pi!r}")
+    ctl = qfs.qubits / "tasks" / "fp" / "ctl"
+    command(ctl, f"set phi={math.e!r}")
+    assert ctl.read_text() == f"ok: set phi={math.e!r}\n"
+    line = f"1 q{p0} on 1 do rx({angle!r}) q{p1}; set theta={math.pi!r} prio=0"
+    assert (qfs.qubits / "tasks" / "fp" / "triggers").read_text() == line + "\n"
+    command(ctl, "run bell shots=10 noise=off")
+    result = last_result(qfs, "bell")
+    assert result["triggers"] == [line] and result["parameters"] == {"phi": math.e}
