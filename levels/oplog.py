@@ -1,7 +1,8 @@
 """Recent refusals with their reasons, readable in /.qfs/log and per circuit in `errors`.
 
 A failed write() can only return an errno; the reason goes here and to the Python log,
-so that `cat /.qfs/log` answers "why was my write refused?".
+so that `cat /.qfs/log` answers "why was my write refused?". Paths and reasons come from
+users: their control characters are escaped, so that no request can forge a log line.
 """
 
 import collections
@@ -13,6 +14,33 @@ from levels.store.meta import MetaStore
 
 log = logging.getLogger("qfs")
 _SEQ = struct.Struct(">Q")  # big-endian, so that a table scan returns lines in order
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every unprintable character (newline, carriage return, escape sequences,
+    Unicode line separators and direction overrides) written as its Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class EscapingFormatter(logging.Formatter):
+    """One record, one line of qfs.log: the message's control characters are escaped, and
+    the lines of a traceback are indented under their record, so none looks like a record
+    of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + escape_controls(line) for line in text.split("\n"))
 
 
 # A ring of (sequence number, line), oldest first.
@@ -44,11 +72,13 @@ class OpLog:
             self._load(meta)
 
     def refuse(self, where: str, reason: str, subject: str | None = None) -> None:
+        where, reason = escape_controls(where), escape_controls(reason)
         log.warning("refused %s: %s", where, reason)
         self._add(f"{where}: {reason}", subject)
 
     def note(self, where: str, what: str) -> None:
         """A line for something users should hear of that is no refusal (a dropped version)."""
+        where, what = escape_controls(where), escape_controls(what)
         log.info("%s: %s", where, what)
         self._add(f"{where}: {what}", None)
 

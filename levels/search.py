@@ -7,29 +7,33 @@ runs in a child process, so it does not hold the GIL that every FUSE request nee
 searches read the committed segments in this process. A search
 first waits for every change submitted before it to be committed (read-your-writes: a
 circuit copied in is found by the very next `ls /search/...`), asking the writer to commit
-at once rather than at the end of its interval.
+at once rather than at the end of its interval. A write that fails (a full disk) is kept
+and retried with backoff, so the index catches up by itself once the cause is gone.
 """
 
 import concurrent.futures
+import contextlib
+import errno
 import logging
 import multiprocessing
 import re
 import shutil
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from whoosh import fields, index, qparser
+from whoosh import fields, index, qparser, query
+from whoosh.qparser import syntax
 from whoosh.qparser.plugins import FieldAliasPlugin
 
-from levels.errors import Busy, Invalid
+from levels.errors import Busy, Invalid, NoSpace, QfsError
 
 log = logging.getLogger("qfs.search")
 
 SCHEMA = fields.Schema(
     name=fields.ID(stored=True, unique=True, sortable=True),
-    title=fields.TEXT,
+    title=fields.KEYWORD(lowercase=True),  # the name and its word parts, matched by prefix
     description=fields.TEXT,
     author=fields.KEYWORD(lowercase=True),
     tags=fields.KEYWORD(lowercase=True, commas=True, scorable=True),
@@ -44,8 +48,13 @@ MERGE_WHEN_IDLE = 2.0  # seconds without changes before small segments are merge
 KNOWN_FIELDS = {"name", *DEFAULT_FIELDS, "qubits", "depth"} | {
     alias for names in ALIASES.values() for alias in names
 }
+RETRY_FIRST = 0.1  # seconds before the first retry of a failed index write
+RETRY_MAX = 5.0  # the longest wait between retries
 _FIELD_PREFIX = re.compile(r"(?:^|[\s(])([A-Za-z_]+):")
-_NAME_WORDS = re.compile(r"[_.+@=-]+")
+_NAME_SEPARATORS = re.compile(r"[_.+@=-]+")
+_NAME_PARTS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+_INFIX = {"AND", "OR", "ANDNOT", "ANDMAYBE", "REQUIRE"}  # Whoosh's operators, besides NOT
+_QUERY_TOKENS = re.compile(r'"[^"]*"|[\[{][^\]}]*[\]}]|[()]|[^\s()"\[\]{}]+')
 
 Document = dict[str, Any]
 Documents = Callable[[], Iterable[Document]]
@@ -54,7 +63,7 @@ Documents = Callable[[], Iterable[Document]]
 def _fields(doc: Document) -> Document:
     return {
         "name": doc["name"],
-        "title": f"{doc['name']} {_NAME_WORDS.sub(' ', doc['name'])}",
+        "title": _name_words(doc["name"]),
         "description": doc.get("description", ""),
         "author": doc.get("author", ""),
         "tags": ",".join(doc.get("tags", [])),
@@ -64,10 +73,85 @@ def _fields(doc: Document) -> Document:
     }
 
 
+def _name_words(name: str) -> str:
+    """The name, its pieces between separators and their letter, digit and camelCase parts,
+    so that a bare word typed as people type names finds it by prefix (`ghz` finds ghz2 and
+    ghz_5, `bell` finds my-bell-pair)."""
+    pieces = [p for p in _NAME_SEPARATORS.split(name) if p]
+    parts = [part for piece in pieces for part in _NAME_PARTS.findall(piece)]
+    return " ".join(dict.fromkeys([name, *pieces, *parts]))
+
+
 def _same_schema(schema: fields.Schema) -> bool:
-    """Field names and the name column (whoosh schemas do not compare equal after a load)."""
+    """Field names and kinds, and the name column (whoosh schemas do not compare equal
+    after a load); an index of another schema is rebuilt."""
     return set(schema.names()) == set(SCHEMA.names()) and \
+        all(type(schema[n]) is type(SCHEMA[n]) for n in SCHEMA.names()) and \
         schema["name"].column_type is not None
+
+
+def _bad(text: str, why: str) -> Invalid:
+    return Invalid(f"bad search query {text!r}: {why}")
+
+
+def _check_operators(text: str) -> None:
+    """Whoosh reads an operator that lacks a term as a word, or drops it: refuse instead."""
+    waiting = None  # an operator still without the term after it
+    term_before = False
+    for token in _QUERY_TOKENS.findall(text):
+        if token in _INFIX:
+            if not term_before:
+                raise _bad(text, f"{token} needs a term before it")
+            waiting, term_before = token, False
+        elif token == "NOT":
+            waiting, term_before = token, False
+        elif token == "(":
+            term_before = False
+        elif token == ")":
+            if waiting:
+                raise _bad(text, f"{waiting} needs a term after it")
+            term_before = True
+        else:
+            waiting, term_before = None, True
+    if waiting:
+        raise _bad(text, f"{waiting} needs a term after it")
+    if not term_before:
+        raise _bad(text, "no search terms")
+
+
+def _check_syntax(text: str, node) -> None:
+    """Whoosh's leftovers of what it could not read: a field without a value, an operator
+    glued to a parenthesis."""
+    if isinstance(node, syntax.WordNode):
+        if node.text.endswith(":") and node.text[:-1] in KNOWN_FIELDS:
+            raise _bad(text, f"{node.text} has no value (write it right after the colon)")
+        if node.text in _INFIX or node.text == "NOT":
+            raise _bad(text, f"{node.text} needs spaces around it")
+    for child in getattr(node, "nodes", ()):
+        _check_syntax(text, child)
+
+
+def _runnable(text: str, parsed: query.Query) -> query.Query:
+    """Refuse the parts Whoosh marked as errors (a range of words on a number field) and
+    adapt the rest to the index: a phrase on a field without positions is its terms (an
+    exact tag: `tag:"error correction"`), a word on the name's words is a prefix."""
+
+    def adapt(part: query.Query) -> query.Query:
+        error = getattr(part, "error", None)
+        if error is not None:
+            raise _bad(text, str(error))
+        if isinstance(part, query.Phrase):
+            field = SCHEMA[part.fieldname]
+            if field.self_parsing():
+                raise _bad(text, f"{part.fieldname}: takes a number or a range, not a phrase")
+            if not field.format.supports("positions"):
+                terms = [query.Term(part.fieldname, word) for word in part.words]
+                return terms[0] if len(terms) == 1 else query.And(terms)
+        if type(part) is query.Term and part.fieldname == "title":
+            return query.Prefix("title", part.text, boost=part.boost)
+        return part
+
+    return parsed.accept(adapt).normalize()
 
 
 class SearchIndex:
@@ -88,14 +172,18 @@ class SearchIndex:
         self._writer_pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._in_process = False  # set when no writer process can run
         self._unmerged = 0  # commits since segments were last merged
-        self._ready = threading.Event()
-        self._failure: str | None = None
+        self._ready = False  # the index is open
+        self._error: str | None = None  # why the writer's last attempt failed, while failing
+        self._failed = 0  # failed attempts so far: a search waits for its retry's outcome
+        self._streak = 0  # failed attempts in a row, for the backoff
+        self._retry_now = False  # a search asks the failing writer to retry at once
         self._index: index.Index | None = None
         self._searcher = None
         self._searcher_commits = -1
         self._commits = 0  # index commits so far, to know when the searcher is stale
         self._search_lock = threading.Lock()
         self._results: dict[str, tuple[int, list[str]]] = {}  # query -> (generation, names)
+        self._parsed: dict[str, query.Query] = {}  # query -> parsed, for the lookup's twin
         self._parser = qparser.MultifieldParser(DEFAULT_FIELDS, SCHEMA)
         self._parser.add_plugin(FieldAliasPlugin(ALIASES))
         self._parser.add_plugin(qparser.GtLtPlugin())
@@ -114,15 +202,15 @@ class SearchIndex:
             self._submitted += 1
             self._cond.notify_all()
 
-    def search(self, query: str) -> list[str]:
+    def search(self, text: str) -> list[str]:
         """Names of circuits matching a Whoosh query, sorted (blocking: use a thread).
 
         Results are cached per query until the next change is submitted, so the several
         FUSE requests of one `ls` (lookup, getattr, opendir) search once.
         """
-        parsed = self._parse(query)
+        parsed = self._parse(text)
         with self._cond:
-            cached = self._results.get(query)
+            cached = self._results.get(text)
             if cached is not None and cached[0] == self._submitted:
                 return cached[1]
         self.wait_committed()
@@ -149,43 +237,63 @@ class SearchIndex:
         with self._cond:
             if len(self._results) >= 256:
                 self._results.clear()
-            self._results[query] = (generation, names)
+            self._results[text] = (generation, names)
         return names
 
-    def validate(self, query: str) -> None:
+    def validate(self, text: str) -> None:
         """Refuse a malformed query without running it."""
-        self._parse(query)
+        self._parse(text)
 
-    def _parse(self, query: str):
+    def _parse(self, text: str) -> query.Query:
+        """Parse once per query string: an `ls` validates at lookup, then searches at
+        opendir, and Whoosh's parse costs more than the search of a name."""
+        parsed = self._parsed.get(text)
+        if parsed is None:
+            parsed = self._parse_anew(text)
+            if len(self._parsed) >= 256:
+                self._parsed.clear()
+            self._parsed[text] = parsed
+        return parsed
+
+    def _parse_anew(self, text: str) -> query.Query:
         """Whoosh repairs malformed queries silently; refuse them instead, saying why."""
         for opening, closing in ("[]", "()", "{}"):
-            if query.count(opening) != query.count(closing):
-                raise Invalid(f"bad search query {query!r}: unbalanced {opening}{closing}")
-        if query.count('"') % 2:
-            raise Invalid(f"bad search query {query!r}: unbalanced quotes")
-        for field in _FIELD_PREFIX.findall(query):
+            if text.count(opening) != text.count(closing):
+                raise _bad(text, f"unbalanced {opening}{closing}")
+        if text.count('"') % 2:
+            raise _bad(text, "unbalanced quotes")
+        for field in _FIELD_PREFIX.findall(text):
             if field not in KNOWN_FIELDS:
-                raise Invalid(f"bad search query {query!r}: unknown field {field!r} "
-                              f"(known: {', '.join(sorted(KNOWN_FIELDS))})")
+                raise _bad(text, f"unknown field {field!r} "
+                                 f"(known: {', '.join(sorted(KNOWN_FIELDS))})")
+        _check_operators(text)
         try:
-            return self._parser.parse(query)
+            tree = self._parser.process(text)
+            _check_syntax(text, tree)
+            parsed = tree.query(self._parser) or query.NullQuery
+        except Invalid:
+            raise
         except Exception as exc:
-            raise Invalid(f"bad search query {query!r}: {exc}") from exc
+            raise _bad(text, str(exc)) from exc
+        return _runnable(text, parsed)
 
     def wait_committed(self, timeout: float = 30.0) -> None:
-        if not self._ready.wait(timeout):
-            raise Busy("the search index is still being rebuilt; try again shortly")
+        """Wait until every change submitted so far is searchable; while the writer fails,
+        wait for one retry only and refuse with its reason."""
         with self._cond:
-            target = self._submitted
-            self._flush_now = True
+            target, failed = self._submitted, self._failed
+            self._flush_now = self._retry_now = True
             self._cond.notify_all()
-            caught_up = self._cond.wait_for(
-                lambda: self._committed >= target or self._closing, timeout)
-        if self._failure:
-            raise Invalid(f"search index unavailable: {self._failure}")
-        if not caught_up:
-            raise Busy(f"the search index is {target - self._committed} changes behind; "
-                       "try again shortly")
+            self._cond.wait_for(
+                lambda: (self._ready and self._committed >= target) or self._closing
+                or self._failed > failed, timeout)
+            ready, behind, error = self._ready, target - self._committed, self._error
+        if ready and behind <= 0:
+            return
+        why = f" (writing it fails: {error}; retrying)" if error else "; try again shortly"
+        if not ready:
+            raise Busy(f"the search index is still being built{why}")
+        raise Busy(f"the search index is {behind} changes behind{why}")
 
     def rebuild_now(self, documents: Documents, timeout: float = 600.0) -> None:
         """Rebuild the index from `documents` in the writer thread and wait for it."""
@@ -218,14 +326,13 @@ class SearchIndex:
     # -- the writer thread ---------------------------------------------------------------
 
     def _run(self, documents: Documents, expected: int, force: bool) -> None:
-        try:
-            self._open(documents, expected, force)
-        except Exception as exc:
-            log.exception("search index could not be opened or rebuilt")
-            self._failure = str(exc)
-            self._ready.set()
-            return
-        self._ready.set()
+        while not self._attempt("opening", self._open, documents, expected, force):
+            if self._closing:
+                return
+            self._backoff()
+        with self._cond:
+            self._ready = True
+            self._cond.notify_all()
         while True:
             with self._cond:
                 woke = self._cond.wait_for(
@@ -233,15 +340,18 @@ class SearchIndex:
                     MERGE_WHEN_IDLE if self._unmerged else None)
                 rebuild = self._rebuild_with
             if not woke:
-                self._merge()  # idle: now merging costs no one a wait
+                if not self._attempt("merging", self._merge):  # idle: merging costs no wait
+                    self._backoff()
                 continue
             if rebuild is not None:
-                self._rebuild(rebuild)
-                with self._cond:
-                    self._commits += 1
-                    self._results.clear()
-                    self._rebuild_with = None
-                    self._cond.notify_all()
+                if self._attempt("rebuilding", self._rebuild, rebuild):
+                    with self._cond:
+                        self._commits += 1
+                        self._results.clear()
+                        self._rebuild_with = None
+                        self._cond.notify_all()
+                elif not self._closing:
+                    self._backoff()
                 continue
             with self._cond:
                 if not self._closing and not self._flush_now:
@@ -250,14 +360,58 @@ class SearchIndex:
                 generation = self._submitted
                 self._flush_now = False
                 closing = self._closing
-            if batch:
-                self._commit(batch)
+            if batch and not self._attempt("writing", self._commit, batch):
+                with self._cond:  # kept for the retry; a newer change of a name wins
+                    self._pending = {**batch, **self._pending}
+                if closing:
+                    self._abandon()
+                    return
+                self._backoff()
+                continue
             with self._cond:
                 self._commits += 1 if batch else 0
                 self._committed = generation
                 self._cond.notify_all()
             if closing and not self._pending:
                 return
+
+    def _attempt(self, what: str, step: Callable[..., None], *args) -> bool:
+        """Run one step of the writer; a failure is logged once per run of failures (not
+        per retry) and shown to searches, which refuse with EBUSY until a retry succeeds."""
+        try:
+            step(*args)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, QfsError) else f"{type(exc).__name__}: {exc}"
+            with self._cond:
+                first = self._error is None
+                self._error = f"{what} failed: {reason}"
+                self._failed += 1
+                self._streak += 1
+                self._cond.notify_all()
+            if first:
+                log.warning("search index: %s; retrying until it succeeds", self._error,
+                            exc_info=not isinstance(exc, (QfsError, OSError)))
+            return False
+        if self._streak:
+            log.warning("search index: writing succeeds again after %d failed attempts",
+                        self._streak)
+            with self._cond:
+                self._error, self._streak = None, 0
+        return True
+
+    def _backoff(self) -> None:
+        """Wait before retrying, doubling up to RETRY_MAX; a waiting search cuts it short."""
+        delay = min(RETRY_FIRST * 2 ** (self._streak - 1), RETRY_MAX)
+        with self._cond:
+            self._cond.wait_for(lambda: self._retry_now or self._closing, delay)
+            self._retry_now = False
+
+    def _abandon(self) -> None:
+        """Closing with changes the index cannot take: remove it, so that the next mount
+        rebuilds it from LMDB instead of serving a stale index."""
+        log.warning("search index: %d changes could not be indexed before closing; removing "
+                    "the index so that the next mount rebuilds it", len(self._pending))
+        shutil.rmtree(self._path, ignore_errors=True)
 
     def _merge(self) -> None:
         self._in_child(_merge_in_child, str(self._path))
@@ -280,9 +434,9 @@ class SearchIndex:
         try:
             self._in_child(_apply_in_child, str(self._path), operations, merge)
         except Exception:
-            self._indexed = self._names_in_index()
-            log.exception("search index commit failed; %d changes not indexed", len(batch))
-            return
+            # Whether the commit landed is unknown: its retry updates rather than adds.
+            self._indexed.update(name for name, doc in batch.items() if doc is not None)
+            raise
         for name, doc in batch.items():
             if doc is None:
                 self._indexed.discard(name)
@@ -346,30 +500,57 @@ class SearchIndex:
 # -- the writer process: module functions, so that a spawned child can import them ---------
 
 
-def _apply_in_child(path: str, operations: list[tuple[str, Any]], merge: bool) -> None:
-    writer = index.open_dir(path).writer()
+@contextlib.contextmanager
+def _disk_failures_refused() -> Iterator[None]:
+    """A failing disk is no bug in the writer: its reason crosses back as a refusal."""
     try:
-        for kind, value in operations:
-            if kind == "delete":
-                writer.delete_by_term("name", value)
-            elif kind == "update":
-                writer.update_document(**value)
-            else:
-                writer.add_document(**value)
-        writer.commit(merge=merge)
+        yield
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise (NoSpace if full else Busy)(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _cancelled_on_failure(writer) -> Iterator[None]:
+    """Cancel a failed write. Cancelling writes too; when it fails as well (a full disk) the
+    lock must still go, or every later writer of this long-lived process meets LockError."""
+    try:
+        yield
     except BaseException:
-        writer.cancel()
+        try:
+            writer.cancel()
+        except Exception:
+            writer.writelock.release()
         raise
 
 
+def _apply_in_child(path: str, operations: list[tuple[str, Any]], merge: bool) -> None:
+    with _disk_failures_refused():
+        writer = index.open_dir(path).writer()
+        with _cancelled_on_failure(writer):
+            for kind, value in operations:
+                if kind == "delete":
+                    writer.delete_by_term("name", value)
+                elif kind == "update":
+                    writer.update_document(**value)
+                else:
+                    writer.add_document(**value)
+            writer.commit(merge=merge)
+
+
 def _merge_in_child(path: str) -> None:
-    index.open_dir(path).writer().commit(merge=True)
+    with _disk_failures_refused():
+        writer = index.open_dir(path).writer()
+        with _cancelled_on_failure(writer):
+            writer.commit(merge=True)
 
 
 def _rebuild_in_child(path: str, prepared: list[Document]) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    Path(path).mkdir(parents=True)
-    writer = index.create_in(path, SCHEMA).writer(limitmb=256)
-    for document in prepared:
-        writer.add_document(**document)
-    writer.commit()
+    with _disk_failures_refused():
+        shutil.rmtree(path, ignore_errors=True)
+        Path(path).mkdir(parents=True, exist_ok=True)  # rmtree leaves a mount point in place
+        writer = index.create_in(path, SCHEMA).writer(limitmb=256)
+        with _cancelled_on_failure(writer):
+            for document in prepared:
+                writer.add_document(**document)
+            writer.commit()
