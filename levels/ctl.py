@@ -7,10 +7,13 @@
     /qubits/tasks/T/ctl     run CIRCUIT[@vN] [shots=1024] [noise=on|off] [seed=N]
                             apply CIRCUIT[@vN] | measure qK | reset | set NAME=VALUE | release
     ACTION                  GATE[(angle, ...)] qA [qB ...] | set NAME=VALUE | stop
-Bad syntax raises Invalid with a message that says what was expected.
+Bad syntax raises Invalid with a message that says what was expected. Numbers are ASCII
+digits within stated ranges and reals are finite, so that nothing accepted here fails
+later or makes a JSON file invalid (inf, nan).
 """
 
 import dataclasses
+import math
 import re
 import shlex
 
@@ -20,7 +23,10 @@ TOPOLOGIES = ("any", "linear", "ring", "triangle", "grid", "star")
 ISOLATIONS = ("none", "spatial", "temporal", "strict")
 _QUBIT = re.compile(r"^q([0-9]{1,4})$")
 _GATE = re.compile(r"^([a-z][a-z0-9_]*)(?:\(([^()]*)\))?$")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Parameter names: names beginning with `_` are Qiskit's own (`_loop_i_0`).
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_INTEGER = re.compile(r"^-?[0-9]{1,19}$")
+MAX_SEED = 2**63 - 1  # Aer takes a signed 64-bit seed
 _CIRCUIT_REF = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_.+@=-]*?)(?:@v([1-9][0-9]*))?$")
 
 
@@ -140,14 +146,28 @@ def _options(words: list[str], allowed: dict[str, type], usage: str) -> dict[str
 
 
 def _convert(key: str, value: str, kind: type) -> object:
+    if kind is bool:
+        if value not in ("on", "off", "1", "0", "true", "false"):
+            raise Invalid(f"{key}={value!r}: expected on|off")
+        return value in ("on", "1", "true")
+    if kind is int:
+        if not _INTEGER.match(value):
+            raise Invalid(f"{key}={value!r}: expected an integer (ASCII digits, at most 19)")
+        return int(value)
+    if kind is float:
+        return _real(value, key)
+    return kind(value)
+
+
+def _real(text: str, what: str) -> float:
+    """A finite number: inf and nan would be stored, then break JSON and the simulator."""
     try:
-        if kind is bool:
-            if value not in ("on", "off", "1", "0", "true", "false"):
-                raise ValueError(value)
-            return value in ("on", "1", "true")
-        return kind(value)
+        value = float(text)
     except ValueError:
-        raise Invalid(f"{key}={value!r}: expected {kind.__name__}") from None
+        raise Invalid(f"{what}={text!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise Invalid(f"{what}={text!r}: expected a finite number")
+    return value
 
 
 def parse_qubit(word: str) -> int:
@@ -158,8 +178,8 @@ def parse_qubit(word: str) -> int:
 
 
 def _count(word: str) -> int:
-    if not word.isdigit() or int(word) < 1:
-        raise Invalid(f"expected a qubit count >= 1, got {word!r}")
+    if not re.fullmatch(r"[0-9]{1,6}", word) or int(word) < 1:
+        raise Invalid(f"expected a qubit count 1..999999, got {word!r}")
     return int(word)
 
 
@@ -215,16 +235,17 @@ def parse_qubit_command(line: str) -> Alloc | Release | On | Off:
     if verb == "on":
         return _parse_on(line)
     if verb == "off":
-        if len(rest) != 1 or not (rest[0] == "all" or rest[0].isdigit()):
+        if len(rest) != 1 or not (rest[0] == "all" or re.fullmatch(r"[0-9]{1,9}", rest[0])):
             raise Invalid("usage: off ID | off all")
         return Off(None if rest[0] == "all" else int(rest[0]))
     raise Invalid(f"unknown command {verb!r}; a qubit's ctl takes: alloc, release, on, off")
 
 
 def _parse_on(line: str) -> On:
-    match = re.match(r"^\s*on\s+([01])\s+do\s+(.*?)\s*(?:\bprio=(-?[0-9]+))?\s*$", line.strip())
+    match = re.match(r"^\s*on\s+([01])\s+do\s+(.*?)\s*(?:\bprio=(-?[0-9]{1,9}))?\s*$",
+                     line.strip())
     if not match:
-        raise Invalid("usage: on 0|1 do ACTION[; ACTION...] [prio=N]")
+        raise Invalid("usage: on 0|1 do ACTION[; ACTION...] [prio=N], N of at most 9 digits")
     actions = tuple(parse_action(part) for part in match.group(2).split(";") if part.strip())
     if not actions:
         raise Invalid("a trigger needs at least one action")
@@ -245,10 +266,8 @@ def parse_action(text: str) -> Action:
         raise Invalid(f"bad gate {words[0]!r}: expected NAME or NAME(angle, ...)")
     params: tuple[float, ...] = ()
     if match.group(2) is not None:
-        try:
-            params = tuple(float(p) for p in match.group(2).split(","))
-        except ValueError:
-            raise Invalid(f"bad angles in {words[0]!r}: expected numbers") from None
+        params = tuple(_real(p.strip(), f"angle in {words[0]}")
+                       for p in match.group(2).split(","))
     qubits = tuple(parse_qubit(w) for w in words[1:])
     if not qubits:
         raise Invalid(f"gate {match.group(1)} needs qubits, e.g. x q18")
@@ -260,11 +279,9 @@ def parse_action(text: str) -> Action:
 def _assignment(text: str) -> tuple[str, float]:
     name, sep, value = text.replace(" ", "").partition("=")
     if not sep or not _IDENT.match(name):
-        raise Invalid(f"expected NAME=VALUE, got {text!r}")
-    try:
-        return name, float(value)
-    except ValueError:
-        raise Invalid(f"{name}={value!r}: expected a number") from None
+        raise Invalid(f"expected NAME=VALUE with NAME a letter then up to 63 letters, digits "
+                      f"or _ (names beginning with _ are Qiskit's), got {text!r}")
+    return name, _real(value, name)
 
 
 def _circuit_ref(word: str) -> tuple[str, int | None]:
@@ -302,6 +319,8 @@ def parse_task_command(
         options = _options(rest, {"device": str, "format": str, "threshold": float}, usage)
         if "device" not in options:
             raise Invalid(f"usage: {usage}")
+        if not 0 <= options.get("threshold", 0.0) <= 1:  # type: ignore[operator]
+            raise Invalid(f"threshold={options['threshold']}: expected a fidelity 0..1")
         return Migrate(**options)  # type: ignore[arg-type]
     if verb == "run":
         if not rest:
@@ -312,6 +331,8 @@ def parse_task_command(
         if not 1 <= shots <= 10_000_000:
             raise Invalid(f"shots={shots}: expected 1..10000000")
         seed = options.get("seed")
+        if seed is not None and not 0 <= seed <= MAX_SEED:  # type: ignore[operator]
+            raise Invalid(f"seed={seed}: expected 0..{MAX_SEED}")
         return Run(name, version, shots, bool(options.get("noise", True)),
                    None if seed is None else int(seed))  # type: ignore[arg-type]
     if verb == "apply":

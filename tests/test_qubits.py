@@ -195,3 +195,38 @@ def test_another_users_task_is_refused(mount_factory):
     state = json.loads((qfs.qubits / "tasks" / "theirs" / "state.json").read_text())
     assert state["owner_uid"] == 65534
     command(qfs.qubits / "tasks" / "theirs" / "ctl", "release")  # root may release any task
+
+
+def test_commands_that_could_not_be_served_are_einval(qfs):
+    """Numbers that would overflow later, reals that are not finite and names that are
+    Qiskit's own are refused at the command: EINVAL with a reason, never EIO, nothing kept."""
+    from tests.conftest import BELL
+
+    qfs.write_circuit("bell", BELL)
+    command(qfs.qubits / "ctl", "alloc 2 task=p")
+    physical = mapping(qfs, "p")
+    task = qfs.qubits / "tasks" / "p"
+    qubit = qfs.qubits / f"q{physical[0]}" / "ctl"
+    refusals = [
+        (qfs.qubits / "ctl", ["alloc \u00b2 task=x", "alloc " + "9" * 5000 + " task=x",
+                              "alloc 2 task=x noise=nan"]),
+        (task / "ctl", ["run bell seed=1" + "0" * 30, "run bell seed=-1",
+                        "run bell shots=1_000", "set _loop_i_0=1", "set x=inf", "set x=nan",
+                        "set x=1e999", "migrate device=eagle threshold=nan"]),
+        (qubit, [f"on 1 do rx(inf) q{physical[1]}", "on 1 do set t=nan",
+                 f"on 1 do x q{physical[1]} prio=" + "9" * 5000, "off \u00b2"]),
+    ]
+    for ctl, lines in refusals:
+        for line in lines:
+            assert refused(ctl, line) == errno.EINVAL, line
+            assert ctl.read_text().startswith("error: EINVAL: "), line
+    state = (task / "state.json").read_text()
+
+    def strict(constant: str):
+        raise AssertionError(f"{constant} in state.json")
+
+    document = json.loads(state, parse_constant=strict)
+    assert document["parameters"] == {} and document["triggers"] == 0
+    assert os.listdir(qfs.qubits / "tasks") == ["p"]
+    command(task / "ctl", f"run bell shots=10 noise=off seed={2**63 - 1}")
+    assert (task / "ctl").read_text().startswith("ok: ran bell@v1")
