@@ -56,7 +56,7 @@ class Fabric:
                                  cache_bytes=cache_bytes)
         self.metrics.caches.append(self.states.decoded_npy)
         self.qubits = LiveQubitManager(self.meta, self.circuits, self.states,
-                                       config.live_qubit_mgr, self.metrics)
+                                       config.live_qubit_mgr, self.metrics, self.workers)
         self.coordinator = Coordinator(self.meta, self.qubits, self.states, self.circuits,
                                        self.metrics,
                                        config.cross_level.migration_fidelity_threshold)

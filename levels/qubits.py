@@ -12,24 +12,26 @@ candidates that touch another task's qubits); `temporal` keeps released qubits c
 
 import dataclasses
 import json
+import math
+import secrets
 import threading
 import time
 from typing import Any
 
 import trio
 
-from levels import allocation, ctl
+from levels import allocation, ctl, execution
 from levels.circuits import CircuitStore, validate_name
 from levels.config import LiveQubitConfig
 from levels.devices import Device, DeviceSpec
 from levels.errors import Busy, Invalid, NoSpace, NotFound, PermissionDenied
 from levels.feedforward import Trigger, compile_dynamic, dispatch_live
 from levels.livestate import LiveState, gate_matrix
-from levels.lru import LRU
 from levels.metrics import Metrics
 from levels.stateformats import fidelity, pure_state_of
 from levels.states import Request, StateStore
 from levels.store.meta import MetaStore
+from levels.workers import WorkerPool
 
 ISOLATION_ALIASES = {"spatial_temporal": "strict"}
 
@@ -85,7 +87,7 @@ class Live:
 class LiveQubitManager:
     def __init__(
         self, meta: MetaStore, circuits: CircuitStore, states: StateStore,
-        config: LiveQubitConfig, metrics: Metrics,
+        config: LiveQubitConfig, metrics: Metrics, workers: WorkerPool,
     ) -> None:
         self._meta = meta
         self._circuits = circuits
@@ -96,9 +98,8 @@ class LiveQubitManager:
         self.default_device = self.specs[0].name
         self._devices: dict[str, Device] = {}
         self._device_lock = threading.Lock()
-        self._local_noise: dict[tuple[str, tuple[int, ...]], Any] = {}
-        self._compiled: LRU[Any] = LRU(max_entries=128)
-        self._pass_managers: LRU[Any] = LRU(max_entries=32)
+        self._workers = workers
+        self._local_noise: dict[tuple[str, tuple[int, ...]], tuple[dict, ...]] = {}
         self.tasks: dict[str, Task] = {}
         with meta.reading() as txn:
             for _key, raw in txn.scan("tasks"):
@@ -387,21 +388,33 @@ class LiveQubitManager:
                 f"{meta['fidelity']:.12g}, {meta['stored_bytes']} bytes stored")
 
     async def _restore(self, task: Task, name: str) -> str:
+        """Load a checkpoint (a mixed one as its top eigenvector) and report what is live:
+        its fidelity to the checkpoint's decoded state, measured, and to the state that was
+        checkpointed, a bound (exact for formats that decode to a vector)."""
         started = time.perf_counter()
-        meta, decoded = await trio.to_thread.run_sync(self._states.load, name)
-        if meta["qubit_count"] != len(task.qubits):
-            raise Invalid(f"checkpoint {name} holds {meta['qubit_count']} qubits; task "
-                          f"{task.name} has {len(task.qubits)}")
-        vector = pure_state_of(decoded)
-        restored = meta["fidelity"] * fidelity(decoded, vector)
+        held = self._states.get(name)["qubit_count"]
+        if held != len(task.qubits):
+            raise Invalid(f"checkpoint {name} holds {held} qubits; task {task.name} has "
+                          f"{len(task.qubits)}")
+
+        def load():
+            meta, decoded = self._states.load(name)
+            vector = pure_state_of(decoded)
+            return meta, vector, fidelity(decoded, vector)
+
+        meta, vector, measured = await trio.to_thread.run_sync(load)
+        at_least = fidelity_at_least(meta["fidelity"], measured)
         live = self.live(task.name)
         live.state.vector = vector.copy()
         live.stopped = False
         live.parameters.clear()
-        live.restored = {"checkpoint": name, "format": meta["format"],
-                         "fidelity": restored, "physical_qubits": list(task.qubits)}
+        live.restored = {"checkpoint": name, "format": meta["format"], "fidelity": measured,
+                         "checkpoint_fidelity": meta["fidelity"],
+                         "fidelity_to_checkpointed_at_least": at_least,
+                         "physical_qubits": list(task.qubits)}
         self._metrics.deserialization_seconds.observe(time.perf_counter() - started)
-        return f"restored {name} onto {task.name}: fidelity {restored:.12g}"
+        return (f"restored {name} onto {task.name}: fidelity {measured:.12g} to the "
+                f"checkpoint's decoded state, at least {at_least:.12g} to the state checkpointed")
 
     def _measure(self, task: Task, logical: int) -> str:
         if not 0 <= logical < len(task.qubits):
@@ -474,20 +487,23 @@ class LiveQubitManager:
         version = command.version or (source.latest.n if source.latest else None)
         if version is None:
             raise Invalid(f"circuit {command.circuit} has no version to run")
-        circuit = self._circuit_for(task, command.circuit, version)
-        device = self.device(task.device)
-        snapshot = dataclasses.replace(task)
+        stats = source.version(version).stats
+        if stats["num_qubits"] > len(task.qubits):
+            raise Invalid(f"{command.circuit} needs {stats['num_qubits']} qubits; task "
+                          f"{task.name} has {len(task.qubits)}")
+        job = self._run_job(task, command, self._circuits.source(command.circuit, version),
+                            stats)
         started = time.perf_counter()
-        sha256 = source.version(version).stats["sha256"]
-        counts, seed = await trio.to_thread.run_sync(
-            self._simulate, device, snapshot, circuit, command, sha256)
+        counts = await trio.to_thread.run_sync(self._workers.run, execution.run, job)
+        seed = job.seed
+        circuit_qubits = stats["num_qubits"]
         duration = time.perf_counter() - started
         self._metrics.gate_operation_seconds.observe(duration)
         self._runs += 1
         run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{task.name}-{self._runs}"
         document = {
             "run": run_id, "circuit": command.circuit, "version": version, "task": task.name,
-            "device": task.device, "physical_qubits": task.qubits[: circuit.num_qubits],
+            "device": task.device, "physical_qubits": task.qubits[:circuit_qubits],
             "shots": command.shots, "noise": command.noise, "seed": seed, "counts": counts,
             "triggers": [t.describe(task.qubits) for t in task.triggers],
             "parameters": task.parameters, "duration_s": round(duration, 6),
@@ -501,64 +517,39 @@ class LiveQubitManager:
                                            last_run=f"{command.circuit}/{run_id}.json"))
         return f"ran {command.circuit}@v{version}: results/{run_id}.json"
 
-    def _simulate(self, device: Device, task: Task, circuit, command: ctl.Run, sha256: str):
-        """Compile triggers in, transpile onto the task's qubits, run on Aer (a thread).
-
-        The transpiled circuit is cached per (program, qubits, triggers, parameters), and
-        the pass manager per coupling map: building a preset pass manager costs ~7 ms, more
-        than running a small circuit."""
-        from qiskit_aer import AerSimulator
-
-        used = tuple(task.qubits[: max(circuit.num_qubits, 1)])
-        triggers = [t for t in task.triggers if t.qubit < circuit.num_qubits]
-        key = (sha256, used, tuple(t.describe(task.qubits) for t in triggers),
-               tuple(sorted(task.parameters.items())))
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            dynamic = compile_dynamic(circuit, triggers, task.parameters)
-            compiled = self._pass_manager(device, used).run(dynamic)
-            self._compiled.put(key, compiled)
-        noise = self._local_noise_model(device, used) if command.noise else None
-        seed = command.seed if command.seed is not None else int(time.time_ns() % 2**31)
-        # A fresh simulator per run: a reused one measured twice as slow (14 vs 28 ms).
-        result = AerSimulator(noise_model=noise).run(
-            compiled, shots=command.shots, seed_simulator=seed).result()
-        return dict(result.get_counts()), seed
-
-    def _pass_manager(self, device: Device, used: tuple[int, ...]):
+    def _run_job(self, task: Task, command: ctl.Run, source: bytes,
+                 stats: dict[str, Any]) -> execution.RunJob:
+        """Everything a worker needs for this run, as plain data. Triggers that name a qubit
+        the circuit does not have are left out of it; a seed qfs picks comes from the
+        operating system's random source, so consecutive runs are independent."""
+        width = max(stats["num_qubits"], 1)
+        used = tuple(task.qubits[:width])
+        device = self.device(task.device)
         local = {p: i for i, p in enumerate(used)}
         edges = tuple(sorted((local[a], local[b]) for a, b in device.edges
                              if a in local and b in local))
-        key = (edges, len(used))
-        manager = self._pass_managers.get(key)
-        if manager is None:
-            from qiskit.transpiler import CouplingMap
-            from qiskit.transpiler.preset_passmanagers import generate_preset_pass_manager
+        triggers = tuple(t for t in task.triggers if t.qubit < width and all(
+            q < width for a in t.actions if isinstance(a, ctl.GateAction) for q in a.qubits))
+        seed = command.seed if command.seed is not None else secrets.randbelow(2**31)
+        noise_key = (device.name, used) if command.noise else None
+        return execution.RunJob(
+            source=source, sha256=stats["sha256"], limits=self._circuits.limits, physical=used,
+            edges=edges, triggers=triggers, parameters=tuple(sorted(task.parameters.items())),
+            shots=command.shots, seed=seed, noise_key=noise_key,
+            noise_errors=self._local_noise_errors(device, used) if command.noise else ())
 
-            coupling = CouplingMap([list(e) for e in edges] + [[b, a] for a, b in edges]) \
-                if edges else None
-            manager = generate_preset_pass_manager(
-                optimization_level=1, coupling_map=coupling, initial_layout=list(range(len(used))),
-                basis_gates=["cx", "id", "rz", "sx", "x", "measure", "reset", "delay", "if_else"],
-                seed_transpiler=0)
-            self._pass_managers.put(key, manager)
-        return manager
-
-    def _local_noise_model(self, device: Device, used: tuple[int, ...]):
+    def _local_noise_errors(self, device: Device, used: tuple[int, ...]) -> tuple[dict, ...]:
         """The device's noise on `used`, renumbered 0..n-1, so Aer simulates n qubits only."""
         key = (device.name, used)
         if key not in self._local_noise:
-            from qiskit_aer.noise import NoiseModel
-
-            full = device.noise_dict()
             local = {p: i for i, p in enumerate(used)}
             errors = []
-            for error in full["errors"]:
+            for error in device.noise_dict()["errors"]:
                 gates = [g for g in error.get("gate_qubits", []) if all(q in local for q in g)]
                 if gates:
                     errors.append({**error, "gate_qubits": [[local[q] for q in g]
                                                             for g in gates]})
-            self._local_noise[key] = NoiseModel.from_dict({"errors": errors})
+            self._local_noise[key] = tuple(errors)
         return self._local_noise[key]
 
     # -- views ---------------------------------------------------------------------------
@@ -598,6 +589,13 @@ class LiveQubitManager:
                 document["last_run"] = {k: live.last_run[k] for k in ("run", "circuit",
                                                                        "version", "counts")}
         return document
+
+
+def fidelity_at_least(*links: float) -> float:
+    """A lower bound on the fidelity across a chain of states from the fidelities of its
+    links: the Bures angle arccos(sqrt(F)) is a metric, so the angles add at most."""
+    angle = sum(math.acos(math.sqrt(min(1.0, max(0.0, f)))) for f in links)
+    return math.cos(min(angle, math.pi / 2)) ** 2
 
 
 def _buffers(device: Device, qubits: list[int], isolate: str) -> list[int]:

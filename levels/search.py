@@ -11,11 +11,9 @@ at once rather than at the end of its interval. A write that fails (a full disk)
 and retried with backoff, so the index catches up by itself once the cause is gone.
 """
 
-import concurrent.futures
 import contextlib
 import errno
 import logging
-import multiprocessing
 import re
 import shutil
 import threading
@@ -27,7 +25,8 @@ from whoosh import fields, index, qparser, query
 from whoosh.qparser import syntax
 from whoosh.qparser.plugins import FieldAliasPlugin
 
-from levels.errors import Busy, Invalid, NoSpace, QfsError
+from levels.errors import Busy, Invalid, NoSpace, QfsError, WorkerDied
+from levels.workers import Limits, WorkerPool
 
 log = logging.getLogger("qfs.search")
 
@@ -169,7 +168,7 @@ class SearchIndex:
         self._closing = False
         self._rebuild_with: Documents | None = None  # a rebuild asked for while running
         self._indexed: set[str] = set()  # names in the index (writer thread only)
-        self._writer_pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._writer_pool: WorkerPool | None = None
         self._in_process = False  # set when no writer process can run
         self._unmerged = 0  # commits since segments were last merged
         self._ready = False  # the index is open
@@ -318,7 +317,7 @@ class SearchIndex:
         if self._thread is not None:
             self._thread.join(timeout=30)
         if self._writer_pool is not None:
-            self._writer_pool.shutdown(wait=True)
+            self._writer_pool.shutdown()
         with self._search_lock:
             if self._searcher is not None:
                 self._searcher.close()
@@ -451,12 +450,14 @@ class SearchIndex:
             function(*args)
             return
         if self._writer_pool is None:
-            self._writer_pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._writer_pool = WorkerPool(1, Limits(memory_mb=2048, cpu_seconds=600,
+                                                     wall_seconds=1200), preload=("whoosh",))
         try:
-            self._writer_pool.submit(function, *args).result()
-        except concurrent.futures.process.BrokenProcessPool:
-            log.warning("the index writer process died; writing in this process from now on")
+            self._writer_pool.run(function, *args)
+        except WorkerDied as exc:
+            log.warning("the index writer process died (%s); writing in this process from now "
+                        "on", exc)
+            self._writer_pool.shutdown()
             self._writer_pool = None
             self._in_process = True
             function(*args)

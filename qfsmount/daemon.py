@@ -22,6 +22,7 @@ from fsops.operations import Operations
 from levels.config import Config
 from levels.errors import QfsError
 from levels.fabric import Fabric
+from levels.oplog import EscapingFormatter
 
 log = logging.getLogger("qfs")
 
@@ -33,12 +34,11 @@ def setup_logging(data_dir: Path, debug: bool, to_stderr: bool) -> None:
     handlers: list[logging.Handler] = [logging.FileHandler(data_dir / "qfs.log")]
     if to_stderr:
         handlers.append(logging.StreamHandler())
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
-    )
+    formatter = EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in handlers:
+        handler.setFormatter(formatter)  # no user-chosen name can forge a line of the log
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=handlers,
+                        force=True)
     logging.getLogger("qiskit").setLevel(logging.WARNING)  # its INFO is per transpiler pass
 
 
