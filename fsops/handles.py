@@ -9,7 +9,7 @@ circuit deleted under an open reader does not break it.
 
 import dataclasses
 
-from fsops.nodes import Commit, Control, Node
+from fsops.nodes import Commit, Control, Node, Screen
 from levels.scratch import ScratchFile
 
 Path = tuple[str, ...]
@@ -37,6 +37,7 @@ class FileHandle:
     imports: bool = False  # a /circuits/<name>.qasm import: the scratch goes at release
     control: Control | None = None  # a control file: each write() runs one command
     uid: int = 0  # who opened it (commands are checked against the task's owner)
+    screen: Screen | None = None  # judges the first bytes; None once they passed
 
     def read(self, offset: int, size: int) -> bytes:
         return bytes(self.data[offset : offset + size])
@@ -50,6 +51,8 @@ class FileHandle:
         self.dirty = self.written = True
         if self.scratch is not None:
             self.scratch.touch()
+        if self.screen is not None and self.screen(data):
+            self.screen = None
         return len(buf)
 
     def truncate(self, size: int) -> None:
@@ -82,7 +85,8 @@ def open_handle(
             imports=node.commit is not None, uid=uid,
         )
     data: bytearray | bytes = bytearray(content) if writable else content
-    return FileHandle(ino, path, data, writable, node.commit, None, node.subject, uid=uid)
+    return FileHandle(ino, path, data, writable, node.commit, None, node.subject, uid=uid,
+                      screen=node.screen)
 
 
 @dataclasses.dataclass

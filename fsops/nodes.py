@@ -29,6 +29,9 @@ DIR_TIMEOUT = 1.0
 Commit = Callable[[bytes, int], Awaitable[None]]
 # A control command: (line, uid of the writer) -> the reply readable from the file.
 Control = Callable[[str, int], Awaitable[str]]
+# A check of the bytes written so far, before close (an imported .npy's header): True once
+# satisfied, False while more bytes are needed; raising a refusal fails that write().
+Screen = Callable[[bytearray], bool]
 
 
 @dataclasses.dataclass
@@ -52,6 +55,7 @@ class Node:
     link_target: str = ""
     subject: str | None = None  # the circuit a refusal is reported under
     control: Control | None = None  # control files: each write() is one command
+    screen: Screen | None = None
 
     @property
     def is_dir(self) -> bool:

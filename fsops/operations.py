@@ -362,8 +362,7 @@ class Operations(pyfuse3.Operations):
                 node = Node(stat.S_IFREG, 0o644, 0, commit=commit, subject=path[1],
                             entry_timeout=0.0)  # exists only if its commit succeeds
             elif path[0] == state_routes.STATES:
-                node = Node(stat.S_IFREG, 0o644, 0, entry_timeout=0.0,
-                            commit=state_routes.import_target(fabric, path))
+                node = state_routes.import_node(fabric, path)
             elif (submit := workflow_routes.submit_target(fabric, path)) is not None:
                 node = Node(stat.S_IFREG, 0o644, 0, entry_timeout=0.0, commit=submit)
             elif routes.fabric_file(fabric, path):
@@ -392,7 +391,8 @@ class Operations(pyfuse3.Operations):
         if not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         if handle.control is None:
-            return handle.write(off, buf)
+            with self._guard("write", handle.path, handle.subject):
+                return handle.write(off, buf)
         key = "/".join(handle.path)
         with self._guard("write", handle.path):
             try:

@@ -50,14 +50,19 @@ class Encoded:
 
 
 def num_qubits_of(state: np.ndarray) -> int:
-    size = state.shape[0]
-    n = round(math.log2(size)) if size > 0 else -1
-    if n < 0 or 2**n != size:
+    return qubits_of_shape(state.shape)
+
+
+def qubits_of_shape(shape: tuple[int, ...]) -> int:
+    """The qubit count of a state of this shape (known from a .npy header, before the data)."""
+    if len(shape) not in (1, 2):
+        raise Invalid(f"a state is a vector or a square matrix, not {len(shape)}-D")
+    size = shape[0]
+    n = size.bit_length() - 1
+    if size < 1 or 2**n != size:
         raise Invalid(f"a state needs a power-of-two dimension, not {size}")
-    if state.ndim == 2 and state.shape != (size, size):
-        raise Invalid(f"a density matrix must be square, not {state.shape}")
-    if state.ndim not in (1, 2):
-        raise Invalid(f"a state is a vector or a square matrix, not {state.ndim}-D")
+    if len(shape) == 2 and shape != (size, size):
+        raise Invalid(f"a density matrix must be square, not {shape}")
     return n
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import threading
@@ -120,6 +121,9 @@ class StateStore:
             complex64=config.amplitude_precision == "complex64")
         self._retention = parse_duration(config.checkpoint_retention)
         self._blob_lock = threading.Lock()
+        # No checkpoint expires before this time (0: look): expire() runs every second and
+        # must not parse every record each time.
+        self._next_expiry_ns = 0
         # Directories made by mkdir that await an imported state, with the uid that made
         # each (in memory, like scratch).
         self.pending: dict[str, int] = {}
@@ -129,9 +133,12 @@ class StateStore:
     # -- reading -------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        self.expire()
+        """Checkpoints not expired; a listing deletes nothing (the fabric's periodic task
+        calls expire)."""
+        now = time.time_ns()
         with self._meta.reading() as txn:
-            return [k.decode() for k, _ in txn.scan("checkpoints")]
+            return [k.decode() for k, v in txn.scan("checkpoints")
+                    if json.loads(v)["expires_ns"] > now]
 
     def get(self, name: str) -> dict[str, Any]:
         with self._meta.reading() as txn:
@@ -177,12 +184,9 @@ class StateStore:
         owner = self._owner(request)
         parent = self._parent(request.parent, owner) if request.parent else None
         state = stateformats.validate_state(state)
-        n = stateformats.num_qubits_of(state)
+        n = self.screen(state.shape)
         raw_bytes = state.size * 16
         limit = self._config.max_checkpoint_size_mb << 20
-        if raw_bytes > limit:
-            raise TooBig(f"a {n}-qubit state is {raw_bytes >> 20} MiB, over "
-                         f"max_checkpoint_size_mb={self._config.max_checkpoint_size_mb}")
         fmt, reason = self._format(request, state)
         started = time.perf_counter()
         encoded = stateformats.encode(state, fmt, self.options)
@@ -215,6 +219,16 @@ class StateStore:
             raise TooBig(f"checkpoint is {len(blob) >> 20} MiB stored, over the limit")
         meta_json(meta)  # never store a record its meta.json could not show
         return Prepared(meta, blob)
+
+    def screen(self, shape: tuple[int, ...]) -> int:
+        """What the shape alone decides (an import's .npy header, before its data): the
+        qubit count, or Invalid / TooBig."""
+        n = stateformats.qubits_of_shape(shape)
+        raw_bytes = 16 * math.prod(shape)
+        if raw_bytes > self._config.max_checkpoint_size_mb << 20:
+            raise TooBig(f"a {n}-qubit state is {raw_bytes >> 20} MiB, over "
+                         f"max_checkpoint_size_mb={self._config.max_checkpoint_size_mb}")
+        return n
 
     def _owner(self, request: Request) -> int:
         """The owner of the task whose state this is (its record in the tasks table is the
@@ -260,6 +274,7 @@ class StateStore:
                 if txn.get("checkpoints", name.encode()) is not None:
                     raise Exists(f"checkpoint {name} exists")
                 txn.put("checkpoints", name.encode(), json.dumps(meta).encode())
+            self._next_expiry_ns = min(self._next_expiry_ns, meta["expires_ns"])
         return meta
 
     def blob_keys(self) -> list[str]:
@@ -297,20 +312,25 @@ class StateStore:
             return [name]
 
         self._drop(doomed)
+        self._next_expiry_ns = 0  # an expired parent it kept may go now
 
     def expire(self) -> list[str]:
         """Delete expired checkpoints, except ancestors of live ones (their dictionaries);
-        returns the names deleted."""
+        returns the names deleted. Cheap until the next checkpoint's time comes."""
         now = time.time_ns()
+        if now < self._next_expiry_ns:
+            return []
 
         def doomed(records: dict[str, dict[str, Any]]) -> list[str]:
             pinned: set[str] = set()
-            for meta in records.values():
-                if meta["expires_ns"] > now:
-                    parent = meta.get("parent")
-                    while parent and parent not in pinned:
-                        pinned.add(parent)
-                        parent = records.get(parent, {}).get("parent")
+            live = [m for m in records.values() if m["expires_ns"] > now]
+            for meta in live:
+                parent = meta.get("parent")
+                while parent and parent not in pinned:
+                    pinned.add(parent)
+                    parent = records.get(parent, {}).get("parent")
+            # A kept parent goes when its last live child expires or is deleted.
+            self._next_expiry_ns = min((m["expires_ns"] for m in live), default=1 << 62)
             return [n for n, m in records.items() if m["expires_ns"] <= now and n not in pinned]
 
         return self._drop(doomed)

@@ -4,7 +4,6 @@ import errno
 import json
 import os
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from qiskit.quantum_info import Statevector, state_fidelity
 from levels.store.meta import LmdbMetaStore
 from tests.conftest import QFSMOUNT
 from tests.test_qubits import command
-from tests.test_states import ENTANGLED, prepared_task
+from tests.test_states import ENTANGLED, prepared_task, stored_checkpoints, wait_until_deleted
 
 pytestmark = pytest.mark.fuse
 
@@ -154,14 +153,6 @@ def _edit_checkpoint(data, name: str, **changes) -> None:
     meta.close()
 
 
-def _checkpoint_names(data) -> set[str]:
-    meta = LmdbMetaStore(data / "meta.lmdb", 1024)
-    with meta.reading() as txn:
-        names = {k.decode() for k, _v in txn.scan("checkpoints")}
-    meta.close()
-    return names
-
-
 def test_checkpoints_sharing_a_blob_survive_each_other(mount_factory):
     qfs = mount_factory()
     prepared_task(qfs, "d")
@@ -173,11 +164,7 @@ def test_checkpoints_sharing_a_blob_survive_each_other(mount_factory):
     blobs = {(qfs.root / "states" / n / "blob").read_bytes() for n in ("one", "two", "brief")}
     assert len(blobs) == 1 and len(list((qfs.data / "blobs").glob("??/*"))) == 1
     subprocess.run(["rm", "-r", str(qfs.root / "states" / "one")], check=True)
-    deadline = time.monotonic() + 20
-    while "brief" in _checkpoint_names(qfs.data):  # expired, then deleted by the daemon
-        assert time.monotonic() < deadline, "the expired checkpoint was never deleted"
-        time.sleep(0.2)
-        os.listdir(qfs.root / "states")
+    wait_until_deleted(qfs.data, "brief")
     exact = Statevector(qasm3.loads(ENTANGLED))
     assert state_fidelity(Statevector(np.load(qfs.root / "states" / "two" / "statevector.npy")),
                           exact) > 1 - 1e-12
@@ -222,4 +209,4 @@ def test_edited_blob_keys_are_never_used_as_paths(mount_factory, tmp_path):
         ("broken_checkpoint", "absolute"), ("broken_checkpoint", "dotdot")}
     assert all("not a SHA-256 hex digest" in f["detail"] for f in findings)
     assert victim.exists() and run_check(qfs.data) == (0, [])
-    assert _checkpoint_names(qfs.data) == {"real"}
+    assert stored_checkpoints(qfs.data) == {"real"}

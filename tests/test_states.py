@@ -16,6 +16,7 @@ import pytest
 from qiskit import qasm3
 from qiskit.quantum_info import DensityMatrix, Statevector, state_fidelity
 
+from levels.store.meta import LmdbMetaStore
 from tests.test_qubits import command, refused
 
 pytestmark = pytest.mark.fuse
@@ -200,6 +201,62 @@ def test_owners_pin_only_their_own_parents_and_alone_read_their_states(mount_fac
     assert os.listdir(states) == []
 
 
+def test_np_save_of_a_refused_state_fails_at_its_first_write(mount_factory, tmp_path):
+    config = tmp_path / "qfs.yaml"
+    config.write_text("state_store:\n  max_checkpoint_size_mb: 1\n")
+    qfs = mount_factory(extra=["--config", str(config)])
+    states = qfs.root / "states"
+    big = np.zeros(2**17, dtype=complex)  # 2 MiB of amplitudes
+    big[0] = 1
+    cases = [("statevector.npy", np.ones(3) / np.sqrt(3), errno.EINVAL),
+             ("statevector.npy", np.eye(4) / 4, errno.EINVAL),
+             ("density_matrix.npy", np.ones(4) / 2, errno.EINVAL),
+             ("density_matrix.npy", np.ones((4, 2)) / 2, errno.EINVAL),
+             ("statevector.npy", np.array(["0", "1"]), errno.EINVAL),
+             ("statevector.npy", np.array([1, None, 0, 0], dtype=object), errno.EINVAL),
+             ("statevector.npy", big, errno.EFBIG)]
+    for i, (filename, array, expected) in enumerate(cases):
+        (states / f"x{i}").mkdir()
+        with pytest.raises(OSError) as caught:
+            np.save(states / f"x{i}" / filename, array)
+        assert caught.value.errno == expected, (filename, array.dtype, array.shape)
+        assert os.listdir(states / f"x{i}") == []
+    assert "max_checkpoint_size_mb=1" in (qfs.root / ".qfs" / "log").read_text()
+    # Byte by byte: the write() that completes the header is refused.
+    header = npy_header(np.ones(3) / np.sqrt(3))
+    (states / "slow").mkdir()
+    fd = os.open(states / "slow" / "statevector.npy", os.O_WRONLY | os.O_CREAT)
+    try:
+        for i in range(len(header) - 1):
+            os.write(fd, header[i : i + 1])
+        with pytest.raises(OSError) as caught:
+            os.write(fd, header[-1:])
+        assert caught.value.errno == errno.EINVAL
+    finally:
+        with pytest.raises(OSError):
+            os.close(fd)  # and close() refuses what it holds too
+    # The values wait for close(): a good header of a vector that is not normalised.
+    (states / "late").mkdir()
+    fd = os.open(states / "late" / "statevector.npy", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, npy_bytes_of(np.ones(4)))
+    with pytest.raises(OSError) as caught:
+        os.close(fd)
+    assert caught.value.errno == errno.EINVAL
+    np.save(states / "late" / "statevector.npy", np.ones(4) / 2)
+    assert np.allclose(npy(qfs, "late"), np.ones(4) / 2)
+
+
+def npy_bytes_of(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def npy_header(array: np.ndarray) -> bytes:
+    data = npy_bytes_of(array)
+    return data[: len(data) - array.nbytes]
+
+
 def test_tampered_swapped_or_wrongly_keyed_blobs_are_refused(mount_factory, tmp_path):
     qfs = mount_factory()
     prepared_task(qfs, "t")
@@ -271,12 +328,31 @@ def test_incremental_checkpoint_stores_only_the_change(qfs):
     assert base["format"] == "statevector"
 
 
+def stored_checkpoints(data: Path) -> set[str]:
+    """The checkpoint records in LMDB, read beside the daemon (expired ones included)."""
+    meta = LmdbMetaStore(data / "meta.lmdb", 1024)
+    with meta.reading() as txn:
+        names = {k.decode() for k, _v in txn.scan("checkpoints")}
+    meta.close()
+    return names
+
+
+def wait_until_deleted(data: Path, name: str) -> None:
+    deadline = time.monotonic() + 20
+    while name in stored_checkpoints(data):
+        assert time.monotonic() < deadline, f"expired checkpoint {name} was never deleted"
+        time.sleep(0.2)
+
+
 def test_retention_expires_checkpoints(qfs):
     prepared_task(qfs, "e")
     command(qfs.qubits / "tasks" / "e" / "ctl", "checkpoint brief retention=1s")
-    assert "brief" in os.listdir(qfs.root / "states")
+    command(qfs.qubits / "tasks" / "e" / "ctl", "checkpoint stays")
+    assert sorted(os.listdir(qfs.root / "states")) == ["brief", "stays"]
     time.sleep(1.2)
-    assert "brief" not in os.listdir(qfs.root / "states")
+    wait_until_deleted(qfs.data, "brief")  # by the daemon's periodic task, with no listing
+    assert stored_checkpoints(qfs.data) == {"stays"}
+    assert os.listdir(qfs.root / "states") == ["stays"]
     assert not (qfs.root / "states" / "brief").exists()
     assert refused(qfs.qubits / "tasks" / "e" / "ctl", "restore brief") == errno.ENOENT
 
