@@ -38,6 +38,7 @@ from levels.errors import Busy, Invalid, NotFound, PermissionDenied, QfsError
 from levels.metrics import Metrics
 from levels.qubits import LiveQubitManager
 from levels.stateformats import encode, pure_state_of
+from levels.stateformats import fidelity as state_fidelity
 from levels.states import StateStore
 from levels.store.meta import MetaStore
 
@@ -317,10 +318,17 @@ class Coordinator:
         started = time.perf_counter()
         vector = self._qubits.live(task_name).state.vector.copy()
         fmt = fmt or "statevector"
+        # Sampled formats (shadows) draw from a seed of the state, so the same state gets
+        # the same decision every time.
+        digest = hashlib.sha256(vector.tobytes()).digest()
+        options = dataclasses.replace(self._states.options,
+                                      seed=int.from_bytes(digest[:8], "little"))
 
         def serialize():
-            encoded = encode(vector, fmt, self._states.options)
-            return pure_state_of(encoded.decoded), encoded.fidelity
+            """What the target will hold (a mixed decode's top eigenvector) and its
+            fidelity to the live state, the one the threshold is about."""
+            loaded = pure_state_of(encode(vector, fmt, options).decoded)
+            return loaded, state_fidelity(vector, loaded)
 
         restored, fidelity = await trio.to_thread.run_sync(serialize)
         self._metrics.migration_fidelity.observe(fidelity)
@@ -328,7 +336,8 @@ class Coordinator:
             self._update_success()
             raise Invalid(f"migration of {task_name} to {device} would keep fidelity "
                           f"{fidelity:.6f} < threshold {limit}; the task stays on {task.device}")
-        self._qubits.move_task(task_name, device, uid, np.asarray(restored))
+        self._qubits.move_task(task_name, device, uid, np.asarray(restored),
+                               {"format": fmt, "fidelity": fidelity})
         self._migrations[0] += 1
         self._update_success()
         self._metrics.level_transition_seconds.observe(time.perf_counter() - started)

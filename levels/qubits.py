@@ -79,6 +79,7 @@ class Live:
     stopped: bool = False
     last_run: dict[str, Any] | None = None
     restored: dict[str, Any] | None = None  # the last restore: checkpoint and fidelity
+    migrated: dict[str, Any] | None = None  # the last migration: whence, format, fidelity
     # Values `set` by triggers since the last reset: they last one live shot, as a `set`
     # in a compiled circuit lasts one shot, and never change the task's own parameters.
     parameters: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -455,9 +456,10 @@ class LiveQubitManager:
 
         state.vector = await trio.to_thread.run_sync(evolve)
 
-    def move_task(self, name: str, device_name: str, uid: int, vector) -> Task:
-        """Reallocate a task on another device and load `vector` there; on any refusal the
-        task stays where it was."""
+    def move_task(self, name: str, device_name: str, uid: int, vector,
+                  record: dict[str, Any]) -> Task:
+        """Reallocate a task on another device and load `vector` there (`record`, what the
+        migration kept, goes to state.json); on any refusal the task stays where it was."""
         task = self.task(name)
         self._check_owner(task, uid)
         device = self.device(device_name)
@@ -471,6 +473,7 @@ class LiveQubitManager:
         self._cool(task, task.qubits)
         live = self.live(name)
         live.state.vector = vector.copy()
+        live.migrated = {"from": task.device, **record}
         self._update_utilization(task.device)
         self._update_utilization(device_name)
         return moved
@@ -585,6 +588,8 @@ class LiveQubitManager:
             }
             if live.restored is not None:
                 document["live"]["restored"] = live.restored
+            if live.migrated is not None:
+                document["live"]["migrated"] = live.migrated
             if live.last_run is not None:
                 document["last_run"] = {k: live.last_run[k] for k in ("run", "circuit",
                                                                        "version", "counts")}

@@ -205,3 +205,96 @@ def test_both_trigger_paths_give_the_exact_distribution(trigger_task, triggers, 
             if name == "measure" and stopped:
                 assert refused(ctl, "apply mid") == errno.EBUSY
                 break
+
+
+DENSE = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[3] q;
+ry(0.9) q[0];
+h q[1];
+cx q[0], q[2];
+rz(0.4) q[2];
+cx q[1], q[0];
+ry(1.3) q[2];
+t q[1];
+"""
+DEVICES = """live_qubit_mgr:
+  devices:
+    - {name: eagle, qubits: 127, topology: heavy_hex}
+    - {name: lab, qubits: 8, topology: all_to_all, seed: 11}
+"""
+
+
+def original():
+    from qiskit import qasm3
+    from qiskit.quantum_info import Statevector
+
+    return Statevector(qasm3.loads(DENSE))
+
+
+def live_vector(qfs, ctl, name: str) -> np.ndarray:
+    """The task's live state, read back through a lossless checkpoint."""
+    command(ctl, f"checkpoint {name} format=statevector")
+    return np.load(qfs.root / "states" / name / "statevector.npy")
+
+
+@pytest.mark.parametrize("fmt", ["shadow", "statevector"])
+def test_restore_reports_the_fidelity_of_the_state_it_loads(qfs, fmt):
+    from qiskit.quantum_info import DensityMatrix, Statevector, state_fidelity
+
+    qfs.write_circuit("dense", DENSE)
+    command(qfs.qubits / "ctl", "alloc 3 task=a")
+    command(qfs.qubits / "tasks" / "a" / "ctl", "apply dense")
+    command(qfs.qubits / "tasks" / "a" / "ctl", f"checkpoint s format={fmt}")
+    command(qfs.qubits / "ctl", "alloc 3 task=b")
+    ctl = qfs.qubits / "tasks" / "b" / "ctl"
+    command(ctl, "restore s")
+    reply = ctl.read_text()
+    restored = json.loads((qfs.qubits / "tasks" / "b" / "state.json").read_text())["live"][
+        "restored"]
+    loaded = Statevector(live_vector(qfs, ctl, "loaded"))
+    meta = json.loads((qfs.root / "states" / "s" / "meta.json").read_text())
+    kind = meta["decodes_to"]
+    stored = np.load(qfs.root / "states" / "s" / f"{kind}.npy")
+    stored = DensityMatrix(stored) if stored.ndim == 2 else Statevector(stored)
+    assert restored["fidelity"] == pytest.approx(state_fidelity(stored, loaded), abs=1e-9)
+    assert f"fidelity {restored['fidelity']:.12g} to the checkpoint's" in reply
+    assert restored["checkpoint_fidelity"] == pytest.approx(
+        state_fidelity(original(), stored), abs=1e-9)
+    actual = state_fidelity(original(), loaded)
+    assert restored["fidelity_to_checkpointed_at_least"] <= actual + 1e-9
+    if fmt == "statevector":  # the loaded state is the decoded one: the bound is exact
+        assert restored["fidelity_to_checkpointed_at_least"] == pytest.approx(actual, abs=1e-9)
+    else:
+        assert restored["fidelity"] < 1 - 1e-3  # a shadow's top eigenvector is not all of it
+
+
+def test_migration_reports_and_checks_the_fidelity_of_the_state_it_loads(mount_factory,
+                                                                          tmp_path):
+    from qiskit.quantum_info import Statevector, state_fidelity
+
+    config = tmp_path / "qfs.yaml"
+    config.write_text(DEVICES)
+    qfs = mount_factory(extra=["--config", str(config)])
+    qfs.write_circuit("dense", DENSE)
+    for task in ("a", "c"):
+        command(qfs.qubits / "ctl", f"alloc 3 task={task}")
+        command(qfs.qubits / "tasks" / task / "ctl", "apply dense")
+    lab = qfs.root / "devices" / "lab" / "tasks"
+    command(qfs.qubits / "tasks" / "a" / "ctl", "migrate device=lab format=shadow threshold=0")
+    migrated = json.loads((lab / "a" / "state.json").read_text())["live"]["migrated"]
+    assert migrated["from"] == "eagle" and migrated["format"] == "shadow"
+    reported = migrated["fidelity"]
+    loaded = Statevector(live_vector(qfs, lab / "a" / "ctl", "moved"))
+    assert reported == pytest.approx(state_fidelity(original(), loaded), abs=1e-9)
+    command(lab / "a" / "ctl", "release")
+    # The same state gets the same shadow, so the decision at a threshold is reproducible.
+    before = mapping(qfs, "c")
+    ctl = qfs.qubits / "tasks" / "c" / "ctl"
+    assert refused(ctl, f"migrate device=lab format=shadow threshold={reported + 1e-9}") == \
+        errno.EINVAL
+    assert f"fidelity {reported:.6f} < threshold" in ctl.read_text()
+    assert mapping(qfs, "c") == before
+    command(ctl, f"migrate device=lab format=shadow threshold={reported - 1e-9}")
+    assert json.loads((lab / "c" / "state.json").read_text())["live"]["migrated"][
+        "fidelity"] == reported
