@@ -263,6 +263,12 @@ def test_feed_forward_cannot_exhaust_the_daemon(mount_factory):
     done = as_nobody("run chain shots=100 noise=off", ctl)
     assert done.returncode != 0 and "Invalid argument" in done.stderr
     assert "more than" in ctl.read_text() and "operations" in ctl.read_text()
+    qfs.write_circuit("deep", header + "h q[0];\nc[0] = measure q[0];\n" * 70)
+    p0 = mapping(qfs, "ff")[0]
+    assert as_nobody("off all", qfs.qubits / f"q{p0}" / "ctl").returncode == 0
+    assert as_nobody("on 1 do stop", qfs.qubits / f"q{p0}" / "ctl").returncode == 0
+    done = as_nobody("run deep shots=100 noise=off", ctl)
+    assert done.returncode != 0 and "nest more than 64 branches" in ctl.read_text()
     assert time.monotonic() - started < 30
     assert rss_mb() - before < 300
     assert "results" not in os.listdir(qfs.circuits / "chain") or \
