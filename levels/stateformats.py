@@ -66,8 +66,9 @@ def qubits_of_shape(shape: tuple[int, ...]) -> int:
     return n
 
 
-def validate_state(state: np.ndarray, tolerance: float = 1e-6) -> np.ndarray:
-    """A normalised vector or a unit-trace Hermitian PSD matrix as complex128, or Invalid."""
+def validate_state(state: np.ndarray, tolerance: float = 1e-6) -> tuple[np.ndarray, float]:
+    """A normalised vector or a unit-trace Hermitian PSD matrix as complex128, or Invalid;
+    with the trace distance from the input of what was projected away (see _nearest_psd)."""
     array = np.asarray(state)
     if not np.issubdtype(array.dtype, np.number):
         raise Invalid(f"a state holds numbers, not {array.dtype}")
@@ -79,15 +80,32 @@ def validate_state(state: np.ndarray, tolerance: float = 1e-6) -> np.ndarray:
         norm = float(np.vdot(array, array).real)
         if abs(norm - 1) > tolerance:
             raise Invalid(f"the state vector is not normalised (norm² = {norm:.9g})")
-        return array / math.sqrt(norm)
+        return array / math.sqrt(norm), 0.0  # the same ray: no other state
     if not np.allclose(array, array.conj().T, atol=tolerance):
         raise Invalid("the density matrix is not Hermitian")
     trace = float(np.trace(array).real)
     if abs(trace - 1) > tolerance:
         raise Invalid(f"the density matrix does not have unit trace ({trace:.9g})")
-    if np.linalg.eigvalsh(array).min() < -tolerance:
-        raise Invalid("the density matrix is not positive semidefinite")
-    return array / trace
+    hermitian = (array + array.conj().T) / (2 * trace)
+    lowest = float(np.linalg.eigvalsh(hermitian).min())
+    if lowest < -tolerance:
+        raise Invalid(f"the density matrix is not positive semidefinite (eigenvalue "
+                      f"{lowest:.3g})")
+    if lowest < -ROUNDING:
+        return _nearest_psd(hermitian)
+    return hermitian, 0.0
+
+
+ROUNDING = 1e-12  # eigenvalues this close to zero are the arithmetic's, not the input's
+
+
+def _nearest_psd(hermitian: np.ndarray) -> tuple[np.ndarray, float]:
+    """The closest density matrix (in 2-norm, keeping the eigenvectors and the trace) to a
+    Hermitian unit-trace matrix with small negative eigenvalues, and the trace distance
+    between them: served as given, such a matrix would not be a state."""
+    values, vectors = np.linalg.eigh(hermitian)
+    fixed = _closest_spectrum(values[::-1])[::-1]
+    return (vectors * fixed) @ vectors.conj().T, float(np.abs(values - fixed).sum() / 2)
 
 
 def fidelity(a: np.ndarray, b: np.ndarray) -> float:
@@ -100,23 +118,31 @@ def fidelity(a: np.ndarray, b: np.ndarray) -> float:
 
 
 ENTROPY_CUT_MAX = 6  # qubits on the small side of the cut: a 64x64 eigenproblem at most
+MIXED_ENTROPY = ("a mixed state: the entropy of its qubits would count classical mixing as "
+                 "entanglement, so none is given")
 
 
-def entanglement_entropy(state: np.ndarray) -> float:
-    """Von Neumann entropy (bits) of the lowest min(n/2, 6) qubits, for pure states.
-
-    The reduced density matrix of the small side is M^H M of the reshaped vector: a dense
-    SVD across the middle cut cost ~80% of a 20-qubit checkpoint for a metadata field."""
-    if state.ndim != 1:
-        return float("nan")
-    n = num_qubits_of(state)
+def schmidt_spectrum(vector: np.ndarray) -> tuple[int, np.ndarray]:
+    """(k, squared Schmidt coefficients) across the cut between the lowest k = min(n/2, 6)
+    qubits and the rest: the eigenvalues of the small side's 2^k x 2^k reduced density
+    matrix M^H M (a dense SVD across the middle cut cost ~80% of a 20-qubit checkpoint)."""
+    n = num_qubits_of(vector)
     cut = min(n // 2, ENTROPY_CUT_MAX)
-    if cut == 0:
-        return 0.0
-    matrix = state.reshape(2 ** (n - cut), 2**cut)
-    values = np.linalg.eigvalsh(matrix.conj().T @ matrix)
+    matrix = vector.reshape(2 ** (n - cut), 2**cut)
+    return cut, np.clip(np.linalg.eigvalsh(matrix.conj().T @ matrix), 0, None)
+
+
+def entanglement(spectrum: tuple[int, np.ndarray] | None) -> dict[str, Any]:
+    """meta.json's entanglement fields: the von Neumann entropy (bits) of qubits 0..k-1 of
+    a pure state, the cut named; null with the reason for a mixed state."""
+    if spectrum is None:
+        return {"entanglement_entropy": None, "entanglement_entropy_cut": None,
+                "entanglement_entropy_reason": MIXED_ENTROPY}
+    cut, values = spectrum
     p = values[values > 1e-14]
-    return max(0.0, float(-(p * np.log2(p)).sum()))
+    return {"entanglement_entropy": max(0.0, float(-(p * np.log2(p)).sum())),
+            "entanglement_entropy_cut": list(range(cut)),
+            "entanglement_entropy_reason": None}
 
 
 # -- containers ----------------------------------------------------------------------------

@@ -183,7 +183,8 @@ class StateStore:
         retention = parse_duration(request.retention) if request.retention else self._retention
         owner = self._owner(request)
         parent = self._parent(request.parent, owner) if request.parent else None
-        state = stateformats.validate_state(state)
+        state, projected = stateformats.validate_state(state)
+        spectrum = stateformats.schmidt_spectrum(state) if state.ndim == 1 else None
         n = self.screen(state.shape)
         raw_bytes = state.size * 16
         limit = self._config.max_checkpoint_size_mb << 20
@@ -203,7 +204,8 @@ class StateStore:
             "format": fmt, "format_reason": reason,
             "decodes_to": stateformats.DECODES_TO[fmt], "qubit_count": n,
             "fidelity": encoded.fidelity,
-            "entanglement_entropy": stateformats.entanglement_entropy(state),
+            **stateformats.entanglement(spectrum),
+            "projection_trace_distance": projected,
             "raw_bytes": raw_bytes, "payload_bytes": len(encoded.payload),
             "encrypted": encrypt, "parent": request.parent, "owner": owner,
             "created_ns": created, "expires_ns": created + int(retention * 1e9),
@@ -381,7 +383,7 @@ def meta_json(meta: dict[str, Any]) -> bytes:
     shown = {k: v for k, v in meta.items() if k not in ("blob", "created_ns", "expires_ns")}
     shown["created"] = _iso(meta["created_ns"])
     shown["expires"] = _iso(meta["expires_ns"])
-    return json.dumps(shown, indent=2).encode() + b"\n"
+    return json.dumps(shown, indent=2, allow_nan=False).encode() + b"\n"
 
 
 def _iso(ns: int) -> str:

@@ -14,9 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from qiskit import qasm3
-from qiskit.quantum_info import DensityMatrix, Statevector, state_fidelity
+from qiskit.quantum_info import (
+    DensityMatrix,
+    Statevector,
+    entropy,
+    partial_trace,
+    random_statevector,
+    random_unitary,
+    state_fidelity,
+)
 
 from levels.store.meta import LmdbMetaStore
+from tests.conftest import QFSMOUNT
 from tests.test_qubits import command, refused
 
 pytestmark = pytest.mark.fuse
@@ -257,6 +266,54 @@ def npy_header(array: np.ndarray) -> bytes:
     return data[: len(data) - array.nbytes]
 
 
+def strict_json(path: Path) -> dict:
+    """JSON as strict parsers read it: NaN and Infinity are not JSON."""
+    def reject(constant: str):
+        raise ValueError(f"{constant} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def test_meta_json_is_strict_json_and_names_the_entropy_cut(qfs):
+    prepared_task(qfs, "p")
+    command(qfs.qubits / "tasks" / "p" / "ctl", "checkpoint pure format=statevector")
+    meta = strict_json(qfs.root / "states" / "pure" / "meta.json")
+    exact = expected_state(ENTANGLED)
+    assert meta["entanglement_entropy_cut"] == [0, 1]
+    assert meta["entanglement_entropy"] == pytest.approx(
+        entropy(partial_trace(exact, [2, 3]), base=2), abs=1e-9)
+    wide = random_statevector(2**14, seed=5)
+    _import(qfs, "wide", np.asarray(wide.data))
+    meta = strict_json(qfs.root / "states" / "wide" / "meta.json")
+    assert meta["entanglement_entropy_cut"] == list(range(6))
+    assert meta["entanglement_entropy"] == pytest.approx(
+        entropy(partial_trace(wide, list(range(6, 14))), base=2), abs=1e-9)
+    rho = DensityMatrix(exact).data * 0.7 + np.eye(16) * 0.3 / 16
+    _import(qfs, "mixed", rho, "density_matrix.npy")
+    meta = strict_json(qfs.root / "states" / "mixed" / "meta.json")
+    assert meta["entanglement_entropy"] is None and meta["entanglement_entropy_cut"] is None
+    assert "mixed state" in meta["entanglement_entropy_reason"]
+
+
+def test_density_matrix_within_tolerance_is_projected_onto_a_state(qfs):
+    u = random_unitary(4, seed=3).data
+    rho = u @ np.diag([0.6, 0.4 + 9e-7, 0.0, -9e-7]) @ u.conj().T
+    assert not DensityMatrix(rho).is_valid()
+    _import(qfs, "edge", rho, "density_matrix.npy")
+    served = npy(qfs, "edge", "density_matrix")
+    assert DensityMatrix(served).is_valid() and np.linalg.eigvalsh(served).min() > -1e-12
+    distance = np.linalg.svd(rho - served, compute_uv=False).sum() / 2
+    meta = strict_json(qfs.root / "states" / "edge" / "meta.json")
+    assert meta["projection_trace_distance"] == pytest.approx(distance, abs=1e-12)
+    assert 5e-7 < distance < 2e-6
+    u = random_unitary(4, seed=4).data
+    with pytest.raises(OSError) as caught:  # beyond the 1e-6 tolerance: refused
+        _import(qfs, "negative", u @ np.diag([0.6, 0.4 + 3e-6, 0.0, -3e-6]) @ u.conj().T,
+                "density_matrix.npy")
+    assert caught.value.errno == errno.EINVAL
+    assert "not positive semidefinite" in (qfs.root / ".qfs" / "log").read_text()
+
+
 def test_tampered_swapped_or_wrongly_keyed_blobs_are_refused(mount_factory, tmp_path):
     qfs = mount_factory()
     prepared_task(qfs, "t")
@@ -422,3 +479,9 @@ def test_kill_during_checkpoint_leaves_no_partial_checkpoint(mount_factory, tmp_
     referenced = {json.loads((second.root / "states" / n / "meta.json").read_text())["name"]
                   for n in names}
     assert referenced == set(names)
+    second.stop()
+    # At most a blob written before the kill and never referenced, which repair removes.
+    done = subprocess.run([*QFSMOUNT, "--check", "--repair", "--data", str(qfs.data)],
+                          capture_output=True, text=True, timeout=300)
+    assert {json.loads(line)["kind"] for line in done.stdout.splitlines()} <= {"orphan_blob"}
+    assert done.returncode == 0, done.stdout
