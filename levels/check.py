@@ -9,7 +9,8 @@ Cross-level invariants, each with the repair that is safe:
   digest is never used as a path);
 - every task sits on a configured device, on qubits that exist and that no other task
   holds (bad tasks: released on repair);
-- every circuit version has its source (report only: the record says what is lost);
+- every circuit version has its source, within today's program limits (report only: the
+  record says what is lost or refused);
 - the search index holds exactly the circuits (rebuilt on repair; it is derived data).
 """
 
@@ -17,7 +18,9 @@ import dataclasses
 import json
 from typing import Any
 
+from levels.errors import QfsError
 from levels.fabric import Fabric
+from levels.qasm import check_source
 from levels.store.blobs import is_key
 
 
@@ -99,14 +102,22 @@ def _tasks(fabric: Fabric, repair: bool) -> list[Finding]:
 
 
 def _circuit_sources(fabric: Fabric) -> list[Finding]:
+    """Every version has its source, and the source is one the mount would accept today
+    (within the configured program limits, including nothing but the standard libraries):
+    a version stored before a limit existed must not turn into an EIO only at `ls`."""
     findings = []
     for circuit in fabric.circuits.all_circuits():
         for version in circuit.versions:
+            subject = f"{circuit.name}@v{version.n}"
             try:
-                fabric.circuits.source(circuit.name, version.n)
+                source = fabric.circuits.source(circuit.name, version.n)
             except Exception as exc:
-                findings.append(Finding("missing_source", f"{circuit.name}@v{version.n}",
-                                        str(exc)))
+                findings.append(Finding("missing_source", subject, str(exc)))
+                continue
+            try:
+                check_source(source, fabric.circuits.limits)
+            except QfsError as exc:
+                findings.append(Finding("unservable_circuit", subject, str(exc)))
     return findings
 
 

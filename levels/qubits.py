@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from levels import allocation, ctl, execution
+from levels import allocation, ctl, execution, feedforward
 from levels.circuits import CircuitStore, validate_name
 from levels.config import LiveQubitConfig
 from levels.devices import Device, DeviceSpec
@@ -499,14 +499,13 @@ class LiveQubitManager:
         started = time.perf_counter()
         counts = await trio.to_thread.run_sync(self._workers.run, execution.run, job)
         seed = job.seed
-        circuit_qubits = stats["num_qubits"]
         duration = time.perf_counter() - started
         self._metrics.gate_operation_seconds.observe(duration)
         self._runs += 1
         run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{task.name}-{self._runs}"
         document = {
             "run": run_id, "circuit": command.circuit, "version": version, "task": task.name,
-            "device": task.device, "physical_qubits": task.qubits[:circuit_qubits],
+            "device": task.device, "physical_qubits": list(job.physical),
             "shots": command.shots, "noise": command.noise, "seed": seed, "counts": counts,
             "triggers": [t.describe(task.qubits) for t in task.triggers],
             "parameters": task.parameters, "duration_s": round(duration, 6),
@@ -522,18 +521,18 @@ class LiveQubitManager:
 
     def _run_job(self, task: Task, command: ctl.Run, source: bytes,
                  stats: dict[str, Any]) -> execution.RunJob:
-        """Everything a worker needs for this run, as plain data. Triggers that name a qubit
-        the circuit does not have are left out of it; a seed qfs picks comes from the
-        operating system's random source, so consecutive runs are independent."""
-        width = max(stats["num_qubits"], 1)
-        used = tuple(task.qubits[:width])
+        """Everything a worker needs for this run, as plain data: the circuit's qubits and
+        any idle task qubit a trigger acts on, the triggers on qubits the circuit measures,
+        and a seed (one qfs picks comes from the operating system's random source, so
+        consecutive runs are independent)."""
+        measured = max(stats["num_qubits"], 1)
+        used = tuple(task.qubits[:feedforward.width(measured, task.triggers)])
         device = self.device(task.device)
         local = {p: i for i, p in enumerate(used)}
         edges = tuple(sorted((local[a], local[b]) for a, b in device.edges
                              if a in local and b in local))
-        triggers = tuple(t for t in task.triggers if t.qubit < width and all(
-            q < width for a in t.actions if isinstance(a, ctl.GateAction) for q in a.qubits))
-        seed = command.seed if command.seed is not None else secrets.randbelow(2**31)
+        triggers = tuple(t for t in task.triggers if t.qubit < stats["num_qubits"])
+        seed = command.seed if command.seed is not None else secrets.randbelow(2**63)
         noise_key = (device.name, used) if command.noise else None
         return execution.RunJob(
             source=source, sha256=stats["sha256"], limits=self._circuits.limits, physical=used,

@@ -1,0 +1,23 @@
+"""The soak test's one-minute variant (scripts/soak.py): 8 clients doing a realistic mix
+for a minute with remounts; it fails if the daemon dies, a request hangs more than 30 s or
+gets EIO, an acknowledged write is missing, or the offline check finds a problem."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.fuse
+
+SOAK = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
+
+
+def test_one_minute_soak():
+    done = subprocess.run([sys.executable, str(SOAK), "--minutes", "1"], capture_output=True,
+                          text=True, timeout=600)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["ok"], report["failures"] or done.stderr[-2000:]
+    assert report["remounts"] >= 1
+    assert sum(report["requests"].values()) > 50
