@@ -364,7 +364,7 @@ class Operations(pyfuse3.Operations):
             elif path[0] == state_routes.STATES:
                 node = state_routes.import_node(fabric, path)
             elif (submit := workflow_routes.submit_target(fabric, path)) is not None:
-                node = Node(stat.S_IFREG, 0o644, 0, entry_timeout=0.0, commit=submit)
+                node = workflow_routes.definition(submit)
             elif routes.fabric_file(fabric, path):
                 # Recreating latest.qasm or meta.json after an editor moved it aside.
                 node = await routes.resolve(fabric, path)

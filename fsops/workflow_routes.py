@@ -6,11 +6,11 @@
     /workflows/<name>/ctl        resume | cancel
 """
 
-import json
 import time
 
 from fsops import nodes
 from fsops.nodes import Node
+from levels.coordinator import check_definition_size
 from levels.errors import NotFound
 from levels.fabric import Fabric
 
@@ -31,9 +31,22 @@ def submit_target(fabric: Fabric, path: Path) -> nodes.Commit | None:
         return None
 
     async def commit(data: bytes, uid: int) -> None:
-        fabric.coordinator.submit(name, data, uid)
+        await fabric.coordinator.submit(name, data, uid)
 
     return commit
+
+
+def definition(commit: nodes.Commit, data: bytes = b"", mtime_ns: int = 0) -> Node:
+    """A workflow file, new or written before: a write() that takes it over the size limit
+    fails there (shells ignore what close() says), and close() refuses it again."""
+
+    def screen(written: bytearray) -> bool:
+        check_definition_size(len(written))
+        return False
+
+    node = nodes.constant(data, mtime_ns, perm=0o644)
+    node.commit, node.screen, node.entry_timeout = commit, screen, 0.0
+    return node
 
 
 def resolve(fabric: Fabric, path: Path) -> Node:
@@ -43,22 +56,20 @@ def resolve(fabric: Fabric, path: Path) -> Node:
     leaf = path[1]
     name = definition_name(leaf)
     if name is not None and len(path) == 2:
-        record = coordinator.record(name)
-        node = nodes.constant(record["definition"].encode(), int(record["updated"] * 1e9),
-                              perm=0o644)
-        node.commit = submit_target(fabric, path)
-        return node
-    coordinator.record(leaf)
+        rendered = coordinator.rendered(name)
+        return definition(submit_target(fabric, path), rendered.definition,
+                          rendered.updated_ns)
+    rendered = coordinator.rendered(leaf)
     if len(path) == 2:
         return nodes.directory(time.time_ns(), perm=0o555, timeout=0.0)
     if len(path) == 3:
         if path[2] == "status":
-            return nodes.live(lambda: coordinator.status_text(leaf))
+            return nodes.live(lambda: rendered.status)
         if path[2] == "result.json":
-            return nodes.live(lambda: json.dumps(coordinator.result_json(leaf), indent=2) + "\n")
+            return nodes.live(lambda: rendered.result)
         if path[2] == "ctl":
             async def control(line: str, uid: int) -> str:
-                return coordinator.command(leaf, line, uid)
+                return await coordinator.command(leaf, line, uid)
 
             return nodes.control_file("/".join(path), fabric.oplog, control)
     raise NotFound("/".join(path))
@@ -67,5 +78,5 @@ def resolve(fabric: Fabric, path: Path) -> Node:
 def list_names(fabric: Fabric, path: Path) -> list[str]:
     if len(path) == 1:
         return sorted(n + suffix for n in fabric.coordinator.names() for suffix in ("", SUFFIX))
-    fabric.coordinator.record(path[1])
+    fabric.coordinator.rendered(path[1])
     return ["ctl", "result.json", "status"]

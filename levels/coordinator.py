@@ -12,7 +12,10 @@ A workflow is YAML:
         shots: 1024           #   are dropped; counts are sampled from the state after it)
         checkpoint: true      # /states/<workflow>-<stage> after the stage
         delay: 0.5            # optional seconds to wait first (models queueing)
+        format: mps           # optional: the checkpoint's format
 
+A file is validated completely before anything starts, within MAX_DEFINITION_BYTES and
+MAX_STAGES, and parsed in a thread.
 It runs as in the reference's execute_with_checkpoints: stage by stage on its own task
 (`wf-<name>`), recording progress in one transaction per stage. After a failure or a daemon
 crash, `resume` restores the last checkpoint onto a fresh allocation and runs the stages
@@ -26,26 +29,56 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import pydantic
 import trio
 import yaml
 
 from levels import ctl
-from levels.circuits import validate_name
-from levels.errors import Busy, Invalid, NotFound, PermissionDenied, QfsError
+from levels.circuits import MAX_NAME_BYTES, validate_name
+from levels.errors import Busy, Invalid, NotFound, PermissionDenied, QfsError, TooBig
+from levels.livestate import MAX_LIVE_QUBITS
 from levels.metrics import Metrics
 from levels.qubits import LiveQubitManager
-from levels.stateformats import encode, pure_state_of
+from levels.stateformats import FORMATS, encode, pure_state_of
 from levels.stateformats import fidelity as state_fidelity
-from levels.states import StateStore
+from levels.states import FORMAT_ALIASES, StateStore
 from levels.store.meta import MetaStore
 
 log = logging.getLogger("qfs.coordinator")
-STAGE_KEYS = {"name": str, "circuit": str, "qubits": int, "shots": int, "checkpoint": bool,
-              "delay": float, "format": str}
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+
+# Limits on a workflow file, so that no file can hold the daemon: its bytes are parsed (in
+# a thread) only up to MAX_DEFINITION_BYTES, and every status and result render is bounded
+# by MAX_STAGES lines.
+MAX_DEFINITION_BYTES = 256 * 1024
+MAX_STAGES = 1000
+MAX_SHOTS = 1_000_000
+MAX_DELAY_SECONDS = 86_400.0
+CHECKPOINT_FORMATS = ("auto", *FORMATS, *FORMAT_ALIASES)
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _StageModel(_Strict):
+    circuit: str = pydantic.Field(max_length=MAX_NAME_BYTES + 12,
+                                  pattern=r"^[^@]+(@v[1-9][0-9]{0,8})?$")
+    name: str | None = None
+    qubits: int = pydantic.Field(0, ge=0, le=MAX_LIVE_QUBITS)
+    shots: int = pydantic.Field(0, ge=0, le=MAX_SHOTS)
+    checkpoint: bool = False
+    delay: float = pydantic.Field(0.0, ge=0.0, le=MAX_DELAY_SECONDS, allow_inf_nan=False)
+    format: Literal[CHECKPOINT_FORMATS] | None = None  # type: ignore[valid-type]
+
+
+class _WorkflowModel(_Strict):
+    stages: list[_StageModel] = pydantic.Field(min_length=1)
+    qubits: int = pydantic.Field(0, ge=0, le=MAX_LIVE_QUBITS)
+    topology: Literal[ctl.TOPOLOGIES] = "any"  # type: ignore[valid-type]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,55 +101,99 @@ class Workflow:
     stages: tuple[Stage, ...]
 
 
+def check_definition_size(size: int) -> None:
+    """Refuse a workflow file over the limit; called at each write() and at close."""
+    if size > MAX_DEFINITION_BYTES:
+        raise TooBig(f"a workflow file holds at most {MAX_DEFINITION_BYTES} bytes, "
+                     f"not {size}")
+
+
 def parse_workflow(name: str, text: bytes) -> Workflow:
-    """Validate a workflow file; every problem is an Invalid naming the key."""
+    """Validate a workflow file completely (every problem is an Invalid naming where), so
+    that nothing that starts can fail on its own definition. Slow for large files: run it
+    in a thread."""
     validate_name(name, "workflow name")
+    check_definition_size(len(text))
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise Invalid(f"workflow {name}: not YAML: {exc}") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("stages"), list) \
-            or not document["stages"]:
-        raise Invalid(f"workflow {name}: expected a mapping with a non-empty `stages` list")
-    unknown = set(document) - {"stages", "qubits", "topology"}
-    if unknown:
-        raise Invalid(f"workflow {name}: unknown key {sorted(unknown)[0]!r}")
-    stages = []
-    for index, raw in enumerate(document["stages"]):
-        where = f"workflow {name} stage {index + 1}"
-        if not isinstance(raw, dict) or "circuit" not in raw:
-            raise Invalid(f"{where}: expected a mapping with at least `circuit`")
-        for key, value in raw.items():
-            kind = STAGE_KEYS.get(key)
-            if kind is None:
-                raise Invalid(f"{where}: unknown key {key!r} (known: {', '.join(STAGE_KEYS)})")
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise Invalid(f"{where}: {key} must be a {kind.__name__}")
-        circuit, _, version = str(raw["circuit"]).partition("@v")
-        if version and not version.isdigit():
-            raise Invalid(f"{where}: circuit must be NAME or NAME@vN")
-        stage_name = str(raw.get("name", f"stage{index + 1}"))
-        validate_name(stage_name, f"{where} name")
-        shots = int(raw.get("shots", 0))
-        if not 0 <= shots <= 1_000_000:
-            raise Invalid(f"{where}: shots must be 0..1000000")
-        stage_qubits = int(raw.get("qubits", 0))
-        if stage_qubits < 0:
-            raise Invalid(f"{where}: qubits must be positive")
-        stages.append(Stage(stage_name, circuit, int(version) if version else None, shots,
-                            bool(raw.get("checkpoint", False)), float(raw.get("delay", 0.0)),
-                            raw.get("format"), stage_qubits))
-    if len({s.name for s in stages}) != len(stages):
+        document = yaml.load(text.decode(), Loader=yaml.CSafeLoader)
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise Invalid(f"workflow {name}: not UTF-8 YAML: {exc}") from exc
+    stages = document.get("stages") if isinstance(document, dict) else None
+    if isinstance(stages, list) and len(stages) > MAX_STAGES:
+        raise Invalid(f"workflow {name}: {len(stages)} stages; at most {MAX_STAGES}")
+    try:
+        model = _WorkflowModel.model_validate(document)
+    except pydantic.ValidationError as exc:
+        error = exc.errors(include_input=False, include_url=False)[0]
+        raise Invalid(f"workflow {name}{_where(error['loc'])}: {error['msg']}") from None
+    parsed = []
+    for index, stage in enumerate(model.stages):
+        circuit, _, version = stage.circuit.partition("@v")
+        stage_name = stage.name if stage.name is not None else f"stage{index + 1}"
+        # The checkpoint takes both names: refuse now what could not be stored then.
+        if len(f"{name}-{stage_name}".encode()) > MAX_NAME_BYTES:
+            raise Invalid(f"workflow {name} stage {index + 1}: its checkpoint name "
+                          f"{name}-{stage_name[:40]}... would be over {MAX_NAME_BYTES} bytes")
+        validate_name(stage_name, f"workflow {name} stage {index + 1} name")
+        parsed.append(Stage(stage_name, circuit, int(version) if version else None,
+                            stage.shots, stage.checkpoint, stage.delay, stage.format,
+                            stage.qubits))
+    if len(f"wf-{name}".encode()) > MAX_NAME_BYTES:
+        raise Invalid(f"workflow {name}: its task name wf-{name} would be over "
+                      f"{MAX_NAME_BYTES} bytes")
+    if len({s.name for s in parsed}) != len(parsed):
         raise Invalid(f"workflow {name}: stage names must be distinct")
-    qubits = document.get("qubits", 0)
-    if not isinstance(qubits, int) or qubits < 0:
-        raise Invalid(f"workflow {name}: qubits must be a positive integer")
-    topology = str(document.get("topology", "any"))
-    if topology not in ctl.TOPOLOGIES:
-        raise Invalid(f"workflow {name}: topology must be one of {', '.join(ctl.TOPOLOGIES)}")
-    return Workflow(name, qubits, topology, tuple(stages))
+    return Workflow(name, model.qubits, model.topology, tuple(parsed))
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as the file reads: ' stage 2 delay'; keys of any type
+    (YAML allows numbers and lists as keys) are shown short."""
+    parts = []
+    for position, part in enumerate(loc):
+        if isinstance(part, int) and position and loc[position - 1] == "stages":
+            parts[-1] = f"stage {part + 1}"
+        else:
+            parts.append(repr(part)[:40] if not isinstance(part, str) else part[:40])
+    return "".join(f" {p}" for p in parts)
+
+
+@dataclasses.dataclass
+class _Run:
+    """A running workflow: cancel interrupts it wherever it waits; done is set once it
+    stopped and holds no qubits."""
+
+    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    stage: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    """A workflow's files as served: made once per change of its record, never per read."""
+
+    definition: bytes
+    status: str
+    result: str
+    updated_ns: int
+
+
+def _stage_names(record: dict[str, Any]) -> list[str]:
+    try:
+        return [s.name for s in parse_workflow(record["name"], record["definition"].encode())
+                .stages]
+    except QfsError:
+        return []
+
+
+def _render(record: dict[str, Any]) -> Rendered:
+    completed = set(record["completed"])
+    lines = [record["status"] + (f": {record['reason']}" if record["reason"] else "")]
+    lines += [f"{s} {'done' if s in completed else 'pending'}" for s in record["stages"]]
+    result = {"workflow": record["name"], "status": record["status"],
+              "reason": record["reason"], "stages": record["results"]}
+    return Rendered(record["definition"].encode(), "\n".join(lines) + "\n",
+                    json.dumps(result, indent=2) + "\n", int(record["updated"] * 1e9))
 
 
 def stage_seed(workflow: str, stage: str) -> int:
@@ -126,24 +203,31 @@ def stage_seed(workflow: str, stage: str) -> int:
 
 class Coordinator:
     def __init__(self, meta: MetaStore, qubits: LiveQubitManager, states: StateStore,
-                 circuits, metrics: Metrics, migration_threshold: float) -> None:
+                 circuits, metrics: Metrics, migration_threshold: float,
+                 notice: Callable[[str, str], None]) -> None:
         self._meta = meta
         self._qubits = qubits
         self._states = states
         self._circuits = circuits
         self._metrics = metrics
         self._threshold = migration_threshold
+        self._notice = notice  # a line in /.qfs/log
         self.spawn: Spawn | None = None  # set by the daemon: runs workflows in the background
-        self._running: set[str] = set()
-        self._cancelled: set[str] = set()
+        self._running: dict[str, _Run] = {}
+        self._rendered: dict[str, Rendered] = {}
         self._migrations = [0, 0]  # succeeded, attempted
         with meta.writing() as txn:  # a crash stops whatever was running
             for key, raw in list(txn.scan("workflows")):
                 record = json.loads(raw)
-                if record["status"] == "running":
+                stale = "stages" not in record  # kept before status was rendered from it
+                if stale:
+                    record["stages"] = _stage_names(record)
+                if record["status"] in ("running", "pending"):
                     record["status"] = "interrupted"
                     record["reason"] = "the daemon stopped during this workflow; write resume"
-                    txn.put("workflows", key, json.dumps(record).encode())
+                elif not stale:
+                    continue
+                txn.put("workflows", key, json.dumps(record).encode())
 
     # -- workflows -----------------------------------------------------------------------
 
@@ -158,23 +242,53 @@ class Coordinator:
             raise NotFound(f"no workflow {name}")
         return json.loads(raw)
 
+    def rendered(self, name: str) -> Rendered:
+        """The workflow's files as served (NotFound if there is no such workflow)."""
+        view = self._rendered.get(name)
+        if view is None:
+            view = self._rendered[name] = _render(self.record(name))
+        return view
+
     def _save(self, record: dict[str, Any]) -> None:
         with self._meta.writing() as txn:
             txn.put("workflows", record["name"].encode(), json.dumps(record).encode())
+        self._rendered.pop(record["name"], None)
 
-    def submit(self, name: str, text: bytes, uid: int) -> None:
-        """A workflow file was written: validate it, store it and start it."""
-        workflow = parse_workflow(name, text)
-        for stage in workflow.stages:
-            self._circuits.get(stage.circuit)  # ENOENT now rather than mid-run
+    async def submit(self, name: str, text: bytes, uid: int) -> None:
+        """A workflow file was written: validate it completely (parsing in a thread), store
+        it and start it; a refused file starts nothing."""
+        check_definition_size(len(text))
+        workflow = await trio.to_thread.run_sync(parse_workflow, name, text)
+        try:
+            self._width(workflow)  # ENOENT, or EINVAL for what no allocation could hold
+        except NotFound as exc:  # quiet for a lookup, but here a refused file: say why
+            self._notice(f"close /workflows/{name}.yaml", f"refused: {exc}")
+            raise
         if name in self._running:
             raise Busy(f"workflow {name} is running; cancel it first")
         self._save({"name": name, "definition": text.decode(), "status": "pending",
-                    "owner": uid, "completed": [], "results": {}, "reason": "",
-                    "updated": time.time()})
+                    "owner": uid, "stages": [s.name for s in workflow.stages],
+                    "completed": [], "results": {}, "reason": "", "updated": time.time()})
         self._start(name)
 
-    def command(self, name: str, line: str, uid: int) -> str:
+    def _width(self, workflow: Workflow) -> int:
+        """The qubits the workflow's allocation needs: the most any stage asks for or its
+        circuit version has; every circuit and version must exist."""
+        width = workflow.qubits
+        for circuit, version in {(s.circuit, s.version) for s in workflow.stages}:
+            record = self._circuits.get(circuit)
+            if version is None and record.latest is None:
+                raise Invalid(f"workflow {workflow.name}: circuit {circuit} has no version")
+            stats = record.version(version or record.latest.n).stats
+            width = max(width, stats["num_qubits"])
+        width = max([width] + [s.qubits for s in workflow.stages])
+        limit = min(MAX_LIVE_QUBITS, self._qubits.num_qubits(self._qubits.default_device))
+        if width > limit:
+            raise Invalid(f"workflow {workflow.name} needs {width} qubits; a workflow's live "
+                          f"state holds at most {limit}")
+        return width
+
+    async def command(self, name: str, line: str, uid: int) -> str:
         record = self.record(name)
         if uid not in (0, record["owner"]):
             raise PermissionDenied(f"workflow {name} belongs to uid {record['owner']}")
@@ -187,46 +301,63 @@ class Coordinator:
             self._start(name)
             return f"resuming {name}"
         if verb == "cancel":
-            if name not in self._running:
+            run = self._running.get(name)
+            if run is None:
                 raise Invalid(f"workflow {name} is not running")
-            self._cancelled.add(name)
-            return f"cancelling {name}"
+            run.scope.cancel()
+            await run.done.wait()  # the reply comes once it stopped and released its qubits
+            return f"cancelled {name}"
         raise Invalid("a workflow's ctl takes: resume, cancel")
 
     def _start(self, name: str) -> None:
-        self._running.add(name)
         if self.spawn is None:
             raise Busy("workflows need the mounted daemon to run")
-        self.spawn(lambda: self._run(name))
+        run = self._running[name] = _Run()
+        self.spawn(lambda: self._run(name, run))
 
-    async def _run(self, name: str) -> None:
+    async def _run(self, name: str, run: _Run) -> None:
+        """Run the workflow to its end, whatever the end: done, failed with the reason
+        (also in /.qfs/log), or cancelled. A workflow that stopped holds no qubits."""
         try:
-            await self._execute(name)
+            with run.scope:
+                await self._execute(name, run)
+            if run.scope.cancelled_caught:
+                self._release(name)
+                where = f" during stage {run.stage}" if run.stage else ""
+                self._finish(name, "cancelled", f"cancelled by its ctl{where}")
         except QfsError as exc:
-            self._finish(name, "failed", str(exc))
+            self._fail(name, str(exc))
         except Exception as exc:
             log.exception("workflow %s failed", name)
-            self._finish(name, "failed", f"internal error: {exc}")
+            self._fail(name, f"internal error: {exc}")
         finally:
-            self._running.discard(name)
-            self._cancelled.discard(name)
+            del self._running[name]
+            run.done.set()
+
+    def _fail(self, name: str, reason: str) -> None:
+        self._release(name)
+        self._finish(name, "failed", reason)
+        self._notice(f"workflows/{name}", f"failed: {reason}")
+
+    def _release(self, name: str) -> None:
+        if f"wf-{name}" in self._qubits.tasks:
+            self._qubits.release(f"wf-{name}", 0)
 
     def _finish(self, name: str, status: str, reason: str = "") -> None:
         record = self.record(name)
         record.update(status=status, reason=reason, updated=time.time())
         self._save(record)
 
-    async def _execute(self, name: str) -> None:
+    async def _execute(self, name: str, run: _Run) -> None:
         record = self.record(name)
-        workflow = parse_workflow(name, record["definition"].encode())
+        workflow = await trio.to_thread.run_sync(parse_workflow, name,
+                                                 record["definition"].encode())
         task = f"wf-{name}"
+        self._release(name)
         # One allocation for the whole workflow: the most any stage asks for or needs.
-        width = max([workflow.qubits] + [max(s.qubits, self._circuits.circuit(
-            s.circuit, s.version).num_qubits) for s in workflow.stages])
-        if task in self._qubits.tasks:
-            self._qubits.release(task, 0)
         self._qubits.allocate(self._qubits.default_device,
-                              ctl.Alloc(width, task, workflow.topology), record["owner"])
+                              ctl.Alloc(self._width(workflow), task, workflow.topology),
+                              record["owner"])
         # Resume point: the stage after the last checkpointed one that completed.
         completed = record["completed"]
         start = 0
@@ -240,9 +371,7 @@ class Coordinator:
                       updated=time.time())
         self._save(record)
         for stage in workflow.stages[start:]:
-            if name in self._cancelled:
-                self._finish(name, "cancelled", f"cancelled before stage {stage.name}")
-                return
+            run.stage = stage.name
             if stage.delay:
                 await trio.sleep(stage.delay)
             result = await self._stage(name, task, stage)
@@ -251,7 +380,7 @@ class Coordinator:
             record["results"][stage.name] = result
             record["updated"] = time.time()
             self._save(record)
-        self._qubits.release(task, 0)
+        self._release(name)
         self._finish(name, "done")
 
     async def _stage(self, name: str, task: str, stage: Stage) -> dict[str, Any]:
@@ -281,20 +410,6 @@ class Coordinator:
             result["checkpoint_fidelity"] = self._states.get(checkpoint)["fidelity"]
             log.info("workflow %s: %s", name, reply)
         return result
-
-    def status_text(self, name: str) -> str:
-        record = self.record(name)
-        workflow = parse_workflow(name, record["definition"].encode())
-        lines = [f"{record['status']}" + (f": {record['reason']}" if record["reason"] else "")]
-        for stage in workflow.stages:
-            mark = "done" if stage.name in record["completed"] else "pending"
-            lines.append(f"{stage.name} {mark}")
-        return "\n".join(lines) + "\n"
-
-    def result_json(self, name: str) -> dict[str, Any]:
-        record = self.record(name)
-        return {"workflow": name, "status": record["status"], "reason": record["reason"],
-                "stages": record["results"]}
 
     # -- migration -----------------------------------------------------------------------
 

@@ -59,7 +59,8 @@ class Fabric:
                                        config.live_qubit_mgr, self.metrics, self.workers)
         self.coordinator = Coordinator(self.meta, self.qubits, self.states, self.circuits,
                                        self.metrics,
-                                       config.cross_level.migration_fidelity_threshold)
+                                       config.cross_level.migration_fidelity_threshold,
+                                       notice=self.oplog.note)
         self.search.start(
             lambda: (c.search_document() for c in self.circuits.all_circuits()),
             expected=self.circuits.count(),
