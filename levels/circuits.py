@@ -516,14 +516,33 @@ class CircuitStore:
         txn.put("names", circuit.name.encode(), _MTIME.pack(circuit.mtime_ns))
 
 
+# meta.json is kept in the circuit's record, read at every stat of the circuit's files:
+# bounded in bytes, and in nesting so that every later encode of it succeeds.
+MAX_META_BYTES = 64 * 1024
+MAX_META_DEPTH = 32
+
+
 def parse_meta(document: bytes) -> dict[str, Any]:
-    """Validate meta.json: an object with known fields of the right types."""
+    """Validate meta.json: an object with known fields of the right types, within
+    MAX_META_BYTES and MAX_META_DEPTH."""
+    if len(document) > MAX_META_BYTES:
+        raise TooBig(f"meta.json holds at most {MAX_META_BYTES} bytes, not {len(document)}")
+    too_deep = Invalid(f"meta.json nests deeper than {MAX_META_DEPTH} levels")
     try:
         data = json.loads(document or b"{}")
+    except RecursionError:
+        raise too_deep from None
     except ValueError as exc:
         raise Invalid(f"meta.json is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise Invalid("meta.json must be a JSON object")
+    pending = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_META_DEPTH:
+            raise too_deep
+        children = value.values() if isinstance(value, dict) else value
+        pending.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
     meta: dict[str, Any] = {}
     for key, value in data.items():
         if key == "created":

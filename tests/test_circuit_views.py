@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 
 import pytest
 from qiskit import QuantumCircuit, qasm3, qpy
@@ -99,6 +100,31 @@ def test_meta_json_roundtrip_and_refusals(qfs):
     assert json.loads(meta.read_text()) == stored
     assert "colour" in (bell / "errors").read_text()
     assert json.loads(meta.read_text())["created"] == created
+
+
+def test_meta_json_is_bounded_in_size_and_depth(qfs):
+    """meta.json over 64 KiB is EFBIG with the limit in the reason, nested deeper than 32
+    levels EINVAL (975 deep once closed fine and left the circuit's files EIO, 20,000 deep
+    was EIO at close); the circuit keeps its metadata and answers at once."""
+    bell = qfs.write_circuit("bell")
+    meta = bell / "meta.json"
+    meta.write_text(json.dumps({"description": "kept"}))
+    kept = meta.read_text()
+    deep = json.dumps({"parameters": {"p": "X"}}).replace('"X"', "[" * 974 + "]" * 974)
+    bad = [(json.dumps({"description": "x" * 50_000_000}), errno.EFBIG, "at most 65536 bytes"),
+           (deep, errno.EINVAL, "nests deeper than 32 levels"),
+           ('{"parameters": ' + "[" * 20_000 + "]" * 20_000 + "}", errno.EINVAL, "deeper")]
+    for text, code, reason in bad:
+        f = open(meta, "w")
+        f.write(text)
+        with pytest.raises(OSError) as caught:
+            f.close()
+        assert caught.value.errno == code
+        assert reason in (bell / "errors").read_text().splitlines()[-1]
+    assert meta.read_text() == kept
+    started = time.monotonic()
+    assert len(os.listdir(bell)) > 5 and (bell / "latest.qasm").read_text() == BELL
+    assert time.monotonic() - started < 1.0
 
 
 def test_xattrs(qfs):
