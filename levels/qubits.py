@@ -514,7 +514,8 @@ class LiveQubitManager:
         self._circuits.put_result(command.circuit, f"{run_id}.json",
                                   json.dumps(document, indent=2).encode() + b"\n")
         if task.name in self.tasks:
-            self.live(task.name).last_run = document
+            if task.name in self._live:  # a run never builds a live state (25+ qubits: none)
+                self._live[task.name].last_run = document
             self._save(dataclasses.replace(self.tasks[task.name],
                                            last_run=f"{command.circuit}/{run_id}.json"))
         return f"ran {command.circuit}@v{version}: results/{run_id}.json"

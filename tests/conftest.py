@@ -1,6 +1,9 @@
 """Fixtures that mount qfs for real: the daemon in a background process, a temp mountpoint,
-lazy unmount in teardown even when the test failed, and a failure if the daemon logged a
-traceback (an EIO from a bug must not pass unnoticed)."""
+lazy unmount in teardown even when the test failed, a failure if the daemon logged a
+traceback (an EIO from a bug must not pass unnoticed), and after every mount test the
+offline consistency check (`qfsmount --check`) of its data directory, which must find
+nothing (as s3ql runs fsck after each test). A test that damages its data on purpose says
+so with `@pytest.mark.damages_data`."""
 
 import contextlib
 import os
@@ -93,6 +96,14 @@ class Mount:
                 self.proc.wait()
             self.proc = None
 
+    def check_options(self) -> list[str]:
+        """The options of this mount that the offline check must use too."""
+        kept = []
+        for i, arg in enumerate(self.extra):
+            if arg in ("--config", "--profile", "--key-file") and i + 1 < len(self.extra):
+                kept += [arg, self.extra[i + 1]]
+        return kept
+
     def daemon_log(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
@@ -103,7 +114,7 @@ class Mount:
 
 
 @pytest.fixture
-def mount_factory(tmp_path: Path) -> Iterator:
+def mount_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
     mounts: list[Mount] = []
 
     def make(data: Path | None = None, extra: list[str] | None = None,
@@ -121,6 +132,18 @@ def mount_factory(tmp_path: Path) -> Iterator:
     for m in mounts:
         text = m.daemon_log()
         assert "Traceback" not in text, f"daemon logged a traceback:\n{text}"
+    if request.node.get_closest_marker("damages_data") is None:
+        for data, options in {m.data: m.check_options() for m in mounts}.items():
+            assert_consistent(data, options)
+
+
+def assert_consistent(data: Path, options: list[str]) -> None:
+    """`qfsmount --check` of a data directory finds no problem."""
+    if not (data / "meta.lmdb").exists():
+        return
+    done = subprocess.run([*QFSMOUNT, "--check", "--data", str(data), *options],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"qfsmount --check found problems:\n{done.stdout}{done.stderr}"
 
 
 @pytest.fixture

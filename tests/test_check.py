@@ -25,6 +25,7 @@ def run_check(data, *extra) -> tuple[int, list[dict]]:
     return done.returncode, findings
 
 
+@pytest.mark.damages_data
 def test_check_finds_and_repairs_cross_level_damage(mount_factory):
     qfs = mount_factory()
     prepared_task(qfs, "t")
@@ -62,6 +63,7 @@ def test_check_finds_and_repairs_cross_level_damage(mount_factory):
     assert json.loads((second.root / ".qfs" / "health").read_text())["status"] == "healthy"
 
 
+@pytest.mark.damages_data
 def test_health_reports_damage_while_mounted(qfs):
     prepared_task(qfs, "h")
     command(qfs.qubits / "tasks" / "h" / "ctl", "checkpoint c format=statevector")
@@ -183,6 +185,7 @@ def test_checkpoints_sharing_a_blob_survive_each_other(mount_factory):
         exact) > 1 - 1e-12
 
 
+@pytest.mark.damages_data
 def test_edited_blob_keys_are_never_used_as_paths(mount_factory, tmp_path):
     qfs = mount_factory()
     prepared_task(qfs, "k")

@@ -160,3 +160,21 @@ def test_a_fatal_signal_writes_every_stack_to_the_log(mount_factory, tmp_path):
     text = (qfs.data / "qfs.log").read_text()
     assert "Fatal Python error: Segmentation fault" in text
     assert "most recent call first" in text
+
+
+def test_a_task_over_24_qubits_lists_and_runs_without_a_live_state(qfs):
+    """Listing a task or running a small circuit on it never builds its live state (a
+    26-qubit state vector would be 1 GiB, and live states stop at 24 qubits)."""
+    import json
+
+    with open(qfs.qubits / "ctl", "w") as f:
+        f.write("alloc 26 task=big\n")
+    qfs.write_circuit("bell")
+    task = qfs.qubits / "tasks" / "big"
+    with open(task / "ctl", "w") as f:
+        f.write("run bell shots=100 seed=1\n")
+    assert {"ctl", "mapping", "state.json", "result.json"} <= set(os.listdir(task))
+    assert sum(json.loads((task / "result.json").read_text())["counts"].values()) == 100
+    state = json.loads((task / "state.json").read_text())
+    assert "untouched" in state["live"]["state"]
+    assert vm_rss_kb(qfs.proc.pid) < 1_000_000

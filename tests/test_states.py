@@ -314,6 +314,7 @@ def test_density_matrix_within_tolerance_is_projected_onto_a_state(qfs):
     assert "not positive semidefinite" in (qfs.root / ".qfs" / "log").read_text()
 
 
+@pytest.mark.damages_data
 def test_tampered_swapped_or_wrongly_keyed_blobs_are_refused(mount_factory, tmp_path):
     qfs = mount_factory()
     prepared_task(qfs, "t")
@@ -457,6 +458,7 @@ def test_checkpoint_errors_change_nothing(qfs):
 
 
 
+@pytest.mark.damages_data
 def test_kill_during_checkpoint_leaves_no_partial_checkpoint(mount_factory, tmp_path):
     qfs = mount_factory()
     rng = np.random.default_rng(5)
