@@ -164,7 +164,10 @@ def health(fabric: Fabric) -> dict[str, Any]:
         return status, f"{len(fabric.states.names())} checkpoints; problems: {kinds or 'none'}"
 
     def key():
-        return "healthy", "AES-256-GCM key loaded (0600)"
+        if fabric.key_canary.opens():
+            return "healthy", "the AES-256-GCM key opens the canary sealed at the first mount"
+        return "unhealthy", ("the key does not open the canary sealed at the first mount: "
+                             "encrypted checkpoints cannot be read with this key file")
 
     def devices():
         names = fabric.qubits.device_names()

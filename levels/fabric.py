@@ -18,6 +18,7 @@ from levels.scratch import ScratchFiles
 from levels.search import SearchIndex
 from levels.states import StateStore
 from levels.store.blobs import DirectoryBlobStore
+from levels.store.canary import KeyCanary
 from levels.store.meta import LmdbMetaStore
 from levels.store.sealed import Sealer, load_or_create_key
 
@@ -54,6 +55,7 @@ class Fabric:
                         sst.compression_threads)
         self.states = StateStore(self.meta, DirectoryBlobStore(blob_dir), sealer, sst,
                                  cache_bytes=cache_bytes)
+        self.key_canary = KeyCanary(self.meta, sealer)
         self.metrics.caches.append(self.states.decoded_npy)
         self.qubits = LiveQubitManager(self.meta, self.circuits, self.states,
                                        config.live_qubit_mgr, self.metrics, self.workers)

@@ -21,7 +21,8 @@ import lmdb
 from levels.errors import NoSpace
 
 FULL_BELOW = 8 << 20  # free bytes under which a failed commit is taken for a full disk
-TABLES = ("circuits", "sources", "results", "names", "tasks", "checkpoints", "workflows", "log")
+TABLES = ("circuits", "sources", "results", "names", "tasks", "checkpoints", "workflows", "log",
+          "settings")
 
 
 class Txn(Protocol):
