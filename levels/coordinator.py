@@ -423,8 +423,11 @@ class Coordinator:
 
     async def migrate(self, task_name: str, device: str, uid: int,
                       fmt: str | None = None, threshold: float | None = None) -> str:
-        """Move a task's live state to another device, or refuse and leave it untouched."""
+        """Move a task's live state to another device, or refuse and leave it untouched.
+        Only its owner (or root) may: checked before anything is read or counted."""
         task = self._qubits.task(task_name)
+        if uid not in (0, task.owner):
+            raise PermissionDenied(f"task {task_name} belongs to uid {task.owner}, not {uid}")
         if device == task.device:
             raise Invalid(f"task {task_name} is already on {device}")
         self._qubits.device(device)  # ENOENT for unknown devices

@@ -5,7 +5,9 @@ import errno
 import json
 import os
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +178,30 @@ def test_migration_moves_the_state_or_leaves_it_untouched(mount_factory, tmp_pat
     assert "qfs_migration_success_rate 0.5" in metrics
     assert refused(lab / "tasks" / "m" / "ctl", "migrate device=nowhere") == errno.ENOENT
     assert BELL  # the shared fixtures stay importable
+
+
+def test_only_the_owner_may_migrate_and_nothing_is_done_first(mount_factory):
+    """Another user's migrate is EACCES before any work: not EINVAL or ENOENT for a device
+    they name, no serialization of the owner's state, no metric moved."""
+    base = Path(tempfile.mkdtemp(prefix="qfs-perm-"))
+    base.chmod(0o755)
+    config = base / "qfs.yaml"
+    config.write_text(DEVICES)
+    qfs = mount_factory(base=base, extra=["--config", str(config)])
+    qfs.write_circuit("prep", ENTANGLED)
+    command(qfs.qubits / "ctl", "alloc 4 task=m topology=linear")
+    ctl = qfs.qubits / "tasks" / "m" / "ctl"
+    command(ctl, "apply prep")
+    before = (qfs.qubits / "tasks" / "m" / "state.json").read_text()
+    for line in ("migrate device=lab", "migrate device=nowhere", "migrate device=eagle",
+                 "migrate device=lab format=mps"):
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c",
+             f"echo '{line}' > {ctl}"], capture_output=True, text=True)
+        assert done.returncode != 0 and "Permission denied" in done.stderr, (line, done)
+        assert "belongs to uid 0, not 65534" in ctl.read_text()
+    metrics = (qfs.root / ".qfs" / "metrics").read_text()
+    assert "qfs_migration_fidelity_count 0.0" in metrics
+    assert (qfs.qubits / "tasks" / "m" / "state.json").read_text() == before
+    command(ctl, "migrate device=lab")  # the owner may
+    assert os.listdir(qfs.root / "devices" / "lab" / "tasks") == ["m"]
