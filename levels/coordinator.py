@@ -36,7 +36,7 @@ import pydantic
 import trio
 import yaml
 
-from levels import ctl
+from levels import ctl, native
 from levels.circuits import MAX_NAME_BYTES, validate_name
 from levels.errors import Busy, Invalid, NotFound, PermissionDenied, QfsError, TooBig
 from levels.livestate import MAX_LIVE_QUBITS
@@ -399,7 +399,7 @@ class Coordinator:
                 state.seed(stage_seed(name, stage.name))
                 return {k: int(v) for k, v in sorted(state.sample_counts(stage.shots).items())}
 
-            result["counts"] = await trio.to_thread.run_sync(sample)
+            result["counts"] = await native.run_sync(sample)
         if stage.checkpoint:
             checkpoint = f"{name}-{stage.name}"
             if checkpoint in self._states.names():
@@ -448,7 +448,7 @@ class Coordinator:
             loaded = pure_state_of(encode(vector, fmt, options).decoded)
             return loaded, state_fidelity(vector, loaded)
 
-        restored, fidelity = await trio.to_thread.run_sync(serialize)
+        restored, fidelity = await native.run_sync(serialize)
         self._metrics.migration_fidelity.observe(fidelity)
         if fidelity < limit:
             self._update_success()

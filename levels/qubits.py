@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from levels import allocation, ctl, execution, feedforward
+from levels import allocation, ctl, execution, feedforward, native
 from levels.circuits import CircuitStore, validate_name
 from levels.config import LiveQubitConfig
 from levels.devices import Device, DeviceSpec
@@ -380,7 +380,7 @@ class LiveQubitManager:
         request = Request(command.name, task=task.name, format=command.format,
                           encrypt=command.encrypt, retention=command.retention,
                           parent=command.parent)
-        prepared = await trio.to_thread.run_sync(self._states.prepare, request, vector)
+        prepared = await native.run_sync(self._states.prepare, request, vector)
         self._metrics.serialization_seconds.observe(prepared.meta["serialization_seconds"])
         meta = self._states.commit(prepared)
         self._metrics.checkpoint_size_bytes.observe(meta["stored_bytes"])
@@ -403,7 +403,7 @@ class LiveQubitManager:
             vector = pure_state_of(decoded)
             return meta, vector, fidelity(decoded, vector)
 
-        meta, vector, measured = await trio.to_thread.run_sync(load)
+        meta, vector, measured = await native.run_sync(load)
         at_least = fidelity_at_least(meta["fidelity"], measured)
         live = self.live(task.name)
         live.state.vector = vector.copy()
@@ -454,7 +454,7 @@ class LiveQubitManager:
             self._metrics.gate_operation_seconds.observe(time.perf_counter() - started)
             return trial.vector
 
-        state.vector = await trio.to_thread.run_sync(evolve)
+        state.vector = await native.run_sync(evolve)
 
     def move_task(self, name: str, device_name: str, uid: int, vector,
                   record: dict[str, Any]) -> Task:

@@ -1,0 +1,31 @@
+"""Long-lived threads for the Qiskit calls the daemon makes itself.
+
+Qiskit's Rust library allocates with a bundled mimalloc, which keeps a heap per thread and
+tears it down when the thread exits. trio's worker threads are recycled and retire after
+ten idle seconds, so Qiskit code run there left memory owned by threads that no longer
+existed; the daemon's three unexplained segfaults (NULL thread descriptor inside mimalloc)
+all happened on such threads. Work on untrusted programs runs in worker processes
+(levels/workers.py); what stays in the daemon (decoding and encoding states, applying an
+already accepted circuit to a live state) runs here, on threads that live as long as the
+daemon.
+"""
+
+import concurrent.futures
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+_threads = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="qfs-native")
+
+
+async def run_sync(function: Callable[..., T], *args: object) -> T:
+    """`function(*args)` on a long-lived thread, awaited without blocking the trio loop."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    future = _threads.submit(function, *args)
+    future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+    await done.wait()
+    return future.result()
