@@ -54,6 +54,7 @@ class Fabric:
         sealer = Sealer(load_or_create_key(key_file or data_dir / "state.key"),
                         sst.compression_threads)
         self.states = StateStore(self.meta, DirectoryBlobStore(blob_dir), sealer, sst,
+                                 config.cross_level.migration_fidelity_threshold,
                                  cache_bytes=cache_bytes)
         self.key_canary = KeyCanary(self.meta, sealer)
         self.metrics.caches.append(self.states.decoded_npy)

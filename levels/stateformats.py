@@ -27,7 +27,8 @@ DECODES_TO = {"statevector": "statevector", "mps": "statevector", "stabilizer": 
               "low_rank": "density_matrix", "shadow": "density_matrix"}
 MAX_DENSITY_QUBITS = 12
 MAX_SHADOW_QUBITS = 8
-MPS_PROBE_MAX_QUBITS = 14  # above this the automatic choice does not try an MPS (SVD cost)
+STABILIZER_SUPPORT_MAX = 20  # the stabilizer test holds 2^k x k bits for a support of 2^k
+SCHMIDT_ZERO = 1e-12  # squared Schmidt coefficients below this are the arithmetic's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -494,25 +495,54 @@ def _reduced_basis(vectors: list[int]) -> list[int]:
 # -- automatic choice ----------------------------------------------------------------------
 
 
-def choose_format(state: np.ndarray, options: FormatOptions) -> tuple[str, str]:
+def choose_format(state: np.ndarray, options: FormatOptions,
+                  spectrum: tuple[int, np.ndarray] | None = None) -> tuple[str, str]:
     """(format, why) from the state: Clifford -> stabilizer, few non-zeros -> sparse, low
-    entanglement -> MPS, mixed -> low rank or density matrix, else state vector."""
+    entanglement -> MPS, mixed -> low rank or density matrix, else state vector.
+
+    At any size, on cheap evidence first: the Schmidt spectrum across the entropy's cut
+    (computed for meta.json anyway; `spectrum` passes it in) is flat for every stabilizer
+    state and has rank at most the bond dimension for every exact MPS, so a dense entangled
+    state is sent to the state vector without an SVD or a stabilizer test."""
     n = num_qubits_of(state)
     if state.ndim == 2:
         rank = int((np.linalg.eigvalsh(state) > 1e-10).sum())
         if rank <= options.low_rank_k:
             return "low_rank", f"mixed state of rank {rank} <= {options.low_rank_k}"
         return "density_matrix", f"mixed state of rank {rank}"
+    cut, values = spectrum if spectrum is not None else schmidt_spectrum(state)
+    schmidt = values[values > SCHMIDT_ZERO]
+    rank = schmidt.size
     nonzero = int(np.count_nonzero(np.abs(state) > 1e-12))
-    if n <= 20 and stabilizer_circuit(state) is not None:
+    flat = (rank & (rank - 1)) == 0 and np.allclose(schmidt, 1 / rank, atol=1e-9)
+    if flat and nonzero <= 2**STABILIZER_SUPPORT_MAX and stabilizer_circuit(state) is not None:
         return "stabilizer", "a stabilizer (Clifford) state"
     if nonzero * 8 <= state.size:
         return "sparse", f"{nonzero} of {state.size} amplitudes are non-zero"
-    if 4 <= n <= MPS_PROBE_MAX_QUBITS:
-        bond = max(t.shape[2] for t in mps_tensors(state, 2**n, options.mps_cutoff))
-        if bond <= min(options.mps_max_bond, 2 ** (n // 4)):
+    bound = min(options.mps_max_bond, 2 ** (n // 4))
+    if n >= 4 and rank <= bound and rank < 2**cut:
+        bond = mps_bond(state, bound, options.mps_cutoff)
+        if bond is not None:
             return "mps", f"low entanglement: bond dimension {bond} is exact"
-    return "statevector", "dense and entangled"
+        return "statevector", (f"dense; Schmidt rank {rank} across qubits 0..{cut - 1}, but "
+                               f"an exact MPS needs a bond over {bound}")
+    return "statevector", (f"dense and entangled: Schmidt rank {rank} across qubits "
+                           f"0..{cut - 1}" if cut else "one qubit")
+
+
+def mps_bond(vector: np.ndarray, bound: int, cutoff: float) -> int | None:
+    """The largest bond of the exact MPS (successive SVDs, as mps_tensors), or None as soon
+    as one exceeds `bound`: a state that is entangled somewhere stops the probe there."""
+    n = num_qubits_of(vector)
+    rest, bond, largest = vector.reshape(1, -1), 1, 1
+    for _site in range(n - 1):
+        _u, s, vh = np.linalg.svd(rest.reshape(bond * 2, -1), full_matrices=False)
+        bond = max(1, int((s > cutoff).sum()))
+        if bond > bound:
+            return None
+        largest = max(largest, bond)
+        rest = s[:bond, None] * vh[:bond]
+    return largest
 
 
 _ENCODERS = {"statevector": _encode_statevector, "density_matrix": _encode_density,

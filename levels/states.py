@@ -110,8 +110,11 @@ def npy_size(shape: tuple[int, ...]) -> int:
 
 class StateStore:
     def __init__(self, meta: MetaStore, blobs: DirectoryBlobStore, sealer: Sealer,
-                 config: StateStoreConfig, cache_bytes: int = 256 << 20) -> None:
+                 config: StateStoreConfig, fidelity_floor: float,
+                 cache_bytes: int = 256 << 20) -> None:
         self._meta = meta
+        # cross_level.migration_fidelity_threshold: below it no format is chosen silently.
+        self._floor = fidelity_floor
         self._blobs = blobs
         self._sealer = sealer
         self._config = config
@@ -188,9 +191,9 @@ class StateStore:
         n = self.screen(state.shape)
         raw_bytes = state.size * 16
         limit = self._config.max_checkpoint_size_mb << 20
-        fmt, reason = self._format(request, state)
         started = time.perf_counter()
-        encoded = stateformats.encode(state, fmt, self.options)
+        encoded, reason = self._encode(request, state, spectrum)
+        fmt = encoded.format
         parent_payload = None
         if parent is not None:
             if parent["qubit_count"] != n:
@@ -251,18 +254,36 @@ class StateStore:
                 "parent must have the same owner")
         return parent
 
-    def _format(self, request: Request, state: np.ndarray) -> tuple[str, str]:
-        """The format asked for (strict), else the configured default where it fits the
-        state (a stabilizer default does not fit a T state), else the automatic choice."""
+    def _encode(self, request: Request, state: np.ndarray,
+                spectrum: tuple[int, np.ndarray] | None) -> tuple[stateformats.Encoded, str]:
+        """The state in the format asked for (strict); else in the configured default (a
+        profile's preference) where that holds it at the fidelity floor or above; else in
+        the automatic choice, or the exact dense format where the choice falls below the
+        floor. The reason says which, and why a preference was passed over."""
         if request.format:
-            return _format_name(request.format), "asked for"
+            return stateformats.encode(state, _format_name(request.format), self.options), \
+                "asked for"
         default = _format_name(self._config.default_serialization_format)
-        if default == "auto":
-            return stateformats.choose_format(state, self.options)
-        if default == "stabilizer" and stateformats.stabilizer_circuit(state) is None:
-            chosen, why = stateformats.choose_format(state, self.options)
-            return chosen, f"not a stabilizer state, so not the default: {why}"
-        return default, "the configured default"
+        passed_over = ""
+        if default != "auto":
+            try:
+                encoded = stateformats.encode(state, default, self.options)
+            except Invalid as exc:
+                passed_over = f"the default {default} cannot hold this state ({exc})"
+            else:
+                if encoded.fidelity >= self._floor:
+                    return encoded, "the configured default"
+                passed_over = (f"the default {default} keeps fidelity {encoded.fidelity:.4g}, "
+                               f"below migration_fidelity_threshold {self._floor}")
+        chosen, why = stateformats.choose_format(state, self.options, spectrum)
+        encoded = stateformats.encode(state, chosen, self.options)
+        if encoded.fidelity < self._floor:
+            dense = "statevector" if state.ndim == 1 else "density_matrix"
+            why = (f"{chosen} ({why}) keeps fidelity {encoded.fidelity:.4g}, below "
+                   f"migration_fidelity_threshold {self._floor}, so {dense}")
+            encoded = stateformats.encode(state, dense, self.options)
+        return encoded, f"{passed_over}; instead the automatic choice: {why}" if passed_over \
+            else why
 
     def commit(self, prepared: Prepared) -> dict[str, Any]:
         meta = dict(prepared.meta)

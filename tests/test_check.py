@@ -136,7 +136,7 @@ def test_profiles_and_metrics_endpoint(mount_factory, tmp_path):
             for n in ("clifford", "entangled")}
     assert meta["clifford"]["format"] == "stabilizer"
     assert meta["entangled"]["format"] != "stabilizer"
-    assert "not a stabilizer state" in meta["entangled"]["format_reason"]
+    assert "the default stabilizer cannot hold this state" in meta["entangled"]["format_reason"]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         body = reply.read().decode()
     assert "qfs_qubit_allocation_seconds_count 2.0" in body

@@ -140,6 +140,45 @@ def _import(qfs, name: str, array, filename: str = "statevector.npy") -> None:
         f.write(buffer.getvalue())
 
 
+def test_profiles_fall_back_to_a_format_that_holds_the_state(mount_factory):
+    nisq = mount_factory(extra=["--profile", "nisq"])
+    wide, dense = (np.asarray(random_statevector(2**n, seed=n).data) for n in (10, 6))
+    _import(nisq, "wide", wide)  # shadows are reconstructed up to 8 qubits only
+    _import(nisq, "dense", dense)  # a 6-qubit shadow keeps a fidelity near 0.5
+    for name, vector in (("wide", wide), ("dense", dense)):
+        meta = meta_of(nisq, name)
+        assert meta["format"] == "statevector", meta
+        assert meta["format_reason"].startswith("the default shadow")
+        assert state_fidelity(Statevector(npy(nisq, name)), Statevector(vector)) > 1 - 1e-12
+    assert "cannot hold this state" in meta_of(nisq, "wide")["format_reason"]
+    assert "below migration_fidelity_threshold 0.95" in meta_of(nisq, "dense")["format_reason"]
+    nisq.stop()
+    simulation = mount_factory(extra=["--profile", "simulation"])
+    rho = DensityMatrix(expected_state(ENTANGLED)).data * 0.5 + np.eye(16) / 32
+    _import(simulation, "mixed", rho, "density_matrix.npy")
+    meta = meta_of(simulation, "mixed")
+    assert meta["format"] == "density_matrix" and "the default statevector cannot hold" in \
+        meta["format_reason"]
+    assert state_fidelity(DensityMatrix(npy(simulation, "mixed", "density_matrix")),
+                          DensityMatrix(rho)) > 1 - 1e-12
+
+
+def test_automatic_choice_finds_low_entanglement_at_any_size(qfs):
+    product = np.ones(1)
+    for q in range(16):
+        theta = 0.3 + q / 7
+        product = np.kron([np.cos(theta), np.sin(theta) * np.exp(0.2j * q)], product)
+    _import(qfs, "product16", product)
+    meta = meta_of(qfs, "product16")
+    assert meta["format"] == "mps" and meta["stored_bytes"] < 20_000, meta
+    assert meta["entanglement_entropy"] == pytest.approx(0, abs=1e-9)
+    assert state_fidelity(Statevector(npy(qfs, "product16")), Statevector(product)) > 1 - 1e-12
+    dense = np.asarray(random_statevector(2**16, seed=16).data)
+    _import(qfs, "dense16", dense)
+    assert meta_of(qfs, "dense16")["format"] == "statevector"
+    assert "Schmidt rank 64 across qubits 0..5" in meta_of(qfs, "dense16")["format_reason"]
+
+
 def test_import_npy_and_refusals(qfs, tmp_path):
     psi = np.asarray(expected_state(ENTANGLED).data)
     np.save(tmp_path / "psi.npy", psi)
