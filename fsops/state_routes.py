@@ -19,6 +19,7 @@ import trio
 
 from fsops import nodes
 from fsops.nodes import Node
+from levels import native
 from levels.errors import Invalid, NotFound, QfsError, ReadOnly
 from levels.fabric import Fabric
 from levels.states import Request, meta_json, npy_bytes, npy_size, owner_of
@@ -58,7 +59,7 @@ def resolve(fabric: Fabric, path: Path) -> Node:
             key = (name, created)
             data = store.decoded_npy.get(key)
             if data is None:
-                _meta, decoded = await trio.to_thread.run_sync(store.load, name)
+                _meta, decoded = await native.run_sync(store.load, name)  # Qiskit decodes
                 data = await trio.to_thread.run_sync(npy_bytes, decoded)
                 store.decoded_npy.put(key, data)
             return data
@@ -125,7 +126,7 @@ def import_node(fabric: Fabric, path: Path) -> Node:
                 raise Invalid(f"{filename} must be a {rank}-D array, not {array.ndim}-D")
             return fabric.states.prepare(Request(name, owner=owner), array)
 
-        prepared = await trio.to_thread.run_sync(prepare)
+        prepared = await native.run_sync(prepare)  # Qiskit measures the fidelity
         fabric.states.commit(prepared)
         fabric.states.pending.pop(name, None)
 
