@@ -1,0 +1,150 @@
+"""What running Qiskit in supervised worker processes costs; prints one JSON document.
+
+  parse_round_trip  one program checked, parsed and measured in this process vs sent to a
+                    worker process and back (levels/workers.py), medians and p99 of many
+  cp_before_after   one `cp` of N small .qasm files into the current qfs, into qfs as it
+                    was at a baseline revision (a git worktree of it, mounted from its own
+                    sources), and into a plain directory; runs interleaved, medians
+
+    .venv/bin/python scripts/bench_workers.py [--circuits 2000] [--baseline 5fd2ba7]
+                                              [--out FILE]
+
+Not a test: it measures, it does not check.
+"""
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_circuitfs import name_of, percentile, program, run_cp
+from benchlib import finish, ratio, run_section, say
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def timed(function, *args, repeats: int) -> list[float]:
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function(*args)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def summary(samples: list[float]) -> dict:
+    return {"median_us": round(statistics.median(samples) * 1e6, 1),
+            "p99_us": round(percentile(samples, 99) * 1e6, 1), "n": len(samples)}
+
+
+def bench_parse_round_trip() -> dict:
+    from levels import qasm
+    from levels.workers import Limits, WorkerPool
+
+    small = program(5, angle=0.1, tag="small")
+    large = small.replace(b"c = measure q;", b"rz(0.1) q[0];\ncx q[0], q[1];\n" * 500
+                          + b"c = measure q;")
+    limits = qasm.ProgramLimits()
+    pool = WorkerPool(1, Limits())
+    try:
+        pool.run(qasm.prepare, small, limits)  # start the worker outside the timing
+        report = {}
+        for label, source in (("small", small), ("1000_ops", large)):
+            here = timed(qasm.prepare, source, limits, repeats=300)
+            there = timed(pool.run, qasm.prepare, source, limits, repeats=300)
+            report[label] = {"bytes": len(source), "in_process": summary(here),
+                             "worker": summary(there),
+                             "worker_over_in_process": ratio(statistics.median(there),
+                                                             statistics.median(here))}
+        return report
+    finally:
+        pool.shutdown()
+
+
+@contextlib.contextmanager
+def worktree(revision: str):
+    path = Path(tempfile.mkdtemp(prefix="qfs-baseline-"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), revision], cwd=REPO,
+                   check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO,
+                       capture_output=True)
+
+
+def cp_into_qfs(tree: Path, source: Path, names: list[str], work: Path, label: str) -> float:
+    """Mount qfs from the sources in `tree` (its own packages come first on sys.path when
+    run from there), cp into it, unmount."""
+    data, mnt = work / f"data_{label}", work / f"mnt_{label}"
+    mnt.mkdir()
+    with open(work / f"{label}.out", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "qfsmount.cli", str(mnt), "--data",
+                                 str(data), "-f"], cwd=tree, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"qfs from {tree} did not mount")
+            time.sleep(0.05)
+        return run_cp(source, names, mnt / "circuits")
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        proc.wait(timeout=120)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def bench_cp_before_after(count: int, baseline: str) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="qfs-bench-workers-"))
+    try:
+        source = work / "src"
+        source.mkdir()
+        names = [f"{name_of(i)}.qasm" for i in range(count)]
+        for i, name in enumerate(names):
+            (source / name).write_bytes(program(5, angle=0.001 * (i + 1), tag=f"c {i}"))
+        runs: dict[str, list[float]] = {"current": [], "baseline": [], "plain": []}
+        with worktree(baseline) as old:
+            for rep in range(3):
+                say(f"cp_before_after: round {rep + 1} of 3")
+                for label, tree in (("current", REPO), ("baseline", old)):
+                    runs[label].append(cp_into_qfs(tree, source, names, work, f"{label}{rep}"))
+                target = work / f"plain{rep}"
+                target.mkdir()
+                runs["plain"].append(run_cp(source, names, target))
+                shutil.rmtree(target)
+        medians = {k: statistics.median(v) for k, v in runs.items()}
+        return {
+            "files": count, "baseline_revision": baseline,
+            "circuits_per_s": {k: round(count / v, 1) for k, v in medians.items()},
+            "runs_s": {k: [round(s, 3) for s in v] for k, v in runs.items()},
+            "current_over_baseline": ratio(medians["baseline"], medians["current"]),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--circuits", type=int, default=2000)
+    parser.add_argument("--baseline", default="5fd2ba7",
+                        help="git revision to compare with (default: before worker processes)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "machine": "2-core development machine"}
+    run_section(report, "parse_round_trip", bench_parse_round_trip)
+    run_section(report, "cp_before_after",
+                lambda: bench_cp_before_after(args.circuits, args.baseline))
+    return finish(report, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
