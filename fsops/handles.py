@@ -94,4 +94,4 @@ class DirHandle:
     """A directory listing snapshot: readdir offsets index it, stable while it is open."""
 
     path: Path
-    entries: list[tuple[str, Node]]
+    entries: list[tuple[str, Node]] | None  # None: listed at the first readdir

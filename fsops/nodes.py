@@ -142,6 +142,31 @@ def commit_circuit_version(fabric: Fabric, name: str, create: bool) -> Commit:
     return commit
 
 
+def commit_import(fabric: Fabric, name: str) -> Commit:
+    """`<name>.qasm` written into /circuits: a version of circuit `name`, made if need be;
+    an empty file (`touch`) makes the circuit with no version yet, as mkdir does."""
+    versions = commit_circuit_version(fabric, name, create=True)
+
+    async def commit(data: bytes, uid: int) -> None:
+        if data:
+            await versions(data, uid)
+        elif fabric.circuits.mtime(name) is None:
+            fabric.circuits.create(name)
+
+    return commit
+
+
+def commit_restored_version(fabric: Fabric, name: str, n: int) -> Commit:
+    """Bytes written as vN.qasm (a backup written back) become version n itself."""
+
+    async def commit(data: bytes, uid: int) -> None:
+        if fabric.circuits.restore_needed(name, n, data):
+            prepared = await trio.to_thread.run_sync(fabric.circuits.prepare_version, data)
+            fabric.circuits.restore_version(name, n, prepared)
+
+    return commit
+
+
 def latest_file(fabric: Fabric, name: str) -> Node:
     circuit = fabric.circuits.get(name)
     latest = circuit.latest
@@ -164,7 +189,7 @@ def version_source(fabric: Fabric, name: str, n: int) -> Node:
 
     return Node(
         FILE, 0o444, version.created_ns, size=version.size, attr_timeout=IMMUTABLE_TIMEOUT,
-        read=read, subject=name,
+        read=read, commit=commit_restored_version(fabric, name, n), subject=name,
     )
 
 

@@ -20,9 +20,10 @@ from fsops.errors import errno_of, guarded
 from fsops.handles import DirHandle, FileHandle, open_handle, resize
 from fsops.inodes import InodeTable, Path
 from fsops.nodes import IMMUTABLE_TIMEOUT, ChangeClock, Node
-from levels.circuits import CircuitStore
+from levels.circuits import CircuitStore, parse_iso
 from levels.errors import Exists, Invalid, NotEmpty, NotFound, QfsError, ReadOnly
 from levels.fabric import Fabric
+from levels.scratch import is_scratch_name
 
 log = logging.getLogger("qfs.fsops")
 
@@ -140,9 +141,20 @@ class Operations(pyfuse3.Operations):
                     node.scratch.gid = attr.st_gid
                 if fields.update_mtime:
                     node.scratch.mtime_ns = attr.st_mtime_ns
-            # chmod/chown/utime on fabric files are accepted and ignored (README SEMANTICS).
+            elif fields.update_mtime:
+                self._written_back_time(path, attr.st_mtime_ns)
+            # chmod/chown/utime on fabric files are accepted and ignored (README SEMANTICS),
+            # but for the time of a version written back.
             _path, node = await self._node(inode)
             return self._attrs(inode, node)
+
+    def _written_back_time(self, path: Path, mtime_ns: int) -> None:
+        """The time cp -a, tar and rsync set on vN.qasm they write back is version N's."""
+        version = routes.parse_version_file(path[2]) if len(path) == 3 else None
+        if version is None or version[1] != "qasm" or path[0] != routes.CIRCUITS:
+            return
+        if self.fabric.circuits.filling(path[1]) is not None:
+            self.fabric.circuits.set_version_time(path[1], version[0], mtime_ns)
 
     async def _truncate(self, path: Path, node: Node, fh: int | None, size: int,
                         uid: int) -> None:
@@ -186,13 +198,21 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         path = self.inodes.path(inode)
         with self._guard("opendir", path):
-            entries = await routes.list_dir(self.fabric, path)
+            # A circuit being written back is listed at the first readdir, which ends that
+            # (Filling): tar x opens the directory it extracts into, without listing it.
+            filling = routes.is_circuit_dir(self.fabric, path) and \
+                self.fabric.circuits.filling(path[1]) is not None
+            entries = None if filling else await routes.list_dir(self.fabric, path)
             fh = self._new_fh()
             self._dirs[fh] = DirHandle(path, entries)
             return fh
 
     async def readdir(self, fh, start_id, token):
         handle = self._dirs[fh]
+        if handle.entries is None:
+            with self._guard("readdir", handle.path):
+                self.fabric.circuits.end_filling(handle.path[1])
+                handle.entries = await routes.list_dir(self.fabric, handle.path)
         for index in range(start_id, len(handle.entries)):
             name, node = handle.entries[index]
             path = (*handle.path, name)
@@ -212,12 +232,19 @@ class Operations(pyfuse3.Operations):
                 self.fabric.states.make_pending(path[1], ctx.uid)
                 return self._attrs(self.inodes.remember(path),
                                    await routes.resolve(self.fabric, path))
+            filling = len(path) == 3 and routes.is_circuit_dir(self.fabric, path[:2]) and \
+                self.fabric.circuits.filling(path[1]) is not None
+            if filling and path[2] in ("results", "similar"):
+                routes.written(self.fabric, path)  # a backup's directories, written back
+                return self._attrs(self.inodes.remember(path),
+                                   await routes.resolve(self.fabric, path))
             if len(path) != 2 or path[0] != routes.CIRCUITS:
                 raise ReadOnly("directories can only be made in /circuits (one per circuit) "
                                "and /states (one per imported state)")
             if self.fabric.scratch.find(path[:-1], path[1]) is not None:
                 raise Exists(f"{path[1]} exists")
             self.fabric.circuits.create(path[1])
+            self.fabric.circuits.begin_filling(path[1])
             return self._attrs(self.inodes.remember(path), await routes.resolve(self.fabric, path))
 
     async def rmdir(self, parent_inode, name, ctx):
@@ -250,21 +277,39 @@ class Operations(pyfuse3.Operations):
                 self.fabric.scratch.remove(parent, path[-1])
                 self.inodes.detach(path)
                 return
-            if len(path) == 4 and path[0] == routes.CIRCUITS and path[2] == "results":
-                if routes.picture_run(path[3]) is not None:
-                    return  # a histogram is a facet of its result, like the views
+            result = len(path) == 4 and path[2] == "results" and \
+                routes.picture_run(path[3]) is None
+            if path[0] == routes.CIRCUITS and result:
                 self.fabric.circuits.delete_result(path[1], path[3])
                 self.inodes.detach(path)
                 return
-            similar_link = len(path) == 4 and path[0] == routes.CIRCUITS and path[2] == "similar"
-            if similar_link or routes.fabric_file(self.fabric, path) or \
-                    state_routes.is_checkpoint_file(self.fabric, path):
-                # Versions and views are facets of the circuit: `rm` of one is accepted and
-                # changes nothing, so that `rm -r` reaches the rmdir that deletes the circuit.
+            if path[0] == routes.CIRCUITS and len(path) in (3, 4):
+                # A circuit's files are facets of it: `rm` of one deletes nothing and hides
+                # it until it is written again or the circuit listed, so that `rm -r`
+                # reaches the rmdir that deletes the circuit and tar x can write it back.
+                # (A histogram goes with its result, which rm -r may have deleted first.)
+                if len(path) == 3 or path[2] != "results":
+                    await routes.resolve(self.fabric, path)
+                self.fabric.circuits.hide(path[1], "/".join(path[2:]))
+                self.inodes.detach(path)
+                return
+            if state_routes.is_checkpoint_file(self.fabric, path):
                 await routes.resolve(self.fabric, path)
                 return
             await routes.resolve(self.fabric, path)
             raise ReadOnly(f"/{'/'.join(path)} cannot be removed")
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        path = self._child(parent_inode, name)
+        with self._guard("symlink", path):
+            filling = routes.is_circuit_dir(self.fabric, path[:2]) and \
+                self.fabric.circuits.filling(path[1]) is not None
+            if not (filling and len(path) == 4 and path[2] == "similar"):
+                raise ReadOnly("symbolic links are made only by qfs (similar/, /search); "
+                               "into a circuit being filled, similar/ links are accepted")
+            routes.written(self.fabric, path, os.fsdecode(target))
+            return self._attrs(self.inodes.remember(path),
+                               await routes.resolve(self.fabric, path))
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         src = self._child(parent_inode_old, name_old)
@@ -299,7 +344,11 @@ class Operations(pyfuse3.Operations):
         content = await node.read()
         target = routes.commit_target(fabric, dst)
         if target is not None:
+            if node.scratch is not None:
+                self._written_back_time(dst, node.scratch.mtime_ns)  # rsync sets it first
             await target(content, uid)  # refused content leaves both names as they were
+            if len(dst) > 2 and dst[0] == routes.CIRCUITS:
+                routes.written(fabric, dst)
             if node.scratch is not None:
                 fabric.scratch.remove(src[:-1], src[-1])
             elif len(src) == 4 and src[2] == "results":
@@ -307,6 +356,8 @@ class Operations(pyfuse3.Operations):
             return
         if not routes.scratch_dir(fabric, dst[:-1]) or routes.fabric_file(fabric, dst):
             raise ReadOnly(f"/{'/'.join(dst)} cannot be replaced by a rename")
+        if not is_scratch_name(dst[-1]):
+            raise routes.not_kept(dst)
         if node.scratch is not None:
             fabric.scratch.remove(src[:-1], src[-1])
             fabric.scratch.put(dst[:-1], dst[-1], node.scratch)
@@ -357,29 +408,18 @@ class Operations(pyfuse3.Operations):
         with self._guard("create", path):
             fabric = self.fabric
             parent = path[:-1]
-            if len(path) == 4 and path[0] == routes.CIRCUITS and path[2] == "results":
-                commit = routes.commit_target(fabric, path)
-                node = Node(stat.S_IFREG, 0o644, 0, commit=commit, subject=path[1],
-                            entry_timeout=0.0)  # exists only if its commit succeeds
+            if routes.scratch_dir(fabric, parent):
+                node = routes.create_node(fabric, path, mode, ctx.uid, ctx.gid)
             elif path[0] == state_routes.STATES:
                 node = state_routes.import_node(fabric, path)
             elif (submit := workflow_routes.submit_target(fabric, path)) is not None:
                 node = workflow_routes.definition(submit)
-            elif routes.fabric_file(fabric, path):
-                # Recreating latest.qasm or meta.json after an editor moved it aside.
-                node = await routes.resolve(fabric, path)
-                if node.commit is None:
-                    raise routes.refuse_write(path)
-            elif routes.scratch_dir(fabric, parent):
-                if len(path) == 2 and fabric.circuits.mtime(path[1]) is not None:
-                    raise Exists(f"circuit {path[1]} exists")
-                fabric.scratch.create(parent, path[-1], mode, ctx.uid, ctx.gid)
-                node = routes.scratch_node(fabric, path)
             else:
                 raise ReadOnly(f"files cannot be created in /{'/'.join(parent)}")
             ino = self.inodes.remember(path)
             handle = open_handle(ino, path, node, b"", True, ctx.uid)
-            handle.dirty = node.scratch is None  # a new fabric file commits even when empty
+            # A new fabric file commits even when empty (an empty import makes the circuit).
+            handle.dirty = node.scratch is None or node.commit is not None
             fh = self._register(handle)
             return self._file_info(fh, node), self._attrs(ino, node)
 
@@ -446,7 +486,6 @@ class Operations(pyfuse3.Operations):
         version = routes.parse_version_file(path[2]) if len(path) == 3 else None
         if version is None or path[0] != routes.CIRCUITS or version[1] != "qasm":
             return None
-        self.fabric.circuits.get(path[1]).version(version[0])
         return path[1], version[0]
 
     def _pinned(self, circuit: str, n: int) -> bool:
@@ -499,19 +538,29 @@ class Operations(pyfuse3.Operations):
 
     async def setxattr(self, inode, name, value, ctx):
         with self._guard("setxattr"):
-            version = self._version_of(inode)
-            if version is not None and _name(name) == PINNED:
+            version = self._version_of(inode) if _name(name) == PINNED else None
+            if version is not None:
                 if value not in (b"0", b"1"):
                     raise Invalid(f"{PINNED} is 1 (keep this version beyond retention) or 0")
                 self.fabric.circuits.pin(*version, value == b"1")
                 return
             # ENOTSUP tells tools such as sed -i and vim that ACLs are not kept here.
             field = self._field(name, missing=errno.ENOTSUP)
-            if field == "created":
-                raise ReadOnly("user.qfs.created is read-only")
             circuit = self._circuit_of(inode)
+            if field == "created":
+                self._set_created(circuit, value)
+                return
             parsed = _xattr_value(field, value)
             self.fabric.circuits.update_meta(circuit, lambda meta: {**meta, field: parsed})
+
+    def _set_created(self, circuit: str, value: bytes) -> None:
+        """user.qfs.created is read-only, but cp -a writes it back, into a circuit it is
+        filling (the circuit keeps its creation time) or unchanged."""
+        created = parse_iso(value.decode(errors="replace"))
+        if self.fabric.circuits.filling(circuit) is not None:
+            self.fabric.circuits.set_created(circuit, created)
+        elif created // 10**9 != self.fabric.circuits.get(circuit).created_ns // 10**9:
+            raise ReadOnly("user.qfs.created is read-only")
 
     async def removexattr(self, inode, name, ctx):
         with self._guard("removexattr"):

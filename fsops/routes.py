@@ -3,11 +3,14 @@
     /circuits/<name>/{latest.qasm, vN.qasm, vN.<view>, meta.json, stats.json, errors}
     /circuits/<name>/results/<run>.json
     /circuits/<name>/similar/<rank>-<other> -> ../../<other>/latest.qasm
-    /circuits/<file>                        scratch; <name>.qasm imports circuit <name> and
-                                            then stays an unlisted alias of its latest.qasm
+    /circuits/<name>.qasm                   imports circuit <name>, then stays an unlisted
+                                            alias of its latest.qasm
     /search/<query>/<name> -> ../../circuits/<name>
     /.qfs/log
-Anything else a tool creates inside a circuit directory is a scratch file.
+In /circuits, a circuit and its results/, tools may create scratch files under the names
+they give temporaries (levels/scratch.py); any other file the fabric would not keep is
+refused at create(). A circuit made by mkdir shows only what was written into it until it
+is first listed (levels/circuits.py, Filling), so that a backup can be written back.
 """
 
 import contextlib
@@ -20,10 +23,11 @@ import trio
 from fsops import nodes, qubit_routes, state_routes, workflow_routes
 from fsops.nodes import Node
 from levels import check, tuning
-from levels.circuits import PICTURE
-from levels.errors import Invalid, NotFound, ReadOnly
+from levels.circuits import PICTURE, Filling, validate_result_name
+from levels.errors import Exists, Invalid, NotFound, ReadOnly
 from levels.fabric import Fabric
 from levels.qasm import VIEW_FORMATS
+from levels.scratch import is_scratch_name
 from levels.similar import rank_similar
 
 Path = tuple[str, ...]
@@ -61,16 +65,84 @@ def parse_version_file(filename: str) -> tuple[int, str] | None:
 def commit_target(fabric: Fabric, path: Path) -> nodes.Commit | None:
     """What renaming a file onto `path` (or writing it) commits, or None for plain files."""
     if len(path) == 2 and path[0] == CIRCUITS and (name := import_name(path[1])):
-        return nodes.commit_circuit_version(fabric, name, create=True)
+        return nodes.commit_import(fabric, name)
     if len(path) == 3 and is_circuit_dir(fabric, path[:2]):
-        if path[2] == "latest.qasm":
-            return nodes.commit_circuit_version(fabric, path[1], create=False)
-        if path[2] == "meta.json":
-            return nodes.commit_meta(fabric, path[1])
+        name, leaf = path[1], path[2]
+        version = parse_version_file(leaf)
+        if leaf == "latest.qasm":
+            return nodes.commit_circuit_version(fabric, name, create=False)
+        if leaf == "meta.json":
+            return nodes.commit_meta(fabric, name)
+        if version is not None and version[1] == "qasm":
+            return nodes.commit_restored_version(fabric, name, version[0])
+        if leaf in ("stats.json", "errors") or (
+            version is not None and version[1] in (*VIEW_FORMATS, PICTURE)
+        ):
+            return derived_commit(fabric, path)
     if len(path) == 4 and path[0] == CIRCUITS and path[2] == "results":
         fabric.circuits.get(path[1])
+        if picture_run(path[3]) is not None:
+            return derived_commit(fabric, path)
         return nodes.commit_result(fabric, path[1], path[3])
     return workflow_routes.submit_target(fabric, path)
+
+
+def derived_commit(fabric: Fabric, path: Path) -> nodes.Commit:
+    """Views, stats.json, errors and histograms are computed: writing back the bytes they
+    hold changes nothing (so that a backup can be written back), other bytes are EACCES.
+    Into a circuit being written back, or before the version they come from, they are
+    accepted unread: they are computed once its versions are in."""
+
+    async def commit(data: bytes, uid: int) -> None:
+        if fabric.circuits.filling(path[1]) is not None:
+            return
+        try:
+            current = await (await resolve(fabric, path)).read()
+        except NotFound:
+            return
+        if data != current:
+            raise ReadOnly(f"/{'/'.join(path)} is computed from the circuit's versions: only "
+                           f"the bytes it holds can be written to it")
+
+    return commit
+
+
+def create_node(fabric: Fabric, path: Path, mode: int, uid: int, gid: int) -> Node:
+    """What create() makes in /circuits, a circuit or its results/: a scratch file under a
+    name tools give temporaries, a file the fabric keeps (its write commits), or EINVAL
+    with the reason: a file that would be gone after a remount is refused."""
+    leaf = path[-1]
+    placeholder = len(path) == 4 and path[2] == "similar"
+    if is_scratch_name(leaf) or placeholder or (len(path) == 2 and import_name(leaf)):
+        if len(path) == 2 and fabric.circuits.mtime(leaf) is not None:
+            raise Exists(f"circuit {leaf} exists")
+        fabric.scratch.create(path[:-1], leaf, mode, uid, gid)
+        return scratch_node(fabric, path)
+    if len(path) == 4 and picture_run(leaf) is None:
+        validate_result_name(leaf)
+    commit = commit_target(fabric, path)
+    if commit is None:
+        raise not_kept(path)
+    if len(path) > 2:
+        written(fabric, path)
+    return Node(nodes.FILE, 0o644, time.time_ns(), commit=commit, subject=path[1],
+                entry_timeout=0.0)  # it exists once its commit succeeds
+
+
+def not_kept(path: Path) -> Invalid:
+    leaf = path[-1]
+    if len(path) == 2:
+        return Invalid(f"{leaf}: /circuits keeps circuits: copy in <name>.qasm or mkdir "
+                       f"<name> (a file {leaf} would not be kept)")
+    return Invalid(f"{leaf}: a circuit keeps latest.qasm, vN.qasm, meta.json and results/"
+                   f"<run>.json (a file {leaf} would not be kept)")
+
+
+def written(fabric: Fabric, path: Path, target: str = "") -> None:
+    """Record a name written into a circuit being filled, so that it shows (Filling)."""
+    fill = fabric.circuits.filling(path[1])
+    if fill is not None:
+        fill.wrote("/".join(path[2:]), target)
 
 
 def is_circuit_dir(fabric: Fabric, path: Path) -> bool:
@@ -78,7 +150,12 @@ def is_circuit_dir(fabric: Fabric, path: Path) -> bool:
 
 
 def scratch_dir(fabric: Fabric, path: Path) -> bool:
-    """Directories where tools may keep scratch files: /circuits and each circuit."""
+    """Directories where tools may keep scratch files: /circuits, each circuit, results/,
+    and similar/ of a circuit being written back (tar extracts a link as an empty file
+    first, and replaces it by the link at the end)."""
+    if len(path) == 3 and is_circuit_dir(fabric, path[:2]):
+        return path[2] == "results" or (
+            path[2] == "similar" and fabric.circuits.filling(path[1]) is not None)
     return path == (CIRCUITS,) or is_circuit_dir(fabric, path)
 
 
@@ -95,7 +172,7 @@ def scratch_node(fabric: Fabric, path: Path) -> Node:
     file = fabric.scratch.get(path[:-1], path[-1])
     commit = None
     if len(path) == 2 and (name := import_name(path[1])):
-        commit = nodes.commit_circuit_version(fabric, name, create=True)
+        commit = nodes.commit_import(fabric, name)
     node = nodes.scratch(file, commit)
     node.subject = path[1] if len(path) >= 3 else import_name(path[-1])
     if commit is not None:
@@ -157,16 +234,35 @@ async def _resolve_circuits(fabric: Fabric, path: Path) -> Node:
     if depth == 2:
         return nodes.directory(mtime)
     leaf = path[2]
+    fill = fabric.circuits.filling(name)
+    if fill is not None:
+        _check_filled(fabric, fill, path)
+        target = fill.written.get("/".join(path[2:]))
+        if depth == 4 and leaf == "similar" and target:
+            return nodes.symlink(target, mtime)
     if depth == 3:
         return await _resolve_circuit_file(fabric, name, leaf, mtime)
+    if depth == 4 and fabric.scratch.find(path[:3], path[3]) is not None:
+        return scratch_node(fabric, path)
     if depth == 4 and leaf == "results":
         run = picture_run(path[3])
         if run is not None:
-            return await nodes.result_picture(fabric, name, run)
+            node = await nodes.result_picture(fabric, name, run)
+            node.commit = derived_commit(fabric, path)
+            return node
         return nodes.result_file(fabric, name, path[3])
     if depth == 4 and leaf == "similar" and path[3] in dict(await similar(fabric, name)):
         return nodes.symlink(similar_target(path[3]), mtime)
     raise NotFound("/".join(path))
+
+
+def _check_filled(fabric: Fabric, fill: Filling, path: Path) -> None:
+    """In a circuit being written back, what Filling hides is NotFound (results/<run>.json
+    are data: never hidden), so that cp -a and tar x may create it."""
+    rel = "/".join(path[2:])
+    data = len(path) == 4 and path[2] == "results" and picture_run(path[3]) is None
+    if not (fill.shows(rel) or data or fabric.scratch.find(path[:-1], path[-1])):
+        raise NotFound(f"{rel} is not written yet into {path[1]}, which is being written back")
 
 
 async def _resolve_circuit_file(fabric: Fabric, name: str, leaf: str, mtime: int) -> Node:
@@ -175,10 +271,13 @@ async def _resolve_circuit_file(fabric: Fabric, name: str, leaf: str, mtime: int
     if leaf == "meta.json":
         return nodes.meta_file(fabric, name)
     if leaf == "stats.json":
-        return nodes.stats_file(fabric, name)
+        node = nodes.stats_file(fabric, name)
+        node.commit = derived_commit(fabric, (CIRCUITS, name, leaf))
+        return node
     if leaf == "errors":
         node = nodes.live(lambda: fabric.oplog.subject_text(name))
         node.subject = name
+        node.commit = derived_commit(fabric, (CIRCUITS, name, leaf))
         return node
     if leaf in ("results", "similar"):
         return nodes.directory(mtime, perm=0o755 if leaf == "results" else 0o555, timeout=0.0)
@@ -188,7 +287,9 @@ async def _resolve_circuit_file(fabric: Fabric, name: str, leaf: str, mtime: int
         if fmt == "qasm":
             return nodes.version_source(fabric, name, n)
         if fmt in (*VIEW_FORMATS, PICTURE):
-            return await nodes.version_view(fabric, name, n, fmt)
+            node = await nodes.version_view(fabric, name, n, fmt)
+            node.commit = derived_commit(fabric, (CIRCUITS, name, leaf))
+            return node
     return scratch_node(fabric, (CIRCUITS, name, leaf))
 
 
@@ -213,7 +314,7 @@ async def list_dir(fabric: Fabric, path: Path) -> list[tuple[str, Node]]:
             if fabric.circuits.has_result_picture(path[1], stem):  # listed once drawn
                 entries.append((f"{stem}.{PICTURE}",
                                 await nodes.result_picture(fabric, path[1], stem)))
-        return entries
+        return entries + _scratch_entries(fabric, path)
     elif path[0] == CIRCUITS and depth == 3 and path[2] == "similar":
         mtime = fabric.circuits.mtime(path[1]) or 0
         return [(entry, nodes.symlink(similar_target(entry), mtime))

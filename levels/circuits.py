@@ -12,6 +12,7 @@ from a thread) and `commit_version` runs where transactions are serialized. Form
 pictures are made in worker processes too.
 """
 
+import calendar
 import dataclasses
 import hashlib
 import json
@@ -30,6 +31,7 @@ from levels.errors import (
     NameTooLong,
     NotEmpty,
     NotFound,
+    ReadOnly,
     TooBig,
     Unexpressible,
     WorkerDied,
@@ -47,6 +49,7 @@ PICTURE = "png"
 META_FIELDS = {"description": str, "author": str, "tags": list, "parameters": dict,
                "pinned": list}
 _MTIME = struct.Struct("<q")
+_ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 # Called with (name, search document) after a change, or (name, None) after a deletion.
 ChangeListener = Callable[[str, dict[str, Any] | None], None]
@@ -62,6 +65,11 @@ def validate_name(name: str, what: str = "circuit name") -> None:
         raise Invalid(
             f"{what} {name!r}: use letters, digits and _ . + @ = -, not starting with . or -"
         )
+
+
+def validate_result_name(run: str) -> None:
+    if not _RESULT_NAME.match(run) or len(run.encode()) > MAX_NAME_BYTES:
+        raise Invalid(f"result name {run!r}: expected <run>.json with a portable name")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +153,31 @@ class PreparedVersion:
     stats: CircuitStats
 
 
+@dataclasses.dataclass
+class Filling:
+    """A circuit that a tool may be writing back from a backup, until it is next listed.
+
+    cp -a and tar x create every file with O_EXCL, tar after unlinking what is there, in
+    any order: so a circuit made by mkdir (`fresh`) shows only what was written into it, and
+    a name unlinked from a circuit is hidden until written again. Meanwhile versions written
+    as latest.qasm float (they give way to the vN.qasm written after them), derived files
+    written back are accepted unread, and times set on vN.qasm and meta.json's `created`
+    are the versions' and the circuit's own."""
+
+    fresh: bool
+    hidden: set[str] = dataclasses.field(default_factory=set)
+    written: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> link target
+    floating: set[int] = dataclasses.field(default_factory=set)
+    times: dict[int, int] = dataclasses.field(default_factory=dict)  # version -> time set
+
+    def shows(self, path: str) -> bool:
+        return path in self.written or (not self.fresh and path not in self.hidden)
+
+    def wrote(self, path: str, target: str = "") -> None:
+        self.written[path] = target
+        self.hidden.discard(path)
+
+
 def _source_key(circuit_id: str, n: int) -> bytes:
     return f"{circuit_id}/".encode() + n.to_bytes(8, "big")
 
@@ -171,6 +204,7 @@ class CircuitStore:
             max_operations=config.max_program_operations, max_nesting=config.max_program_nesting)
         self._on_change = on_change or (lambda _name, _doc: None)
         self._notice = notice or (lambda _where, _what: None)
+        self._filling: dict[str, Filling] = {}
         self._parsed: LRU[Any] = LRU(max_entries=256)
         self._views: LRU[bytes | str] = LRU(
             max_entries=4096,
@@ -329,6 +363,7 @@ class CircuitStore:
                 txn.delete("sources", key)
             txn.delete("circuits", name.encode())
             txn.delete("names", name.encode())
+        self._filling.pop(name, None)
         self._on_change(name, None)
 
     def rename(self, old: str, new: str) -> None:
@@ -342,6 +377,7 @@ class CircuitStore:
             circuit.name = new
             circuit.mtime_ns = time.time_ns()
             self._put(txn, circuit)
+        self._filling.pop(old, None)
         self._on_change(old, None)
         self._on_change(new, circuit.search_document())
 
@@ -364,11 +400,103 @@ class CircuitStore:
         """
         if create:
             validate_name(name)
+        fill = self._filling.get(name)
+        first_new = self.get(name).next_version if fill is not None else 0
         with self._meta.writing() as txn:
             circuit, n, dropped = self._commit_in(txn, name, prepared, create)
+        if fill is not None and n >= first_new:
+            fill.floating.add(n)
         self._dropped(name, dropped)
         self._on_change(name, circuit.search_document())
         return n
+
+    # -- filling a circuit made by mkdir (restoring a backup) --------------------------
+
+    def begin_filling(self, name: str) -> None:
+        """A circuit made by mkdir: it shows what is written into it until listed."""
+        self._filling[name] = Filling(fresh=True)
+
+    def filling(self, name: str) -> Filling | None:
+        return self._filling.get(name)
+
+    def hide(self, name: str, path: str) -> None:
+        """A name unlinked from the circuit: hidden until written again or listed."""
+        self._filling.setdefault(name, Filling(fresh=False)).hidden.add(path)
+
+    def set_version_time(self, name: str, n: int, created_ns: int) -> None:
+        """A time set on vN.qasm while the circuit is written back is version n's."""
+        fill = self._filling[name]
+        fill.times[n] = created_ns
+        with self._meta.writing() as txn:
+            circuit = self._get(txn, name)
+            if all(v.n != n for v in circuit.versions):
+                return  # its commit takes the time
+            circuit.versions = [Version(v.n, created_ns, v.stats) if v.n == n else v
+                                for v in circuit.versions]
+            self._put(txn, circuit)
+
+    def end_filling(self, name: str) -> None:
+        self._filling.pop(name, None)
+
+    def restore_needed(self, name: str, n: int, source: bytes) -> bool:
+        """Whether bytes written as vN.qasm must be parsed and restored: False when vN holds
+        them already; ReadOnly when vN holds other bytes (versions are immutable), unless vN
+        only floats (made by latest.qasm while the circuit is being filled)."""
+        circuit = self.get(name)
+        if all(v.n != n for v in circuit.versions):
+            return True
+        if self.source(name, n) == source:
+            return False
+        fill = self._filling.get(name)
+        if fill is None or n not in fill.floating:
+            raise ReadOnly(f"{name} v{n}.qasm exists with other content (versions are "
+                           f"immutable: write latest.qasm to make a new version)")
+        return True
+
+    def restore_version(self, name: str, n: int, prepared: PreparedVersion) -> None:
+        """Store a program written as vN.qasm as version n itself (a backup written back).
+
+        Floating versions (see Filling) with the same program are this version, written
+        earlier as latest.qasm: they go; the other floating versions move after the newest.
+        A version that retention would drop at once is refused."""
+        fill = self._filling.get(name)
+        floating = fill.floating if fill is not None else set()
+        sha256 = prepared.stats.sha256
+        with self._meta.writing() as txn:
+            circuit = self._get(txn, name)
+            fixed = {v.n: v for v in circuit.versions if v.n not in floating}
+            if n in fixed:
+                if fixed[n].stats["sha256"] == sha256:
+                    return
+                raise ReadOnly(f"{name} v{n}.qasm exists with other content")
+            moving = [v for v in circuit.versions if v.n in floating]
+            sources = {v.n: txn.get("sources", _source_key(circuit.id, v.n)) for v in moving}
+            for v in moving:
+                txn.delete("sources", _source_key(circuit.id, v.n))
+            now = time.time_ns()
+            stats = {**prepared.stats.as_dict(), "bytes": len(prepared.source)}
+            fixed[n] = Version(n, fill.times.get(n, now) if fill else now, stats)
+            txn.put("sources", _source_key(circuit.id, n), prepared.source)
+            following = max(fixed) + 1
+            floated = set()
+            for v in (v for v in moving if v.stats["sha256"] != sha256):
+                fixed[following] = Version(following, v.created_ns, v.stats)
+                txn.put("sources", _source_key(circuit.id, following), sources[v.n])
+                floated.add(following)
+                following += 1
+            circuit.versions = sorted(fixed.values(), key=lambda v: v.n)
+            circuit.next_version = max(circuit.next_version, following)
+            circuit.mtime_ns = now
+            dropped = self._retain(txn, circuit)
+            if n in dropped:
+                raise Invalid(f"{name} v{n} is older than the "
+                              f"{self._config.max_versions_per_artifact} versions kept "
+                              f"(max_versions_per_artifact): it would be dropped at once")
+            self._put(txn, circuit)
+        if fill is not None:
+            fill.floating = floated
+        self._dropped(name, dropped)
+        self._on_change(name, circuit.search_document())
 
     def commit_many(self, names: list[str], prepared: PreparedVersion) -> None:
         """Bulk load: the same program as a version of many circuits, in one transaction."""
@@ -442,11 +570,21 @@ class CircuitStore:
         """Replace the user metadata from meta.json bytes, validated; `created` is kept, and
         so are the pins when the document names none (a pin guards a version from loss)."""
         meta = parse_meta(document)
+        if name in self._filling:  # written back: the circuit keeps its creation time
+            created = json.loads(document).get("created")
+            if isinstance(created, str):
+                self.set_created(name, parse_iso(created))
 
         def change(old: dict[str, Any]) -> dict[str, Any]:
             return _with_pins(meta, set((meta if "pinned" in meta else old).get("pinned", ())))
 
         self.update_meta(name, change)
+
+    def set_created(self, name: str, created_ns: int) -> None:
+        with self._meta.writing() as txn:
+            circuit = self._get(txn, name)
+            circuit.created_ns = created_ns
+            self._put(txn, circuit)
 
     def update_meta(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         with self._meta.writing() as txn:
@@ -457,8 +595,7 @@ class CircuitStore:
         self._on_change(name, circuit.search_document())
 
     def put_result(self, name: str, run: str, document: bytes) -> None:
-        if not _RESULT_NAME.match(run) or len(run.encode()) > MAX_NAME_BYTES:
-            raise Invalid(f"result name {run!r}: expected <run>.json with a portable name")
+        validate_result_name(run)
         try:
             json.loads(document)
         except ValueError as exc:
@@ -567,4 +704,12 @@ def _with_pins(meta: dict[str, Any], pins: set[int]) -> dict[str, Any]:
 
 
 def _iso(ns: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
+    return time.strftime(_ISO, time.gmtime(ns / 1e9))
+
+
+def parse_iso(text: str) -> int:
+    """A time as meta.json and stats.json write it, in ns."""
+    try:
+        return calendar.timegm(time.strptime(text, _ISO)) * 10**9
+    except ValueError as exc:
+        raise Invalid(f"{text!r} is not a time like 2026-01-31T12:00:00Z") from exc

@@ -3,15 +3,29 @@
 vim writes swap files and a `4913` probe, sed -i and rsync write a temporary file and rename
 it over the target. These are plain files here, kept in memory until they are renamed onto a
 fabric file (which commits their content), deleted, or the filesystem is unmounted. They are
-never versions. The README documents that they do not survive a remount.
+never versions. The README documents that they do not survive a remount, so only names
+that tools give such files are scratch (`is_scratch_name`); fsops refuses other names where
+the fabric would not keep them.
 """
 
 import dataclasses
+import re
 import time
 
 from levels.errors import Exists, NotFound
 
 DirKey = tuple[str, ...]
+# Names editors and tools give the files they write beside the one they save: dot files
+# (vim swap files, rsync and mkstemp temporaries), backups (name~), vim's write probe
+# (4913), sed -i temporaries (sedXXXXXX), Python's tempfile names (tmpXXXXXXXX), emacs
+# autosaves (#name#), JetBrains' safe-write copies and names ending in .tmp.
+_SCRATCH_NAME = re.compile(
+    r"^(\..+|.+~|[0-9]+|sed[A-Za-z0-9]{6}|tmp[a-z0-9_]{8}|#.+#|.+___jb_(tmp|old)___|.+\.tmp)$"
+)
+
+
+def is_scratch_name(name: str) -> bool:
+    return _SCRATCH_NAME.match(name) is not None
 
 
 @dataclasses.dataclass

@@ -154,11 +154,15 @@ def test_rename_of_bad_content_keeps_both_sides(qfs):
 def test_versions_are_immutable(qfs):
     bell = qfs.write_circuit("bell")
     for name in ("v1.qasm", "v1.qpy", "stats.json"):
+        before = (bell / name).read_bytes()
+        (bell / name).write_bytes(before)  # the same bytes written back: accepted
         with pytest.raises(PermissionError):
-            open(bell / name, "w")
+            (bell / name).write_bytes(before + b"\n")
+        assert (bell / name).read_bytes() == before
     with pytest.raises(PermissionError):
         os.truncate(bell / "v1.qasm", 0)
     assert (bell / "v1.qasm").read_text() == BELL
+    assert versions(bell) == [1]
 
 
 def test_retention_keeps_max_versions(mount_factory, tmp_path):
@@ -175,8 +179,8 @@ def test_retention_keeps_max_versions(mount_factory, tmp_path):
 
 def test_mkdir_then_write_latest(qfs):
     (qfs.circuits / "fresh").mkdir()
-    assert (qfs.circuits / "fresh" / "latest.qasm").read_text() == ""
     assert versions(qfs.circuits / "fresh") == []
+    assert (qfs.circuits / "fresh" / "latest.qasm").read_text() == ""
     (qfs.circuits / "fresh" / "latest.qasm").write_text(GHZ3)
     assert versions(qfs.circuits / "fresh") == [1]
 

@@ -166,3 +166,109 @@ def test_retention_is_logged_and_pinned_versions_survive(mount_factory, tmp_path
     edit(8)
     assert versions(bell) == [4, 6, 7, 8]
     assert "dropped v1" in (qfs.root / ".qfs" / "log").read_text()
+
+
+def make_history(qfs) -> None:
+    """A circuit with three versions, the first pinned, metadata and a result."""
+    qfs.write_circuit("ghz", GHZ3)
+    bell = qfs.write_circuit("bell")
+    for i in (2, 3):
+        time.sleep(1.1)  # versions a second apart, so their times tell them apart
+        (bell / "latest.qasm").write_text(BELL + f"// edit {i}\n")
+    os.setxattr(bell / "v1.qasm", "user.qfs.pinned", b"1")
+    (bell / "meta.json").write_text('{"author": "alice", "tags": ["demo"]}')
+    (bell / "results" / "run1.json").write_text('{"counts": {"00": 3}}')
+
+
+def same_tree(a, b) -> None:
+    done = subprocess.run(["diff", "-r", "--no-dereference", str(a), str(b)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("tool", ["cp", "rsync", "tar"])
+def test_a_backup_written_back_restores_every_version(qfs, tmp_path, tool):
+    make_history(qfs)
+    bell, bak = qfs.circuits / "bell", tmp_path / "bak"
+    subprocess.run(["cp", "-a", str(bell), str(bak)], check=True)
+    subprocess.run(["tar", "cf", str(tmp_path / "bak.tar"), "-C", str(bak), "."], check=True)
+    subprocess.run(["rm", "-r", str(bell)], check=True)
+    assert not bell.exists()
+    restore = {
+        "cp": ["cp", "-a", str(bak), str(bell)],
+        "rsync": ["rsync", "-a", f"{bak}/", f"{bell}/"],
+        "tar": ["sh", "-c", f"mkdir {bell} && tar xf {tmp_path}/bak.tar -C {bell}"],
+    }[tool]
+    done = subprocess.run(restore, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (bell / "v3.qasm").read_text() == BELL + "// edit 3\n"
+    same_tree(bak, bell)  # every version, meta.json (pins and creation time), stats, results
+    assert versions(bell) == [1, 2, 3]
+    # Written back again over the circuit: every file is the same, nothing changes.
+    again = restore if tool == "rsync" else ["tar", "xf", f"{tmp_path}/bak.tar", "-C", str(bell)]
+    done = subprocess.run(again, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    same_tree(bak, bell)
+
+
+@pytest.mark.parametrize("order", [
+    ["latest.qasm", "v1.qasm", "v2.qasm", "v3.qasm"],
+    ["v3.qasm", "latest.qasm", "v1.qasm", "v2.qasm"],
+    ["v1.qasm", "latest.qasm", "v3.qasm", "v2.qasm"],
+    ["v2.qasm", "latest.qasm", "v1.qasm", "v3.qasm"],
+])
+def test_versions_written_back_in_any_order(qfs, order):
+    programs = {f"v{i}.qasm": BELL + f"// {i}\n" for i in (1, 2, 3)}
+    programs["latest.qasm"] = programs["v3.qasm"]
+    fresh = qfs.circuits / "fresh"
+    fresh.mkdir()
+    for name in order:  # as cp -a and tar x write: O_EXCL, into the directory they made
+        fd = os.open(fresh / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, programs[name].encode())
+        os.close(fd)
+    assert versions(fresh) == [1, 2, 3]
+    for name, program in programs.items():
+        assert (fresh / name).read_text() == program
+
+
+def test_tar_over_an_existing_circuit_ends(qfs, tmp_path):
+    make_history(qfs)
+    subprocess.run(["tar", "cf", str(tmp_path / "c.tar"), "-C", str(qfs.root), "circuits"],
+                   check=True)
+    done = subprocess.run(["tar", "xf", str(tmp_path / "c.tar"), "-C", str(qfs.root)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert versions(qfs.circuits / "bell") == [1, 2, 3]
+
+
+def test_files_the_fabric_would_not_keep_are_refused(mount_factory, tmp_path):
+    first = mount_factory()
+    source = tmp_path / "x.qasm"
+    source.write_text(BELL)
+    kept = first.write_circuit("kept")
+    (first.circuits / "newc").mkdir()
+    for target in (first.circuits / "x.txt", first.circuits / "newc" / "x.qasm",
+                   kept / "notes.txt", kept / "results" / "notes.txt"):
+        done = subprocess.run(["cp", str(source), str(target)], capture_output=True, text=True)
+        assert done.returncode != 0 and "Invalid argument" in done.stderr, target
+        log = (first.root / ".qfs" / "log").read_text().splitlines()[-1]
+        assert f"create /{target.relative_to(first.root)}: " in log
+        assert "would not be kept" in log or "expected <run>.json" in log
+    subprocess.run(["touch", str(first.circuits / "new.qasm")], check=True)
+    # Editors' and tools' temporaries still work, as scratch files.
+    for name in (".kept.swp", "4913", "sedAb12Cd", "latest.qasm~"):
+        (first.circuits / "kept" / name).write_text("scratch")
+    first.stop()
+    second = mount_factory(data=first.data)
+    assert sorted(os.listdir(second.circuits)) == ["kept", "new", "newc"]
+    assert versions(second.circuits / "new") == []
+    assert "x.qasm" not in os.listdir(second.circuits / "newc")
+
+
+def test_created_is_read_only_but_its_value_can_be_written_back(qfs):
+    bell = qfs.write_circuit("bell")
+    created = os.getxattr(bell, "user.qfs.created")
+    os.setxattr(bell, "user.qfs.created", created)  # what cp -a does over the circuit
+    with pytest.raises(PermissionError):
+        os.setxattr(bell, "user.qfs.created", b"2001-01-01T00:00:00Z")
+    assert os.getxattr(bell, "user.qfs.created") == created
