@@ -29,7 +29,7 @@ from levels.feedforward import Trigger, compile_dynamic, dispatch_live
 from levels.livestate import LiveState, gate_matrix
 from levels.metrics import Metrics
 from levels.stateformats import fidelity, pure_state_of
-from levels.states import Request, StateStore
+from levels.states import Request, StateStore, owner_of
 from levels.store.meta import MetaStore
 from levels.workers import WorkerPool
 
@@ -372,14 +372,14 @@ class LiveQubitManager:
         if isinstance(command, ctl.Checkpoint):
             return await self._checkpoint(task, command)
         if isinstance(command, ctl.Restore):
-            return await self._restore(task, command.name)
+            return await self._restore(task, command.name, uid)
         return await self._run(task, command)
 
     async def _checkpoint(self, task: Task, command: ctl.Checkpoint) -> str:
         vector = self.live(task.name).state.vector.copy()
         request = Request(command.name, task=task.name, format=command.format,
                           encrypt=command.encrypt, retention=command.retention,
-                          parent=command.parent)
+                          parent=command.parent, owner=task.owner)
         prepared = await native.run_sync(self._states.prepare, request, vector)
         self._metrics.serialization_seconds.observe(prepared.meta["serialization_seconds"])
         meta = self._states.commit(prepared)
@@ -388,12 +388,17 @@ class LiveQubitManager:
         return (f"checkpoint {meta['name']}: {meta['format']}, fidelity "
                 f"{meta['fidelity']:.12g}, {meta['stored_bytes']} bytes stored")
 
-    async def _restore(self, task: Task, name: str) -> str:
+    async def _restore(self, task: Task, name: str, uid: int) -> str:
         """Load a checkpoint (a mixed one as its top eigenvector) and report what is live:
         its fidelity to the checkpoint's decoded state, measured, and to the state that was
-        checkpointed, a bound (exact for formats that decode to a vector)."""
+        checkpointed, a bound (exact for formats that decode to a vector). Only the
+        checkpoint's owner (or root) may restore it: a live state can be read out, and the
+        decoded state of a checkpoint is readable by its owner alone."""
         started = time.perf_counter()
-        held = self._states.get(name)["qubit_count"]
+        record = self._states.get(name)
+        if uid != 0 and owner_of(record) != uid:
+            raise PermissionDenied(f"checkpoint {name} belongs to uid {owner_of(record)}")
+        held = record["qubit_count"]
         if held != len(task.qubits):
             raise Invalid(f"checkpoint {name} holds {held} qubits; task {task.name} has "
                           f"{len(task.qubits)}")

@@ -178,3 +178,28 @@ def test_a_task_over_24_qubits_lists_and_runs_without_a_live_state(qfs):
     state = json.loads((task / "state.json").read_text())
     assert "untouched" in state["live"]["state"]
     assert vm_rss_kb(qfs.proc.pid) < 1_000_000
+
+
+def test_nobody_cannot_restore_roots_checkpoint(mount_factory):
+    """A restored state can be read out; a checkpoint's state is its owner's alone."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="qfs-perm-"))
+    base.chmod(0o755)
+    qfs = mount_factory(base=base)
+    with open(qfs.qubits / "ctl", "w") as f:
+        f.write("alloc 2 task=mine\n")
+    with open(qfs.qubits / "tasks" / "mine" / "ctl", "w") as f:
+        f.write("checkpoint secret format=statevector\n")
+
+    def as_nobody(line: str, ctl: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c",
+             f"echo '{line}' > {ctl}"], capture_output=True, text=True)
+
+    assert as_nobody("alloc 2 task=theirs", qfs.qubits / "ctl").returncode == 0
+    done = as_nobody("restore secret", qfs.qubits / "tasks" / "theirs" / "ctl")
+    assert done.returncode != 0 and "Permission denied" in done.stderr
+    assert "checkpoint secret belongs to uid 0" in (qfs.root / ".qfs" / "log").read_text()
+    with open(qfs.qubits / "tasks" / "mine" / "ctl", "w") as f:
+        f.write("restore secret\n")  # the owner may
