@@ -153,7 +153,8 @@ class Operations(pyfuse3.Operations):
         version = routes.parse_version_file(path[2]) if len(path) == 3 else None
         if version is None or version[1] != "qasm" or path[0] != routes.CIRCUITS:
             return
-        if self.fabric.circuits.filling(path[1]) is not None:
+        fill = self.fabric.circuits.filling(path[1])
+        if fill is not None and fill.fresh:
             self.fabric.circuits.set_version_time(path[1], version[0], mtime_ns)
 
     async def _truncate(self, path: Path, node: Node, fh: int | None, size: int,
@@ -557,7 +558,8 @@ class Operations(pyfuse3.Operations):
         """user.qfs.created is read-only, but cp -a writes it back, into a circuit it is
         filling (the circuit keeps its creation time) or unchanged."""
         created = parse_iso(value.decode(errors="replace"))
-        if self.fabric.circuits.filling(circuit) is not None:
+        fill = self.fabric.circuits.filling(circuit)
+        if fill is not None and fill.fresh:
             self.fabric.circuits.set_created(circuit, created)
         elif created // 10**9 != self.fabric.circuits.get(circuit).created_ns // 10**9:
             raise ReadOnly("user.qfs.created is read-only")

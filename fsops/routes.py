@@ -90,11 +90,12 @@ def commit_target(fabric: Fabric, path: Path) -> nodes.Commit | None:
 def derived_commit(fabric: Fabric, path: Path) -> nodes.Commit:
     """Views, stats.json, errors and histograms are computed: writing back the bytes they
     hold changes nothing (so that a backup can be written back), other bytes are EACCES.
-    Into a circuit being written back, or before the version they come from, they are
-    accepted unread: they are computed once its versions are in."""
+    Into a circuit made by mkdir and being filled, or before the version they come from,
+    they are accepted unread: they are computed once its versions are in."""
 
     async def commit(data: bytes, uid: int) -> None:
-        if fabric.circuits.filling(path[1]) is not None:
+        fill = fabric.circuits.filling(path[1])
+        if fill is not None and fill.fresh:
             return
         try:
             current = await (await resolve(fabric, path)).read()

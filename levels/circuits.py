@@ -159,10 +159,10 @@ class Filling:
 
     cp -a and tar x create every file with O_EXCL, tar after unlinking what is there, in
     any order: so a circuit made by mkdir (`fresh`) shows only what was written into it, and
-    a name unlinked from a circuit is hidden until written again. Meanwhile versions written
-    as latest.qasm float (they give way to the vN.qasm written after them), derived files
-    written back are accepted unread, and times set on vN.qasm and meta.json's `created`
-    are the versions' and the circuit's own."""
+    a name unlinked from a circuit is hidden until written again. Into a fresh circuit,
+    meanwhile, versions written as latest.qasm float (they give way to the vN.qasm written
+    after them), derived files written back are accepted unread, and times set on vN.qasm
+    and meta.json's `created` are the versions' and the circuit's own."""
 
     fresh: bool
     hidden: set[str] = dataclasses.field(default_factory=set)
@@ -404,7 +404,7 @@ class CircuitStore:
         first_new = self.get(name).next_version if fill is not None else 0
         with self._meta.writing() as txn:
             circuit, n, dropped = self._commit_in(txn, name, prepared, create)
-        if fill is not None and n >= first_new:
+        if fill is not None and fill.fresh and n >= first_new:
             fill.floating.add(n)
         self._dropped(name, dropped)
         self._on_change(name, circuit.search_document())
@@ -424,7 +424,7 @@ class CircuitStore:
         self._filling.setdefault(name, Filling(fresh=False)).hidden.add(path)
 
     def set_version_time(self, name: str, n: int, created_ns: int) -> None:
-        """A time set on vN.qasm while the circuit is written back is version n's."""
+        """A time set on vN.qasm while a fresh circuit is filled is version n's."""
         fill = self._filling[name]
         fill.times[n] = created_ns
         with self._meta.writing() as txn:
@@ -570,7 +570,8 @@ class CircuitStore:
         """Replace the user metadata from meta.json bytes, validated; `created` is kept, and
         so are the pins when the document names none (a pin guards a version from loss)."""
         meta = parse_meta(document)
-        if name in self._filling:  # written back: the circuit keeps its creation time
+        fill = self._filling.get(name)
+        if fill is not None and fill.fresh:  # written back: it keeps its creation time
             created = json.loads(document).get("created")
             if isinstance(created, str):
                 self.set_created(name, parse_iso(created))

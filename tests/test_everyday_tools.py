@@ -238,6 +238,8 @@ def test_tar_over_an_existing_circuit_ends(qfs, tmp_path):
     done = subprocess.run(["tar", "xf", str(tmp_path / "c.tar"), "-C", str(qfs.root)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    with pytest.raises(PermissionError):  # only a circuit made by mkdir takes them unread
+        (qfs.circuits / "bell" / "stats.json").write_text("{}")
     assert versions(qfs.circuits / "bell") == [1, 2, 3]
 
 
