@@ -10,6 +10,7 @@ circuit deleted under an open reader does not break it.
 import dataclasses
 
 from fsops.nodes import Commit, Control, Node, Screen
+from levels.errors import QfsError
 from levels.scratch import ScratchFile
 
 Path = tuple[str, ...]
@@ -38,6 +39,8 @@ class FileHandle:
     control: Control | None = None  # a control file: each write() runs one command
     uid: int = 0  # who opened it (commands are checked against the task's owner)
     screen: Screen | None = None  # judges the first bytes; None once they passed
+    reserved: int = 0  # bytes held against the writer's budget (levels/budget.py)
+    refused: QfsError | None = None  # a write() refused: nothing commits, close() says why
 
     def read(self, offset: int, size: int) -> bytes:
         return bytes(self.data[offset : offset + size])
@@ -63,10 +66,14 @@ class FileHandle:
             self.scratch.touch()
 
     async def commit_if_dirty(self, closing: bool = False) -> None:
-        """Send the buffer to its commit target once; a failed commit is not retried.
+        """Send the buffer to its commit target once; a failed commit is not retried, and
+        after a refused write() nothing is sent (the file holds what the writer did not
+        mean): each close repeats that refusal.
 
         Before any write() only the last close commits: a shell redirection opens the file,
         dup2()s and closes the first descriptor (a flush) before the command writes."""
+        if self.refused is not None:
+            raise self.refused
         if not self.dirty or self.commit is None or not (self.written or closing):
             return
         self.dirty = False

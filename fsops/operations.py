@@ -60,6 +60,17 @@ class Operations(pyfuse3.Operations):
         where = f"{op} /{'/'.join(path)}" if path else op
         return guarded(where, self.fabric.oplog, subject)
 
+    def _reserve(self, handle: FileHandle, size_after: int) -> None:
+        """Hold a handle's growth against the file's and the user's bounds (levels/budget.py)
+        before the buffer grows; a scratch file's bytes count as its owner's."""
+        if handle.scratch is not None:
+            uid, keep = handle.scratch.uid, False
+        else:
+            uid, keep = handle.uid, True
+        handle.reserved += self.fabric.budget.reserve(
+            uid, handle.path, len(handle.data), size_after, self.fabric.scratch.bytes_of(uid),
+            keep=keep)
+
     def _attrs(self, ino: int, node: Node) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = ino
@@ -161,14 +172,20 @@ class Operations(pyfuse3.Operations):
                         uid: int) -> None:
         handle = self._files.get(fh) if fh is not None else None
         if handle is not None and handle.writable:
+            self._reserve(handle, size)
             handle.truncate(size)
         elif node.scratch is not None:
-            resize(node.scratch.data, size)
-            node.scratch.touch()
+            scratch = node.scratch
+            self.fabric.budget.reserve(scratch.uid, path, len(scratch.data), size,
+                                       self.fabric.scratch.bytes_of(scratch.uid), keep=False)
+            resize(scratch.data, size)
+            scratch.touch()
         elif node.control is not None:
             pass  # `echo cmd > ctl` truncates first: control files have nothing to cut
         elif node.commit is not None and node.read is not None:
             content = (await node.read())[:size]
+            self.fabric.budget.reserve(uid, path, len(content), size,
+                                       self.fabric.scratch.bytes_of(uid), keep=False)
             await node.commit(content + bytes(size - len(content)), uid)
         else:
             raise routes.refuse_write(path)
@@ -181,6 +198,10 @@ class Operations(pyfuse3.Operations):
             return os.fsencode(node.link_target)
 
     async def statfs(self, ctx):
+        with self._guard("statfs"):
+            return self._statfs()
+
+    def _statfs(self) -> pyfuse3.StatvfsData:
         vfs = os.statvfs(self.fabric.data_dir)
         data = pyfuse3.StatvfsData()
         data.f_bsize = vfs.f_bsize
@@ -210,10 +231,13 @@ class Operations(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         handle = self._dirs[fh]
+        with self._guard("readdir", handle.path):
+            await self._readdir(handle, start_id, token)
+
+    async def _readdir(self, handle: DirHandle, start_id: int, token) -> None:
         if handle.entries is None:
-            with self._guard("readdir", handle.path):
-                self.fabric.circuits.end_filling(handle.path[1])
-                handle.entries = await routes.list_dir(self.fabric, handle.path)
+            self.fabric.circuits.end_filling(handle.path[1])
+            handle.entries = await routes.list_dir(self.fabric, handle.path)
         for index in range(start_id, len(handle.entries)):
             name, node = handle.entries[index]
             path = (*handle.path, name)
@@ -425,7 +449,9 @@ class Operations(pyfuse3.Operations):
             return self._file_info(fh, node), self._attrs(ino, node)
 
     async def read(self, fh, off, size):
-        return self._files[fh].read(off, size)
+        handle = self._files[fh]
+        with self._guard("read", handle.path, handle.subject):
+            return handle.read(off, size)
 
     async def write(self, fh, off, buf):
         handle = self._files[fh]
@@ -433,6 +459,11 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         if handle.control is None:
             with self._guard("write", handle.path, handle.subject):
+                try:
+                    self._reserve(handle, max(len(handle.data), off + len(buf)))
+                except QfsError as exc:
+                    handle.refused = exc  # a refused write changes nothing, even at close
+                    raise
                 return handle.write(off, buf)
         key = "/".join(handle.path)
         with self._guard("write", handle.path):
@@ -445,6 +476,10 @@ class Operations(pyfuse3.Operations):
             except QfsError as exc:
                 name = errno.errorcode.get(errno_of(exc), "EIO")
                 self.fabric.oplog.set_reply(key, f"error: {name}: {exc}")
+                raise
+            except Exception as exc:  # a bug: the guard logs it; the ctl still answers
+                self.fabric.oplog.set_reply(
+                    key, f"error: EIO: internal error: {type(exc).__name__}: {exc}")
                 raise
             self.fabric.oplog.set_reply(key, f"ok: {reply}")
             return len(buf)
@@ -462,6 +497,7 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh):
         handle = self._files.pop(fh)
+        self.fabric.budget.give_back(handle.uid, handle.reserved)
         writers = self._writers.get(handle.ino)
         if writers is not None:
             writers.discard(fh)
@@ -469,7 +505,8 @@ class Operations(pyfuse3.Operations):
                 del self._writers[handle.ino]
         try:
             with self._guard("release", handle.path, handle.subject):
-                await handle.commit_if_dirty(closing=True)
+                if handle.refused is None:  # else close() has said why already
+                    await handle.commit_if_dirty(closing=True)
         except pyfuse3.FUSEError:
             pass  # release errors never reach the caller; the reason is in the log
         if handle.imports and not any(

@@ -206,6 +206,8 @@ class CircuitStore:
         self._notice = notice or (lambda _where, _what: None)
         self._filling: dict[str, Filling] = {}
         self._parsed: LRU[Any] = LRU(max_entries=256)
+        self._sources: LRU[bytes] = LRU(max_entries=4096, max_bytes=cache_bytes // 4,
+                                        sizeof=len)
         self._views: LRU[bytes | str] = LRU(
             max_entries=4096,
             max_bytes=cache_bytes,
@@ -243,17 +245,24 @@ class CircuitStore:
                 yield Circuit.from_json(key.decode(), raw)
 
     def source(self, name: str, n: int | None = None) -> bytes:
-        """The program text of version n (latest when None); b"" for a circuit with none."""
+        """The program text of version n (latest when None); b"" for a circuit with none.
+
+        One immutable bytes object per content, shared by every reader: 3,000 opens of a
+        1 MB latest.qasm hold 1 MB, not 3 GB (each LMDB read would be a fresh copy)."""
         with self._meta.reading() as txn:
             circuit = self._get(txn, name)
             if n is None:
                 if circuit.latest is None:
                     return b""
                 n = circuit.latest.n
-            circuit.version(n)
+            sha256 = circuit.version(n).stats["sha256"]
+            shared = self._sources.get(sha256)
+            if shared is not None:
+                return shared
             raw = txn.get("sources", _source_key(circuit.id, n))
         if raw is None:
             raise NotFound(f"{name} v{n}: source missing from the store")
+        self._sources.put(sha256, raw)
         return raw
 
     def view(self, name: str, n: int, fmt: str) -> bytes:

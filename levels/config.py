@@ -97,6 +97,8 @@ class PerformanceConfig(_Section):
     worker_processes: int = Field(default=2, ge=1, le=64)
     worker_memory_mb: int = Field(default=4096, ge=512)
     worker_cpu_seconds: int = Field(default=120, ge=1)
+    # Memory one user's files being written may hold in the daemon (levels/budget.py).
+    max_buffered_mb_per_user: int = Field(default=2048, ge=16)
 
 
 class Config(BaseModel):

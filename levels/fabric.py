@@ -8,9 +8,10 @@ import threading
 from pathlib import Path
 
 from levels import workers
+from levels.budget import WriteBudget
 from levels.circuits import CircuitStore
 from levels.config import Config
-from levels.coordinator import Coordinator
+from levels.coordinator import MAX_DEFINITION_BYTES, Coordinator
 from levels.metrics import Metrics
 from levels.oplog import OpLog
 from levels.qubits import LiveQubitManager
@@ -33,6 +34,12 @@ class Fabric:
         self.config = config
         data_dir.mkdir(parents=True, exist_ok=True)
         self.scratch = ScratchFiles()
+        self.budget = WriteBudget(config.performance.max_buffered_mb_per_user << 20, {
+            "circuits": (config.circuit_fs.max_program_bytes, "circuit_fs.max_program_bytes"),
+            "states": ((config.state_store.max_checkpoint_size_mb + 1) << 20,  # + .npy header
+                       "state_store.max_checkpoint_size_mb"),
+            "workflows": (MAX_DEFINITION_BYTES, "the workflow size limit"),
+        })
         self.meta = LmdbMetaStore(data_dir / "meta.lmdb", config.circuit_fs.lmdb_map_size_mb)
         self.oplog = OpLog(self.meta)
         cfs = config.circuit_fs

@@ -44,6 +44,11 @@ class ScratchFiles:
     def __init__(self) -> None:
         self._dirs: dict[DirKey, dict[str, ScratchFile]] = {}
 
+    def bytes_of(self, uid: int) -> int:
+        """What one user's scratch files hold in memory (bounded by levels/budget.py)."""
+        return sum(len(f.data) for files in self._dirs.values() for f in files.values()
+                   if f.uid == uid)
+
     def names(self, directory: DirKey) -> list[str]:
         return sorted(self._dirs.get(directory, {}))
 

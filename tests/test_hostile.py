@@ -99,7 +99,7 @@ def test_program_size_and_operation_limits(mount_factory, tmp_path):
     assert "64 operations; the limit is 50" in (qfs.root / ".qfs" / "log").read_text()
     big = BELL + "// padding\n" * 400
     assert write(qfs.circuits / "big.qasm", big.encode()) == errno.EFBIG
-    assert "the limit is 4096 (circuit_fs.max_program_bytes)" in \
+    assert "at most 4096 bytes (circuit_fs.max_program_bytes)" in \
         (qfs.root / ".qfs" / "log").read_text()
     assert os.listdir(qfs.circuits) == []
 
