@@ -1,5 +1,6 @@
 """Slow work must not freeze the mount: listing stays quick while a big circuit is parsed."""
 
+import os
 import threading
 import time
 
@@ -41,6 +42,7 @@ def test_listing_stays_responsive_while_parsing(qfs):
         assert "small49" in names
     writer.join()
     parse_seconds = time.monotonic() - started
+    assert "v1.qasm" in os.listdir(big)  # a circuit made by mkdir shows its versions once listed
     assert (big / "v1.qasm").read_text() == SLOW
     assert parse_seconds > 0.5, "the slow program was not slow: the test proves nothing"
     assert rounds >= 5
