@@ -50,7 +50,7 @@ def resolve(fabric: Fabric, path: Path) -> Node:
         return owned(nodes.constant(meta_json(meta), created), owner)
     if leaf == "blob":
         async def read_blob() -> bytes:
-            return await trio.to_thread.run_sync(store.blob, name)
+            return await trio.to_thread.run_sync(store.blob, name, 0, meta["stored_bytes"])
 
         return Node(nodes.FILE, 0o400, created, size=meta["stored_bytes"], read=read_blob,
                     attr_timeout=nodes.IMMUTABLE_TIMEOUT, uid=owner)
@@ -127,7 +127,7 @@ def import_node(fabric: Fabric, path: Path) -> Node:
             return fabric.states.prepare(Request(name, owner=owner), array)
 
         prepared = await native.run_sync(prepare)  # Qiskit measures the fidelity
-        fabric.states.commit(prepared)
+        await trio.to_thread.run_sync(fabric.states.commit, prepared)  # hashes and fsyncs
         fabric.states.pending.pop(name, None)
 
     return Node(nodes.FILE, 0o644, 0, entry_timeout=0.0, commit=commit, screen=screen)

@@ -21,7 +21,7 @@ from levels.states import StateStore
 from levels.store.blobs import DirectoryBlobStore
 from levels.store.canary import KeyCanary
 from levels.store.meta import LmdbMetaStore
-from levels.store.sealed import Sealer, load_or_create_key
+from levels.store.sealed import SealedBlobStore, Sealer, load_or_create_key
 
 log = logging.getLogger("qfs")
 SYNC_INTERVAL = 1.0  # seconds between background flushes of committed metadata
@@ -60,7 +60,8 @@ class Fabric:
         blob_dir = Path(sst.storage_path) if sst.storage_path else data_dir / "blobs"
         sealer = Sealer(load_or_create_key(key_file or data_dir / "state.key"),
                         sst.compression_threads)
-        self.states = StateStore(self.meta, DirectoryBlobStore(blob_dir), sealer, sst,
+        blobs = SealedBlobStore(DirectoryBlobStore(blob_dir), sealer)
+        self.states = StateStore(self.meta, blobs, sst,
                                  config.cross_level.migration_fidelity_threshold,
                                  cache_bytes=cache_bytes)
         self.key_canary = KeyCanary(self.meta, sealer)

@@ -382,7 +382,7 @@ class LiveQubitManager:
                           parent=command.parent, owner=task.owner)
         prepared = await native.run_sync(self._states.prepare, request, vector)
         self._metrics.serialization_seconds.observe(prepared.meta["serialization_seconds"])
-        meta = self._states.commit(prepared)
+        meta = await trio.to_thread.run_sync(self._states.commit, prepared)  # hash, fsync
         self._metrics.checkpoint_size_bytes.observe(meta["stored_bytes"])
         self._metrics.compression_ratio.set(meta["compression_ratio"])
         return (f"checkpoint {meta['name']}: {meta['format']}, fidelity "

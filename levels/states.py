@@ -6,14 +6,16 @@ leaves an unreferenced blob (found by the checker), never a visible partial chec
 Two unencrypted checkpoints of one state share a blob, so a blob is deleted only when the
 write transaction that deletes a record finds no other record naming it; `_blob_lock`
 keeps a commit from reusing a blob file between that decision and the unlink.
-The associated data of the encryption names the checkpoint, its format, qubit count and
-creation time, so a blob moved under another name or with edited metadata fails to open.
+The associated data of the encryption names the checkpoint, its format, qubit count,
+creation time, parent and decoded-state hash, so a blob moved under another name or with
+edited metadata fails to open.
 A checkpoint belongs to a uid (the owner of its task, or whoever made the directory of an
 import): its decoded state is readable by that uid only, and it may name only that uid's
 checkpoints as parent, since a child keeps its parent from being deleted or expiring.
 
-Work is split as elsewhere: `prepare` (encode, measure fidelity, compress, encrypt) is
-CPU-heavy and runs in a worker thread; `commit` is one short transaction.
+Work is split as elsewhere, and neither half runs on trio's thread: `prepare` (encode,
+measure fidelity, compress, encrypt) is CPU-heavy; `commit` hashes and syncs the blob, then
+writes one short transaction.
 """
 
 import dataclasses
@@ -42,9 +44,9 @@ from levels.errors import (
     TooBig,
 )
 from levels.lru import LRU
-from levels.store.blobs import DirectoryBlobStore, is_key
+from levels.store.blobs import is_key
 from levels.store.meta import MetaStore
-from levels.store.sealed import Sealer
+from levels.store.sealed import Binding, SealedBlobStore
 
 LEVELS = {"fast": 1, "balanced": 3, "max": 19}
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d)$")
@@ -109,14 +111,13 @@ def npy_size(shape: tuple[int, ...]) -> int:
 
 
 class StateStore:
-    def __init__(self, meta: MetaStore, blobs: DirectoryBlobStore, sealer: Sealer,
-                 config: StateStoreConfig, fidelity_floor: float,
+    def __init__(self, meta: MetaStore, blobs: SealedBlobStore, config: StateStoreConfig,
+                 fidelity_floor: float,
                  cache_bytes: int = 256 << 20) -> None:
         self._meta = meta
         # cross_level.migration_fidelity_threshold: below it no format is chosen silently.
         self._floor = fidelity_floor
         self._blobs = blobs
-        self._sealer = sealer
         self._config = config
         self.options = stateformats.FormatOptions(
             mps_max_bond=config.mps_max_bond, sparse_threshold=config.sparse_threshold,
@@ -156,14 +157,15 @@ class StateStore:
                           "hex digest: its record was damaged or edited")
         return meta
 
-    def blob(self, name: str) -> bytes:
-        return self._blobs.get(self.get(name)["blob"])
+    def blob(self, name: str, offset: int, size: int) -> bytes:
+        """A range of the blob exactly as stored (a file of up to 1 GiB: read in ranges)."""
+        return self._blobs.get_range(self.get(name)["blob"], offset, size)
 
     def payload(self, name: str) -> bytes:
         """The decrypted, decompressed payload (a parent's is the dictionary of its child)."""
         meta = self.get(name)
         dictionary = self.payload(meta["parent"]) if meta["parent"] else None
-        return self._sealer.unseal(self._blobs.get(meta["blob"]), _aad(meta), dictionary)
+        return self._blobs.open(meta["blob"], Binding(_aad(meta), dictionary))
 
     def load(self, name: str) -> tuple[dict[str, Any], np.ndarray]:
         """The checkpoint's metadata and decoded state, verified against its recorded hash."""
@@ -216,7 +218,8 @@ class StateStore:
         }
         level = compression_level(self._config.compression_level) \
             if self._config.compression_enabled else None
-        blob = self._sealer.seal(encoded.payload, _aad(meta), encrypt, parent_payload, level)
+        blob = self._blobs.seal(encoded.payload, Binding(_aad(meta), parent_payload), encrypt,
+                                level)
         meta["stored_bytes"] = len(blob)
         meta["compression_ratio"] = len(blob) / raw_bytes
         meta["serialization_seconds"] = time.perf_counter() - started
@@ -286,6 +289,7 @@ class StateStore:
             else why
 
     def commit(self, prepared: Prepared) -> dict[str, Any]:
+        """Store the blob, then the record (hashes and syncs: call from a worker thread)."""
         meta = dict(prepared.meta)
         name = meta["name"]
         with self._meta.reading() as txn:
@@ -301,7 +305,7 @@ class StateStore:
         return meta
 
     def blob_keys(self) -> list[str]:
-        return self._blobs.keys()
+        return self._blobs.list()
 
     def delete_blob(self, key: str) -> None:
         self._blobs.delete(key)

@@ -1,55 +1,96 @@
-"""The blob store seam: content-addressed bytes in a directory (S3-compatible later).
+"""The blob store seam: content-addressed bytes, in a local directory (S3 to follow).
 
-A blob is written to a temporary file, fsynced and renamed into place, so a crash leaves
-either the whole blob or none of it; names are the SHA-256 of the content. Identical
-content is one file: whoever deletes decides from the metadata that no other record still
-names the key (levels/states.py). A key is checked to be a hex digest before it becomes a
-path, since it comes from the metadata store, which a damaged or edited record can hold
-anything in.
+`BlobStore` is what the levels may ask of a blob store. A key is the SHA-256 hex digest of
+the bytes, so identical content is one blob: whoever deletes decides from the metadata
+that no other record still names the key (levels/states.py). A key is checked to be a hex
+digest before it becomes a path or an object name, since it comes from the metadata store,
+which a damaged or edited record can hold anything in. Sealing (levels/store/sealed.py)
+wraps a store; a store itself keeps bytes exactly as given.
+
+Puts hash and sync (up to the largest checkpoint, 1 GiB): call them from a worker thread,
+never from trio's.
 """
 
+import errno
 import hashlib
 import os
 import re
 from pathlib import Path
+from typing import Protocol
 
 from levels.errors import Corrupt, NoSpace, NotFound
 
 _KEY = re.compile(r"[0-9a-f]{64}")
+# Space a put leaves free: the metadata commit that names the blob comes after it, and
+# where both share a disk it must still fit.
+RESERVE = 8 << 20
 
 
 def is_key(key: object) -> bool:
     return isinstance(key, str) and _KEY.fullmatch(key) is not None
 
 
+def check_key(key: str) -> str:
+    if not is_key(key):
+        raise Corrupt(f"blob key {key!r} is not a SHA-256 hex digest: the metadata "
+                      "record was damaged or edited (qfsmount --check reports it)")
+    return key
+
+
+class BlobStore(Protocol):
+    """Content-addressed bytes. `put` returns only once the blob is durable (the metadata
+    commit naming it follows, and must never name a missing blob) and is all or nothing:
+    a crash leaves the whole blob or none. Every method but `list` refuses a key that is
+    not a hex digest with Corrupt; `get` and `get_range` raise NotFound for a missing blob;
+    a full store raises NoSpace."""
+
+    def put(self, data: bytes) -> str: ...
+    def get(self, key: str) -> bytes: ...
+    def get_range(self, key: str, offset: int, size: int) -> bytes:
+        """Up to `size` bytes from `offset` (fewer at the end of the blob), as an HTTP
+        range or pread gives them."""
+    def delete(self, key: str) -> None:
+        """Removes the blob; a missing one is no error (a repair may have gone first)."""
+    def list(self) -> list[str]: ...
+
+
 class DirectoryBlobStore:
+    """Blobs as files `<root>/<key[:2]>/<key>`: written to a temporary file, fsynced and
+    renamed into place, the directory synced so that the rename lasts too."""
+
     def __init__(self, root: Path) -> None:
         self._root = root
         root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        if not is_key(key):
-            raise Corrupt(f"blob key {key!r} is not a SHA-256 hex digest: the metadata "
-                          "record was damaged or edited (qfsmount --check reports it)")
-        return self._root / key[:2] / key
+        return self._root / check_key(key)[:2] / key
 
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
         path = self._path(key)
         if path.exists():
             return key
-        path.parent.mkdir(exist_ok=True)
         temp = path.with_name(f".{key}.{os.getpid()}.tmp")
         try:
+            free = os.statvfs(self._root)
+            if free.f_bavail * free.f_frsize < len(data) + RESERVE:
+                raise OSError(errno.ENOSPC, f"{len(data)} bytes do not fit, with "
+                              f"{RESERVE >> 20} MiB kept for the metadata")
+            path.parent.mkdir(exist_ok=True)
             with open(temp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temp, path)
+            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         except OSError as exc:
             temp.unlink(missing_ok=True)
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise NoSpace(f"the blob store is full: {exc}") from exc
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"the blob store is full: {exc.strerror}") from exc
             raise
         return key
 
@@ -59,8 +100,18 @@ class DirectoryBlobStore:
         except FileNotFoundError:
             raise NotFound(f"blob {key} is missing from the store") from None
 
+    def get_range(self, key: str, offset: int, size: int) -> bytes:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFound(f"blob {key} is missing from the store") from None
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    def keys(self) -> list[str]:
+    def list(self) -> list[str]:
         return sorted(p.name for p in self._root.glob("??/*") if is_key(p.name))

@@ -8,6 +8,31 @@ Durability follows POSIX: a committed transaction is in the operating system at 
 survives a kill -9 of the daemon), and on disk after fsync() or within about a second (the
 fabric syncs in the background), not after every commit, which would cost a disk flush per
 close() and hold up every other request meanwhile.
+
+The tables (`TABLES`): keys are UTF-8 names unless said otherwise, values JSON unless said
+otherwise; each table is written by one level only.
+
+    circuits     circuit name -> the circuit: id, times, meta.json, versions with their
+                 stats                                     Level 3, levels/circuits.py
+    names        circuit name -> mtime_ns, 8 bytes little-endian (a listing parses no
+                 JSON)                                     Level 3, levels/circuits.py
+    sources      circuit id + "/" + version, 8 bytes big-endian -> the program as written
+                                                           Level 3, levels/circuits.py
+    results      circuit id + "/" + run name -> the run's result document
+                                                           Level 3, levels/circuits.py
+    tasks        task name -> the allocation: device, qubits, buffers, owner, triggers
+                                                           Level 1, levels/qubits.py
+    checkpoints  checkpoint name -> meta.json's fields, the blob key, created_ns and
+                 expires_ns                                Level 2, levels/states.py
+    workflows    workflow name -> definition, status and per-stage results
+                                                           Coordinator, levels/coordinator.py
+    log          b"*" + sequence number (global ring) or b"s" + subject + b"\0" + sequence
+                 number (a circuit's errors), 8 bytes big-endian -> one line
+                                                           levels/oplog.py
+    settings     setting name -> bytes: key_canary, a payload sealed with the state key
+                                                           levels/store/canary.py
+
+Circuit ids are random (uuid4 hex), so a rename moves only the `circuits` and `names` rows.
 """
 
 import contextlib

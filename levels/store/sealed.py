@@ -1,4 +1,5 @@
-"""zstd compression and AES-256-GCM encryption of state payloads, as one wrapping layer.
+"""zstd compression and AES-256-GCM encryption of state payloads, as a store that wraps
+another blob store (as s3ql's comprenc backend wraps its backends).
 
 Layout of a sealed blob: magic b"QFS1", one flags byte (1 = encrypted, 2 = zstd), then
 for an encrypted blob a 12-byte fresh random nonce and the GCM ciphertext+tag of the
@@ -8,6 +9,7 @@ another key, fails authentication: the caller gets Corrupt, never wrongly decode
 The key is read from a 0600 file and never logged.
 """
 
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -17,6 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from levels.errors import Corrupt, Invalid
+from levels.store.blobs import BlobStore
 
 MAGIC = b"QFS1"
 ENCRYPTED = 1
@@ -42,6 +45,8 @@ def load_or_create_key(path: Path) -> bytes:
 
 
 class Sealer:
+    """The codec: bytes in, sealed bytes out (the key canary seals with it directly)."""
+
     def __init__(self, key: bytes, threads: int) -> None:
         self._aead = AESGCM(key)
         self._threads = threads
@@ -99,3 +104,47 @@ def _dictionary(raw: bytes | None):
     if raw is None:
         return None
     return zstandard.ZstdCompressionDict(raw, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """What a sealed blob is bound to, given again to open it: the associated data (its
+    checkpoint's identity) and, for an incremental checkpoint, the parent's payload that
+    is its compression dictionary."""
+
+    aad: bytes
+    dictionary: bytes | None = None
+
+
+class SealedBlobStore:
+    """A blob store over `inner`: sealing on the way in (`seal`, then `put`), opening on
+    the way out (`open`); ranges, deletes and listings are of the bytes exactly as kept.
+
+    Sealing is a step of its own, not part of `put`: the caller must know the stored size
+    before it commits the metadata, and seals (seconds for a large state) outside the lock
+    under which it puts a shared blob and records it. Ranges are of the stored bytes: GCM
+    authenticates only a whole blob."""
+
+    def __init__(self, inner: BlobStore, sealer: Sealer) -> None:
+        self._inner = inner
+        self._sealer = sealer
+
+    def seal(self, data: bytes, binding: Binding, encrypt: bool, level: int | None) -> bytes:
+        """The blob `put` will keep for `data` (slow: call from a worker thread)."""
+        return self._sealer.seal(data, binding.aad, encrypt, binding.dictionary, level)
+
+    def open(self, key: str, binding: Binding) -> bytes:
+        """The data sealed under `key`, or Corrupt if it is not what `binding` sealed."""
+        return self._sealer.unseal(self._inner.get(key), binding.aad, binding.dictionary)
+
+    def put(self, blob: bytes) -> str:
+        return self._inner.put(blob)
+
+    def get_range(self, key: str, offset: int, size: int) -> bytes:
+        return self._inner.get_range(key, offset, size)
+
+    def delete(self, key: str) -> None:
+        self._inner.delete(key)
+
+    def list(self) -> list[str]:
+        return self._inner.list()
