@@ -468,11 +468,7 @@ class Operations(pyfuse3.Operations):
         key = "/".join(handle.path)
         with self._guard("write", handle.path):
             try:
-                line = bytes(buf).decode()
-            except UnicodeDecodeError as exc:
-                raise Invalid("commands are UTF-8 text") from exc
-            try:
-                reply = await handle.control(line, handle.uid)
+                reply = await handle.control(_command_line(buf), handle.uid)
             except QfsError as exc:
                 name = errno.errorcode.get(errno_of(exc), "EIO")
                 self.fabric.oplog.set_reply(key, f"error: {name}: {exc}")
@@ -636,3 +632,9 @@ def _xattr_value(field: str, value: bytes) -> Any:
         return parsed
     return text
 
+
+def _command_line(buf: bytes) -> str:
+    try:
+        return bytes(buf).decode()
+    except UnicodeDecodeError as exc:
+        raise Invalid("commands are UTF-8 text") from exc

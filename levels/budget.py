@@ -17,15 +17,17 @@ Path = tuple[str, ...]
 
 class WriteBudget:
     def __init__(self, per_user_bytes: int, file_caps: dict[str, tuple[int, str]]) -> None:
-        """`file_caps`: the most one file may hold, by the top directory it lies in (the
-        largest thing that directory can commit), with the setting that says so; other
-        directories have no writable files but control files, which are not buffered."""
+        """`file_caps`: the most one file may hold, with the setting that says so, by its
+        name (meta.json) or else by the top directory it lies in (the largest thing that
+        directory can commit); other directories have no writable files but control
+        files, which are not buffered."""
         self.per_user_bytes = per_user_bytes
         self._file_caps = file_caps
         self._held: Counter[int] = Counter()
 
     def file_cap(self, path: Path) -> tuple[int, str]:
-        return self._file_caps.get(path[0], min(self._file_caps.values()))
+        caps = self._file_caps
+        return caps.get(path[-1]) or caps.get(path[0]) or min(caps.values())
 
     def reserve(self, uid: int, path: Path, size_now: int, size_after: int,
                 held_elsewhere: int, keep: bool = True) -> int:

@@ -273,7 +273,7 @@ class CircuitStore:
         if fmt not in (*VIEW_FORMATS, PICTURE):
             raise NotFound(f"no format view .{fmt}")
         stats = self.get(name).version(n).stats
-        cached = self._views.get((stats["sha256"], fmt))
+        cached = self._views.get((stats["sha256"], name, fmt))  # QPY embeds the name
         if cached is None:
             formats = (PICTURE,) if fmt == PICTURE else VIEW_FORMATS
             try:
@@ -281,7 +281,7 @@ class CircuitStore:
             except WorkerDied as exc:
                 raise WorkerDied(f"{name} v{n}.{fmt} could not be made: {exc}") from exc
             for each, made in views.items():
-                self._views.put((stats["sha256"], each), made)
+                self._views.put((stats["sha256"], name, each), made)
             cached = views[fmt]
         if isinstance(cached, str):
             refusal = TooBig if cached.startswith("too large") else Unexpressible
@@ -291,7 +291,7 @@ class CircuitStore:
     def has_picture(self, name: str, n: int) -> bool:
         """Whether vN.png is drawn already (listings show pictures once drawn)."""
         stats = self.get(name).version(n).stats
-        return isinstance(self._views.peek((stats["sha256"], PICTURE)), bytes)
+        return isinstance(self._views.peek((stats["sha256"], name, PICTURE)), bytes)
 
     def result_picture(self, name: str, run: str) -> bytes:
         """The histogram of results/<run>.json as PNG (slow on a miss: call from a thread)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from levels import workers
 from levels.budget import WriteBudget
-from levels.circuits import CircuitStore
+from levels.circuits import MAX_META_BYTES, CircuitStore
 from levels.config import Config
 from levels.coordinator import MAX_DEFINITION_BYTES, Coordinator
 from levels.metrics import Metrics
@@ -39,6 +39,7 @@ class Fabric:
             "states": ((config.state_store.max_checkpoint_size_mb + 1) << 20,  # + .npy header
                        "state_store.max_checkpoint_size_mb"),
             "workflows": (MAX_DEFINITION_BYTES, "the workflow size limit"),
+            "meta.json": (MAX_META_BYTES, "the meta.json size limit"),
         })
         self.meta = LmdbMetaStore(data_dir / "meta.lmdb", config.circuit_fs.lmdb_map_size_mb)
         self.oplog = OpLog(self.meta)

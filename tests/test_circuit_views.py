@@ -115,10 +115,8 @@ def test_meta_json_is_bounded_in_size_and_depth(qfs):
            (deep, errno.EINVAL, "nests deeper than 32 levels"),
            ('{"parameters": ' + "[" * 20_000 + "]" * 20_000 + "}", errno.EINVAL, "deeper")]
     for text, code, reason in bad:
-        f = open(meta, "w")
-        f.write(text)
-        with pytest.raises(OSError) as caught:
-            f.close()
+        with pytest.raises(OSError) as caught, open(meta, "w") as f:
+            f.write(text)  # over the size: refused at write(); the others at close()
         assert caught.value.errno == code
         assert reason in (bell / "errors").read_text().splitlines()[-1]
     assert meta.read_text() == kept

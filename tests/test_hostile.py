@@ -203,3 +203,28 @@ def test_nobody_cannot_restore_roots_checkpoint(mount_factory):
     assert "checkpoint secret belongs to uid 0" in (qfs.root / ".qfs" / "log").read_text()
     with open(qfs.qubits / "tasks" / "mine" / "ctl", "w") as f:
         f.write("restore secret\n")  # the owner may
+
+
+def test_views_are_the_same_bytes_on_every_mount(mount_factory):
+    """vN.qpy names the circuit after the fabric's circuit, not Qiskit's counter."""
+    qfs = mount_factory()
+    qfs.write_circuit("bell")
+    qfs.write_circuit("other")
+    views = {n: (qfs.circuits / "bell" / f"v1.{n}").read_bytes() for n in ("qpy", "qasm3", "txt")}
+    assert b"bell" in views["qpy"]
+    qfs.stop()
+    again = mount_factory(data=qfs.data)
+    (again.circuits / "other" / "v1.qpy").read_bytes()  # another render first
+    for name, data in views.items():
+        assert (again.circuits / "bell" / f"v1.{name}").read_bytes() == data, name
+
+
+def test_a_ctl_shows_the_reply_to_its_last_command(qfs):
+    ctl = qfs.qubits / "ctl"
+    with open(ctl, "w") as f:
+        f.write("alloc 2 task=a\n")
+    assert ctl.read_text().startswith("ok: ")
+    with pytest.raises(OSError) as refused, open(ctl, "wb") as f:
+        f.write(b"alloc \xff\xfe\n")
+    assert refused.value.errno == errno.EINVAL
+    assert ctl.read_text().startswith("error: EINVAL: commands are UTF-8 text")
