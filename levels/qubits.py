@@ -450,11 +450,12 @@ class LiveQubitManager:
         if live.stopped:
             raise Busy(f"task {name} was stopped by a trigger; write reset to start again")
         state = live.state
+        start = state.vector.copy()  # here, not in the thread: a measure mutates in place
 
         def evolve():
             started = time.perf_counter()
             trial = LiveState(state.num_qubits, state.rng)
-            trial.vector = state.vector.copy()
+            trial.vector = start
             trial.evolve(circuit)
             self._metrics.gate_operation_seconds.observe(time.perf_counter() - started)
             return trial.vector
