@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from levels.circuits import PICTURE, CircuitStore
+from levels.devices import DeviceSpec
 from levels.fabric import Fabric
 from levels.qasm import VIEW_FORMATS
 from levels.scratch import ScratchFile
@@ -217,9 +218,33 @@ def meta_file(fabric: Fabric, name: str) -> Node:
     return node
 
 
-def stats_file(fabric: Fabric, name: str) -> Node:
+async def stats_file(fabric: Fabric, name: str) -> Node:
+    """stats.json; each version's equivalence to the one before is decided now (workers,
+    cached), so that st_size is exact."""
     circuit = fabric.circuits.get(name)
-    node = constant(CircuitStore.stats_json(circuit), circuit.mtime_ns)
+    history = await trio.to_thread.run_sync(fabric.circuits.history, name)
+    node = constant(CircuitStore.stats_json(circuit, history), circuit.mtime_ns)
+    node.subject = name
+    return node
+
+
+async def version_diff(fabric: Fabric, name: str, n: int) -> Node:
+    """vN.diff, made now (in a worker) because st_size must be exact."""
+    version = fabric.circuits.get(name).version(n)
+    data = await trio.to_thread.run_sync(fabric.circuits.diff, name, n)
+    node = constant(data, version.created_ns, timeout=IMMUTABLE_TIMEOUT)
+    node.subject = name
+    return node
+
+
+async def compiled_file(fabric: Fabric, name: str, n: int, device: DeviceSpec,
+                        fmt: str) -> Node:
+    """compiled/<device>/vN.<fmt>, compiled now (in a worker) because st_size must be exact.
+    Re-asked at each lookup: meta.json's optimization_level may change what it holds."""
+    circuit = fabric.circuits.get(name)
+    mtime = max(circuit.version(n).created_ns, circuit.mtime_ns)
+    data = await trio.to_thread.run_sync(fabric.circuits.compiled, name, n, device, fmt)
+    node = constant(data, mtime)
     node.subject = name
     return node
 
@@ -243,8 +268,11 @@ def circuit_file_names(fabric: Fabric, name: str) -> list[str]:
     """The fabric's own entries of a circuit directory (scratch files come on top)."""
     circuit = fabric.circuits.get(name)
     names = ["latest.qasm", "meta.json", "stats.json", "errors", "results", "similar"]
+    kept = {version.n for version in circuit.versions}
     for version in circuit.versions:
         names.append(f"v{version.n}.qasm")
+        if version.n - 1 in kept:
+            names.append(f"v{version.n}.diff")
         names.extend(f"v{version.n}.{fmt}" for fmt in VIEW_FORMATS)
         if fabric.circuits.has_picture(name, version.n):  # pictures: listed once drawn
             names.append(f"v{version.n}.{PICTURE}")

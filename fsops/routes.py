@@ -3,6 +3,7 @@
     /circuits/<name>/{latest.qasm, vN.qasm, vN.<view>, meta.json, stats.json, errors}
     /circuits/<name>/results/<run>.json
     /circuits/<name>/similar/<rank>-<other> -> ../../<other>/latest.qasm
+    /circuits/<name>/compiled/<device>/{vN.qasm, vN.qpy, vN.report.json}   (unlisted)
     /circuits/<name>.qasm                   imports circuit <name>, then stays an unlisted
                                             alias of its latest.qasm
     /search/<query>/<name> -> ../../circuits/<name>
@@ -24,6 +25,8 @@ from fsops import nodes, qubit_routes, state_routes, workflow_routes
 from fsops.nodes import Node
 from levels import check, tuning
 from levels.circuits import PICTURE, Filling, validate_result_name
+from levels.compiler import COMPILED_FORMATS
+from levels.devices import DeviceSpec
 from levels.errors import Exists, Invalid, NotFound, ReadOnly
 from levels.fabric import Fabric
 from levels.qasm import VIEW_FORMATS
@@ -32,7 +35,10 @@ from levels.similar import rank_similar
 
 Path = tuple[str, ...]
 CIRCUITS, SEARCH, OPS = "circuits", "search", ".qfs"
+COMPILED = "compiled"
+DIFF = "diff"
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]{0,9})\.([a-z0-9]+)$")
+_COMPILED_FILE = re.compile(r"^v([1-9][0-9]{0,9})\.(qasm|qpy|report\.json)$")
 _STARTED_NS = time.time_ns()
 # /.qfs files: name -> (fabric -> text renderer).
 OPS_FILES = {
@@ -76,7 +82,7 @@ def commit_target(fabric: Fabric, path: Path) -> nodes.Commit | None:
         if version is not None and version[1] == "qasm":
             return nodes.commit_restored_version(fabric, name, version[0])
         if leaf in ("stats.json", "errors") or (
-            version is not None and version[1] in (*VIEW_FORMATS, PICTURE)
+            version is not None and version[1] in (*VIEW_FORMATS, PICTURE, DIFF)
         ):
             return derived_commit(fabric, path)
     if len(path) == 4 and path[0] == CIRCUITS and path[2] == "results":
@@ -254,7 +260,21 @@ async def _resolve_circuits(fabric: Fabric, path: Path) -> Node:
         return nodes.result_file(fabric, name, path[3])
     if depth == 4 and leaf == "similar" and path[3] in dict(await similar(fabric, name)):
         return nodes.symlink(similar_target(path[3]), mtime)
+    if leaf == COMPILED and depth == 4:
+        device_spec(fabric, path[3])
+        return nodes.directory(mtime, perm=0o555, timeout=0.0)
+    if leaf == COMPILED and depth == 5 and (match := _COMPILED_FILE.match(path[4])):
+        return await nodes.compiled_file(fabric, name, int(match.group(1)),
+                                         device_spec(fabric, path[3]), match.group(2))
     raise NotFound("/".join(path))
+
+
+def device_spec(fabric: Fabric, device: str) -> DeviceSpec:
+    """compiled/<device>/: the default device or any configured under /devices."""
+    for spec in fabric.qubits.specs:
+        if spec.name == device:
+            return spec
+    raise NotFound(f"no device {device} (devices: {', '.join(fabric.qubits.device_names())})")
 
 
 def _check_filled(fabric: Fabric, fill: Filling, path: Path) -> None:
@@ -272,7 +292,7 @@ async def _resolve_circuit_file(fabric: Fabric, name: str, leaf: str, mtime: int
     if leaf == "meta.json":
         return nodes.meta_file(fabric, name)
     if leaf == "stats.json":
-        node = nodes.stats_file(fabric, name)
+        node = await nodes.stats_file(fabric, name)
         node.commit = derived_commit(fabric, (CIRCUITS, name, leaf))
         return node
     if leaf == "errors":
@@ -282,13 +302,17 @@ async def _resolve_circuit_file(fabric: Fabric, name: str, leaf: str, mtime: int
         return node
     if leaf in ("results", "similar"):
         return nodes.directory(mtime, perm=0o755 if leaf == "results" else 0o555, timeout=0.0)
+    if leaf == COMPILED:  # unlisted, as /search queries: tree walkers transpile nothing
+        return nodes.directory(mtime, perm=0o555, timeout=0.0)
     version = parse_version_file(leaf)
     if version is not None:
         n, fmt = version
         if fmt == "qasm":
             return nodes.version_source(fabric, name, n)
-        if fmt in (*VIEW_FORMATS, PICTURE):
-            node = await nodes.version_view(fabric, name, n, fmt)
+        if fmt in (*VIEW_FORMATS, PICTURE, DIFF):
+            made = nodes.version_diff(fabric, name, n) if fmt == DIFF else \
+                nodes.version_view(fabric, name, n, fmt)
+            node = await made
             node.commit = derived_commit(fabric, (CIRCUITS, name, leaf))
             return node
     return scratch_node(fabric, (CIRCUITS, name, leaf))
@@ -316,6 +340,20 @@ async def list_dir(fabric: Fabric, path: Path) -> list[tuple[str, Node]]:
                 entries.append((f"{stem}.{PICTURE}",
                                 await nodes.result_picture(fabric, path[1], stem)))
         return entries + _scratch_entries(fabric, path)
+    elif path[0] == CIRCUITS and depth == 3 and path[2] == COMPILED:
+        await resolve(fabric, path)
+        names = fabric.qubits.device_names()
+    elif path[0] == CIRCUITS and depth == 4 and path[2] == COMPILED:
+        await resolve(fabric, path)
+        entries = []
+        for version in fabric.circuits.get(path[1]).versions:
+            for fmt in COMPILED_FORMATS:
+                leaf = f"v{version.n}.{fmt}"
+                try:
+                    entries.append((leaf, await resolve(fabric, (*path, leaf))))
+                except Invalid:
+                    continue  # a version this device cannot hold: not listed
+        return entries
     elif path[0] == CIRCUITS and depth == 3 and path[2] == "similar":
         mtime = fabric.circuits.mtime(path[1]) or 0
         return [(entry, nodes.symlink(similar_target(entry), mtime))

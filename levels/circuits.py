@@ -23,8 +23,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from levels import qasm
+from levels import compiler, qasm
+from levels.compiler import COMPILED_FORMATS, DEFAULT_OPTIMIZATION_LEVEL
 from levels.config import CircuitFsConfig
+from levels.devices import DeviceSpec
 from levels.errors import (
     Exists,
     Invalid,
@@ -47,7 +49,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]*$")
 _RESULT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]*\.json$")
 PICTURE = "png"
 META_FIELDS = {"description": str, "author": str, "tags": list, "parameters": dict,
-               "pinned": list}
+               "pinned": list, "optimization_level": int}
 _MTIME = struct.Struct("<q")
 _ISO = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -286,6 +288,83 @@ class CircuitStore:
         if isinstance(cached, str):
             refusal = TooBig if cached.startswith("too large") else Unexpressible
             raise refusal(f"{name} v{n}.{fmt}: {cached}")
+        return cached
+
+    def compiled(self, name: str, n: int, device: DeviceSpec, fmt: str) -> bytes:
+        """Version n transpiled for `device` at meta.json's optimization_level: .qasm, .qpy
+        or report.json. Slow on a miss (a worker compiles): call from a thread. One compile
+        makes all three, cached by circuit name (QPY embeds it), source, device and level."""
+        if fmt not in COMPILED_FORMATS:
+            raise NotFound(f"no compiled file .{fmt}")
+        circuit = self.get(name)
+        sha256 = circuit.version(n).stats["sha256"]
+        level = circuit.meta.get("optimization_level", DEFAULT_OPTIMIZATION_LEVEL)
+        key = ("compiled", sha256, name, device, level)
+        cached = self._views.get((*key, fmt))
+        if cached is None:
+            try:
+                made: dict[str, bytes | str] = dict(self._workers.run(
+                    compiler.compile_version, self.source(name, n), name, sha256, device,
+                    level))
+            except WorkerDied as exc:
+                raise WorkerDied(f"{name} v{n} could not be compiled for {device.name}: "
+                                 f"{exc}") from exc
+            except Unexpressible as exc:
+                made = dict.fromkeys(COMPILED_FORMATS, str(exc))
+            for each, data in made.items():
+                self._views.put((*key, each), data)
+            cached = made[fmt]
+        if isinstance(cached, str):
+            raise Unexpressible(f"{name} v{n} cannot be compiled for {device.name}: {cached}")
+        return cached
+
+    def history(self, name: str) -> dict[int, bool | str | None]:
+        """`equivalent_to_previous` of each kept version (None for v1, which has none);
+        slow on a miss (workers compare): call from a thread. Cached by the two sources."""
+        circuit = self.get(name)
+        kept = {v.n: v for v in circuit.versions}
+        answers: dict[int, bool | str | None] = {}
+        for version in circuit.versions:
+            previous = kept.get(version.n - 1)
+            if version.n == 1:
+                answers[version.n] = None
+            elif previous is None:
+                answers[version.n] = f"unknown (v{version.n - 1} is no longer kept)"
+            else:
+                answers[version.n] = self._equivalent(name, previous, version)
+        return answers
+
+    def _equivalent(self, name: str, previous: Version, version: Version) -> bool | str:
+        key = ("equivalent", previous.stats["sha256"], version.stats["sha256"])
+        cached = self._views.get(key)
+        if cached is None:
+            try:
+                answer = self._workers.run(compiler.equivalent,
+                                           self.source(name, previous.n),
+                                           self.source(name, version.n))
+            except WorkerDied as exc:  # cached too: it would stop the next worker as well
+                answer = f"unknown (the comparison could not finish: {exc})"
+            cached = json.dumps(answer).encode()
+            self._views.put(key, cached)
+        return json.loads(cached)
+
+    def diff(self, name: str, n: int) -> bytes:
+        """vN.diff: the unified diff of vN-1 -> vN (a worker diffs: call from a thread)."""
+        circuit = self.get(name)
+        version = circuit.version(n)
+        if all(v.n != n - 1 for v in circuit.versions):
+            raise NotFound(f"{name} v{n}.diff: there is no v{n - 1} to compare with")
+        previous = circuit.version(n - 1)
+        key = ("diff", previous.stats["sha256"], version.stats["sha256"], n)
+        cached = self._views.get(key)
+        if cached is None:
+            try:
+                cached = self._workers.run(compiler.unified_diff, self.source(name, n - 1),
+                                           self.source(name, n), f"v{n - 1}.qasm", f"v{n}.qasm")
+            except WorkerDied as exc:
+                raise WorkerDied(f"{name} v{n}.diff could not be made: {exc}") from exc
+            self._views.put(key, cached)
+        assert isinstance(cached, bytes)
         return cached
 
     def has_picture(self, name: str, n: int) -> bool:
@@ -632,17 +711,21 @@ class CircuitStore:
             "tags": circuit.meta.get("tags", []),
             "parameters": circuit.meta.get("parameters", {}),
             "pinned": circuit.meta.get("pinned", []),
+            "optimization_level": circuit.meta.get("optimization_level",
+                                                   DEFAULT_OPTIMIZATION_LEVEL),
             "created": _iso(circuit.created_ns),
         }
         return json.dumps(document, indent=2).encode() + b"\n"
 
     @staticmethod
-    def stats_json(circuit: Circuit) -> bytes:
+    def stats_json(circuit: Circuit, history: dict[int, bool | str | None]) -> bytes:
+        """stats.json, with each version's `equivalent_to_previous` from `history`."""
         document = {
             "name": circuit.name,
             "latest": circuit.latest.n if circuit.latest else None,
             "versions": [
-                {"version": v.n, "created": _iso(v.created_ns), **v.stats}
+                {"version": v.n, "created": _iso(v.created_ns), **v.stats,
+                 "equivalent_to_previous": history.get(v.n)}
                 for v in circuit.versions
             ],
         }
@@ -703,6 +786,9 @@ def parse_meta(document: bytes) -> dict[str, Any]:
             raise Invalid("meta.json: tags must be non-empty strings")
         if key == "pinned" and not all(type(n) is int and n > 0 for n in value):
             raise Invalid("meta.json: pinned must be a list of version numbers")
+        if key == "optimization_level" and (type(value) is not int or not 0 <= value <= 3):
+            raise Invalid("meta.json: optimization_level must be 0, 1, 2 or 3 (Qiskit's "
+                          "preset pass managers)")
         meta[key] = value
     return meta
 
