@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import BELL, GHZ3
-from tests.test_hostile import vm_rss_kb
+from tests.test_hostile import vm_rss_kb, write
 
 pytestmark = pytest.mark.fuse
 
@@ -73,15 +73,6 @@ def target(qfs, kind: str) -> Path:
         "yaml": qfs.root / "workflows" / "fz.yaml",
         "ctl": qfs.qubits / "tasks" / "f" / "ctl",
     }[kind]
-
-
-def write(path: Path, data: bytes) -> int:
-    try:
-        with open(path, "wb") as f:
-            f.write(data)
-    except OSError as exc:
-        return exc.errno or -1
-    return 0
 
 
 @pytest.fixture(scope="module")
