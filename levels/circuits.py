@@ -293,7 +293,8 @@ class CircuitStore:
     def compiled(self, name: str, n: int, device: DeviceSpec, fmt: str) -> bytes:
         """Version n transpiled for `device` at meta.json's optimization_level: .qasm, .qpy
         or report.json. Slow on a miss (a worker compiles): call from a thread. One compile
-        makes all three, cached by circuit name (QPY embeds it), source, device and level."""
+        makes the QPY and report, cached by circuit name (QPY embeds it), source, device and
+        level; the OpenQASM 3 is exported from the QPY when first asked for."""
         if fmt not in COMPILED_FORMATS:
             raise NotFound(f"no compiled file .{fmt}")
         circuit = self.get(name)
@@ -301,6 +302,16 @@ class CircuitStore:
         level = circuit.meta.get("optimization_level", DEFAULT_OPTIMIZATION_LEVEL)
         key = ("compiled", sha256, name, device, level)
         cached = self._views.get((*key, fmt))
+        if cached is None and fmt == "qasm":
+            compiled_qpy = self.compiled(name, n, device, "qpy")
+            try:
+                cached = self._workers.run(compiler.openqasm3, compiled_qpy)
+            except WorkerDied as exc:
+                raise WorkerDied(f"{name} v{n}.qasm for {device.name} could not be made: "
+                                 f"{exc}") from exc
+            except Unexpressible as exc:
+                cached = str(exc)
+            self._views.put((*key, fmt), cached)
         if cached is None:
             try:
                 made: dict[str, bytes | str] = dict(self._workers.run(
@@ -310,7 +321,7 @@ class CircuitStore:
                 raise WorkerDied(f"{name} v{n} could not be compiled for {device.name}: "
                                  f"{exc}") from exc
             except Unexpressible as exc:
-                made = dict.fromkeys(COMPILED_FORMATS, str(exc))
+                made = dict.fromkeys(("qpy", "report.json"), str(exc))
             for each, data in made.items():
                 self._views.put((*key, each), data)
             cached = made[fmt]
