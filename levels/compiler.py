@@ -25,7 +25,11 @@ from levels.qasm import ProgramLimits, parse_program, render_view
 COMPILED_FORMATS = ("qasm", "qpy", "report.json")
 DEFAULT_OPTIMIZATION_LEVEL = 1
 MAX_EQUIVALENCE_QUBITS = 10
-EQUIVALENCE_SECONDS = 10.0  # the budget of one comparison, checked between operations
+# Building an operator costs about operations x 4^qubits (each operation rewrites the whole
+# matrix): past this bound a comparison is "unknown" at once, the same on every machine
+# (2^28 is 256 operations on 10 qubits, 4,096 on 8; about 5 s on the 2-core dev machine).
+MAX_EQUIVALENCE_WORK = 2**28
+EQUIVALENCE_SECONDS = 10.0  # a backstop on a slow or busy machine, checked per operation
 SEED_TRANSPILER = 0
 
 # Per worker: a device's backend costs ~1 s to build, a pass manager ~30 ms.
@@ -152,6 +156,12 @@ def equivalent(previous: bytes, current: bytes) -> bool | str:
         (ua, ma), (ub, mb) = _unitary_part(a), _unitary_part(b)
         if ma != mb:
             return False
+        if ua == ub:  # the same operations (a comment or layout of the text changed)
+            return True
+        operations = len(ua.data) + len(ub.data)
+        if operations * 4**a.num_qubits > MAX_EQUIVALENCE_WORK:
+            return (f"unknown ({a.num_qubits} qubits and {operations} operations: over the "
+                    f"comparison bound of 2^28 operations x 4^qubits)")
         deadline = time.monotonic() + EQUIVALENCE_SECONDS
         return bool(_operator(ua, deadline).equiv(_operator(ub, deadline)))
     except TimeoutError as exc:

@@ -142,21 +142,27 @@ def test_history_says_which_versions_compute_the_same_and_what_changed(qfs):
     mid = BELL.replace("cx q[0],q[1];", "measure q[0] -> c[0];\ncx q[0],q[1];")
     wide = "OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[11];\nh q[0];\n"
     wider = wide + "x q[10];\n"
+    ten = "OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[10];\n" + "cx q[0],q[9];\n" * 130
     bell = qfs.write_circuit("bell")
-    for version in (same, other, mid, wide, wider):
+    for version in (same, other, other + "// only a comment\n", mid, wide, wider, ten,
+                    ten + "x q[3];\n"):
         (bell / "latest.qasm").write_text(version)
     stats = json.loads((bell / "stats.json").read_text())
     verdicts = {v["version"]: v["equivalent_to_previous"] for v in stats["versions"]}
     assert verdicts[1] is None
     assert verdicts[2] is True is _expected_equivalence(BELL, same)
     assert verdicts[3] is False is _expected_equivalence(same, other)
-    assert verdicts[4].startswith("unknown (measure before the end")
-    assert verdicts[5] is False  # other widths
-    assert verdicts[6].startswith("unknown (11 qubits")
+    assert verdicts[4] is True  # the same operations
+    assert verdicts[5].startswith("unknown (measure before the end")
+    assert verdicts[6] is False  # other widths
+    assert verdicts[7].startswith("unknown (11 qubits")
+    assert verdicts[8] is False
+    assert verdicts[9] == ("unknown (10 qubits and 261 operations: over the comparison bound "
+                           "of 2^28 operations x 4^qubits)")
     assert os.stat(bell / "stats.json").st_size == len((bell / "stats.json").read_bytes())
 
     names = os.listdir(bell)
-    assert "v1.diff" not in names and {f"v{n}.diff" for n in range(2, 7)} <= set(names)
+    assert "v1.diff" not in names and {f"v{n}.diff" for n in range(2, 10)} <= set(names)
     assert not (bell / "v1.diff").exists()
     diff = (bell / "v3.diff").read_text()
     assert diff == "".join(difflib.unified_diff(same.splitlines(keepends=True),
