@@ -27,8 +27,8 @@ DEFAULT_OPTIMIZATION_LEVEL = 1
 MAX_EQUIVALENCE_QUBITS = 10
 # Building an operator costs about operations x 4^qubits (each operation rewrites the whole
 # matrix): past this bound a comparison is "unknown" at once, the same on every machine
-# (2^28 is 256 operations on 10 qubits, 4,096 on 8; about 5 s on the 2-core dev machine).
-MAX_EQUIVALENCE_WORK = 2**28
+# (2^27 is 128 operations on 10 qubits, 2,048 on 8; about 3.5 s on the 2-core dev machine).
+MAX_EQUIVALENCE_WORK = 2**27
 EQUIVALENCE_SECONDS = 10.0  # a backstop on a slow or busy machine, checked per operation
 SEED_TRANSPILER = 0
 
@@ -161,7 +161,8 @@ def equivalent(previous: bytes, current: bytes) -> bool | str:
         operations = len(ua.data) + len(ub.data)
         if operations * 4**a.num_qubits > MAX_EQUIVALENCE_WORK:
             return (f"unknown ({a.num_qubits} qubits and {operations} operations: over the "
-                    f"comparison bound of 2^28 operations x 4^qubits)")
+                    f"comparison bound of 2^{MAX_EQUIVALENCE_WORK.bit_length() - 1} operations x "
+                    "4^qubits)")
         deadline = time.monotonic() + EQUIVALENCE_SECONDS
         return bool(_operator(ua, deadline).equiv(_operator(ub, deadline)))
     except TimeoutError as exc:

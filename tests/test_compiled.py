@@ -158,7 +158,7 @@ def test_history_says_which_versions_compute_the_same_and_what_changed(qfs):
     assert verdicts[7].startswith("unknown (11 qubits")
     assert verdicts[8] is False
     assert verdicts[9] == ("unknown (10 qubits and 261 operations: over the comparison bound "
-                           "of 2^28 operations x 4^qubits)")
+                           "of 2^27 operations x 4^qubits)")
     assert os.stat(bell / "stats.json").st_size == len((bell / "stats.json").read_bytes())
 
     names = os.listdir(bell)
