@@ -1,19 +1,20 @@
 """Device models: a coupling graph with calibration, from Qiskit's GenericBackendV2.
 
 GenericBackendV2 draws T1, T2, readout and gate errors around published values of real
-devices (seeded, so a device is the same on every mount). The Aer noise model of a device
-takes seconds to build for 127 qubits, so it is made once, on first use, and cached.
+devices (seeded, so a device is the same on every mount). A run's noise is the device's
+calibration on the task's qubits alone (`calibration_on`), from which a worker builds the
+Aer noise model of those qubits: the 127-qubit model (seconds to build) is never made.
 """
 
 import dataclasses
 import functools
 import math
-import threading
 from typing import Any
 
 import rustworkx as rx
 
 from levels.errors import Invalid
+from levels.execution import Calibration
 
 TOPOLOGIES = ("heavy_hex", "grid", "linear", "ring", "all_to_all")
 
@@ -108,9 +109,6 @@ class Device:
         self.neighbors: list[tuple[int, ...]] = [
             tuple(sorted(self.graph.neighbors(q))) for q in range(spec.qubits)
         ]
-        self._lock = threading.Lock()
-        self._noise_model = None
-        self._noise_dict: dict | None = None
         backend = self.backend
         target = backend.target
         self.calibration = [
@@ -142,14 +140,19 @@ class Device:
             seed=self.spec.seed,
         )
 
-    def noise_model(self):
-        """The Aer noise model of this device (built once; seconds for 127 qubits)."""
-        with self._lock:
-            if self._noise_model is None:
-                from qiskit_aer.noise import NoiseModel
-
-                self._noise_model = NoiseModel.from_backend(self.backend)
-            return self._noise_model
+    def calibration_on(self, used: tuple[int, ...]) -> Calibration:
+        """The calibration of qubits `used`, renumbered 0..n-1 in that order: the numbers
+        NoiseModel.from_backend reads from this device's Target (a few hundred bytes)."""
+        target = self.backend.target
+        local = {p: i for i, p in enumerate(used)}
+        qubits = tuple((props.t1, props.t2, props.frequency)
+                       for props in (target.qubit_properties[p] for p in used))
+        instructions = tuple(
+            (name, tuple(local[q] for q in qargs), props.duration, props.error)
+            for name in target.operation_names
+            for qargs, props in target[name].items()
+            if qargs is not None and props is not None and all(q in local for q in qargs))
+        return Calibration(target.dt, qubits, instructions)
 
     @functools.cached_property
     def girth(self) -> int:
@@ -181,14 +184,6 @@ class Device:
         for a, b in self.edges:
             edges[(a, b)] = edges[(b, a)] = math.log(max(self.edge_fidelity(a, b), 1e-12))
         return qubits, edges
-
-    def noise_dict(self) -> dict:
-        """The noise model as a dict, to cut out per-task local models from."""
-        model = self.noise_model()
-        with self._lock:
-            if self._noise_dict is None:
-                self._noise_dict = model.to_dict()
-            return self._noise_dict
 
     def qubit_fidelity(self, q: int) -> float:
         cal = self.calibration[q]

@@ -3,9 +3,12 @@
 Transpiling and simulating run native code (Qiskit's Rust passes, Aer's C++) on a program a
 user wrote, so they run in a worker (levels/workers.py), where a crash costs this run only.
 The job carries everything as plain data: the program's bytes, the task's triggers and
-parameters, the couplings among its qubits, and the device's noise on those qubits. Each
-worker keeps its own caches of compiled circuits, pass managers (building a preset pass
-manager costs ~7 ms, more than running a small circuit) and noise models.
+parameters, the couplings among its qubits, and the device's calibration on those qubits
+(T1, T2, frequency, each gate's error and duration: a few hundred bytes). Each worker keeps
+its own caches of compiled circuits, pass managers (building a preset pass manager costs
+~7 ms, more than running a small circuit) and noise models, the last built from the
+calibration with Aer's NoiseModel.from_backend on a Target of the task's qubits alone: the
+device's own model restricted to them, so Aer simulates n qubits, not the device's 127.
 
 A device cannot apply a two-qubit gate between qubits that are not coupled: the circuit is
 routed within the task's own couplings, and a gate between qubits that no chain of the
@@ -41,8 +44,18 @@ class RunJob:
     parameters: tuple[tuple[str, float], ...]
     shots: int
     seed: int
-    noise_key: tuple[str, tuple[int, ...]] | None  # (device, physical) when noise is on
-    noise_errors: tuple[dict, ...] = ()
+    calibration: "Calibration | None"  # the task qubits' calibration when noise is on
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """A device's calibration on a task's qubits, numbered 0..n-1: what NoiseModel.
+    from_backend reads from a Target, as plain numbers (hashable: the worker's cache key)."""
+
+    dt: float | None
+    qubits: tuple[tuple[float | None, float | None, float | None], ...]  # t1, t2, frequency
+    # (instruction, its qubits, duration, error), for each instruction with such properties
+    instructions: tuple[tuple[str, tuple[int, ...], float | None, float | None], ...]
 
 
 def run(job: RunJob) -> dict[str, int]:
@@ -57,7 +70,7 @@ def run(job: RunJob) -> dict[str, int]:
         _check_coupled(dynamic, job.physical, job.edges)
         compiled = _pass_manager(len(job.physical), job.edges).run(dynamic)
         _compiled.put(key, compiled)
-    noise = _noise_model(job.noise_key, job.noise_errors) if job.noise_key else None
+    noise = _noise_model(job.calibration) if job.calibration else None
     # A fresh simulator per run: a reused one measured twice as slow (14 vs 28 ms).
     result = AerSimulator(noise_model=noise).run(
         compiled, shots=job.shots, seed_simulator=job.seed).result()
@@ -129,11 +142,47 @@ def _pass_manager(width: int, edges: tuple[tuple[int, int], ...]):
     return manager
 
 
-def _noise_model(key: tuple[str, tuple[int, ...]], errors: tuple[dict, ...]):
-    model = _noise_models.get(key)
+def _noise_model(calibration: Calibration):
+    """The device's noise model on the task's qubits: from_backend on a Target holding only
+    their calibration (from_dict, which cut-down models needed, is deprecated)."""
+    model = _noise_models.get(calibration)
     if model is None:
+        from qiskit.circuit.library import get_standard_gate_name_mapping
+        from qiskit.providers import BackendV2, Options, QubitProperties
+        from qiskit.transpiler import InstructionProperties, Target
         from qiskit_aer.noise import NoiseModel
 
-        model = NoiseModel.from_dict({"errors": list(errors)})
-        _noise_models.put(key, model)
+        class Calibrated(BackendV2):
+            """A backend that is only its Target, which is all from_backend reads."""
+
+            def __init__(self, target) -> None:
+                super().__init__(name="qfs-task-qubits")
+                self._target = target
+
+            @property
+            def target(self):
+                return self._target
+
+            @property
+            def max_circuits(self):
+                return None
+
+            @classmethod
+            def _default_options(cls):
+                return Options()
+
+            def run(self, run_input, **options):
+                raise NotImplementedError("holds a calibration; runs go to AerSimulator")
+
+        target = Target(num_qubits=len(calibration.qubits), dt=calibration.dt,
+                        qubit_properties=[QubitProperties(t1=t1, t2=t2, frequency=frequency)
+                                          for t1, t2, frequency in calibration.qubits])
+        properties: dict[str, dict] = {}
+        for name, qargs, duration, error in calibration.instructions:
+            properties.setdefault(name, {})[qargs] = InstructionProperties(duration, error)
+        gates = get_standard_gate_name_mapping()
+        for name, by_qubits in properties.items():
+            target.add_instruction(gates[name], by_qubits)
+        model = NoiseModel.from_backend(Calibrated(target))
+        _noise_models.put(calibration, model)
     return model

@@ -100,7 +100,7 @@ class LiveQubitManager:
         self._devices: dict[str, Device] = {}
         self._device_lock = threading.Lock()
         self._workers = workers
-        self._local_noise: dict[tuple[str, tuple[int, ...]], tuple[dict, ...]] = {}
+        self._calibrations: dict[tuple[str, tuple[int, ...]], execution.Calibration] = {}
         self.tasks: dict[str, Task] = {}
         with meta.reading() as txn:
             for _key, raw in txn.scan("tasks"):
@@ -540,26 +540,19 @@ class LiveQubitManager:
                              if a in local and b in local))
         triggers = tuple(t for t in task.triggers if t.qubit < stats["num_qubits"])
         seed = command.seed if command.seed is not None else secrets.randbelow(2**63)
-        noise_key = (device.name, used) if command.noise else None
         return execution.RunJob(
             source=source, sha256=stats["sha256"], limits=self._circuits.limits, physical=used,
             edges=edges, triggers=triggers, parameters=tuple(sorted(task.parameters.items())),
-            shots=command.shots, seed=seed, noise_key=noise_key,
-            noise_errors=self._local_noise_errors(device, used) if command.noise else ())
+            shots=command.shots, seed=seed,
+            calibration=self._calibration(device, used) if command.noise else None)
 
-    def _local_noise_errors(self, device: Device, used: tuple[int, ...]) -> tuple[dict, ...]:
-        """The device's noise on `used`, renumbered 0..n-1, so Aer simulates n qubits only."""
+    def _calibration(self, device: Device, used: tuple[int, ...]) -> execution.Calibration:
+        """The device's calibration on `used` (renumbered 0..n-1), from which the worker
+        builds their noise model, so Aer simulates n qubits only; kept per task qubits."""
         key = (device.name, used)
-        if key not in self._local_noise:
-            local = {p: i for i, p in enumerate(used)}
-            errors = []
-            for error in device.noise_dict()["errors"]:
-                gates = [g for g in error.get("gate_qubits", []) if all(q in local for q in g)]
-                if gates:
-                    errors.append({**error, "gate_qubits": [[local[q] for q in g]
-                                                            for g in gates]})
-            self._local_noise[key] = tuple(errors)
-        return self._local_noise[key]
+        if key not in self._calibrations:
+            self._calibrations[key] = device.calibration_on(used)
+        return self._calibrations[key]
 
     # -- views ---------------------------------------------------------------------------
 

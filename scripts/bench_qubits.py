@@ -15,11 +15,11 @@ as medians / percentiles and ratios:
   run           `run ghz shots=1024` on 5 qubits through the mount vs what the daemon does
                 for it, in this process: the transpiled circuit on AerSimulator with the local
                 noise model (and bare AerSimulator for context); plus a stage breakdown and a
-                cProfile of the daemon's _simulate
+                cProfile of a run's job (_run_job + execution.run)
 
 Run it from the repository root with the project's virtualenv, as root with /dev/fuse:
 
-    .venv/bin/python scripts/bench_qubits.py [--quick] [--out FILE]
+    .venv/bin/python scripts/bench_qubits.py [--quick] [--out FILE] [--sections run,...]
 
 Progress goes to stderr, the JSON to stdout. Temporary trees live under /tmp and are removed
 at the end; the mount is lazily unmounted in a finally block. This is not a test (pytest must
@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,7 @@ ALLOC_CASES = [(4, "linear"), (8, "linear"), (16, "linear"), (4, "any"), (8, "an
                (16, "any"), (12, "ring")]
 ABSENT_RINGS = (4, 6, 8, 10)  # heavy-hex has no cycle shorter than the 12-qubit hexagon
 FEEDFORWARD_SIZES = (3, 8, 16)
+SECTIONS = ("allocation", "feedforward", "ctl_write", "run")
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 GHZ_QUBITS = 5
 GHZ = "\n".join([
@@ -66,7 +66,7 @@ GHZ = "\n".join([
     *(f"cx q[{i}],q[{i + 1}];" for i in range(GHZ_QUBITS - 1)),
     "measure q -> c;", "",
 ])
-# What LiveQubitManager._simulate transpiles to; repeated here so the baseline is ours.
+# What execution.run (the worker) transpiles to; repeated here so the baseline is ours.
 BASIS = ["cx", "id", "rz", "sx", "x", "measure", "reset", "delay", "if_else"]
 
 
@@ -476,28 +476,19 @@ class Direct:
 
 def build_direct(device, physical: list[int]) -> Direct:
     """The GHZ circuit transpiled onto the task's qubits and the local noise model, as the
-    daemon makes them, timing each step (the cold run pays for all of them)."""
+    worker makes them, timing each step (the cold run pays for all of them)."""
     from qiskit import QuantumCircuit, transpile
     from qiskit.transpiler import CouplingMap
-    from qiskit_aer.noise import NoiseModel
+
+    from levels import execution
 
     build: Json = {}
     circuit = QuantumCircuit.from_qasm_str(GHZ)
-    elapsed, _ = timed(device.noise_model)
-    build["noise_model_from_backend_s"] = round(elapsed / 1e9, 3)
-    elapsed, full = timed(device.noise_dict)
-    build["noise_model_to_dict_s"] = round(elapsed / 1e9, 3)
+    elapsed, calibration = timed(lambda: device.calibration_on(tuple(physical)))
+    build["calibration_of_task_qubits_s"] = round(elapsed / 1e9, 4)
+    elapsed, noise = timed(lambda: execution._noise_model(calibration))
+    build["local_noise_model_from_backend_s"] = round(elapsed / 1e9, 3)
     local = {p: i for i, p in enumerate(physical)}
-    started = time.perf_counter_ns()
-    errors = []
-    for error in full["errors"]:
-        gates = [g for g in error.get("gate_qubits", []) if all(q in local for q in g)]
-        if gates:
-            errors.append({**error, "gate_qubits": [[local[q] for q in g] for g in gates]})
-    with warnings.catch_warnings():  # deprecated in qiskit-aer 0.15; qfs still uses it
-        warnings.simplefilter("ignore", DeprecationWarning)
-        noise = NoiseModel.from_dict({"errors": errors})
-    build["local_noise_model_from_dict_s"] = round((time.perf_counter_ns() - started) / 1e9, 3)
     edges = [[local[a], local[b]] for a, b in device.edges if a in local and b in local]
     coupling = CouplingMap(edges + [[b, a] for a, b in edges])
     elapsed, transpiled = timed(lambda: _transpile(transpile, circuit, coupling))
@@ -506,7 +497,7 @@ def build_direct(device, physical: list[int]) -> Direct:
 
 
 def _transpile(transpile, circuit, coupling):
-    """The transpile call of LiveQubitManager._simulate, with the same options."""
+    """The transpile of execution.run (a preset pass manager), with the same options."""
     return transpile(circuit, coupling_map=coupling, initial_layout=list(range(GHZ_QUBITS)),
                      basis_gates=BASIS, optimization_level=1, seed_transpiler=0)
 
@@ -578,7 +569,7 @@ def bench_run(mnt: Path, fabric, device, base: Path, sizes: Sizes) -> Json:
             direct.circuit, shots=1024, seed_simulator=s).result())[0])
         quiet["aer_bare_transpiled"].append(timed(lambda s=seed: AerSimulator().run(
             direct.transpiled, shots=1024, seed_simulator=s).result())[0])
-    say(f"run: stage breakdown and cProfile of the daemon's _simulate x{sizes.profile_reps}")
+    say(f"run: stage breakdown and cProfile of _run_job + execution.run x{sizes.profile_reps}")
     stages = _stages(fabric, local_task, direct, sizes.run_reps)
     profile = _profile(fabric, local_task, sizes.profile_reps)
     command(ctl, "release")
@@ -616,7 +607,7 @@ def bench_run(mnt: Path, fabric, device, base: Path, sizes: Sizes) -> Json:
         "noise_off_overhead_percent": round(
             (quiet_p50 / median(quiet["aer_bare_untranspiled"]) - 1) * 100, 1),
         "in_process_stage_breakdown": stages,
-        "profile_of_simulate": profile,
+        "profile_of_run_job_and_execution_run": profile,
     }
 
 
@@ -665,18 +656,26 @@ def _stages(fabric, task, direct: Direct, reps: int) -> Json:
 
 
 def _profile(fabric, task, reps: int) -> Json:
-    """cProfile of LiveQubitManager._simulate (what the daemon's worker thread runs)."""
+    """cProfile of a run's two halves in this process: the daemon's _run_job (the job it
+    sends) and execution.run (what the worker does with it)."""
+    from levels import execution
     from levels.ctl import Run
 
-    circuit = fabric.circuits.circuit("ghz")
-    sha256 = fabric.circuits.get("ghz").latest.stats["sha256"]
+    source = fabric.circuits.get("ghz")
+    version = source.latest.n
     manager = fabric.qubits
-    device = manager.device(DEVICE)
-    manager._simulate(device, task, circuit, Run("ghz", None, 1024, True, 5), sha256)  # warm
+    text = fabric.circuits.source("ghz", version)
+
+    def one(seed: int) -> None:
+        job = manager._run_job(task, Run("ghz", None, 1024, True, seed), text,
+                               source.version(version).stats)
+        execution.run(job)
+
+    one(5)  # warm: the worker's caches are warm too
     profiler = cProfile.Profile()
     profiler.enable()
     for i in range(reps):
-        manager._simulate(device, task, circuit, Run("ghz", None, 1024, True, 5 + i), sha256)
+        one(6 + i)
     profiler.disable()
     stats = pstats.Stats(profiler, stream=io.StringIO())
     total = stats.total_tt
@@ -714,7 +713,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run")
     parser.add_argument("--out", type=Path, help="also write the JSON document here")
     parser.add_argument("--only-feedforward", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
     args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
+    if not sections <= set(SECTIONS):
+        parser.error(f"unknown section(s): {', '.join(sorted(sections - set(SECTIONS)))}")
     sizes = QUICK if args.quick else Sizes()
     if args.only_feedforward:
         print(json.dumps(bench_feedforward(sizes)))
@@ -744,16 +748,22 @@ def main(argv: list[str] | None = None) -> int:
         report["environment"]["device_model_build_s"] = round(elapsed / 1e9, 3)
         fabric = Fabric(base / "data-inproc", load_config())
         try:
-            run_section(report, "allocation",
-                        lambda: bench_allocation(fabric, device, sizes, base))
-            run_section(report, "feedforward", lambda: bench_feedforward(sizes))
-            say("feedforward again in a child with OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=1")
-            run_section(report, "feedforward_one_blas_thread",
-                        lambda: feedforward_one_blas_thread(args.quick))
+            if "allocation" in sections:
+                run_section(report, "allocation",
+                            lambda: bench_allocation(fabric, device, sizes, base))
+            if "feedforward" in sections:
+                run_section(report, "feedforward", lambda: bench_feedforward(sizes))
+                say("feedforward again in a child with OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=1")
+                run_section(report, "feedforward_one_blas_thread",
+                            lambda: feedforward_one_blas_thread(args.quick))
             say("mounting qfs")
             with mounted(base) as (mnt, log):
-                run_section(report, "ctl_write", lambda: bench_ctl(mnt, fabric, base, sizes))
-                run_section(report, "run", lambda: bench_run(mnt, fabric, device, base, sizes))
+                if "ctl_write" in sections:
+                    run_section(report, "ctl_write",
+                                lambda: bench_ctl(mnt, fabric, base, sizes))
+                if "run" in sections:
+                    run_section(report, "run",
+                                lambda: bench_run(mnt, fabric, device, base, sizes))
                 daemon_log = log.read_text(errors="replace")
             report["daemon_log_has_traceback"] = "Traceback" in daemon_log
             if report["daemon_log_has_traceback"]:
