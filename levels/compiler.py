@@ -4,11 +4,12 @@
 on the device's GenericBackendV2 target, seeded, so the same version, device and level give
 the same circuit) and returns its QPY and report; `openqasm3` exports that QPY on demand
 (Qiskit's OpenQASM 3 exporter takes longer than the transpile itself, ~0.4 s for 2,000
-gates on 127 qubits, so a reader of the QPY does not wait for it). `equivalent` decides whether
-two versions compute the same unitary (qiskit.quantum_info.Operator.equiv, up to global
-phase) within a time budget, and `unified_diff` shows how one version's text became the
-next. All three take plain data and return plain data: they run in a worker
-(levels/workers.py) because they run Qiskit's native code on a user's program.
+gates on 127 qubits, so a reader of the QPY does not wait for it). `equivalent` decides
+whether two versions compute the same unitary (qiskit.quantum_info.Operator.equiv, up to
+global phase) within a bound, and `unified_diff` shows how one version's text became the
+next. Each takes plain data and returns plain data: they run in a worker
+(levels/workers.py) because they run Qiskit's native code on a user's program (and difflib
+can take quadratic time on one).
 """
 
 import difflib
@@ -107,7 +108,7 @@ def openqasm3(compiled_qpy: bytes) -> bytes:
 
 def _unitary_part(circuit) -> tuple[Any, list[tuple[int, int]]]:
     """The circuit without its final measurements, and those measurements as (qubit,
-    clbit) pairs; a reason (str) instead when what is left is not a unitary."""
+    clbit) pairs; ValueError with the reason when what is left is not a unitary."""
     measured = sorted((circuit.find_bit(i.qubits[0]).index, circuit.find_bit(i.clbits[0]).index)
                       for i in circuit.data if i.operation.name == "measure")
     unitary = circuit.remove_final_measurements(inplace=False)
