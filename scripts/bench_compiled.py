@@ -94,8 +94,11 @@ def bench_compiled_view(repeats: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one repeat")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
     report: dict = {"benchmark": "compiled"}
     run_section(report, "compiled_view", lambda: bench_compiled_view(args.repeats))
     return finish(report, args.out)

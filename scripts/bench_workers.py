@@ -137,8 +137,11 @@ def main() -> int:
     parser.add_argument("--circuits", type=int, default=2000)
     parser.add_argument("--baseline", default="5fd2ba7",
                         help="git revision to compare with (default: before worker processes)")
+    parser.add_argument("--quick", action="store_true", help="200 circuits instead")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.quick:
+        args.circuits = 200
     report: dict = {"date": time.strftime("%Y-%m-%d"), "machine": "2-core development machine"}
     run_section(report, "parse_round_trip", bench_parse_round_trip)
     run_section(report, "cp_before_after",
