@@ -93,9 +93,10 @@ def fired(triggers: list[Trigger], qubit: int, outcome: int) -> Fired:
     """The one trigger order of both paths: highest prio first, ties in registration order,
     each trigger's actions as written, nothing after the first stop."""
     result = Fired([], [], False)
-    for trigger in sorted(triggers, key=lambda t: (-t.prio, t.id)):
-        if trigger.qubit != qubit or trigger.outcome != outcome:
-            continue
+    matching = [t for t in triggers if t.qubit == qubit and t.outcome == outcome]
+    if len(matching) > 1:  # sorting only what fires: a live dispatch is timed
+        matching.sort(key=lambda t: (-t.prio, t.id))
+    for trigger in matching:
         result.triggers.append(trigger.id)
         for action in trigger.actions:
             result.actions.append(action)

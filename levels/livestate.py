@@ -143,14 +143,16 @@ class LiveState:
         return self._stored.reshape((2,) * self.num_qubits)[tuple(index)]
 
     def apply_gate(self, name: str, qubits: tuple[int, ...], params: tuple[float, ...] = ()):
-        params = tuple(float(p) for p in params)
+        params = tuple(map(float, params))
         qubits = tuple(qubits)
-        for q in qubits:
+        x = 0  # the frame's X mask on the gate's qubits (gate-local), checking them on the way
+        for j, q in enumerate(qubits):
             self._check(q)
+            x |= (self._x >> q & 1) << j
         if len(set(qubits)) != len(qubits):
             raise Invalid(f"gate {name} names a qubit twice")
         k = len(qubits)
-        plan = _diagonal_plan(name, params, qubits, _local(self._x, qubits))
+        plan = _diagonal_plan(name, params, qubits, x)
         if plan is None:
             self._mix(self._conjugated(gate_matrix(name, params, k), qubits), qubits)
             return
