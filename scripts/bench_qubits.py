@@ -11,7 +11,8 @@ as medians / percentiles and ratios:
                 trigger `on 1 do x q1`; baseline: the same X with qiskit's Statevector.evolve
   ctl_write     `set theta=0.5` / `reset` written to a task's ctl through a real mount,
                 open-write-close per command and with a kept-open fd; baselines: the same
-                write pattern on a plain file in /tmp, and the command run in-process
+                write pattern on a plain file in /tmp, and the command run in-process;
+                open, write and close timed apart, and a stat (the path walk)
   run           `run ghz shots=1024` on 5 qubits through the mount vs what the daemon does
                 for it, in this process: the transpiled circuit on AerSimulator with the local
                 noise model (and bare AerSimulator for context); plus a stage breakdown and a
@@ -385,9 +386,12 @@ def bench_ctl(mnt: Path, fabric, base: Path, sizes: Sizes) -> Json:
         say(f"ctl: {line!r} x{sizes.ctl_writes} (open-write-close and kept-open fd)")
         mount_owc: list[int] = []
         plain_owc: list[int] = []
+        phases: dict[str, list[int]] = {"open": [], "write": [], "close": [], "stat": []}
         for _ in range(sizes.ctl_writes):
             mount_owc.append(_open_write_close(ctl, payload))
             plain_owc.append(_open_write_close(plain, payload))
+            for name, elapsed in _phases(ctl, payload).items():
+                phases[name].append(elapsed)
         mount_kept: list[int] = []
         plain_kept: list[int] = []
         fd_mount = os.open(ctl, os.O_WRONLY)
@@ -421,6 +425,8 @@ def bench_ctl(mnt: Path, fabric, base: Path, sizes: Sizes) -> Json:
             "mount_over_tmp_p50_open_write_close": ratio(median(mount_owc), median(plain_owc)),
             "mount_over_tmp_p50_kept_open": ratio(median(mount_kept), median(plain_kept)),
             "fuse_cost_p50_kept_open_us": round((median(mount_kept) - median(inproc)) / 1e3, 3),
+            "mount_open_write_close_phases_p50_us": {
+                name: round(median(values) / 1e3, 1) for name, values in phases.items()},
             "meets_goal_p99_under_1ms_open_write_close": p99(mount_owc) < 1e6,
             "meets_goal_p99_under_1ms_kept_open": p99(mount_kept) < 1e6,
         }
@@ -435,6 +441,23 @@ def _write_ns(fd: int, payload: bytes) -> int:
     started = time.perf_counter_ns()
     os.write(fd, payload)
     return time.perf_counter_ns() - started
+
+
+def _phases(path: Path, payload: bytes) -> dict[str, int]:
+    """Open, write and close timed apart, and a stat of the same path: its path walk, whose
+    getattr requests an open pays too."""
+    started = time.perf_counter_ns()
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    opened = time.perf_counter_ns()
+    try:
+        os.write(fd, payload)
+    finally:
+        written = time.perf_counter_ns()
+        os.close(fd)
+    closed = time.perf_counter_ns()
+    os.stat(path)
+    return {"open": opened - started, "write": written - opened, "close": closed - written,
+            "stat": time.perf_counter_ns() - closed}
 
 
 def _open_write_close(path: Path, payload: bytes) -> int:
