@@ -390,7 +390,7 @@ class Coordinator:
         await self._qubits.apply_circuit(task, unitary)
         result: dict[str, Any] = {"circuit": f"{stage.circuit}{version}"}
         if stage.shots:
-            vector = self._qubits.live(task).state.vector
+            vector = self._qubits.live(task).state.vector.copy()  # a measure mutates in place
 
             def sample() -> dict[str, int]:
                 from qiskit.quantum_info import Statevector
