@@ -282,7 +282,8 @@ class Operations(pyfuse3.Operations):
                 self.inodes.detach(path)
                 return
             if len(path) == 2 and path[0] == state_routes.STATES:
-                self.fabric.states.remove_dir(path[1])
+                # off trio's thread: it may wait for a checkpoint putting its blob
+                await trio.to_thread.run_sync(self.fabric.states.remove_dir, path[1])
                 self.inodes.detach(path)
                 return
             if len(path) == 3 and path[0] == routes.CIRCUITS and path[2] in ("results", "similar"):
