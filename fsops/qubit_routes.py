@@ -55,18 +55,18 @@ def _qubit(fabric: Fabric, device: str, name: str) -> int:
 def resolve(fabric: Fabric, device: str, rest: Path, full: Path) -> Node:
     manager = fabric.qubits
     if not rest:
-        return nodes.directory(_STARTED_NS, timeout=0.0)
+        return nodes.directory(_STARTED_NS)
     head = rest[0]
     if head == "ctl" and len(rest) == 1:
         return nodes.control_file("/".join(full), fabric.oplog, _device_control(fabric, device))
     if head == "tasks":
         if len(rest) == 1:
-            return nodes.directory(time.time_ns(), timeout=0.0)
+            return nodes.directory(time.time_ns())
         task = manager.task(rest[1])
         if task.device != device:
             raise NotFound(f"task {rest[1]} is on device {task.device}")
         if len(rest) == 2:
-            return nodes.directory(task.created_ns, timeout=0.0)
+            return nodes.directory(task.created_ns)
         if len(rest) == 3:
             return _task_file(fabric, rest[1], rest[2], full)
         raise NotFound("/".join(full))
