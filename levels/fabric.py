@@ -50,9 +50,14 @@ class Fabric:
         # cross_level.cache_size_mb: half for circuit views, half for decoded states.
         cache_bytes = (config.cross_level.cache_size_mb << 20) // 2
         perf = config.performance
-        self.workers = workers.WorkerPool(perf.worker_processes, workers.Limits(
-            memory_mb=perf.worker_memory_mb, cpu_seconds=perf.worker_cpu_seconds,
-            wall_seconds=perf.worker_cpu_seconds * 2))
+        limits = workers.Limits(memory_mb=perf.worker_memory_mb,
+                                cpu_seconds=perf.worker_cpu_seconds,
+                                wall_seconds=perf.worker_cpu_seconds * 2)
+        # Two pools: a run may simulate for minutes, and parses and views must not queue
+        # behind it (two 30 s noisy runs would otherwise hold every cp for 30 s).
+        self.workers = workers.WorkerPool(perf.worker_processes, limits)
+        self.run_workers = workers.WorkerPool(perf.worker_processes, limits,
+                                              preload=(*workers.QISKIT, "qiskit_aer"))
         self.circuits = CircuitStore(self.meta, cfs, self.workers, on_change=self.search.submit,
                                      cache_bytes=cache_bytes, notice=self.oplog.note)
         self.metrics = Metrics()
@@ -68,7 +73,7 @@ class Fabric:
         self.key_canary = KeyCanary(self.meta, sealer)
         self.metrics.caches.append(self.states.decoded_npy)
         self.qubits = LiveQubitManager(self.meta, self.circuits, self.states,
-                                       config.live_qubit_mgr, self.metrics, self.workers)
+                                       config.live_qubit_mgr, self.metrics, self.run_workers)
         self.coordinator = Coordinator(self.meta, self.qubits, self.states, self.circuits,
                                        self.metrics,
                                        config.cross_level.migration_fidelity_threshold,
@@ -101,3 +106,4 @@ class Fabric:
         self.search.close()
         self.meta.close()
         self.workers.shutdown()
+        self.run_workers.shutdown()

@@ -228,3 +228,37 @@ def test_a_ctl_shows_the_reply_to_its_last_command(qfs):
         f.write(b"alloc \xff\xfe\n")
     assert refused.value.errno == errno.EINVAL
     assert ctl.read_text().startswith("error: EINVAL: commands are UTF-8 text")
+
+
+def test_long_runs_never_hold_up_a_cp(mount_factory):
+    """Runs have their own workers: with two noisy simulations in flight (every run worker
+    busy), a cp is parsed and committed at once, not after them."""
+    import threading
+    import time
+
+    qfs = mount_factory()
+    n = 12
+    slow = ("OPENQASM 3.0;\ninclude \"stdgates.inc\";\n" + f"qubit[{n}] q;\nbit[{n}] c;\nh q[0];\n"
+            + "".join(f"cx q[{i}], q[{i + 1}];\n" for i in range(n - 1)) * 3 + "c = measure q;\n")
+    qfs.write_circuit("slow", slow)
+    for task in ("a", "b"):
+        with open(qfs.qubits / "ctl", "w") as f:
+            f.write(f"alloc {n} task={task} topology=linear\n")
+
+    def run(task: str) -> None:
+        with open(qfs.qubits / "tasks" / task / "ctl", "w") as f:
+            f.write("run slow shots=4000 noise=on seed=1\n")
+
+    runs = [threading.Thread(target=run, args=(t,)) for t in ("a", "b")]
+    for thread in runs:
+        thread.start()
+    time.sleep(2.0)  # both runs are simulating now
+    started = time.monotonic()
+    qfs.write_circuit("meanwhile")
+    took = time.monotonic() - started
+    still_running = sum(thread.is_alive() for thread in runs)
+    for thread in runs:
+        thread.join(timeout=600)
+    assert still_running == 2, "the runs ended before the cp: the test proves nothing"
+    assert took < 5.0, f"a cp took {took:.1f} s behind two runs"
+    assert (qfs.circuits / "meanwhile" / "v1.qasm").read_text() == BELL
