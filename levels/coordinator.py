@@ -298,6 +298,9 @@ class Coordinator:
                 raise Busy(f"workflow {name} is already running")
             if record["status"] == "done":
                 raise Invalid(f"workflow {name} is done; write the .yaml again to rerun it")
+            # pending from the reply on: status never shows the last failure as the resume's
+            record.update(status="pending", reason="", updated=time.time())
+            self._save(record)
             self._start(name)
             return f"resuming {name}"
         if verb == "cancel":
