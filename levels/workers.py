@@ -119,7 +119,6 @@ class WorkerPool:
         self._closed = False
         self._spawner = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="qfs-spawner")
-        self.crashes = 0
 
     def run(self, function: Callable[..., T], *args: object, limits: Limits | None = None) -> T:
         """`function(*args)` in a worker (blocking: call it from a thread). `function` must
@@ -130,7 +129,6 @@ class WorkerPool:
         except WorkerDied:
             worker.kill()
             self._forget()
-            self.crashes += 1
             raise
         except BaseException:
             self._checkin(worker)
