@@ -12,13 +12,13 @@
     tasks/<T>/result.json     the task's last run
 """
 
+import functools
 import json
 import re
 import time
 
 from fsops import nodes
 from fsops.nodes import Node
-from levels import ctl
 from levels.errors import NotFound
 from levels.fabric import Fabric
 
@@ -58,7 +58,8 @@ def resolve(fabric: Fabric, device: str, rest: Path, full: Path) -> Node:
         return nodes.directory(_STARTED_NS)
     head = rest[0]
     if head == "ctl" and len(rest) == 1:
-        return nodes.control_file("/".join(full), fabric.oplog, _device_control(fabric, device))
+        return nodes.control_file("/".join(full), fabric.oplog,
+                                  functools.partial(manager.control_device, device))
     if head == "tasks":
         if len(rest) == 1:
             return nodes.directory(time.time_ns())
@@ -85,17 +86,15 @@ def resolve(fabric: Fabric, device: str, rest: Path, full: Path) -> Node:
             return nodes.constant(text.encode(), _STARTED_NS, timeout=nodes.IMMUTABLE_TIMEOUT)
         if leaf == "ctl":
             return nodes.control_file("/".join(full), fabric.oplog,
-                                      _qubit_control(fabric, device, q))
+                                      functools.partial(manager.control_qubit, device, q))
     raise NotFound("/".join(full))
 
 
 def _task_file(fabric: Fabric, task: str, leaf: str, full: Path) -> Node:
     manager = fabric.qubits
     if leaf == "ctl":
-        async def control(line: str, uid: int) -> str:
-            return await fabric.coordinator.task_command(task, line, uid)
-
-        return nodes.control_file("/".join(full), fabric.oplog, control)
+        return nodes.control_file("/".join(full), fabric.oplog,
+                                  functools.partial(fabric.coordinator.control_task, task))
     if leaf == "mapping":
         return nodes.live(lambda: manager.mapping_text(task))
     if leaf == "triggers":
@@ -125,38 +124,3 @@ def list_names(fabric: Fabric, device: str, rest: Path) -> list[str]:
         return list(QUBIT_FILES)
     raise NotFound("not a directory")
 
-
-def _device_control(fabric: Fabric, device: str) -> nodes.Control:
-    async def control(line: str, uid: int) -> str:
-        command = ctl.parse_device_command(line)
-        if isinstance(command, ctl.Release):
-            fabric.qubits.release(command.task or "", uid)
-            return f"released {command.task}"
-        task = fabric.qubits.allocate(device, command, uid)
-        return _allocated(task)
-
-    return control
-
-
-def _qubit_control(fabric: Fabric, device: str, q: int) -> nodes.Control:
-    manager = fabric.qubits
-
-    async def control(line: str, uid: int) -> str:
-        command = ctl.parse_qubit_command(line)
-        if isinstance(command, ctl.Alloc):
-            return _allocated(manager.allocate(device, command, uid, physical=q))
-        if isinstance(command, ctl.Release):
-            manager.release_qubit(device, q, uid)
-            return f"released q{q}"
-        if isinstance(command, ctl.On):
-            trigger = manager.add_trigger(device, q, command, uid)
-            return f"trigger {trigger.id} registered"
-        removed = manager.remove_triggers(device, q, command, uid)
-        return f"removed {removed} trigger(s)"
-
-    return control
-
-
-def _allocated(task) -> str:
-    qubits = " ".join(f"q{p}" for p in task.qubits)
-    return f"allocated {task.name}: {qubits} (score {task.score:.4f})"

@@ -6,6 +6,7 @@
     /workflows/<name>/ctl        resume | cancel
 """
 
+import functools
 import time
 
 from fsops import nodes
@@ -68,10 +69,8 @@ def resolve(fabric: Fabric, path: Path) -> Node:
         if path[2] == "result.json":
             return nodes.live(lambda: rendered.result)
         if path[2] == "ctl":
-            async def control(line: str, uid: int) -> str:
-                return await coordinator.command(leaf, line, uid)
-
-            return nodes.control_file("/".join(path), fabric.oplog, control)
+            return nodes.control_file("/".join(path), fabric.oplog,
+                                      functools.partial(coordinator.control_workflow, leaf))
     raise NotFound("/".join(path))
 
 

@@ -149,7 +149,7 @@ def parse_workflow(name: str, text: bytes) -> Workflow:
 def _where(loc: tuple[int | str, ...]) -> str:
     """A pydantic error location as the file reads: ' stage 2 delay'; keys of any type
     (YAML allows numbers and lists as keys) are shown short."""
-    parts = []
+    parts: list[str] = []
     for position, part in enumerate(loc):
         if isinstance(part, int) and position and loc[position - 1] == "stages":
             parts[-1] = f"stage {part + 1}"
@@ -288,12 +288,13 @@ class Coordinator:
                           f"state holds at most {limit}")
         return width
 
-    async def command(self, name: str, line: str, uid: int) -> str:
+    async def control_workflow(self, name: str, line: str, uid: int) -> str:
+        """A line written to the workflow's ctl; returns the reply shown when it is read."""
+        command = ctl.parse_workflow_command(line)
         record = self.record(name)
         if uid not in (0, record["owner"]):
             raise PermissionDenied(f"workflow {name} belongs to uid {record['owner']}")
-        verb = line.strip()
-        if verb == "resume":
+        if isinstance(command, ctl.Resume):
             if name in self._running:
                 raise Busy(f"workflow {name} is already running")
             if record["status"] == "done":
@@ -303,14 +304,12 @@ class Coordinator:
             self._save(record)
             self._start(name)
             return f"resuming {name}"
-        if verb == "cancel":
-            run = self._running.get(name)
-            if run is None:
-                raise Invalid(f"workflow {name} is not running")
-            run.scope.cancel()
-            await run.done.wait()  # the reply comes once it stopped and released its qubits
-            return f"cancelled {name}"
-        raise Invalid("a workflow's ctl takes: resume, cancel")
+        run = self._running.get(name)
+        if run is None:
+            raise Invalid(f"workflow {name} is not running")
+        run.scope.cancel()
+        await run.done.wait()  # the reply comes once it stopped and released its qubits
+        return f"cancelled {name}"
 
     def _start(self, name: str) -> None:
         if self.spawn is None:
@@ -369,7 +368,7 @@ class Coordinator:
                 start = index + 1
         if start:
             checkpoint = f"{name}-{workflow.stages[start - 1].name}"
-            await self._qubits.task_command(task, f"restore {checkpoint}", 0)
+            await self._qubits.execute(task, ctl.Restore(checkpoint), 0)
         record.update(status="running", reason="", completed=completed[:start],
                       updated=time.time())
         self._save(record)
@@ -407,8 +406,8 @@ class Coordinator:
             checkpoint = f"{name}-{stage.name}"
             if checkpoint in self._states.names():
                 self._states.delete(checkpoint)
-            fmt = f" format={stage.format}" if stage.format else ""
-            reply = await self._qubits.task_command(task, f"checkpoint {checkpoint}{fmt}", 0)
+            reply = await self._qubits.execute(
+                task, ctl.Checkpoint(checkpoint, format=stage.format), 0)
             result["checkpoint"] = checkpoint
             result["checkpoint_fidelity"] = self._states.get(checkpoint)["fidelity"]
             log.info("workflow %s: %s", name, reply)
@@ -416,29 +415,28 @@ class Coordinator:
 
     # -- migration -----------------------------------------------------------------------
 
-    async def task_command(self, task: str, line: str, uid: int) -> str:
-        """A task's ctl: migrate is the coordinator's, the rest Level 1's."""
+    async def control_task(self, task: str, line: str, uid: int) -> str:
+        """A line written to a task's ctl: migrate is the coordinator's, the rest Level 1's."""
         command = ctl.parse_task_command(line)
         if isinstance(command, ctl.Migrate):
-            return await self.migrate(task, command.device, uid, command.format,
-                                      command.threshold)
-        return await self._qubits.task_command(task, line, uid)
+            return await self.migrate(task, command, uid)
+        return await self._qubits.execute(task, command, uid)
 
-    async def migrate(self, task_name: str, device: str, uid: int,
-                      fmt: str | None = None, threshold: float | None = None) -> str:
+    async def migrate(self, task_name: str, command: ctl.Migrate, uid: int) -> str:
         """Move a task's live state to another device, or refuse and leave it untouched.
         Only its owner (or root) may: checked before anything is read or counted."""
         task = self._qubits.task(task_name)
         if uid not in (0, task.owner):
             raise PermissionDenied(f"task {task_name} belongs to uid {task.owner}, not {uid}")
+        device = command.device
         if device == task.device:
             raise Invalid(f"task {task_name} is already on {device}")
         self._qubits.device(device)  # ENOENT for unknown devices
-        limit = self._threshold if threshold is None else threshold
+        limit = self._threshold if command.threshold is None else command.threshold
         self._migrations[1] += 1
         started = time.perf_counter()
         vector = self._qubits.live(task_name).state.vector.copy()
-        fmt = fmt or "statevector"
+        fmt = command.format or "statevector"
         # Sampled formats (shadows) draw from a seed of the state, so the same state gets
         # the same decision every time.
         digest = hashlib.sha256(vector.tobytes()).digest()

@@ -6,7 +6,11 @@
                             off ID | off all
     /qubits/tasks/T/ctl     run CIRCUIT[@vN] [shots=1024] [noise=on|off] [seed=N]
                             apply CIRCUIT[@vN] | measure qK | reset | set NAME=VALUE | release
+                            checkpoint NAME [...] | restore NAME | migrate device=D [...]
+    /workflows/W/ctl        resume | cancel
     ACTION                  GATE[(angle, ...)] qA [qB ...] | set NAME=VALUE | stop
+(/devices/D/... take what /qubits/... take.) Every control file's line is parsed here, once,
+and the levels take the objects: nothing in the fabric builds a command line.
 Bad syntax raises Invalid with a message that says what was expected. Numbers are ASCII
 digits within stated ranges and reals are finite, so that nothing accepted here fails
 later or makes a JSON file invalid (inf, nan).
@@ -16,6 +20,7 @@ import dataclasses
 import math
 import re
 import shlex
+from typing import cast
 
 from levels.errors import Invalid
 
@@ -123,6 +128,24 @@ class Migrate:
     threshold: float | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Cancel:
+    pass
+
+
+DeviceCommand = Alloc | Release
+QubitCommand = Alloc | Release | On | Off
+LiveTaskCommand = Run | Apply | Measure | Reset | SetAction | Checkpoint | Restore | Release
+"""What Level 1 runs on a task; a task's ctl also takes Migrate, the coordinator's."""
+TaskCommand = LiveTaskCommand | Migrate
+WorkflowCommand = Resume | Cancel
+
+
 def _words(line: str) -> list[str]:
     text = line.strip()
     if not text:
@@ -136,6 +159,7 @@ def _words(line: str) -> list[str]:
 
 
 def _options(words: list[str], allowed: dict[str, type], usage: str) -> dict[str, object]:
+    """key=value words, each value converted to its key's type (so a cast of it holds)."""
     options: dict[str, object] = {}
     for word in words:
         key, sep, value = word.partition("=")
@@ -192,7 +216,7 @@ def _alloc(count: int, options: dict[str, object]) -> Alloc:
         raise Invalid(f"alloc needs task=NAME; usage: {ALLOC_USAGE}")
     topology = str(options.get("topology", "any"))
     isolate = str(options.get("isolate", "none"))
-    noise = float(options.get("noise", 0.0))  # type: ignore[arg-type]
+    noise = cast(float, options.get("noise", 0.0))
     if topology not in TOPOLOGIES:
         raise Invalid(f"topology={topology}: expected one of {', '.join(TOPOLOGIES)}")
     if isolate not in ISOLATIONS:
@@ -205,7 +229,7 @@ def _alloc(count: int, options: dict[str, object]) -> Alloc:
 _ALLOC_OPTIONS = {"task": str, "topology": str, "noise": float, "isolate": str}
 
 
-def parse_device_command(line: str) -> Alloc | Release:
+def parse_device_command(line: str) -> DeviceCommand:
     """A line written to /qubits/ctl."""
     words = _words(line)
     verb, rest = words[0], words[1:]
@@ -221,7 +245,7 @@ def parse_device_command(line: str) -> Alloc | Release:
     raise Invalid(f"unknown command {verb!r}; /qubits/ctl takes: alloc, release")
 
 
-def parse_qubit_command(line: str) -> Alloc | Release | On | Off:
+def parse_qubit_command(line: str) -> QubitCommand:
     """A line written to /qubits/qK/ctl (K is implied by the file)."""
     words = _words(line)
     verb, rest = words[0], words[1:]
@@ -298,9 +322,7 @@ TASK_VERBS = ("run", "apply", "measure", "reset", "set", "checkpoint", "restore"
               "release")
 
 
-def parse_task_command(
-    line: str,
-) -> Run | Apply | Measure | Reset | SetAction | Checkpoint | Restore | Migrate | Release:
+def parse_task_command(line: str) -> TaskCommand:
     """A line written to /qubits/tasks/T/ctl."""
     words = _words(line)
     verb, rest = words[0], words[1:]
@@ -309,7 +331,10 @@ def parse_task_command(
             raise Invalid(f"usage: {CHECKPOINT_USAGE}")
         options = _options(rest[1:], {"format": str, "encrypt": bool, "retention": str,
                                       "parent": str}, CHECKPOINT_USAGE)
-        return Checkpoint(rest[0], **options)  # type: ignore[arg-type]
+        return Checkpoint(rest[0], cast(str | None, options.get("format")),
+                          cast(bool | None, options.get("encrypt")),
+                          cast(str | None, options.get("retention")),
+                          cast(str | None, options.get("parent")))
     if verb == "restore":
         if len(rest) != 1:
             raise Invalid("usage: restore CHECKPOINT")
@@ -319,22 +344,23 @@ def parse_task_command(
         options = _options(rest, {"device": str, "format": str, "threshold": float}, usage)
         if "device" not in options:
             raise Invalid(f"usage: {usage}")
-        if not 0 <= options.get("threshold", 0.0) <= 1:  # type: ignore[operator]
-            raise Invalid(f"threshold={options['threshold']}: expected a fidelity 0..1")
-        return Migrate(**options)  # type: ignore[arg-type]
+        threshold = cast(float | None, options.get("threshold"))
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise Invalid(f"threshold={threshold}: expected a fidelity 0..1")
+        return Migrate(str(options["device"]), cast(str | None, options.get("format")),
+                       threshold)
     if verb == "run":
         if not rest:
             raise Invalid(f"usage: {RUN_USAGE}")
         name, version = _circuit_ref(rest[0])
         options = _options(rest[1:], {"shots": int, "noise": bool, "seed": int}, RUN_USAGE)
-        shots = int(options.get("shots", 1024))  # type: ignore[arg-type]
+        shots = cast(int, options.get("shots", 1024))
         if not 1 <= shots <= 10_000_000:
             raise Invalid(f"shots={shots}: expected 1..10000000")
-        seed = options.get("seed")
-        if seed is not None and not 0 <= seed <= MAX_SEED:  # type: ignore[operator]
+        seed = cast(int | None, options.get("seed"))
+        if seed is not None and not 0 <= seed <= MAX_SEED:
             raise Invalid(f"seed={seed}: expected 0..{MAX_SEED}")
-        return Run(name, version, shots, bool(options.get("noise", True)),
-                   None if seed is None else int(seed))  # type: ignore[arg-type]
+        return Run(name, version, shots, bool(options.get("noise", True)), seed)
     if verb == "apply":
         if len(rest) != 1:
             raise Invalid("usage: apply CIRCUIT[@vN]")
@@ -350,3 +376,13 @@ def parse_task_command(
     if verb == "release" and not rest:
         return Release()
     raise Invalid(f"unknown command {line.strip()!r}; a task's ctl takes: {', '.join(TASK_VERBS)}")
+
+
+def parse_workflow_command(line: str) -> WorkflowCommand:
+    """A line written to /workflows/W/ctl."""
+    words = _words(line)
+    if words == ["resume"]:
+        return Resume()
+    if words == ["cancel"]:
+        return Cancel()
+    raise Invalid(f"unknown command {line.strip()!r}; a workflow's ctl takes: resume, cancel")

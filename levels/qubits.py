@@ -225,7 +225,8 @@ class LiveQubitManager:
                 self._metrics.isolation_violations.inc()
             return not touches
 
-        return allocation.choose(device, free, command.count, command.topology, usable)
+        return allocation.choose(device, free, command.count, command.topology, usable,
+                                 strategy=self._config.allocation_strategy)
 
     def _take_one(self, device: Device, held, physical: int):
         if not 0 <= physical < device.num_qubits:
@@ -345,9 +346,28 @@ class LiveQubitManager:
         except NotFound:
             return None
 
-    async def task_command(self, name: str, line: str, uid: int) -> str:
-        """Run one line written to a task's ctl; returns the reply shown when it is read."""
-        command = ctl.parse_task_command(line)
+    async def control_device(self, device: str, line: str, uid: int) -> str:
+        """A line written to the device's ctl; returns the reply shown when it is read."""
+        command = ctl.parse_device_command(line)
+        if isinstance(command, ctl.Release):
+            self.release(command.task or "", uid)
+            return f"released {command.task}"
+        return _allocated(self.allocate(device, command, uid))
+
+    async def control_qubit(self, device: str, physical: int, line: str, uid: int) -> str:
+        """A line written to a qubit's ctl; returns the reply shown when it is read."""
+        command = ctl.parse_qubit_command(line)
+        if isinstance(command, ctl.Alloc):
+            return _allocated(self.allocate(device, command, uid, physical=physical))
+        if isinstance(command, ctl.Release):
+            self.release_qubit(device, physical, uid)
+            return f"released q{physical}"
+        if isinstance(command, ctl.On):
+            return f"trigger {self.add_trigger(device, physical, command, uid).id} registered"
+        return f"removed {self.remove_triggers(device, physical, command, uid)} trigger(s)"
+
+    async def execute(self, name: str, command: ctl.LiveTaskCommand, uid: int) -> str:
+        """Run one command of a task's ctl; returns the reply shown when it is read."""
         task = self.task(name)
         self._check_owner(task, uid)
         if isinstance(command, ctl.Release):
@@ -600,6 +620,11 @@ def fidelity_at_least(*links: float) -> float:
     links: the Bures angle arccos(sqrt(F)) is a metric, so the angles add at most."""
     angle = sum(math.acos(math.sqrt(min(1.0, max(0.0, f)))) for f in links)
     return math.cos(min(angle, math.pi / 2)) ** 2
+
+
+def _allocated(task: Task) -> str:
+    qubits = " ".join(f"q{p}" for p in task.qubits)
+    return f"allocated {task.name}: {qubits} (score {task.score:.4f})"
 
 
 def _buffers(device: Device, qubits: list[int], isolate: str) -> list[int]:

@@ -409,7 +409,7 @@ def bench_ctl(mnt: Path, fabric, base: Path, sizes: Sizes) -> Json:
             samples = []
             for _ in range(sizes.ctl_writes):
                 started = time.perf_counter_ns()
-                await fabric.qubits.task_command("b", text, 0)
+                await fabric.coordinator.control_task("b", text, 0)
                 samples.append(time.perf_counter_ns() - started)
             return samples
 
@@ -554,7 +554,7 @@ def bench_run(mnt: Path, fabric, device, base: Path, sizes: Sizes) -> Json:
 
     def inproc(line: str) -> int:
         started = time.perf_counter_ns()
-        trio.run(fabric.qubits.task_command, "r", line, 0)
+        trio.run(fabric.coordinator.control_task, "r", line, 0)
         return time.perf_counter_ns() - started
 
     inproc_cold_ns = inproc("run ghz shots=1024 noise=on seed=999")

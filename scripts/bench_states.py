@@ -496,11 +496,11 @@ def _bench_size(mnt: Path, fabric: Any, base: Path, floor: Floor, n: int, reps: 
         samples.add("direct_load_plus_npy_bytes", samples.get("direct_load")[-1] + elapsed)
         del decoded, data
         samples.add("inproc_task_restore", timed(lambda: trio.run(
-            fabric.qubits.task_command, task, f"restore {name}", 0))[0])
+            fabric.coordinator.control_task, task, f"restore {name}", 0))[0])
         if n <= sizes.inproc_checkpoint_up_to:
             other = f"e{n}-{i}"
             samples.add("inproc_task_checkpoint", timed(lambda: trio.run(
-                fabric.qubits.task_command, task, f"checkpoint {other} format=statevector",
+                fabric.coordinator.control_task, task, f"checkpoint {other} format=statevector",
                 0))[0])
             fabric.states.delete(other)
         fabric.states.delete(name)

@@ -213,7 +213,7 @@ def test_a_checkpoint_puts_its_blob_off_the_event_loop(tmp_path):
         async def main() -> str:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(open_gate, gate)
-                return await manager.task_command("t", "checkpoint c format=statevector", 0)
+                return await manager.execute("t", ctl.Checkpoint("c", format="statevector"), 0)
 
         assert trio.run(main).startswith("checkpoint c: statevector")
         assert states.blob_keys() == [states.get("c")["blob"]]
