@@ -6,6 +6,11 @@ first and scoring the first candidates found; `any` grows a connected set greedi
 each of the best free qubits. The score of a candidate is the geometric mean of the
 fidelities it relies on: (1 - readout error)(1 - sx error) of each qubit and
 (1 - cx error) of each coupling the shape uses. `noise=` is the lowest acceptable score.
+
+`live_qubit_mgr.allocation_strategy` picks what the choice weighs: `topology_noise_aware`
+(the default) the shape and the calibration of its qubits and couplings; `noise_aware` the
+qubits' calibration alone (coupling errors are not weighed); `topology_aware` the shape
+alone: the first fitting set in qubit-number order, calibration ignored.
 """
 
 import itertools
@@ -56,7 +61,8 @@ def score(device: Device, qubits: list[int], edges: Iterable[tuple[int, int]]) -
 
 
 def choose(
-    device: Device, free: set[int], n: int, topology: str, usable=None
+    device: Device, free: set[int], n: int, topology: str, usable=None,
+    strategy: str = "topology_noise_aware",
 ) -> tuple[list[int], float]:
     """The best candidate (logical order -> physical qubit) and its score, or NoSpace.
 
@@ -70,21 +76,25 @@ def choose(
                       f"{device.girth} qubits")
     best: tuple[float, list[int]] | None = None
     vetoed = False
-    for qubits, edges in _candidates(device, free, n, pattern):
+    by_number = strategy == "topology_aware"
+    order = sorted(free) if by_number else [q for q in device.best_first if q in free]
+    for qubits, edges in _candidates(device, free, n, pattern, order):
         if usable is not None and not usable(qubits):
             vetoed = True
             continue
-        value = score(device, qubits, edges)
+        value = score(device, qubits, () if strategy == "noise_aware" else edges)
         if best is None or value > best[0]:
             best = (value, qubits)
+        if by_number:
+            break
     if best is None:
         why = " that keeps the isolation asked for" if vetoed else ""
         raise NoSpace(f"no {topology} set of {n} free qubits{why} on {device.name}")
     return best[1], best[0]
 
 
-def _candidates(device: Device, free: set[int], n: int, pattern: rx.PyGraph | None):
-    order = [q for q in device.best_first if q in free]
+def _candidates(device: Device, free: set[int], n: int, pattern: rx.PyGraph | None,
+                order: list[int]):
     if pattern is None:
         yield from _greedy_connected(device, free, n, order)
         return

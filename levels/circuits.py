@@ -27,6 +27,7 @@ from levels import compiler, qasm
 from levels.compiler import COMPILED_FORMATS, DEFAULT_OPTIMIZATION_LEVEL
 from levels.config import CircuitFsConfig
 from levels.devices import DeviceSpec
+from levels.durations import parse_retention
 from levels.errors import (
     Exists,
     Invalid,
@@ -201,6 +202,9 @@ class CircuitStore:
         self._meta = meta
         self._config = config
         self._workers = workers
+        # Retention: with versioning off a circuit is its latest version alone.
+        self._kept_versions = config.max_versions_per_artifact if config.versioning_enabled else 1
+        self._max_age_s = parse_retention(config.retention_policy)
         self.limits = ProgramLimits(
             max_bytes=config.max_program_bytes, max_qubits=config.max_program_qubits,
             max_operations=config.max_program_operations, max_nesting=config.max_program_nesting)
@@ -588,9 +592,7 @@ class CircuitStore:
             circuit.mtime_ns = now
             dropped = self._retain(txn, circuit)
             if n in dropped:
-                raise Invalid(f"{name} v{n} is older than the "
-                              f"{self._config.max_versions_per_artifact} versions kept "
-                              f"(max_versions_per_artifact): it would be dropped at once")
+                raise Invalid(f"{name} v{n} would be dropped at once: {self._retention_rule()}")
             self._put(txn, circuit)
         if fill is not None:
             fill.floating = floated
@@ -632,23 +634,34 @@ class CircuitStore:
         return circuit, version.n, dropped
 
     def _retain(self, txn: Txn, circuit: Circuit) -> list[int]:
-        """Drop the oldest unpinned versions beyond max_versions_per_artifact; pinned
-        versions are kept and do not count towards it."""
+        """Drop the oldest unpinned versions beyond the count kept, and unpinned versions
+        older than retention_policy except the newest; pinned versions are kept and do not
+        count towards the limit."""
         pinned = set(circuit.meta.get("pinned", ()))
-        unpinned = [v.n for v in circuit.versions if v.n not in pinned]
-        keep = max(1, self._config.max_versions_per_artifact)
-        dropped = unpinned[: max(0, len(unpinned) - keep)]
+        unpinned = [v for v in circuit.versions if v.n not in pinned]
+        dropped = {v.n for v in unpinned[: max(0, len(unpinned) - self._kept_versions)]}
+        if self._max_age_s is not None and circuit.versions:
+            newest = max(v.n for v in circuit.versions)
+            cutoff = time.time_ns() - int(self._max_age_s * 1e9)
+            dropped |= {v.n for v in unpinned if v.created_ns < cutoff and v.n != newest}
         for n in dropped:
             txn.delete("sources", _source_key(circuit.id, n))
         circuit.versions = [v for v in circuit.versions if v.n not in dropped]
-        return dropped
+        return sorted(dropped)
+
+    def _retention_rule(self) -> str:
+        config = self._config
+        rule = (f"only the newest {self._kept_versions} unpinned versions are kept ("
+                + ("max_versions_per_artifact" if config.versioning_enabled
+                   else "versioning_enabled: false") + ")")
+        if self._max_age_s is not None:
+            rule += f", none older than {config.retention_policy} (retention_policy)"
+        return rule
 
     def _dropped(self, name: str, dropped: list[int]) -> None:
-        keep = self._config.max_versions_per_artifact
         for n in dropped:
             self._notice(f"retention /circuits/{name}",
-                         f"dropped v{n}: only the newest {keep} unpinned versions are kept "
-                         f"(max_versions_per_artifact); pin one with "
+                         f"dropped v{n}: {self._retention_rule()}; pin one with "
                          f"setfattr -n user.qfs.pinned -v 1 v<N>.qasm")
 
     def pin(self, name: str, n: int, pinned: bool) -> None:

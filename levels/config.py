@@ -7,14 +7,30 @@ config file must not silently fall back to a default, and the message names the 
 """
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from levels.durations import parse_duration, parse_retention
 from levels.errors import Invalid
+
+
+def _checked(parse: Callable[[str], object]) -> AfterValidator:
+    """A pydantic check that `parse` accepts the value, with parse's own message."""
+    def check(value: str) -> str:
+        try:
+            parse(value)
+        except Invalid as exc:
+            raise ValueError(str(exc)) from None
+        return value
+    return AfterValidator(check)
+
+
+Duration = Annotated[str, _checked(parse_duration)]
+Retention = Annotated[str, _checked(parse_retention)]  # a duration or `forever`
 
 
 class _Section(BaseModel):
@@ -23,13 +39,15 @@ class _Section(BaseModel):
 
 class CircuitFsConfig(_Section):
     storage_backend: str = "lmdb"
-    s3_endpoint: str = ""  # accepted for the reference's schema; blobs are local for now
+    s3_endpoint: str = ""  # with storage_backend s3 (README "Scale-out")
     s3_bucket: str = ""
-    indexing_enabled: bool = True
-    index_types: list[str] = ["text", "metadata"]
-    versioning_enabled: bool = True
-    max_versions_per_artifact: int = 10
-    retention_policy: str = "7d"
+    indexing_enabled: bool = True  # false: no search index is kept and /search refuses
+    index_types: list[Literal["text", "semantic", "metadata"]] = ["text", "semantic",
+                                                                  "metadata"]
+    versioning_enabled: bool = True  # false: a circuit keeps its latest version only
+    max_versions_per_artifact: int = Field(default=10, ge=1)
+    # Unpinned versions older than this are dropped when a newer one is written.
+    retention_policy: Retention = "forever"
     search_result_limit: int = 10000
     similar_result_limit: int = 10
     index_commit_interval_ms: int = 1000
@@ -44,20 +62,21 @@ class CircuitFsConfig(_Section):
 class StateStoreConfig(_Section):
     storage_backend: str = "local_ssd"
     storage_path: str = ""  # empty: <data dir>/blobs
+    # With storage_backend s3: the S3 server and bucket (empty: circuit_fs's).
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
     default_serialization_format: str = "auto"  # or one of the seven; tensor_network = mps
     compression_enabled: bool = True
     compression_level: str | int = "balanced"  # fast (zstd 1), balanced (3), max (19), or N
-    compression_threads: int = 2
     encryption_enabled: bool = True
-    encryption_algorithm: str = "AES-256-GCM"
-    checkpoint_retention: str = "24h"
+    encryption_algorithm: Literal["AES-256-GCM"] = "AES-256-GCM"
+    checkpoint_retention: Duration = "24h"
     max_checkpoint_size_mb: int = 1024
     amplitude_precision: str = "complex128"  # complex64 halves state vectors (fidelity kept)
     mps_max_bond: int = 64
     sparse_threshold: float = 0.0
     low_rank_k: int = 4
     shadow_snapshots: int = 2000
-
 
 class DeviceConfig(_Section):
     name: str
@@ -67,7 +86,8 @@ class DeviceConfig(_Section):
 
 
 class LiveQubitConfig(_Section):
-    allocation_strategy: str = "topology_noise_aware"
+    allocation_strategy: Literal["topology_noise_aware", "noise_aware",
+                                 "topology_aware"] = "topology_noise_aware"
     feedforward_enabled: bool = True
     feedforward_latency_target_ms: int = 10
     isolation_level: str = "none"  # the default isolate= of alloc commands
@@ -81,17 +101,24 @@ class LiveQubitConfig(_Section):
 
 
 class CrossLevelConfig(_Section):
-    consistency_level: str = "strong"
+    # Every change is one serializable transaction and every acknowledged write is visible
+    # to the next read: nothing weaker is offered.
+    consistency_level: Literal["strong"] = "strong"
     cache_enabled: bool = True
     cache_size_mb: int = 512
     migration_enabled: bool = True
     migration_fidelity_threshold: float = 0.95
+    # lmdb (embedded, one host) or postgresql at metadata_dsn (many hosts).
+    metadata_backend: str = Field(default="lmdb", pattern="^(lmdb|postgresql)$")
+    metadata_dsn: str = ""
 
 
 class PerformanceConfig(_Section):
-    max_concurrent_operations: int = 100
-    io_threads: int = 4
-    compression_threads: int = 2
+    # Heavy operations (worker-process jobs and in-daemon Qiskit calls) running at once;
+    # more wait their turn.
+    max_concurrent_operations: int = Field(default=100, ge=1)
+    io_threads: int = Field(default=4, ge=1, le=64)  # threads for in-daemon Qiskit calls
+    compression_threads: int = Field(default=2, ge=1, le=64)  # zstd threads per checkpoint
     telemetry_buffer_size: int = 1000
     # Worker processes for Qiskit/Aer work on programs (levels/workers.py) and their limits.
     worker_processes: int = Field(default=2, ge=1, le=64)
@@ -155,6 +182,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 ENVIRONMENT = {
     "QFS_CIRCUIT_STORAGE_BACKEND": ("circuit_fs", "storage_backend"),
     "QFS_S3_ENDPOINT": ("circuit_fs", "s3_endpoint"),
+    "QFS_S3_BUCKET": ("circuit_fs", "s3_bucket"),
+    "QFS_STATE_STORAGE_BACKEND": ("state_store", "storage_backend"),
+    "QFS_METADATA_BACKEND": ("cross_level", "metadata_backend"),
+    "QFS_METADATA_DSN": ("cross_level", "metadata_dsn"),
     "QFS_INDEXING_ENABLED": ("circuit_fs", "indexing_enabled"),
     "QFS_MAX_VERSIONS": ("circuit_fs", "max_versions_per_artifact"),
     "QFS_STATE_STORAGE_PATH": ("state_store", "storage_path"),

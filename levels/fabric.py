@@ -7,7 +7,7 @@ import logging
 import threading
 from pathlib import Path
 
-from levels import workers
+from levels import native, workers
 from levels.budget import WriteBudget
 from levels.circuits import MAX_META_BYTES, CircuitStore
 from levels.config import Config
@@ -47,9 +47,12 @@ class Fabric:
         self.search = SearchIndex(
             data_dir / "index", cfs.search_result_limit, cfs.index_commit_interval_ms / 1000
         )
-        # cross_level.cache_size_mb: half for circuit views, half for decoded states.
-        cache_bytes = (config.cross_level.cache_size_mb << 20) // 2
+        # cross_level.cache_size_mb: half for circuit views, half for decoded states. With
+        # cache_enabled off a byte budget of 1 leaves each cache only the entry in use.
+        cross = config.cross_level
+        cache_bytes = (cross.cache_size_mb << 20) // 2 if cross.cache_enabled else 1
         perf = config.performance
+        native.configure(perf.io_threads)
         limits = workers.Limits(memory_mb=perf.worker_memory_mb,
                                 cpu_seconds=perf.worker_cpu_seconds,
                                 wall_seconds=perf.worker_cpu_seconds * 2)
@@ -65,7 +68,7 @@ class Fabric:
         sst = config.state_store
         blob_dir = Path(sst.storage_path) if sst.storage_path else data_dir / "blobs"
         sealer = Sealer(load_or_create_key(key_file or data_dir / "state.key"),
-                        sst.compression_threads)
+                        perf.compression_threads)
         blobs = SealedBlobStore(DirectoryBlobStore(blob_dir), sealer)
         self.states = StateStore(self.meta, blobs, sst,
                                  config.cross_level.migration_fidelity_threshold,

@@ -7,7 +7,7 @@ existed; the daemon's three unexplained segfaults (NULL thread descriptor inside
 all happened on such threads. Work on untrusted programs runs in worker processes
 (levels/workers.py); what stays in the daemon (decoding and encoding states, applying an
 already accepted circuit to a live state) runs here, on threads that live as long as the
-daemon.
+daemon, as many as `performance.io_threads`.
 """
 
 import concurrent.futures
@@ -18,7 +18,15 @@ import trio
 
 T = TypeVar("T")
 
-_threads = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="qfs-native")
+_threads = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="qfs-native")
+
+
+def configure(threads: int) -> None:
+    """Size the pool (at mount, before any call)."""
+    global _threads
+    _threads.shutdown(wait=False)
+    _threads = concurrent.futures.ThreadPoolExecutor(max_workers=threads,
+                                                     thread_name_prefix="qfs-native")
 
 
 async def run_sync(function: Callable[..., T], *args: object) -> T:

@@ -24,7 +24,6 @@ import io
 import json
 import math
 import os
-import re
 import threading
 import time
 from typing import Any
@@ -34,6 +33,7 @@ import numpy as np
 from levels import stateformats
 from levels.circuits import validate_name
 from levels.config import StateStoreConfig
+from levels.durations import parse_duration
 from levels.errors import (
     Corrupt,
     Exists,
@@ -49,22 +49,6 @@ from levels.store.meta import MetaStore
 from levels.store.sealed import Binding, SealedBlobStore
 
 LEVELS = {"fast": 1, "balanced": 3, "max": 19}
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d)$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-# Retention bounds: an expiry time must be a date meta.json can show (years past 9999 are
-# not), and under a second a checkpoint would be gone before anyone could read it.
-MIN_RETENTION_S, MAX_RETENTION_S = 1, 3650 * 86400
-
-
-def parse_duration(text: str) -> float:
-    """A retention such as 90s, 30m, 24h or 7d, in seconds, within the bounds above."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise Invalid(f"bad duration {text!r}: expected e.g. 90s, 30m, 24h, 7d")
-    seconds = float(match.group(1)) * _SECONDS[match.group(2)]
-    if not MIN_RETENTION_S <= seconds <= MAX_RETENTION_S:
-        raise Invalid(f"retention {text.strip()} is outside 1s..3650d")
-    return seconds
 
 
 def compression_level(setting: str) -> int:

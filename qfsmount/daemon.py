@@ -53,6 +53,10 @@ def fuse_options(extra: list[str], debug: bool) -> set[str]:
 
 
 async def _serve(fabric: Fabric) -> None:
+    # Blocking calls in flight at once (store reads, searches, waits on worker processes):
+    # the rest wait their turn rather than pile threads onto the daemon.
+    trio.to_thread.current_default_thread_limiter().total_tokens = (
+        fabric.config.performance.max_concurrent_operations)
     async with trio.open_nursery() as nursery:
         # Workflows run as background tasks of this loop, beside the FUSE requests.
         fabric.coordinator.spawn = nursery.start_soon

@@ -1,0 +1,28 @@
+"""Retention durations as configuration and meta.json write them: 90s, 30m, 24h, 7d."""
+
+import re
+
+from levels.errors import Invalid
+
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d)$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# An expiry time must be a date meta.json can show (years past 9999 are not), and under a
+# second a checkpoint would be gone before anyone could read it.
+MIN_RETENTION_S, MAX_RETENTION_S = 1, 3650 * 86400
+FOREVER = "forever"
+
+
+def parse_duration(text: str) -> float:
+    """A retention such as 90s, 30m, 24h or 7d, in seconds, within the bounds above."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise Invalid(f"bad duration {text!r}: expected e.g. 90s, 30m, 24h, 7d")
+    seconds = float(match.group(1)) * _SECONDS[match.group(2)]
+    if not MIN_RETENTION_S <= seconds <= MAX_RETENTION_S:
+        raise Invalid(f"retention {text.strip()} is outside 1s..3650d")
+    return seconds
+
+
+def parse_retention(text: str) -> float | None:
+    """A duration in seconds, or None for `forever`."""
+    return None if text.strip() == FOREVER else parse_duration(text)

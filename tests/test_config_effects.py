@@ -1,0 +1,103 @@
+"""Every configuration key qfs accepts does something, and a value it cannot honour is
+refused at mount time with a message naming the key."""
+
+import itertools
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from levels import native
+from levels.config import load_config
+from levels.devices import heavy_hex_edges
+from levels.errors import Invalid
+from levels.fabric import Fabric
+from tests.conftest import BELL
+from tests.test_circuit_writes import versions
+from tests.test_qubits import command, mapping
+
+EAGLE = {frozenset(e) for e in heavy_hex_edges(127)}
+
+
+def mount_with(mount_factory, tmp_path: Path, yaml: str):
+    config = tmp_path / "qfs.yaml"
+    config.write_text(yaml)
+    return mount_factory(extra=["--config", str(config)])
+
+
+@pytest.mark.fuse
+def test_versioning_off_keeps_the_latest_version_only(mount_factory, tmp_path):
+    qfs = mount_with(mount_factory, tmp_path, "circuit_fs:\n  versioning_enabled: false\n")
+    bell = qfs.write_circuit("bell")
+    (bell / "latest.qasm").write_text(BELL + "// edited\n")
+    assert versions(bell) == [2]
+    assert "versioning_enabled: false" in (qfs.root / ".qfs" / "log").read_text()
+
+
+@pytest.mark.fuse
+def test_retention_policy_drops_old_unpinned_versions(mount_factory, tmp_path):
+    qfs = mount_with(mount_factory, tmp_path, "circuit_fs:\n  retention_policy: 1s\n")
+    bell = qfs.write_circuit("bell")
+    (bell / "latest.qasm").write_text(BELL + "// v2\n")
+    os.setxattr(bell / "v2.qasm", "user.qfs.pinned", b"1")
+    time.sleep(1.2)
+    (bell / "latest.qasm").write_text(BELL + "// v3\n")
+    assert versions(bell) == [2, 3]  # v1 aged out; v2 is pinned; v3 is the newest
+    assert "none older than 1s (retention_policy)" in (qfs.root / ".qfs" / "log").read_text()
+
+
+@pytest.mark.fuse
+def test_topology_aware_allocation_takes_the_lowest_numbered_fit(mount_factory, tmp_path):
+    qfs = mount_with(mount_factory, tmp_path,
+                     "live_qubit_mgr:\n  allocation_strategy: topology_aware\n")
+    command(qfs.qubits / "ctl", "alloc 3 task=t topology=linear")
+    qubits = mapping(qfs, "t")
+    assert all(frozenset(p) in EAGLE for p in itertools.pairwise(qubits))
+    assert min(qubits) == 0  # q0 starts a line on heavy hex; the default picks by fidelity
+
+
+def test_noise_aware_allocation_does_not_weigh_couplings(tmp_path):
+    fabric = Fabric(tmp_path / "d", load_config(environ={"QFS_ALLOCATION_STRATEGY":
+                                                         "noise_aware"}))
+    try:
+        from levels import allocation
+
+        device = fabric.qubits.device("eagle")
+        qubits, value = allocation.choose(device, set(range(127)), 2, "linear",
+                                          strategy="noise_aware")
+        assert value == pytest.approx(allocation.score(device, qubits, ()))
+        _, weighed = allocation.choose(device, set(range(127)), 2, "linear")
+        assert weighed < value  # the default also multiplies in the coupling's fidelity
+    finally:
+        fabric.close()
+
+
+def test_cache_off_io_threads_and_compression_threads_take_effect(tmp_path):
+    config = load_config(environ={"QFS_CACHE_ENABLED": "false"})
+    config.performance.io_threads = 3
+    fabric = Fabric(tmp_path / "d", config)
+    try:
+        assert native._threads._max_workers == 3
+        cache = fabric.states.decoded_npy
+        cache.put("a", b"x" * 10)
+        cache.put("b", b"y" * 10)
+        assert cache.peek("a") is None and cache.peek("b") is not None
+    finally:
+        fabric.close()
+
+
+@pytest.mark.parametrize(("yaml", "key"), [
+    ("cross_level:\n  consistency_level: eventual\n", "cross_level.consistency_level"),
+    ("state_store:\n  encryption_algorithm: ChaCha20\n", "state_store.encryption_algorithm"),
+    ("circuit_fs:\n  index_types: [vector]\n", "circuit_fs.index_types"),
+    ("circuit_fs:\n  retention_policy: a week\n", "circuit_fs.retention_policy"),
+    ("state_store:\n  checkpoint_retention: 0s\n", "state_store.checkpoint_retention"),
+    ("live_qubit_mgr:\n  allocation_strategy: random\n", "live_qubit_mgr.allocation_strategy"),
+    ("performance:\n  io_threads: 0\n", "performance.io_threads"),
+])
+def test_values_qfs_cannot_honour_are_refused_naming_the_key(tmp_path, yaml, key):
+    config = tmp_path / "qfs.yaml"
+    config.write_text(yaml)
+    with pytest.raises(Invalid, match=key.replace(".", r"\.")):
+        load_config(config, environ={})
