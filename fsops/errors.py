@@ -29,6 +29,7 @@ ERRNO: dict[type[errors.QfsError], int] = {
     errors.Corrupt: errno.EIO,
     errors.TooBig: errno.EFBIG,
     errors.WorkerDied: errno.EIO,
+    errors.Disabled: errno.EOPNOTSUPP,
 }
 
 # Refusals that are routine lookups, not worth a line in /.qfs/log.

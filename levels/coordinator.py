@@ -38,7 +38,15 @@ import yaml
 
 from levels import ctl, native
 from levels.circuits import MAX_NAME_BYTES, validate_name
-from levels.errors import Busy, Invalid, NotFound, PermissionDenied, QfsError, TooBig
+from levels.errors import (
+    Busy,
+    Disabled,
+    Invalid,
+    NotFound,
+    PermissionDenied,
+    QfsError,
+    TooBig,
+)
 from levels.livestate import MAX_LIVE_QUBITS
 from levels.metrics import Metrics
 from levels.qubits import LiveQubitManager
@@ -204,13 +212,14 @@ def stage_seed(workflow: str, stage: str) -> int:
 class Coordinator:
     def __init__(self, meta: MetaStore, qubits: LiveQubitManager, states: StateStore,
                  circuits, metrics: Metrics, migration_threshold: float,
-                 notice: Callable[[str, str], None]) -> None:
+                 notice: Callable[[str, str], None], migration_enabled: bool = True) -> None:
         self._meta = meta
         self._qubits = qubits
         self._states = states
         self._circuits = circuits
         self._metrics = metrics
         self._threshold = migration_threshold
+        self._migration_enabled = migration_enabled
         self._notice = notice  # a line in /.qfs/log
         self.spawn: Spawn | None = None  # set by the daemon: runs workflows in the background
         self._running: dict[str, _Run] = {}
@@ -428,6 +437,8 @@ class Coordinator:
         task = self._qubits.task(task_name)
         if uid not in (0, task.owner):
             raise PermissionDenied(f"task {task_name} belongs to uid {task.owner}, not {uid}")
+        if not self._migration_enabled:
+            raise Disabled("migration is off (cross_level.migration_enabled)")
         device = command.device
         if device == task.device:
             raise Invalid(f"task {task_name} is already on {device}")

@@ -57,6 +57,10 @@ class TooBig(QfsError):
     """The object exceeds a configured size limit."""
 
 
+class Disabled(QfsError):
+    """The feature is switched off in the configuration (the reason names the key)."""
+
+
 class WorkerDied(QfsError):
     """A worker process doing native library work crashed, ran out of its limits or was
     stopped; the daemon goes on. Callers parsing a new program refuse it as Invalid."""

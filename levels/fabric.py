@@ -63,7 +63,7 @@ class Fabric:
                                               preload=(*workers.QISKIT, "qiskit_aer"))
         self.circuits = CircuitStore(self.meta, cfs, self.workers, on_change=self.search.submit,
                                      cache_bytes=cache_bytes, notice=self.oplog.note)
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.live_qubit_mgr.feedforward_latency_target_ms / 1000)
         self.metrics.caches += self.circuits.caches()
         sst = config.state_store
         blob_dir = Path(sst.storage_path) if sst.storage_path else data_dir / "blobs"
@@ -80,7 +80,8 @@ class Fabric:
         self.coordinator = Coordinator(self.meta, self.qubits, self.states, self.circuits,
                                        self.metrics,
                                        config.cross_level.migration_fidelity_threshold,
-                                       notice=self.oplog.note)
+                                       notice=self.oplog.note,
+                                       migration_enabled=config.cross_level.migration_enabled)
         self.search.start(
             lambda: (c.search_document() for c in self.circuits.all_circuits()),
             expected=self.circuits.count(),

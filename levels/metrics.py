@@ -8,7 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, feedforward_target_s: float = 0.010) -> None:
+        # live_qubit_mgr.feedforward_latency_target_ms: what tuning's feed-forward rule checks.
+        self.feedforward_target_s = feedforward_target_s
         self.registry = CollectorRegistry()
         r = self.registry
         self.qubit_allocation_seconds = Histogram(

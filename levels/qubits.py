@@ -24,7 +24,7 @@ from levels import allocation, ctl, execution, feedforward, native
 from levels.circuits import CircuitStore, validate_name
 from levels.config import LiveQubitConfig
 from levels.devices import Device, DeviceSpec
-from levels.errors import Busy, Invalid, NoSpace, NotFound, PermissionDenied
+from levels.errors import Busy, Disabled, Invalid, NoSpace, NotFound, PermissionDenied
 from levels.feedforward import Trigger, compile_dynamic, dispatch_live
 from levels.livestate import LiveState, gate_matrix
 from levels.metrics import Metrics
@@ -296,6 +296,8 @@ class LiveQubitManager:
     # -- triggers ------------------------------------------------------------------------
 
     def add_trigger(self, device: str, physical: int, command: ctl.On, uid: int) -> Trigger:
+        if not self._config.feedforward_enabled:
+            raise Disabled("feed-forward triggers are off (live_qubit_mgr.feedforward_enabled)")
         task = self._task_of(device, physical, uid)
         actions = tuple(_to_logical(task, a) for a in command.actions)
         for action in actions:

@@ -11,7 +11,7 @@ from levels.metrics import Metrics
 RULES = [
     ("SlowQubitAllocation", "qubit_allocation_seconds", ">", 0.010,
      "allocate smaller or less constrained shapes, or relax isolate= (fewer candidates fit)"),
-    ("HighFeedforwardLatency", "feedforward_latency_seconds", ">", 0.005,
+    ("HighFeedforwardLatency", "feedforward_latency_seconds", ">", "feedforward_target_s",
      "keep live states small (dispatch is linear in 2^n) or use the dynamic-circuit path"),
     ("SlowStateSerialization", "serialization_seconds", ">", 1.0,
      "use amplitude_precision: complex64, compression_level: fast, or an MPS format"),
@@ -24,7 +24,9 @@ RULES = [
 def report(metrics: Metrics) -> dict[str, Any]:
     measured: dict[str, float | None] = {}
     bottlenecks = []
-    for name, attribute, _op, limit, advice in RULES:
+    for name, attribute, _op, threshold, advice in RULES:
+        # A threshold may name the Metrics attribute holding a configured target.
+        limit = getattr(metrics, threshold) if isinstance(threshold, str) else threshold
         value = metrics.average(getattr(metrics, attribute))
         measured[f"{attribute}_average"] = value
         if value is not None and value > limit:

@@ -1,6 +1,7 @@
 """Every configuration key qfs accepts does something, and a value it cannot honour is
 refused at mount time with a message naming the key."""
 
+import errno
 import itertools
 import os
 import time
@@ -8,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from levels import native
+from levels import native, tuning
 from levels.config import load_config
 from levels.devices import heavy_hex_edges
 from levels.errors import Invalid
 from levels.fabric import Fabric
 from tests.conftest import BELL
 from tests.test_circuit_writes import versions
-from tests.test_qubits import command, mapping
+from tests.test_qubits import command, mapping, refused
 
 EAGLE = {frozenset(e) for e in heavy_hex_edges(127)}
 
@@ -101,3 +102,31 @@ def test_values_qfs_cannot_honour_are_refused_naming_the_key(tmp_path, yaml, key
     config.write_text(yaml)
     with pytest.raises(Invalid, match=key.replace(".", r"\.")):
         load_config(config, environ={})
+
+
+@pytest.mark.fuse
+def test_switched_off_feed_forward_and_migration_are_refused_with_the_key(mount_factory,
+                                                                         tmp_path):
+    qfs = mount_with(mount_factory, tmp_path,
+                     "live_qubit_mgr:\n  feedforward_enabled: false\n"
+                     "cross_level:\n  migration_enabled: false\n")
+    command(qfs.qubits / "ctl", "alloc 2 task=t")
+    first, second = mapping(qfs, "t")
+    assert refused(qfs.qubits / f"q{first}" / "ctl",
+                   f"on 1 do x q{second}") == errno.EOPNOTSUPP
+    assert refused(qfs.qubits / "tasks" / "t" / "ctl", "migrate device=eagle") == errno.EOPNOTSUPP
+    log = (qfs.root / ".qfs" / "log").read_text()
+    assert "live_qubit_mgr.feedforward_enabled" in log
+    assert "cross_level.migration_enabled" in log
+
+
+def test_feed_forward_target_is_the_tuning_threshold(tmp_path):
+    config = load_config(environ={})
+    config.live_qubit_mgr.feedforward_latency_target_ms = 1
+    fabric = Fabric(tmp_path / "d", config)
+    try:
+        fabric.metrics.feedforward_latency_seconds.observe(0.002)
+        found = {b["bottleneck"]: b for b in tuning.report(fabric.metrics)["bottlenecks"]}
+        assert found["HighFeedforwardLatency"]["threshold"] == 0.001
+    finally:
+        fabric.close()
