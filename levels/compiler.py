@@ -38,16 +38,20 @@ _backends: LRU[Any] = LRU(max_entries=8)
 _pass_managers: LRU[Any] = LRU(max_entries=32)
 
 
+def _backend(spec: DeviceSpec) -> Any:
+    backend = _backends.get(spec)
+    if backend is None:
+        backend = Device(spec).backend
+        _backends.put(spec, backend)
+    return backend
+
+
 def _pass_manager(spec: DeviceSpec, level: int):
     manager = _pass_managers.get((spec, level))
     if manager is None:
         from qiskit.transpiler import generate_preset_pass_manager
 
-        backend = _backends.get(spec)
-        if backend is None:
-            backend = Device(spec).backend
-            _backends.put(spec, backend)
-        manager = generate_preset_pass_manager(level, backend=backend,
+        manager = generate_preset_pass_manager(level, backend=_backend(spec),
                                                seed_transpiler=SEED_TRANSPILER)
         _pass_managers.put((spec, level), manager)
     return manager
@@ -77,7 +81,7 @@ def compile_version(source: bytes, title: str, sha256: str, spec: DeviceSpec,
     buffer = io.BytesIO()
     qpy.dump(compiled, buffer)
     layout = compiled.layout
-    target = _backends.get(spec).target
+    target = _backend(spec).target
     try:
         duration: float | str = compiled.estimate_duration(target, unit="s")
     except Exception as exc:  # a target without durations for every gate

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from levels.durations import parse_duration, parse_retention
+from levels.durations import parse_duration, parse_interval, parse_retention
 from levels.errors import Invalid
 
 
@@ -31,6 +31,7 @@ def _checked(parse: Callable[[str], object]) -> AfterValidator:
 
 Duration = Annotated[str, _checked(parse_duration)]
 Retention = Annotated[str, _checked(parse_retention)]  # a duration or `forever`
+Interval = Annotated[str, _checked(parse_interval)]
 
 
 class _Section(BaseModel):
@@ -92,7 +93,7 @@ class LiveQubitConfig(_Section):
     feedforward_latency_target_ms: int = 10
     isolation_level: str = "none"  # the default isolate= of alloc commands
     calibration_interval: str = "1h"
-    telemetry_collection_interval: str = "1s"
+    telemetry_collection_interval: Interval = "1s"  # one /qubits/telemetry sample per period
     temporal_cooldown_ms: int = 1000
     # The first device is /qubits; the others appear under /devices/<name>/.
     devices: list[DeviceConfig] = Field(
@@ -119,7 +120,7 @@ class PerformanceConfig(_Section):
     max_concurrent_operations: int = Field(default=100, ge=1)
     io_threads: int = Field(default=4, ge=1, le=64)  # threads for in-daemon Qiskit calls
     compression_threads: int = Field(default=2, ge=1, le=64)  # zstd threads per checkpoint
-    telemetry_buffer_size: int = 1000
+    telemetry_buffer_size: int = Field(default=1000, ge=1, le=1_000_000)  # samples kept
     # Worker processes for Qiskit/Aer work on programs (levels/workers.py) and their limits.
     worker_processes: int = Field(default=2, ge=1, le=64)
     worker_memory_mb: int = Field(default=4096, ge=512)
@@ -238,7 +239,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         if variable in env:
             _layer(merged, provenance, {section: {key: env[variable]}}, variable)
     try:
-        return Config(**merged, provenance=provenance)
+        return Config.model_validate({**merged, "provenance": provenance})
     except ValidationError as exc:
         error = exc.errors()[0]
         key = ".".join(str(part) for part in error["loc"])

@@ -26,3 +26,18 @@ def parse_duration(text: str) -> float:
 def parse_retention(text: str) -> float | None:
     """A duration in seconds, or None for `forever`."""
     return None if text.strip() == FOREVER else parse_duration(text)
+
+
+_INTERVAL = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
+_INTERVAL_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_interval(text: str) -> float:
+    """A sampling period such as 100ms, 1s or 5m, in seconds, from 10 ms to a day."""
+    match = _INTERVAL.match(text.strip())
+    if not match:
+        raise Invalid(f"bad interval {text!r}: expected e.g. 100ms, 1s, 5m")
+    seconds = float(match.group(1)) * _INTERVAL_SECONDS[match.group(2)]
+    if not 0.01 <= seconds <= 86400:
+        raise Invalid(f"interval {text.strip()} is outside 10ms..24h")
+    return seconds

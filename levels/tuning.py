@@ -8,7 +8,9 @@ from typing import Any
 
 from levels.metrics import Metrics
 
-RULES = [
+# (bottleneck, Metrics histogram, comparison, threshold or the Metrics attribute holding
+# it, advice)
+RULES: list[tuple[str, str, str, float | str, str]] = [
     ("SlowQubitAllocation", "qubit_allocation_seconds", ">", 0.010,
      "allocate smaller or less constrained shapes, or relax isolate= (fewer candidates fit)"),
     ("HighFeedforwardLatency", "feedforward_latency_seconds", ">", "feedforward_target_s",
@@ -26,7 +28,7 @@ def report(metrics: Metrics) -> dict[str, Any]:
     bottlenecks = []
     for name, attribute, _op, threshold, advice in RULES:
         # A threshold may name the Metrics attribute holding a configured target.
-        limit = getattr(metrics, threshold) if isinstance(threshold, str) else threshold
+        limit: float = getattr(metrics, threshold) if isinstance(threshold, str) else threshold
         value = metrics.average(getattr(metrics, attribute))
         measured[f"{attribute}_average"] = value
         if value is not None and value > limit:
