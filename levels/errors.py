@@ -64,3 +64,8 @@ class Disabled(QfsError):
 class WorkerDied(QfsError):
     """A worker process doing native library work crashed, ran out of its limits or was
     stopped; the daemon goes on. Callers parsing a new program refuse it as Invalid."""
+
+
+class Unavailable(QfsError):
+    """A shared backend (the PostgreSQL metadata store, the S3 blob store) cannot be
+    reached: the request fails (EIO) and nothing is half-written."""

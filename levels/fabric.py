@@ -12,15 +12,17 @@ from levels.budget import WriteBudget
 from levels.circuits import MAX_META_BYTES, CircuitStore
 from levels.config import Config
 from levels.coordinator import MAX_DEFINITION_BYTES, Coordinator
+from levels.hosts import Follower
 from levels.metrics import Metrics
 from levels.oplog import OpLog
 from levels.qubits import LiveQubitManager
 from levels.scratch import ScratchFiles
 from levels.search import SearchIndex
 from levels.states import StateStore
-from levels.store.blobs import DirectoryBlobStore
+from levels.store.backends import open_blobs, open_meta
 from levels.store.canary import KeyCanary
-from levels.store.meta import LmdbMetaStore
+from levels.store.feed import ChangeFeed
+from levels.store.pg import PostgresMetaStore
 from levels.store.sealed import SealedBlobStore, Sealer, load_or_create_key
 
 log = logging.getLogger("qfs")
@@ -41,7 +43,12 @@ class Fabric:
             "workflows": (MAX_DEFINITION_BYTES, "the workflow size limit"),
             "meta.json": (MAX_META_BYTES, "the meta.json size limit"),
         })
-        self.meta = LmdbMetaStore(data_dir / "meta.lmdb", config.circuit_fs.lmdb_map_size_mb)
+        self.meta = open_meta(data_dir, config)
+        try:  # before any thread or process starts: an unreachable S3 ends here
+            inner_blobs = open_blobs(data_dir, config)
+        except BaseException:
+            self.meta.close()
+            raise
         self.oplog = OpLog(self.meta)
         cfs = config.circuit_fs
         self.search = SearchIndex(
@@ -66,10 +73,9 @@ class Fabric:
         self.metrics = Metrics(config.live_qubit_mgr.feedforward_latency_target_ms / 1000)
         self.metrics.caches += self.circuits.caches()
         sst = config.state_store
-        blob_dir = Path(sst.storage_path) if sst.storage_path else data_dir / "blobs"
         sealer = Sealer(load_or_create_key(key_file or data_dir / "state.key"),
                         perf.compression_threads)
-        blobs = SealedBlobStore(DirectoryBlobStore(blob_dir), sealer)
+        blobs = SealedBlobStore(inner_blobs, sealer)
         self.states = StateStore(self.meta, blobs, sst,
                                  config.cross_level.migration_fidelity_threshold,
                                  cache_bytes=cache_bytes)
@@ -87,6 +93,13 @@ class Fabric:
             expected=self.circuits.count(),
             force=reindex,
         )
+        # On a shared metadata store, what other hosts change (levels/hosts.py); the
+        # mount subscribes too. None on the embedded store: no other host writes it.
+        self.feed: ChangeFeed | None = None
+        if isinstance(self.meta, PostgresMetaStore):
+            self.feed = ChangeFeed(self.meta)
+            self.feed.subscribe(Follower(self.meta, self.circuits, self.search, self.qubits))
+            self.feed.start()
 
         self._closing = threading.Event()
         self._syncer = threading.Thread(target=self._sync_periodically, name="qfs-sync",
@@ -107,6 +120,8 @@ class Fabric:
     def close(self) -> None:
         self._closing.set()
         self._syncer.join(timeout=10)
+        if self.feed is not None:
+            self.feed.close()
         self.search.close()
         self.meta.close()
         self.workers.shutdown()

@@ -175,11 +175,28 @@ class LiveQubitManager:
 
     def allocate(self, device_name: str, command: ctl.Alloc, uid: int,
                  physical: int | None = None) -> Task:
-        """Allocate `command.count` qubits (or the one `physical` qubit) to a task."""
+        """Allocate `command.count` qubits (or the one `physical` qubit) to a task.
+
+        Chosen from the tasks as stored and recorded in the same write transaction: write
+        transactions take turns on every host sharing the metadata store (levels/store/
+        pg.py), so two hosts never give one qubit to two tasks."""
         started = time.perf_counter()
         validate_name(command.task, "task name")
         device = self.device(device_name)
         isolate = self._isolation(command.isolate)
+        with self._meta.writing() as txn:
+            self.tasks = {k.decode(): Task.from_json(v) for k, v in txn.scan("tasks")}
+            task = self._allocation(device, command, uid, physical, isolate)
+            txn.put("tasks", task.name.encode(), task.to_json())
+        self.tasks[task.name] = task
+        self._live.pop(task.name, None)  # the register changed: start it afresh
+        self._metrics.qubit_allocation_seconds.observe(time.perf_counter() - started)
+        self._update_utilization(device_name)
+        return task
+
+    def _allocation(self, device: Device, command: ctl.Alloc, uid: int, physical: int | None,
+                    isolate: str) -> Task:
+        device_name = device.name
         existing = self.tasks.get(command.task)
         if existing is not None:
             self._check_owner(existing, uid)
@@ -202,10 +219,6 @@ class LiveQubitManager:
             task = Task(command.task, device_name, uid, qubits, [], command.topology, isolate,
                         value, time.time_ns())
         task.buffers = _buffers(device, task.qubits, task.isolate)
-        self._save(task)
-        self._live.pop(task.name, None)  # the register changed: start it afresh
-        self._metrics.qubit_allocation_seconds.observe(time.perf_counter() - started)
-        self._update_utilization(device_name)
         return task
 
     def _isolation(self, asked: str) -> str:

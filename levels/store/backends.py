@@ -1,0 +1,39 @@
+"""Which metadata and blob stores a fabric opens: the embedded pair (LMDB and a local
+directory, the default) or the shared pair (PostgreSQL and S3) that many hosts mount.
+
+The shared backends' libraries (psycopg, boto3) are imported only when configured.
+"""
+
+from pathlib import Path
+
+from levels.config import Config
+from levels.errors import Invalid
+from levels.store.blobs import BlobStore, DirectoryBlobStore
+from levels.store.meta import LmdbMetaStore, MetaStore
+
+
+def open_meta(data_dir: Path, config: Config) -> MetaStore:
+    cross = config.cross_level
+    if cross.metadata_backend == "postgresql":
+        if not cross.metadata_dsn:
+            raise Invalid("config key cross_level.metadata_dsn: needed with metadata_backend "
+                          "postgresql (or QFS_METADATA_DSN)")
+        from levels.store.pg import PostgresMetaStore
+
+        return PostgresMetaStore(cross.metadata_dsn)
+    return LmdbMetaStore(data_dir / "meta.lmdb", config.circuit_fs.lmdb_map_size_mb)
+
+
+def open_blobs(data_dir: Path, config: Config) -> BlobStore:
+    sst, cfs = config.state_store, config.circuit_fs
+    if sst.storage_backend == "s3":
+        from levels.store.s3 import S3BlobStore
+
+        endpoint = sst.s3_endpoint or cfs.s3_endpoint
+        bucket = sst.s3_bucket or cfs.s3_bucket
+        if not bucket:
+            raise Invalid("config key state_store.s3_bucket: needed with storage_backend s3 "
+                          "(or circuit_fs.s3_bucket, QFS_S3_BUCKET)")
+        return S3BlobStore(endpoint, bucket)
+    return DirectoryBlobStore(Path(sst.storage_path) if sst.storage_path
+                              else data_dir / "blobs")

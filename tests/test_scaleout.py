@@ -1,0 +1,375 @@
+"""Scale-out on real servers: the metadata store on PostgreSQL and the blob store on S3
+(SeaweedFS), both started once per session by scripts/cluster.sh; each test gets a fresh
+database and a fresh bucket. The store contracts run against the embedded and the shared
+backends alike; then mounts on the shared backends, and two mounts with their own data
+directories as two hosts of one fabric."""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from levels.errors import Corrupt, NotFound, Unavailable
+from levels.store.blobs import DirectoryBlobStore
+from levels.store.meta import LmdbMetaStore
+from qfsmount.cli import main as qfsmount_main
+from tests.conftest import BELL, GHZ3, QFSMOUNT
+from tests.test_qubits import command
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTANGLED = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[3] q;
+ry(0.7) q[0];
+h q[1];
+cx q[1], q[2];
+cx q[0], q[2];
+"""
+
+
+# -- the servers ------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """scripts/cluster.sh up in a directory of this session; its environment as a dict
+    (the AWS_* credentials are exported for boto3 and the mounts; QFS_* are not, so no
+    other test's mount is moved onto the servers)."""
+    directory = tmp_path_factory.mktemp("cluster")
+    env = dict(os.environ, QFS_CLUSTER_DIR=str(directory))
+    script = ROOT / "scripts" / "cluster.sh"
+    done = subprocess.run(["bash", str(script), "up"], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    values = {}
+    for line in done.stdout.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        values[name] = value.strip("'")
+    saved = {k: os.environ.get(k) for k in values if k.startswith("AWS_")}
+    os.environ.update({k: v for k, v in values.items() if k.startswith("AWS_")})
+    try:
+        yield values
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        subprocess.run(["bash", str(script), "down"], env=env, capture_output=True,
+                       timeout=120)
+        elsewhere = directory / "pg.dir"  # PostgreSQL's data, where `nobody` could write
+        if elsewhere.exists():
+            shutil.rmtree(elsewhere.read_text().strip(), ignore_errors=True)
+
+
+@pytest.fixture
+def shared(cluster) -> dict[str, str]:
+    """A fresh database and bucket: (dsn, endpoint, bucket)."""
+    import psycopg
+
+    name = f"t{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(cluster["QFS_METADATA_DSN"], autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return {"dsn": cluster["QFS_METADATA_DSN"].rsplit("/", 1)[0] + f"/{name}",
+            "endpoint": cluster["QFS_S3_ENDPOINT"], "bucket": name}
+
+
+def pg_store(dsn: str, host: str | None = None):
+    from levels.store.pg import PostgresMetaStore
+
+    return PostgresMetaStore(dsn, host=host)
+
+
+# -- the metadata store contract, on LMDB and PostgreSQL --------------------------------
+
+@pytest.fixture(params=["lmdb", "postgresql"])
+def stores(request, tmp_path) -> Iterator[list]:
+    """Two handles on one metadata store (for PostgreSQL: two hosts' connection pools;
+    LMDB is one per process, so the same handle twice)."""
+    if request.param == "lmdb":
+        store = LmdbMetaStore(tmp_path / "meta.lmdb", 64)
+        handles = [store, store]
+    else:
+        dsn = request.getfixturevalue("shared")["dsn"]
+        handles = [pg_store(dsn, "host-a"), pg_store(dsn, "host-b")]
+    yield handles
+    for handle in {id(h): h for h in handles}.values():
+        handle.close()
+
+
+def test_store_contract_rows_scans_and_rollback(stores):
+    store, other = stores
+    with store.writing() as txn:
+        for key in (b"a", b"ab", b"a\xff", b"a\xff\xff", b"b", b"\xff"):
+            txn.put("names", key, b"v" + key)
+        txn.put("circuits", b"a", b"other table")
+    with other.reading() as txn:
+        assert txn.get("names", b"ab") == b"vab" and txn.get("names", b"zz") is None
+        assert [k for k, _ in txn.scan("names", b"a")] == [b"a", b"ab", b"a\xff", b"a\xff\xff"]
+        assert [k for k, _ in txn.scan("names", b"a\xff")] == [b"a\xff", b"a\xff\xff"]
+        assert [k for k, _ in txn.scan("names")][-1] == b"\xff"
+        assert dict(txn.scan("circuits")) == {b"a": b"other table"}
+    with pytest.raises(RuntimeError), store.writing() as txn:  # all or nothing
+        txn.put("names", b"c", b"new")
+        txn.delete("names", b"a")
+        raise RuntimeError("the level gave up half way")
+    with other.reading() as txn:
+        assert txn.get("names", b"c") is None and txn.get("names", b"a") == b"va"
+    with other.writing() as txn:
+        txn.put("names", b"a", b"replaced")
+        txn.delete("names", b"b")
+        txn.delete("names", b"never there")
+    with store.reading() as txn:
+        assert txn.get("names", b"a") == b"replaced" and txn.get("names", b"b") is None
+
+
+def test_store_writers_take_turns_on_a_read_modify_write(stores):
+    """What versions and allocations rely on: a write transaction that reads a row and
+    writes it back is never interleaved with another host's (no lost update)."""
+    with stores[0].writing() as txn:
+        txn.put("settings", b"counter", b"0")
+
+    def bump(store, times: int) -> None:
+        for _ in range(times):
+            with store.writing() as txn:
+                value = int(txn.get("settings", b"counter"))
+                time.sleep(0.001)  # widen the window a check-then-write would lose in
+                txn.put("settings", b"counter", str(value + 1).encode())
+
+    threads = [threading.Thread(target=bump, args=(stores[i % 2], 25)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with stores[1].reading() as txn:
+        assert txn.get("settings", b"counter") == b"100"
+
+
+def test_postgresql_schema_is_versioned_and_made_once(shared):
+    first, second = pg_store(shared["dsn"]), pg_store(shared["dsn"])  # the second migrates nothing
+    first.close()
+    second.close()
+    import psycopg
+
+    from levels.store.meta import TABLES
+    from levels.store.pg import SCHEMA_VERSION
+
+    with psycopg.connect(shared["dsn"]) as conn:
+        assert conn.execute("SELECT version FROM qfs_schema").fetchall() == [(SCHEMA_VERSION,)]
+        tables = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE tablename LIKE 'qfs_%'")}
+    assert {f"qfs_{t}" for t in TABLES} | {"qfs_schema", "qfs_changes", "qfs_writer"} <= tables
+
+
+def test_postgresql_unreachable_is_one_reason_naming_it():
+    with pytest.raises(Unavailable) as caught:
+        pg_store("postgresql://qfs@127.0.0.1:1/qfs")
+    message = str(caught.value)
+    assert message.startswith("metadata store unreachable: PostgreSQL at 127.0.0.1:1/qfs")
+    assert "\n" not in message
+
+
+# -- the blob store contract, on a directory and on S3 ---------------------------------
+
+@pytest.fixture(params=["directory", "s3"])
+def blobs(request, tmp_path):
+    if request.param == "directory":
+        return DirectoryBlobStore(tmp_path / "blobs")
+    from levels.store.s3 import S3BlobStore
+
+    where = request.getfixturevalue("shared")
+    return S3BlobStore(where["endpoint"], where["bucket"])  # the bucket is created
+
+
+def test_blob_store_contract_with_ranges(blobs):
+    data = bytes(range(256)) * 40
+    key = blobs.put(data)
+    assert blobs.put(data) == key and len(key) == 64  # content-addressed: one blob
+    assert blobs.get(key) == data
+    assert blobs.get_range(key, 0, 10) == data[:10]
+    assert blobs.get_range(key, 5000, 300) == data[5000:5300]
+    assert blobs.get_range(key, len(data) - 4, 100) == data[-4:]  # fewer at the end
+    assert blobs.get_range(key, len(data), 10) == b""
+    other = blobs.put(b"another")
+    assert blobs.list() == sorted([key, other])
+    blobs.delete(key)
+    blobs.delete(key)  # a missing blob is no error
+    assert blobs.list() == [other]
+    for read in (lambda: blobs.get(key), lambda: blobs.get_range(key, 0, 1)):
+        with pytest.raises(NotFound):
+            read()
+    with pytest.raises(Corrupt):
+        blobs.get("../../etc/passwd")
+
+
+def test_s3_unreachable_is_one_reason_naming_it():
+    from levels.store.s3 import S3BlobStore
+
+    with pytest.raises(Unavailable) as caught:
+        S3BlobStore("http://127.0.0.1:1", "qfs")
+    assert "S3 at http://127.0.0.1:1" in str(caught.value)
+
+
+# -- mounts on the shared backends -------------------------------------------------------
+
+def config_file(tmp_path: Path, where: dict[str, str]) -> Path:
+    path = tmp_path / "qfs.yaml"
+    path.write_text(json.dumps({
+        "cross_level": {"metadata_backend": "postgresql", "metadata_dsn": where["dsn"]},
+        "circuit_fs": {"storage_backend": "s3", "s3_endpoint": where["endpoint"],
+                       "s3_bucket": where["bucket"]},
+        "state_store": {"storage_backend": "s3"},
+        "performance": {"worker_processes": 1},
+    }))
+    return path
+
+
+@pytest.fixture
+def hosts(mount_factory, shared, tmp_path):
+    """Mount factory for hosts of one shared fabric: own data directory, same servers."""
+    options = ["--config", str(config_file(tmp_path, shared)),
+               "--key-file", str(tmp_path / "shared.key")]
+
+    def host(name: str):
+        return mount_factory(data=tmp_path / f"data-{name}", extra=options)
+
+    host.options = options
+    return host
+
+
+def offline_check(options: list[str], data: Path, repair: bool = False) -> list[dict]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        qfsmount_main(["--check", "--data", str(data), *options,
+                       *(["--repair"] if repair else [])])
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def eventually(predicate, within: float) -> float:
+    """Seconds until predicate() held; fails after `within`."""
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < within, f"not within {within} s"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def exists(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.fuse
+def test_a_mount_on_postgresql_and_s3_keeps_circuits_and_checkpoints(hosts, shared, tmp_path):
+    a = hosts("a")
+    source = tmp_path / "bell.qasm"
+    source.write_text(BELL)
+    subprocess.run(["cp", str(source), str(a.circuits / "bell.qasm")], check=True)
+    cat = subprocess.run(["cat", str(a.circuits / "bell" / "v1.qasm")], check=True,
+                         capture_output=True, text=True)
+    assert cat.stdout == BELL
+    a.write_circuit("prep", ENTANGLED)
+    command(a.qubits / "ctl", "alloc 3 task=t topology=linear")
+    command(a.qubits / "tasks" / "t" / "ctl", "apply prep")
+    command(a.qubits / "tasks" / "t" / "ctl", "checkpoint c1 format=statevector")
+    command(a.qubits / "ctl", "alloc 3 task=u topology=linear")
+    command(a.qubits / "tasks" / "u" / "ctl", "restore c1")
+    state = json.loads((a.qubits / "tasks" / "u" / "state.json").read_text())
+    assert state["live"]["restored"]["fidelity"] > 1 - 1e-12
+    # Nothing local: the LMDB file and the blob directory were never made.
+    assert not (a.data / "meta.lmdb").exists() and not (a.data / "blobs").exists()
+    a.stop()
+    from levels.store.s3 import S3BlobStore
+
+    # A crash between a blob's put and its record leaves an orphan: found, then removed.
+    orphan = S3BlobStore(shared["endpoint"], shared["bucket"]).put(b"half a checkpoint")
+    found = offline_check(hosts.options, a.data)
+    assert [(f["kind"], f["subject"]) for f in found] == [("orphan_blob", orphan)]
+    offline_check(hosts.options, a.data, repair=True)
+    assert offline_check(hosts.options, a.data) == []
+
+
+def test_an_unreachable_server_stops_the_mount_with_one_line(tmp_path):
+    config = config_file(tmp_path, {"dsn": "postgresql://qfs@127.0.0.1:1/qfs",
+                                    "endpoint": "http://127.0.0.1:1", "bucket": "b"})
+    (tmp_path / "mnt").mkdir()
+    done = subprocess.run([*QFSMOUNT, str(tmp_path / "mnt"), "--data", str(tmp_path / "d"),
+                           "--config", str(config)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "metadata store unreachable: PostgreSQL at 127.0.0.1:1" in lines[0]
+
+
+@pytest.mark.fuse
+def test_two_hosts_share_one_fabric(hosts, shared):
+    a, b = hosts("a"), hosts("b")
+    a.write_circuit("ghz", GHZ3)
+    lag = eventually(lambda: "ghz" in os.listdir(b.circuits), within=1.0)
+    assert (b.circuits / "ghz" / "v1.qasm").read_text() == GHZ3
+    a.write_circuit("ghz", BELL)  # a second version on A: B reads it, not a cached v1
+    eventually(lambda: exists(b.circuits / "ghz" / "v2.qasm"), within=1.0)
+    assert (b.circuits / "ghz" / "v2.qasm").read_text() == BELL
+    subprocess.run(["rm", "-r", str(a.circuits / "ghz")], check=True)
+    eventually(lambda: not exists(b.circuits / "ghz") and
+               "ghz" not in os.listdir(b.circuits), within=1.0)
+    # A checkpoint sealed on A restores on B.
+    a.write_circuit("prep", ENTANGLED)
+    command(a.qubits / "ctl", "alloc 3 task=ta topology=linear")
+    command(a.qubits / "tasks" / "ta" / "ctl", "apply prep")
+    command(a.qubits / "tasks" / "ta" / "ctl", "checkpoint shared1 format=statevector")
+    eventually(lambda: exists(b.root / "states" / "shared1"), within=1.0)
+    command(b.qubits / "ctl", "alloc 3 task=tb topology=linear")
+    command(b.qubits / "tasks" / "tb" / "ctl", "restore shared1")
+    state = json.loads((b.qubits / "tasks" / "tb" / "state.json").read_text())
+    assert state["live"]["restored"]["fidelity"] > 1 - 1e-12
+    assert not set(state["qubits"]) & set(json.loads(
+        (a.qubits / "tasks" / "ta" / "state.json").read_text())["qubits"])
+    assert lag < 1.0
+    a.stop()
+    b.stop()
+    assert offline_check(hosts.options, a.data) == []
+
+
+@pytest.mark.fuse
+def test_allocation_is_exclusive_across_hosts(hosts, shared):
+    """2 hosts x 4 allocators at once, all wanting the device's best qubits."""
+    a, b = hosts("a"), hosts("b")
+    errors: list[BaseException] = []
+
+    def allocate(host, name: str) -> None:
+        try:
+            command(host.qubits / "ctl", f"alloc 6 task={name} topology=linear")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=allocate, args=(h, f"{tag}{i}"))
+               for i in range(4) for h, tag in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    names = [f"{tag}{i}" for i in range(4) for tag in "ab"]
+    eventually(lambda: all(exists(h.qubits / "tasks" / n) for n in names for h in (a, b)),
+               within=1.0)
+    seen: dict[str, str] = {}
+    for name in names:
+        for q in json.loads((a.qubits / "tasks" / name / "state.json").read_text())["qubits"]:
+            assert q not in seen, f"{q} given to {seen.get(q)} and {name}"
+            seen[q] = name
+    assert len(seen) == 48
+    b_view = json.loads((b.qubits / "tasks" / "a0" / "state.json").read_text())["qubits"]
+    assert b_view == [q for q, n in seen.items() if n == "a0"]
+
