@@ -11,7 +11,9 @@ Cross-level invariants, each with the repair that is safe:
   holds (bad tasks: released on repair);
 - every circuit version has its source, within today's program limits (report only: the
   record says what is lost or refused);
-- the search index holds exactly the circuits (rebuilt on repair; it is derived data).
+- the search index holds exactly the circuits (rebuilt on repair; it is derived data);
+- the facets index (structured search) holds exactly the rows the circuit records imply
+  (rebuilt on repair, in one transaction).
 """
 
 import dataclasses
@@ -41,6 +43,7 @@ def check(fabric: Fabric, repair: bool = False) -> list[Finding]:
     findings += _tasks(fabric, repair)
     findings += _circuit_sources(fabric)
     findings += _index(fabric, repair)
+    findings += _facets(fabric, repair)
     return findings
 
 
@@ -131,6 +134,20 @@ def _index(fabric: Fabric, repair: bool) -> list[Finding]:
     if repair:
         fabric.search.rebuild_now(
             lambda: (c.search_document() for c in fabric.circuits.all_circuits()))
+        finding.repaired = True
+    return [finding]
+
+
+def _facets(fabric: Fabric, repair: bool) -> list[Finding]:
+    problems = fabric.circuits.facet_differences()
+    if not problems:
+        return []
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5
+                                       else "")
+    finding = Finding("facets_mismatch", "facets index",
+                      f"{len(problems)} rows differ from the circuit records: {shown}")
+    if repair:
+        fabric.circuits.rebuild_facets()
         finding.repaired = True
     return [finding]
 

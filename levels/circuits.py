@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from levels import compiler, qasm
+from levels import compiler, facets, qasm
 from levels.compiler import COMPILED_FORMATS, DEFAULT_OPTIMIZATION_LEVEL
 from levels.config import CircuitFsConfig
 from levels.devices import DeviceSpec
@@ -219,6 +219,25 @@ class CircuitStore:
             max_bytes=cache_bytes,
             sizeof=lambda v: len(v),
         )
+        with meta.reading() as txn:
+            indexed = facets.current(txn)
+        if not indexed:  # a data directory from before the facets index
+            self.rebuild_facets()
+
+    def rebuild_facets(self) -> int:
+        """Build the structured search index anew from the circuit records (one
+        transaction); returns how many circuits it holds."""
+        with self._meta.writing() as txn:
+            docs = [Circuit.from_json(k.decode(), raw).search_document()
+                    for k, raw in txn.scan("circuits")]
+            return facets.rebuild(txn, docs)
+
+    def facet_differences(self) -> list[str]:
+        """How the structured search index differs from the circuit records (for --check)."""
+        with self._meta.reading() as txn:
+            docs = [Circuit.from_json(k.decode(), raw).search_document()
+                    for k, raw in txn.scan("circuits")]
+            return facets.differences(txn, docs)
 
     def caches(self) -> list[LRU]:
         """The decoded-circuit and format-view caches (their hit rate is a metric)."""
@@ -466,6 +485,7 @@ class CircuitStore:
                 txn.delete("sources", key)
             txn.delete("circuits", name.encode())
             txn.delete("names", name.encode())
+            facets.update(txn, name, None)
         self._filling.pop(name, None)
         self._on_change(name, None)
 
@@ -477,6 +497,7 @@ class CircuitStore:
                 raise Exists(f"circuit {new} already exists")
             txn.delete("circuits", old.encode())
             txn.delete("names", old.encode())
+            facets.update(txn, old, None)
             circuit.name = new
             circuit.mtime_ns = time.time_ns()
             self._put(txn, circuit)
@@ -768,6 +789,7 @@ class CircuitStore:
     def _put(txn: Txn, circuit: Circuit) -> None:
         txn.put("circuits", circuit.name.encode(), circuit.to_json())
         txn.put("names", circuit.name.encode(), _MTIME.pack(circuit.mtime_ns))
+        facets.update(txn, circuit.name, circuit.search_document())
 
 
 # meta.json is kept in the circuit's record, read at every stat of the circuit's files:

@@ -52,7 +52,8 @@ class Fabric:
         self.oplog = OpLog(self.meta)
         cfs = config.circuit_fs
         self.search = SearchIndex(
-            data_dir / "index", cfs.search_result_limit, cfs.index_commit_interval_ms / 1000
+            data_dir / "index", cfs.search_result_limit, cfs.index_commit_interval_ms / 1000,
+            facets=self.meta,
         )
         # cross_level.cache_size_mb: half for circuit views, half for decoded states. With
         # cache_enabled off a byte budget of 1 leaves each cache only the entry in use.

@@ -1,5 +1,10 @@
 """The Whoosh index over circuits: derived data, always rebuildable from LMDB.
 
+A query made only of structured parts (tags, gates, qubits, depth, name) is answered from
+the facets index in the metadata store instead (levels/facetquery.py): it is written in the
+circuit's own transaction, so it needs no wait for the writer below, and its cost follows
+the names returned. Whoosh answers queries with words of text.
+
 A Whoosh commit per change caps indexing near 300 circuits/s (PERF-NOTES), so one
 background thread batches changes and commits them every `commit_interval`. The writing
 itself (pure-Python Whoosh, a quarter of the daemon's CPU while circuits are copied in)
@@ -25,7 +30,9 @@ from whoosh import fields, index, qparser, query
 from whoosh.qparser import syntax
 from whoosh.qparser.plugins import FieldAliasPlugin
 
+from levels import facetquery
 from levels.errors import Busy, Invalid, NoSpace, QfsError, WorkerDied
+from levels.store.meta import MetaStore
 from levels.workers import Limits, WorkerPool
 
 log = logging.getLogger("qfs.search")
@@ -156,8 +163,10 @@ def _runnable(text: str, parsed: query.Query) -> query.Query:
 class SearchIndex:
     """Batched writer thread plus a shared, refreshed searcher."""
 
-    def __init__(self, path: Path, limit: int, commit_interval: float) -> None:
+    def __init__(self, path: Path, limit: int, commit_interval: float,
+                 facets: MetaStore | None = None) -> None:
         self._path = path
+        self._facets = facets  # the store holding the facets index, when it is kept
         self._limit = limit
         self._interval = commit_interval
         self._cond = threading.Condition()
@@ -177,7 +186,7 @@ class SearchIndex:
         self._streak = 0  # failed attempts in a row, for the backoff
         self._retry_now = False  # a search asks the failing writer to retry at once
         self._index: index.Index | None = None
-        self._searcher = None
+        self._searcher: Any = None
         self._searcher_commits = -1
         self._commits = 0  # index commits so far, to know when the searcher is stale
         self._search_lock = threading.Lock()
@@ -212,6 +221,14 @@ class SearchIndex:
             cached = self._results.get(text)
             if cached is not None and cached[0] == self._submitted:
                 return cached[1]
+            submitted = self._submitted
+        structured = facetquery.plan(parsed, SCHEMA) if self._facets is not None else None
+        if structured is not None:
+            assert self._facets is not None
+            with self._facets.reading() as txn:
+                names = facetquery.answer(txn, structured, self._limit)
+            self._remember(text, submitted, names)
+            return names
         self.wait_committed()
         with self._search_lock:
             with self._cond:
@@ -233,11 +250,14 @@ class SearchIndex:
                 column = reader.column_reader("name")
                 names = sorted(column[d] for d in self._searcher.docs_for_query(parsed))
             names = names[: self._limit]
+        self._remember(text, generation, names)
+        return names
+
+    def _remember(self, text: str, generation: int, names: list[str]) -> None:
         with self._cond:
             if len(self._results) >= 256:
                 self._results.clear()
             self._results[text] = (generation, names)
-        return names
 
     def validate(self, text: str) -> None:
         """Refuse a malformed query without running it."""

@@ -31,15 +31,19 @@ otherwise; each table is written by one level only.
                                                            levels/oplog.py
     settings     setting name -> bytes: key_canary, a payload sealed with the state key
                                                            levels/store/canary.py
+    facets       the structured search index: postings, counts and each circuit's indexed
+                 terms under ordered byte keys (read by range scans)
+                                                           Level 3, levels/facets.py
 
 Circuit ids are random (uuid4 hex), so a rename moves only the `circuits` and `names` rows.
 """
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import lmdb
 
@@ -47,7 +51,7 @@ from levels.errors import NoSpace
 
 FULL_BELOW = 8 << 20  # free bytes under which a failed commit is taken for a full disk
 TABLES = ("circuits", "sources", "results", "names", "tasks", "checkpoints", "workflows", "log",
-          "settings")
+          "settings", "facets")
 
 
 class Txn(Protocol):
@@ -55,6 +59,12 @@ class Txn(Protocol):
     def put(self, table: str, key: bytes, value: bytes) -> None: ...
     def delete(self, table: str, key: bytes) -> None: ...
     def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]: ...
+    def keys(self, table: str, start: bytes, stop: bytes, limit: int) -> list[bytes]:
+        """Up to `limit` keys k with start <= k < stop, in key order (a range scan)."""
+        ...
+    def get_many(self, table: str, keys: list[bytes]) -> list[bytes | None]:
+        """The value of each key (None where absent), in the order asked."""
+        ...
 
 
 class MetaStore(Protocol):
@@ -66,8 +76,8 @@ class MetaStore(Protocol):
 
 
 class _LmdbTxn:
-    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, object]) -> None:
-        self._txn = txn
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
+        self._txn: Any = txn  # buffers=False: keys and values are bytes
         self._dbs = dbs
 
     def get(self, table: str, key: bytes) -> bytes | None:
@@ -87,6 +97,21 @@ class _LmdbTxn:
             if not key.startswith(prefix):
                 return
             yield key, value
+
+    def keys(self, table: str, start: bytes, stop: bytes, limit: int) -> list[bytes]:
+        cursor = self._txn.cursor(db=self._dbs[table])
+        if not cursor.set_range(start):
+            return []
+        out = []
+        for key in itertools.islice(cursor.iternext(values=False), limit):
+            if key >= stop:
+                break
+            out.append(key)
+        return out
+
+    def get_many(self, table: str, keys: list[bytes]) -> list[bytes | None]:
+        get, db = self._txn.get, self._dbs[table]
+        return [get(key, db=db) for key in keys]
 
 
 class LmdbMetaStore:
