@@ -9,11 +9,12 @@ Aer noise model of those qubits: the 127-qubit model (seconds to build) is never
 import dataclasses
 import functools
 import math
+import threading
 from typing import Any
 
 import rustworkx as rx
 
-from levels.errors import Invalid
+from levels.errors import Invalid, NotFound
 from levels.execution import Calibration
 
 TOPOLOGIES = ("heavy_hex", "grid", "linear", "ring", "all_to_all")
@@ -202,3 +203,29 @@ class Device:
                 for n in self.neighbors[q]
             },
         }
+
+
+class Devices:
+    """The configured devices, each model built on first use (GenericBackendV2 takes ~0.5 s,
+    and a mount that never touches a device never pays it); the first is the default."""
+
+    def __init__(self, specs: list[DeviceSpec]) -> None:
+        self.specs = specs
+        self.default = specs[0].name
+        self._built: dict[str, Device] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def spec(self, name: str) -> DeviceSpec:
+        for spec in self.specs:
+            if spec.name == name:
+                return spec
+        raise NotFound(f"no device {name}")
+
+    def get(self, name: str) -> Device:
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = Device(self.spec(name))
+            return self._built[name]

@@ -16,7 +16,7 @@ as medians / percentiles and ratios:
   run           `run ghz shots=1024` on 5 qubits through the mount vs what the daemon does
                 for it, in this process: the transpiled circuit on AerSimulator with the local
                 noise model (and bare AerSimulator for context); plus a stage breakdown and a
-                cProfile of a run's job (_run_job + execution.run)
+                cProfile of a run's job (TaskRuns.job + execution.run)
 
 Run it from the repository root with the project's virtualenv, as root with /dev/fuse:
 
@@ -592,7 +592,8 @@ def bench_run(mnt: Path, fabric, device, base: Path, sizes: Sizes) -> Json:
             direct.circuit, shots=1024, seed_simulator=s).result())[0])
         quiet["aer_bare_transpiled"].append(timed(lambda s=seed: AerSimulator().run(
             direct.transpiled, shots=1024, seed_simulator=s).result())[0])
-    say(f"run: stage breakdown and cProfile of _run_job + execution.run x{sizes.profile_reps}")
+    say("run: stage breakdown and cProfile of TaskRuns.job + execution.run "
+        f"x{sizes.profile_reps}")
     stages = _stages(fabric, local_task, direct, sizes.run_reps)
     profile = _profile(fabric, local_task, sizes.profile_reps)
     command(ctl, "release")
@@ -679,7 +680,7 @@ def _stages(fabric, task, direct: Direct, reps: int) -> Json:
 
 
 def _profile(fabric, task, reps: int) -> Json:
-    """cProfile of a run's two halves in this process: the daemon's _run_job (the job it
+    """cProfile of a run's two halves in this process: the daemon's TaskRuns.job (the job it
     sends) and execution.run (what the worker does with it)."""
     from levels import execution
     from levels.ctl import Run
@@ -690,7 +691,7 @@ def _profile(fabric, task, reps: int) -> Json:
     text = fabric.circuits.source("ghz", version)
 
     def one(seed: int) -> None:
-        job = manager._run_job(task, Run("ghz", None, 1024, True, seed), text,
+        job = manager.runs.job(task, Run("ghz", None, 1024, True, seed), text,
                                source.version(version).stats)
         execution.run(job)
 
