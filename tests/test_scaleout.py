@@ -373,3 +373,18 @@ def test_allocation_is_exclusive_across_hosts(hosts, shared):
     b_view = json.loads((b.qubits / "tasks" / "a0" / "state.json").read_text())["qubits"]
     assert b_view == [q for q, n in seen.items() if n == "a0"]
 
+
+
+@pytest.mark.fuse
+def test_a_circuit_replaced_on_one_host_is_never_served_stale_on_the_other(hosts, shared):
+    """B read v1 of `x` (the kernel caches versions: they are immutable); A removes `x` and
+    writes a new `x` whose v1 differs: B must read the new v1, not its cached pages."""
+    a, b = hosts("a"), hosts("b")
+    a.write_circuit("x", BELL)
+    eventually(lambda: exists(b.circuits / "x" / "v1.qasm"), within=1.0)
+    with open(b.circuits / "x" / "v1.qasm") as held:  # B keeps the old inode in use
+        assert held.read() == BELL
+        subprocess.run(["rm", "-r", str(a.circuits / "x")], check=True)
+        a.write_circuit("x", GHZ3)
+        eventually(lambda: exists(b.circuits / "x" / "v1.qasm") and
+                   (b.circuits / "x" / "v1.qasm").read_text() == GHZ3, within=1.0)
