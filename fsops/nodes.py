@@ -132,21 +132,25 @@ def scratch(file: ScratchFile, commit: Commit | None = None) -> Node:
 # -- circuits ------------------------------------------------------------------------------
 
 
-def commit_circuit_version(fabric: Fabric, name: str, create: bool) -> Commit:
-    """A write's bytes become the next version of circuit `name` after Qiskit accepts them."""
+def commit_circuit_version(fabric: Fabric, name: str, create: bool,
+                           written_as: str = "qasm") -> Commit:
+    """A write's bytes become the next version of circuit `name` after Qiskit accepts them
+    (`written_as`: qasm, or an SDK format such as quil, levels.sdkformats)."""
 
     async def commit(data: bytes, uid: int) -> None:
         with fabric.metrics.artifact_store_seconds.time():
-            prepared = await trio.to_thread.run_sync(fabric.circuits.prepare_version, data)
+            prepared = await trio.to_thread.run_sync(fabric.circuits.prepare_version, data,
+                                                     written_as)
             fabric.circuits.commit_version(name, prepared, create=create)
 
     return commit
 
 
-def commit_import(fabric: Fabric, name: str) -> Commit:
-    """`<name>.qasm` written into /circuits: a version of circuit `name`, made if need be;
-    an empty file (`touch`) makes the circuit with no version yet, as mkdir does."""
-    versions = commit_circuit_version(fabric, name, create=True)
+def commit_import(fabric: Fabric, name: str, written_as: str = "qasm") -> Commit:
+    """`<name>.qasm` (or .quil, ...) written into /circuits: a version of circuit `name`,
+    made if need be; an empty file (`touch`) makes the circuit with no version yet, as
+    mkdir does."""
+    versions = commit_circuit_version(fabric, name, create=True, written_as=written_as)
 
     async def commit(data: bytes, uid: int) -> None:
         if data:

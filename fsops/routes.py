@@ -31,13 +31,14 @@ from levels.errors import Exists, Invalid, NotFound, ReadOnly
 from levels.fabric import Fabric
 from levels.qasm import VIEW_FORMATS
 from levels.scratch import is_scratch_name
+from levels.sdkformats import SDK_FORMATS, split_import
 from levels.similar import rank_similar
 
 Path = tuple[str, ...]
 CIRCUITS, SEARCH, OPS = "circuits", "search", ".qfs"
 COMPILED = "compiled"
 DIFF = "diff"
-_VERSION_FILE = re.compile(r"^v([1-9][0-9]{0,9})\.([a-z0-9]+)$")
+_VERSION_FILE = re.compile(r"^v([1-9][0-9]{0,9})\.([a-z0-9]+(?:\.json)?)$")
 _COMPILED_FILE = re.compile(r"^v([1-9][0-9]{0,9})\.(qasm|qpy|report\.json)$")
 _STARTED_NS = time.time_ns()
 # /.qfs files: name -> (fabric -> text renderer).
@@ -51,10 +52,15 @@ OPS_FILES = {
 
 
 def import_name(filename: str) -> str | None:
-    """`bell.qasm` written into /circuits/ imports circuit `bell`; dot files stay scratch."""
-    if filename.endswith(".qasm") and not filename.startswith(".") and len(filename) > 5:
-        return filename[: -len(".qasm")]
-    return None
+    """`bell.qasm` (or `bell.quil`, levels.sdkformats.IMPORTS) written into /circuits/
+    imports circuit `bell`; dot files stay scratch."""
+    split = split_import(filename)
+    return split[0] if split else None
+
+
+def commit_import(fabric: Fabric, filename: str) -> nodes.Commit:
+    name, written_as = split_import(filename) or (filename, "qasm")
+    return nodes.commit_import(fabric, name, written_as)
 
 
 def picture_run(filename: str) -> str | None:
@@ -70,8 +76,8 @@ def parse_version_file(filename: str) -> tuple[int, str] | None:
 
 def commit_target(fabric: Fabric, path: Path) -> nodes.Commit | None:
     """What renaming a file onto `path` (or writing it) commits, or None for plain files."""
-    if len(path) == 2 and path[0] == CIRCUITS and (name := import_name(path[1])):
-        return nodes.commit_import(fabric, name)
+    if len(path) == 2 and path[0] == CIRCUITS and import_name(path[1]):
+        return commit_import(fabric, path[1])
     if len(path) == 3 and is_circuit_dir(fabric, path[:2]):
         name, leaf = path[1], path[2]
         version = parse_version_file(leaf)
@@ -82,7 +88,7 @@ def commit_target(fabric: Fabric, path: Path) -> nodes.Commit | None:
         if version is not None and version[1] == "qasm":
             return nodes.commit_restored_version(fabric, name, version[0])
         if leaf in ("stats.json", "errors") or (
-            version is not None and version[1] in (*VIEW_FORMATS, PICTURE, DIFF)
+            version is not None and version[1] in (*VIEW_FORMATS, *SDK_FORMATS, PICTURE, DIFF)
         ):
             return derived_commit(fabric, path)
     if len(path) == 4 and path[0] == CIRCUITS and path[2] == "results":
@@ -178,8 +184,8 @@ def fabric_file(fabric: Fabric, path: Path) -> bool:
 def scratch_node(fabric: Fabric, path: Path) -> Node:
     file = fabric.scratch.get(path[:-1], path[-1])
     commit = None
-    if len(path) == 2 and (name := import_name(path[1])):
-        commit = nodes.commit_import(fabric, name)
+    if len(path) == 2 and import_name(path[1]):
+        commit = commit_import(fabric, path[1])
     node = nodes.scratch(file, commit)
     node.subject = path[1] if len(path) >= 3 else import_name(path[-1])
     if commit is not None:
@@ -235,6 +241,7 @@ async def _resolve_circuits(fabric: Fabric, path: Path) -> Node:
         unclaimed = fabric.scratch.find(path[:1], name) is None
         if alias and unclaimed and fabric.circuits.mtime(alias) is not None:
             node = nodes.latest_file(fabric, alias)
+            node.commit = commit_import(fabric, name)
             node.entry_timeout = 0.0
             return node
         return scratch_node(fabric, path)
@@ -309,7 +316,7 @@ async def _resolve_circuit_file(fabric: Fabric, name: str, leaf: str, mtime: int
         n, fmt = version
         if fmt == "qasm":
             return nodes.version_source(fabric, name, n)
-        if fmt in (*VIEW_FORMATS, PICTURE, DIFF):
+        if fmt in (*VIEW_FORMATS, *SDK_FORMATS, PICTURE, DIFF):
             made = nodes.version_diff(fabric, name, n) if fmt == DIFF else \
                 nodes.version_view(fabric, name, n, fmt)
             node = await made

@@ -42,6 +42,9 @@ from levels.errors import (
 from levels.lru import LRU
 from levels.pictures import histogram_png
 from levels.qasm import VIEW_FORMATS, CircuitStats, ProgramLimits, parse_program
+from levels.sdkformats import SDK_FORMATS
+from levels.sdkformats import prepare as prepare_written
+from levels.sdkformats import render_view as render_sdk_view
 from levels.store.meta import MetaStore, Txn
 from levels.workers import WorkerPool
 
@@ -150,10 +153,20 @@ class Circuit:
 
 @dataclasses.dataclass(frozen=True)
 class PreparedVersion:
-    """A program that Qiskit accepted, with its statistics; not yet stored."""
+    """A program that Qiskit accepted, with its statistics; not yet stored. A program
+    written in another SDK's format (`written_as`: quil, cirq.json) keeps those bytes in
+    `written`; `source` is then the OpenQASM made of it, which every other view reads."""
 
     source: bytes
     stats: CircuitStats
+    written_as: str = ""
+    written: bytes = b""
+
+    def version_stats(self) -> dict[str, Any]:
+        stats = {**self.stats.as_dict(), "bytes": len(self.source)}
+        if self.written_as:
+            stats.update(written_as=self.written_as, written_bytes=len(self.written))
+        return stats
 
 
 @dataclasses.dataclass
@@ -183,6 +196,11 @@ class Filling:
 
 def _source_key(circuit_id: str, n: int) -> bytes:
     return f"{circuit_id}/".encode() + n.to_bytes(8, "big")
+
+
+def _written_key(circuit_id: str, n: int) -> bytes:
+    """Where the bytes of a version written as Quil or Cirq JSON are kept, as written."""
+    return _source_key(circuit_id, n) + b"/written"
 
 
 def _result_key(circuit_id: str, run: str) -> bytes:
@@ -295,23 +313,53 @@ class CircuitStore:
 
         One render makes every text view of a version (one parse); a picture is drawn
         alone, on first demand."""
-        if fmt not in (*VIEW_FORMATS, PICTURE):
+        if fmt not in (*VIEW_FORMATS, PICTURE, *SDK_FORMATS):
             raise NotFound(f"no format view .{fmt}")
         stats = self.get(name).version(n).stats
+        if stats.get("written_as") == fmt:
+            return self.written(name, n)
         cached = self._views.get((stats["sha256"], name, fmt))  # QPY embeds the name
         if cached is None:
-            formats = (PICTURE,) if fmt == PICTURE else VIEW_FORMATS
             try:
-                views = self._workers.run(qasm.render_views, self.source(name, n), name, formats)
+                if fmt in SDK_FORMATS:  # alone: its SDK is imported only when asked for
+                    views = {fmt: self._workers.run(render_sdk_view, self.source(name, n), name,
+                                                    fmt)}
+                else:
+                    formats = (PICTURE,) if fmt == PICTURE else VIEW_FORMATS
+                    views = self._workers.run(qasm.render_views, self.source(name, n), name,
+                                              formats)
             except WorkerDied as exc:
                 raise WorkerDied(f"{name} v{n}.{fmt} could not be made: {exc}") from exc
             for each, made in views.items():
                 self._views.put((stats["sha256"], name, each), made)
+                if isinstance(made, str):
+                    self._note_unavailable(name, n, each, made)
             cached = views[fmt]
         if isinstance(cached, str):
             refusal = TooBig if cached.startswith("too large") else Unexpressible
             raise refusal(f"{name} v{n}.{fmt}: {cached}")
         return cached
+
+    def written(self, name: str, n: int) -> bytes:
+        """The bytes of version n as written in another SDK's format (vN.quil, ...)."""
+        with self._meta.reading() as txn:
+            raw = txn.get("sources", _written_key(self._get(txn, name).id, n))
+        if raw is None:
+            raise NotFound(f"{name} v{n} was not written in another SDK's format")
+        return raw
+
+    def _note_unavailable(self, name: str, n: int, fmt: str, reason: str) -> None:
+        """Keep why version n has no vN.<fmt> in its stats (stats.json shows it)."""
+        with self._meta.writing() as txn:
+            circuit = self._get(txn, name)
+            version = next((v for v in circuit.versions if v.n == n), None)
+            if version is None or version.stats.get("unavailable_views", {}).get(fmt) == reason:
+                return
+            unavailable = {**version.stats.get("unavailable_views", {}), fmt: reason}
+            circuit.versions = [
+                Version(v.n, v.created_ns, {**v.stats, "unavailable_views": unavailable})
+                if v is version else v for v in circuit.versions]
+            self._put(txn, circuit)
 
     def compiled(self, name: str, n: int, device: DeviceSpec, fmt: str) -> bytes:
         """Version n transpiled for `device` at meta.json's optimization_level: .qasm, .qpy
@@ -505,16 +553,24 @@ class CircuitStore:
         self._on_change(old, None)
         self._on_change(new, circuit.search_document())
 
-    def prepare_version(self, source: bytes) -> PreparedVersion:
+    def prepare_version(self, source: bytes, written_as: str = "qasm") -> PreparedVersion:
         """Check, parse and measure a new program in a worker process (blocking: call it
-        from a thread). A program the parser cannot survive is refused, never retried here."""
+        from a thread). A program the parser cannot survive is refused, never retried here.
+        `written_as` is the format of the bytes: qasm, or a writable SDK format (quil,
+        cirq.json), whose version keeps these bytes and the OpenQASM made of them."""
         if len(source) > self.limits.max_bytes:
             qasm.check_source(source, self.limits)  # refuses before the bytes travel
         try:
-            stats = self._workers.run(qasm.prepare, source, self.limits)
+            if written_as == "qasm":
+                return PreparedVersion(source, self._workers.run(qasm.prepare, source,
+                                                                 self.limits))
+            program, stats = self._workers.run(prepare_written, written_as, source,
+                                               self.limits)
         except WorkerDied as exc:
             raise Invalid(f"the parser could not handle this program: {exc}") from exc
-        return PreparedVersion(source, stats)
+        # A version is what was written: its hash, so a new text is a new version.
+        stats = dataclasses.replace(stats, sha256=hashlib.sha256(source).hexdigest())
+        return PreparedVersion(program, stats, written_as, source)
 
     def commit_version(self, name: str, prepared: PreparedVersion, create: bool = False) -> int:
         """Store a prepared program as the next version (one transaction); returns its number.
@@ -644,13 +700,14 @@ class CircuitStore:
         latest = circuit.latest
         if latest is not None and latest.stats["sha256"] == prepared.stats.sha256:
             return circuit, latest.n, []
-        stats = {**prepared.stats.as_dict(), "bytes": len(prepared.source)}
-        version = Version(circuit.next_version, now, stats)
+        version = Version(circuit.next_version, now, prepared.version_stats())
         circuit.versions.append(version)
         circuit.next_version += 1
         circuit.mtime_ns = now
         dropped = self._retain(txn, circuit)
         txn.put("sources", _source_key(circuit.id, version.n), prepared.source)
+        if prepared.written_as:
+            txn.put("sources", _written_key(circuit.id, version.n), prepared.written)
         self._put(txn, circuit)
         return circuit, version.n, dropped
 
@@ -667,6 +724,7 @@ class CircuitStore:
             dropped |= {v.n for v in unpinned if v.created_ns < cutoff and v.n != newest}
         for n in dropped:
             txn.delete("sources", _source_key(circuit.id, n))
+            txn.delete("sources", _written_key(circuit.id, n))
         circuit.versions = [v for v in circuit.versions if v.n not in dropped]
         return sorted(dropped)
 
