@@ -204,9 +204,15 @@ def _pure(state: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def _encode_statevector(state, options):
-    vector = _pure(state, "statevector")
-    dtype = np.complex64 if options.complex64 else np.complex128
-    return _pack({"format": "statevector", "dtype": np.dtype(dtype).str},
+    return statevector_payload(_pure(state, "statevector"),
+                               "complex64" if options.complex64 else "complex128")
+
+
+def statevector_payload(vector: np.ndarray, precision: str) -> bytes:
+    """The single-blob statevector payload (also what a chunked checkpoint gives as the
+    compression dictionary of an incremental child)."""
+    dtype = np.dtype(precision)
+    return _pack({"format": "statevector", "dtype": dtype.str},
                  amplitudes=_shuffled(vector.astype(dtype)))
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from levels import stateformats
+from levels import densestate, stateformats
 from levels.circuits import validate_name
 from levels.config import StateStoreConfig
 from levels.durations import parse_duration
@@ -44,14 +44,14 @@ from levels.errors import (
     TooBig,
 )
 from levels.lru import LRU
-from levels.store.blobs import is_key
+from levels.store.blobs import BlobWriter, is_key
 from levels.store.meta import MetaStore
 from levels.store.sealed import Binding, SealedBlobStore
 
 LEVELS = {"fast": 1, "balanced": 3, "max": 19}
 
 
-def compression_level(setting: str) -> int:
+def compression_level(setting: str | int) -> int:
     if setting in LEVELS:
         return LEVELS[setting]
     try:
@@ -77,7 +77,12 @@ class Request:
 @dataclasses.dataclass
 class Prepared:
     meta: dict[str, Any]
-    blob: bytes
+    blob: bytes | BlobWriter  # a chunked blob is already written: commit names it
+
+    def abort(self) -> None:
+        """Drop a written blob that will not be committed."""
+        if not isinstance(self.blob, bytes):
+            self.blob.abort()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -86,12 +91,17 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def npy_size(shape: tuple[int, ...]) -> int:
-    """The exact size of np.save of a complex128 array of this shape, without the array."""
+def npy_header(shape: tuple[int, ...]) -> bytes:
+    """The header np.save writes before a complex128 array of this shape."""
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
         header, {"descr": np.dtype(np.complex128).str, "fortran_order": False, "shape": shape})
-    return header.tell() + 16 * int(np.prod(shape))
+    return header.getvalue()
+
+
+def npy_size(shape: tuple[int, ...]) -> int:
+    """The exact size of np.save of a complex128 array of this shape, without the array."""
+    return len(npy_header(shape)) + 16 * int(np.prod(shape))
 
 
 class StateStore:
@@ -146,14 +156,33 @@ class StateStore:
         return self._blobs.get_range(self.get(name)["blob"], offset, size)
 
     def payload(self, name: str) -> bytes:
-        """The decrypted, decompressed payload (a parent's is the dictionary of its child)."""
+        """The decrypted, decompressed payload (a parent's is the dictionary of its child;
+        a chunked checkpoint's is the single-blob payload of its decoded state)."""
         meta = self.get(name)
+        reader = self.reader(name)
+        if reader is not None:
+            return stateformats.statevector_payload(reader.array(), meta["precision"])
         dictionary = self.payload(meta["parent"]) if meta["parent"] else None
         return self._blobs.open(meta["blob"], Binding(_aad(meta), dictionary))
 
-    def load(self, name: str) -> tuple[dict[str, Any], np.ndarray]:
-        """The checkpoint's metadata and decoded state, verified against its recorded hash."""
+    def reader(self, name: str) -> densestate.DenseReader | None:
+        """The decoded state of a chunked checkpoint as its .npy file, read by ranges
+        (each chunk authenticated as it is read); None for a single-blob checkpoint."""
         meta = self.get(name)
+        if not meta.get("chunked"):
+            return None
+        blob = self._blobs.open_chunked(meta["blob"], meta["stored_bytes"], _identity(meta),
+                                        _aad(meta), meta.get("index_sha256"))
+        return densestate.DenseReader(blob, npy_header((2 ** meta["qubit_count"],)),
+                                      self._blobs.threads)
+
+    def load(self, name: str) -> tuple[dict[str, Any], np.ndarray]:
+        """The checkpoint's metadata and decoded state, verified against its recorded hash
+        (a chunked one chunk by chunk, as it is read: each chunk is authenticated)."""
+        meta = self.get(name)
+        reader = self.reader(name)
+        if reader is not None:
+            return meta, reader.array()
         decoded = stateformats.decode(self.payload(name))
         if hashlib.sha256(decoded.tobytes()).hexdigest() != meta["decoded_sha256"]:
             raise Corrupt(f"checkpoint {name} decodes to a state other than the one recorded")
@@ -166,12 +195,24 @@ class StateStore:
 
     # -- writing -------------------------------------------------------------------------
 
-    def prepare(self, request: Request, state: np.ndarray) -> Prepared:
-        """Encode, measure, compress and encrypt (slow: call from a worker thread)."""
+    def prepare(self, request: Request,
+                state: np.ndarray | densestate.Source) -> Prepared:
+        """Encode, measure, compress and encrypt (slow: call from a worker thread). A
+        state vector in the statevector format, not incremental, is sealed in chunks
+        (densestate.py); `state` may then be a Source read by chunks (an import)."""
         validate_name(request.name, "checkpoint name")
         retention = parse_duration(request.retention) if request.retention else self._retention
         owner = self._owner(request)
         parent = self._parent(request.parent, owner) if request.parent else None
+        asked = _format_name(request.format or self._config.default_serialization_format)
+        vector = isinstance(state, densestate.Source) or np.ndim(state) == 1
+        if asked == "statevector" and parent is None and vector:
+            source = state if isinstance(state, densestate.Source) \
+                else densestate.ArraySource(np.asarray(state))
+            reason = "asked for" if request.format else "the configured default"
+            return self._prepare_chunked(request, source, owner, retention, reason)
+        if isinstance(state, densestate.Source):
+            state = state.chunk(0, state.size)
         state, projected = stateformats.validate_state(state)
         spectrum = stateformats.schmidt_spectrum(state) if state.ndim == 1 else None
         n = self.screen(state.shape)
@@ -185,7 +226,7 @@ class StateStore:
             if parent["qubit_count"] != n:
                 raise Invalid(f"parent {request.parent} has {parent['qubit_count']} qubits, "
                               f"this state {n}")
-            parent_payload = self.payload(request.parent)
+            parent_payload = self.payload(parent["name"])
         created = time.time_ns()
         encrypt = self._config.encryption_enabled if request.encrypt is None else request.encrypt
         meta: dict[str, Any] = {
@@ -211,6 +252,51 @@ class StateStore:
             raise TooBig(f"checkpoint is {len(blob) >> 20} MiB stored, over the limit")
         meta_json(meta)  # never store a record its meta.json could not show
         return Prepared(meta, blob)
+
+    def _prepare_chunked(self, request: Request, source: densestate.Source, owner: int,
+                         retention: float, reason: str) -> Prepared:
+        """Scan, then seal chunk by chunk straight into the blob store's writer: the state
+        is never copied whole, decoded whole to be checked, or hashed twice."""
+        n = self.screen((source.size,))
+        started = time.perf_counter()
+        precision = np.dtype(np.complex64 if self.options.complex64 else np.complex128)
+        threads = self._blobs.threads
+        with densestate.one_blas_thread():
+            scan = densestate.scan(source, precision, threads)
+        created = time.time_ns()
+        encrypt = self._config.encryption_enabled if request.encrypt is None else request.encrypt
+        meta: dict[str, Any] = {
+            "name": request.name, "task": request.task, "stage": request.stage,
+            "format": "statevector", "format_reason": reason, "decodes_to": "statevector",
+            "qubit_count": n, "fidelity": None, **stateformats.entanglement(scan.spectrum),
+            "projection_trace_distance": 0.0, "raw_bytes": source.size * 16,
+            "payload_bytes": source.size * precision.itemsize, "encrypted": encrypt,
+            "parent": None, "owner": owner, "created_ns": created,
+            "expires_ns": created + int(retention * 1e9), "decoded_sha256": None,
+            "chunked": True, "precision": precision.name,
+        }
+        level = compression_level(self._config.compression_level) \
+            if self._config.compression_enabled else None
+        sealer = self._blobs.chunk_sealer(_identity(meta), len(densestate.spans(source.size)),
+                                          encrypt, level)
+        writer = self._blobs.writer()
+        try:
+            with densestate.one_blas_thread():
+                sealed = densestate.seal(source, scan, precision, sealer, writer, threads)
+            meta["decoded_sha256"] = sealed.decoded_sha256
+            meta["fidelity"] = sealed.fidelity
+            index, meta["index_sha256"] = sealer.index(sealed.chunks, sealed.info, _aad(meta))
+            writer.write(index)
+            meta["stored_bytes"] = writer.size
+            meta["compression_ratio"] = writer.size / meta["raw_bytes"]
+            meta["serialization_seconds"] = time.perf_counter() - started
+            if writer.size > self._config.max_checkpoint_size_mb << 20:
+                raise TooBig(f"checkpoint is {writer.size >> 20} MiB stored, over the limit")
+            meta_json(meta)
+        except BaseException:
+            writer.abort()
+            raise
+        return Prepared(meta, writer)
 
     def screen(self, shape: tuple[int, ...]) -> int:
         """What the shape alone decides (an import's .npy header, before its data): the
@@ -278,9 +364,11 @@ class StateStore:
         name = meta["name"]
         with self._meta.reading() as txn:
             if txn.get("checkpoints", name.encode()) is not None:
+                prepared.abort()
                 raise Exists(f"checkpoint {name} exists")
         with self._blob_lock:
-            meta["blob"] = self._blobs.put(prepared.blob)
+            blob = prepared.blob
+            meta["blob"] = self._blobs.put(blob) if isinstance(blob, bytes) else blob.commit()
             with self._meta.writing() as txn:
                 if txn.get("checkpoints", name.encode()) is not None:
                     raise Exists(f"checkpoint {name} exists")
@@ -379,6 +467,13 @@ def _format_name(name: str) -> str:
     if name != "auto" and name not in stateformats.FORMATS:
         raise Invalid(f"unknown format {name!r} (known: auto, {', '.join(stateformats.FORMATS)})")
     return name
+
+
+def _identity(meta: dict[str, Any]) -> bytes:
+    """What each chunk of a chunked blob is bound to: the checkpoint, before the hash of
+    its decoded state is known (the index is bound to that too, by `_aad`)."""
+    bound = {k: meta[k] for k in ("name", "format", "qubit_count", "created_ns", "parent")}
+    return json.dumps(bound, sort_keys=True).encode()
 
 
 def _aad(meta: dict[str, Any]) -> bytes:

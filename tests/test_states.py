@@ -393,7 +393,7 @@ def test_unencrypted_checkpoint(qfs):
     prepared_task(qfs, "u")
     command(qfs.qubits / "tasks" / "u" / "ctl", "checkpoint plain format=statevector encrypt=0")
     assert meta_of(qfs, "plain")["encrypted"] is False
-    assert (qfs.root / "states" / "plain" / "blob").read_bytes()[:5] == b"QFS1\x02"
+    assert (qfs.root / "states" / "plain" / "blob").read_bytes()[:5] == b"QFS2\x02"  # chunked
 
 
 def test_incremental_checkpoint_stores_only_the_change(qfs):

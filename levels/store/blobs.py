@@ -8,13 +8,17 @@ which a damaged or edited record can hold anything in. Sealing (levels/store/sea
 wraps a store; a store itself keeps bytes exactly as given.
 
 Puts hash and sync (up to the largest checkpoint, 1 GiB): call them from a worker thread,
-never from trio's.
+never from trio's. A blob too large to hold in memory (a 28-qubit state is 4 GiB) is
+written in parts through a `BlobWriter`: `writer_for(store)` gives the store's own
+(`DirectoryBlobStore.writer`: a temporary file hashed as it grows) or, for a store
+without one, a writer that joins the parts and makes one `put` at the end.
 """
 
 import errno
 import hashlib
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +58,58 @@ class BlobStore(Protocol):
     def list(self) -> list[str]: ...
 
 
+class BlobWriter(Protocol):
+    """One blob written in parts: `commit` makes it durable and names it (as `put`),
+    `abort` drops what was written. `size` is the bytes written so far."""
+
+    size: int
+
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> str: ...
+    def abort(self) -> None: ...
+
+
+class JoinedWriter:
+    """The parts kept in memory and put as one blob: for a store with no writer of its
+    own (S3's single PUT), so the parted path works on every store."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self._parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(bytes(data))
+        self.size += len(data)
+
+    def commit(self) -> str:
+        key = self._store.put(b"".join(self._parts))
+        self._parts.clear()
+        return key
+
+    def abort(self) -> None:
+        self._parts.clear()
+
+
+def writer_for(store: object) -> BlobWriter:
+    """The store's own writer, or one that joins the parts into a single put."""
+    make = getattr(store, "writer", None)
+    return make() if make is not None else JoinedWriter(store)  # type: ignore[arg-type]
+
+
+def _check_space(root: Path, size: int) -> None:
+    free = os.statvfs(root)
+    if free.f_bavail * free.f_frsize < size + RESERVE:
+        raise OSError(errno.ENOSPC, f"{size} bytes do not fit, with "
+                      f"{RESERVE >> 20} MiB kept for the metadata")
+
+
+def _no_space(exc: OSError) -> NoSpace | OSError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"the blob store is full: {exc.strerror}")
+    return exc
+
+
 class DirectoryBlobStore:
     """Blobs as files `<root>/<key[:2]>/<key>`: written to a temporary file, fsynced and
     renamed into place, the directory synced so that the rename lasts too."""
@@ -72,27 +128,29 @@ class DirectoryBlobStore:
             return key
         temp = path.with_name(f".{key}.{os.getpid()}.tmp")
         try:
-            free = os.statvfs(self._root)
-            if free.f_bavail * free.f_frsize < len(data) + RESERVE:
-                raise OSError(errno.ENOSPC, f"{len(data)} bytes do not fit, with "
-                              f"{RESERVE >> 20} MiB kept for the metadata")
+            _check_space(self._root, len(data))
             path.parent.mkdir(exist_ok=True)
             with open(temp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(temp, path)
-            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            self._place(temp, path)
         except OSError as exc:
             temp.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpace(f"the blob store is full: {exc.strerror}") from exc
-            raise
+            raise _no_space(exc) from exc
         return key
+
+    def _place(self, temp: Path, path: Path) -> None:
+        """Rename a synced temporary file into place and sync its directory."""
+        os.replace(temp, path)
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def writer(self) -> "DirectoryBlobWriter":
+        return DirectoryBlobWriter(self)
 
     def get(self, key: str) -> bytes:
         try:
@@ -115,3 +173,47 @@ class DirectoryBlobStore:
 
     def list(self) -> list[str]:
         return sorted(p.name for p in self._root.glob("??/*") if is_key(p.name))
+
+
+class DirectoryBlobWriter:
+    """A blob written in parts to a temporary file in the store's root, hashed as it
+    grows; `commit` syncs it and renames it to its key (or drops it when that blob is
+    already there). Free space is checked before each part, as `put` does."""
+
+    def __init__(self, store: DirectoryBlobStore) -> None:
+        self._store = store
+        self._temp = store._root / f".stage-{uuid.uuid4().hex}.tmp"
+        self._file = open(self._temp, "wb")  # noqa: SIM115 (closed by commit or abort)
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        try:
+            _check_space(self._store._root, len(data))
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise _no_space(exc) from exc
+        self._hash.update(data)
+        self.size += len(data)
+
+    def commit(self) -> str:
+        key = self._hash.hexdigest()
+        path = self._store._path(key)
+        try:
+            self._file.flush()
+            if path.exists():
+                self.abort()
+                return key
+            os.fsync(self._file.fileno())
+            self._file.close()
+            path.parent.mkdir(exist_ok=True)
+            self._store._place(self._temp, path)
+        except OSError as exc:
+            self.abort()
+            raise _no_space(exc) from exc
+        return key
+
+    def abort(self) -> None:
+        self._file.close()
+        self._temp.unlink(missing_ok=True)

@@ -19,7 +19,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from levels.errors import Corrupt, Invalid
-from levels.store.blobs import BlobStore
+from levels.store.blobs import BlobStore, BlobWriter, writer_for
+from levels.store.chunked import ChunkedBlob, ChunkSealer
 
 MAGIC = b"QFS1"
 ENCRYPTED = 1
@@ -48,8 +49,19 @@ class Sealer:
     """The codec: bytes in, sealed bytes out (the key canary seals with it directly)."""
 
     def __init__(self, key: bytes, threads: int) -> None:
+        self._key = key
         self._aead = AESGCM(key)
         self._threads = threads
+        self.threads = threads  # zstd threads of one blob, or chunks sealed at once
+
+    def chunks(self, identity: bytes, count: int, encrypt: bool,
+               level: int | None) -> ChunkSealer:
+        """A sealer of one chunked blob (levels/store/chunked.py) under this key."""
+        return ChunkSealer(self._key, identity, count, encrypt, level)
+
+    def chunked(self, get_range, size: int, identity: bytes, aad: bytes,
+                index_sha256: str | None) -> ChunkedBlob:
+        return ChunkedBlob(self._key, get_range, size, identity, aad, index_sha256)
 
     def seal(self, payload: bytes, aad: bytes, encrypt: bool, dictionary: bytes | None = None,
              level: int | None = 3) -> bytes:
@@ -70,8 +82,8 @@ class Sealer:
                     level, window_log=window, enable_ldm=True, hash_log=tables,
                     chain_log=tables, threads=0)
             compressor = zstandard.ZstdCompressor(
-                level=level, dict_data=_dictionary(dictionary), compression_params=params,
-                **({} if params else {"threads": self._threads}))
+                level=level, dict_data=_dictionary(dictionary), compression_params=params) \
+                if params else zstandard.ZstdCompressor(level=level, threads=self._threads)
             body = compressor.compress(payload)
             flags |= COMPRESSED
         if not encrypt:
@@ -137,8 +149,28 @@ class SealedBlobStore:
         """The data sealed under `key`, or Corrupt if it is not what `binding` sealed."""
         return self._sealer.unseal(self._inner.get(key), binding.aad, binding.dictionary)
 
+    @property
+    def threads(self) -> int:
+        return self._sealer.threads
+
     def put(self, blob: bytes) -> str:
         return self._inner.put(blob)
+
+    def chunk_sealer(self, identity: bytes, count: int, encrypt: bool,
+                     level: int | None) -> ChunkSealer:
+        """Seals a blob chunk by chunk (a large state), written through `writer()`."""
+        return self._sealer.chunks(identity, count, encrypt, level)
+
+    def writer(self) -> BlobWriter:
+        """A blob written in parts to the inner store (its own writer, or one put)."""
+        return writer_for(self._inner)
+
+    def open_chunked(self, key: str, size: int, identity: bytes, aad: bytes,
+                     index_sha256: str | None) -> ChunkedBlob:
+        """A chunked blob read by ranges of the inner store; each chunk is authenticated
+        as it is read."""
+        return self._sealer.chunked(lambda offset, n: self._inner.get_range(key, offset, n),
+                                    size, identity, aad, index_sha256)
 
     def get_range(self, key: str, offset: int, size: int) -> bytes:
         return self._inner.get_range(key, offset, size)

@@ -1,0 +1,195 @@
+"""Chunked sealing of dense states (levels/densestate.py, levels/store/chunked.py), without
+FUSE: tampering, truncation, reordering and swaps are detected chunk by chunk; the old
+single-blob format still reads; fidelity and ranged reads against Qiskit and numpy."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from qiskit.quantum_info import Statevector, state_fidelity
+
+from levels.config import load_config
+from levels.densestate import CHUNK_AMPLITUDES
+from levels.errors import Corrupt
+from levels.fabric import Fabric
+from levels.states import Request, npy_bytes
+from levels.store.chunked import TRAILER
+
+QUBITS = 20  # four chunks of 2^18 amplitudes
+
+
+def random_state(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vector = rng.standard_normal(2**n) + 1j * rng.standard_normal(2**n)
+    return vector / np.linalg.norm(vector)
+
+
+def fabric_at(path, **state_store) -> Fabric:
+    config = load_config()
+    for key, value in state_store.items():
+        setattr(config.state_store, key, value)
+    return Fabric(path, config)
+
+
+def checkpoint(fabric: Fabric, name: str, state: np.ndarray, **request) -> dict:
+    return fabric.states.commit(fabric.states.prepare(
+        Request(name, format="statevector", **request), state))
+
+
+def blob_file(fabric: Fabric, meta: dict):
+    return fabric.data_dir / "blobs" / meta["blob"][:2] / meta["blob"]
+
+
+def chunk_table(fabric: Fabric, name: str) -> list[tuple[int, int, str]]:
+    reader = fabric.states.reader(name)
+    assert reader is not None
+    return reader._blob.index.chunks
+
+
+def test_chunked_round_trip_fidelity_and_ranges_against_qiskit(tmp_path):
+    state = random_state(QUBITS, 1)
+    for precision in ("complex128", "complex64"):
+        fabric = fabric_at(tmp_path / precision, amplitude_precision=precision)
+        try:
+            meta = checkpoint(fabric, "s", state)
+            assert meta["chunked"] and meta["precision"] == precision
+            _meta, decoded = fabric.states.load("s")
+            assert hashlib.sha256(decoded.tobytes()).hexdigest() == meta["decoded_sha256"]
+            qiskit = state_fidelity(Statevector(state), Statevector(decoded))
+            assert meta["fidelity"] >= 1 - 1e-12
+            assert abs(meta["fidelity"] - qiskit) < 1e-12
+            if precision == "complex64":
+                assert meta["compression_ratio"] <= 0.45
+            else:
+                assert np.allclose(decoded, state, rtol=1e-14, atol=0)  # lossless
+            whole = npy_bytes(decoded)
+            reader = fabric.states.reader("s")
+            assert reader.size == len(whole)
+            chunk = CHUNK_AMPLITUDES * 16
+            for offset, size in ((0, 10), (5, 200_000), (chunk - 3, 7), (len(whole) - 9, 99),
+                                 (2 * chunk + 1000, chunk + 17)):
+                assert reader.read_sync(offset, size) == whole[offset : offset + size]
+        finally:
+            fabric.close()
+
+
+def test_single_blob_checkpoints_still_read(tmp_path):
+    """The automatic choice and incremental children keep the single-blob format (QFS1);
+    an incremental child of a chunked parent reads back too."""
+    fabric = fabric_at(tmp_path)
+    try:
+        state = random_state(10, 2)
+        fabric.states.commit(fabric.states.prepare(Request("auto"), state))
+        meta = fabric.states.get("auto")
+        assert meta["format"] == "statevector" and not meta.get("chunked")
+        assert blob_file(fabric, meta).read_bytes()[:4] == b"QFS1"
+        assert np.allclose(fabric.states.load("auto")[1], state)
+        checkpoint(fabric, "parent", state)
+        child = state.copy()
+        child[:8] = child[8:16]
+        child /= np.linalg.norm(child)
+        checkpoint(fabric, "child", child, parent="parent")
+        assert blob_file(fabric, fabric.states.get("child")).read_bytes()[:4] == b"QFS1"
+        assert np.allclose(fabric.states.load("child")[1], child)
+    finally:
+        fabric.close()
+
+
+def reads(fabric: Fabric, name: str) -> None:
+    """Every byte of the checkpoint's decoded state, read by ranges and whole."""
+    reader = fabric.states.reader(name)
+    reader.read_sync(0, reader.size)
+    fabric.states.load(name)
+
+
+def test_tampered_truncated_and_reordered_chunks_are_refused(tmp_path):
+    # Uncompressed, so chunks have one length and can be swapped in place.
+    fabric = fabric_at(tmp_path, compression_enabled=False)
+    try:
+        meta = checkpoint(fabric, "a", random_state(QUBITS, 3))
+        other = checkpoint(fabric, "b", random_state(QUBITS, 4))
+        path = blob_file(fabric, meta)
+        good = path.read_bytes()
+        table = chunk_table(fabric, "a")
+        assert len(table) == 4 and len({n for _o, n, _t in table}) == 1
+        (o0, n0, _), (o1, _n1, _) = table[0], table[1]
+        swapped = bytearray(good)
+        swapped[o0 : o0 + n0], swapped[o1 : o1 + n0] = good[o1 : o1 + n0], good[o0 : o0 + n0]
+        flipped = bytearray(good)
+        flipped[o1 + 100] ^= 1
+        foreign = bytearray(good)  # chunk 0 of another checkpoint, in its own place
+        foreign[o0 : o0 + n0] = blob_file(fabric, other).read_bytes()[o0 : o0 + n0]
+        index_length = TRAILER.unpack(good[-TRAILER.size :])[0]
+        dropped = good[: table[-1][0]] + good[-TRAILER.size - index_length :]
+        for bad in (bytes(swapped), bytes(flipped), bytes(foreign), good[:-1], good[: o1],
+                    dropped):
+            path.write_bytes(bad)
+            with pytest.raises(Corrupt):
+                reads(fabric, "a")
+        path.write_bytes(good)
+        reads(fabric, "a")
+    finally:
+        fabric.close()
+
+
+def test_unencrypted_chunks_are_checked_against_the_record(tmp_path):
+    """Without a key an index could be rewritten to match edited chunks: the record keeps
+    the index's hash, so that is refused too."""
+    fabric = fabric_at(tmp_path, compression_enabled=False)
+    try:
+        meta = checkpoint(fabric, "p", random_state(QUBITS, 5), encrypt=False)
+        path = blob_file(fabric, meta)
+        good = path.read_bytes()
+        offset, length, _tag = chunk_table(fabric, "p")[2]
+        edited = bytearray(good)
+        edited[offset + 5] ^= 1
+        path.write_bytes(bytes(edited))
+        with pytest.raises(Corrupt):
+            reads(fabric, "p")
+        index_length = TRAILER.unpack(good[-TRAILER.size :])[0]
+        document = json.loads(good[-TRAILER.size - index_length : -TRAILER.size])
+        document["chunks"][2][2] = hashlib.sha256(edited[offset : offset + length]).hexdigest()
+        forged = json.dumps(document, sort_keys=True).encode()
+        path.write_bytes(bytes(edited[: -TRAILER.size - index_length]) + forged
+                         + TRAILER.pack(len(forged), b"QFS2"))
+        with pytest.raises(Corrupt):
+            reads(fabric, "p")
+    finally:
+        fabric.close()
+
+
+def test_blob_writers_name_what_put_would(tmp_path):
+    """A blob written in parts is the blob `put` makes of the joined bytes; an aborted one
+    leaves nothing; a store without a writer of its own gets a joining one."""
+    from levels.store.blobs import DirectoryBlobStore, JoinedWriter, writer_for
+
+    store = DirectoryBlobStore(tmp_path / "blobs")
+    parts = [b"alpha" * 1000, b"", b"beta" * 3]
+    writer = writer_for(store)
+    for part in parts:
+        writer.write(part)
+    assert writer.size == sum(map(len, parts))
+    key = writer.commit()
+    assert key == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert store.get(key) == b"".join(parts)
+    dropped = writer_for(store)
+    dropped.write(b"never")
+    dropped.abort()
+    assert store.list() == [key]
+    assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == [key[:2]]
+
+    class PutOnly:  # a store with put alone (as any BlobStore)
+        def __init__(self) -> None:
+            self.blobs: dict[str, bytes] = {}
+
+        def put(self, data: bytes) -> str:
+            self.blobs[hashlib.sha256(data).hexdigest()] = data
+            return hashlib.sha256(data).hexdigest()
+
+    plain = PutOnly()
+    joined = writer_for(plain)
+    assert isinstance(joined, JoinedWriter)
+    for part in parts:
+        joined.write(part)
+    assert plain.blobs[joined.commit()] == b"".join(parts)
