@@ -95,6 +95,9 @@ class LiveQubitConfig(_Section):
     calibration_interval: str = "1h"
     telemetry_collection_interval: Interval = "1s"  # one /qubits/telemetry sample per period
     temporal_cooldown_ms: int = 1000
+    # Where runs simulate: local worker processes, or a Dask cluster's scheduler
+    # as dask://host:port (levels/dask_runs.py).
+    executor: str = Field(default="local", pattern=r"^(local|dask://[^/\s]+:\d+)$")
     # The first device is /qubits; the others appear under /devices/<name>/.
     devices: list[DeviceConfig] = Field(
         default=[DeviceConfig(name="eagle", qubits=127, topology="heavy_hex", seed=7)],

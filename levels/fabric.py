@@ -6,12 +6,14 @@ Programs and tests use this without FUSE; the mount wraps it.
 import logging
 import threading
 from pathlib import Path
+from typing import cast
 
 from levels import native, workers
 from levels.budget import WriteBudget
 from levels.circuits import MAX_META_BYTES, CircuitStore
 from levels.config import Config
 from levels.coordinator import MAX_DEFINITION_BYTES, Coordinator
+from levels.dask_runs import DaskRunner
 from levels.hosts import Follower
 from levels.metrics import Metrics
 from levels.oplog import OpLog
@@ -67,8 +69,12 @@ class Fabric:
         # Two pools: a run may simulate for minutes, and parses and views must not queue
         # behind it (two 30 s noisy runs would otherwise hold every cp for 30 s).
         self.workers = workers.WorkerPool(perf.worker_processes, limits)
-        self.run_workers = workers.WorkerPool(perf.worker_processes, limits,
-                                              preload=(*workers.QISKIT, "qiskit_aer"))
+        executor = config.live_qubit_mgr.executor
+        # Runs on a Dask cluster take the pool's place (the same run and shutdown).
+        self.run_workers = cast(workers.WorkerPool, DaskRunner(executor)) \
+            if executor.startswith("dask://") else \
+            workers.WorkerPool(perf.worker_processes, limits,
+                               preload=(*workers.QISKIT, "qiskit_aer"))
         self.circuits = CircuitStore(self.meta, cfs, self.workers, on_change=self.search.submit,
                                      cache_bytes=cache_bytes, notice=self.oplog.note)
         self.metrics = Metrics(config.live_qubit_mgr.feedforward_latency_target_ms / 1000)

@@ -388,3 +388,71 @@ def test_a_circuit_replaced_on_one_host_is_never_served_stale_on_the_other(hosts
         a.write_circuit("x", GHZ3)
         eventually(lambda: exists(b.circuits / "x" / "v1.qasm") and
                    (b.circuits / "x" / "v1.qasm").read_text() == GHZ3, within=1.0)
+
+
+# -- runs on a Dask cluster --------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory) -> Iterator[str]:
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    logs = tmp_path_factory.mktemp("dask")
+    dask = str(ROOT / ".venv" / "bin" / "dask")
+    processes = [subprocess.Popen(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+         "--no-dashboard"], stdout=open(logs / "scheduler.log", "wb"),
+        stderr=subprocess.STDOUT)]
+    try:
+        eventually(lambda: _listening(port), within=60)
+        for i in range(2):
+            processes.append(subprocess.Popen(
+                [dask, "worker", f"tcp://{address}", "--nthreads", "1", "--nworkers", "1",
+                 "--no-dashboard", "--name", f"w{i}"], cwd=ROOT,
+                stdout=open(logs / f"worker{i}.log", "wb"), stderr=subprocess.STDOUT))
+        from distributed import Client
+
+        with Client(f"tcp://{address}", timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.fuse
+def test_runs_on_a_dask_cluster_give_the_local_counts(mount_factory, dask_cluster, tmp_path):
+    settings = tmp_path / "dask.yaml"
+    settings.write_text(json.dumps({"live_qubit_mgr": {"executor": f"dask://{dask_cluster}"}}))
+    on_dask = mount_factory(data=tmp_path / "data-dask", extra=["--config", str(settings)])
+    local = mount_factory(data=tmp_path / "data-local")
+    counts = []
+    for mount in (on_dask, local):
+        mount.write_circuit("ghz", GHZ3)
+        command(mount.qubits / "ctl", "alloc 3 task=g topology=linear")
+        command(mount.qubits / "tasks" / "g" / "ctl", "run ghz shots=3000 seed=11")
+        counts.append(json.loads(
+            (mount.qubits / "tasks" / "g" / "result.json").read_text())["counts"])
+    assert counts[0] == counts[1]
+    assert {"000", "111"} <= set(counts[0])  # noisy (the device's calibration) and seeded
+    from distributed import Client
+
+    with Client(f"tcp://{dask_cluster}", timeout=30) as client:
+        ran = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    assert "run" in ran  # levels.execution.run went to the cluster
