@@ -262,6 +262,13 @@ def eventually(predicate, within: float) -> float:
     return time.monotonic() - started
 
 
+def found(mount, query: str) -> list[str]:
+    try:
+        return sorted(os.listdir(mount.root / "search" / query))
+    except OSError:  # EBUSY while the index catches up
+        return []
+
+
 def exists(path: Path) -> bool:
     try:
         os.stat(path)
@@ -318,6 +325,9 @@ def test_two_hosts_share_one_fabric(hosts, shared):
     a.write_circuit("ghz", GHZ3)
     lag = eventually(lambda: "ghz" in os.listdir(b.circuits), within=1.0)
     assert (b.circuits / "ghz" / "v1.qasm").read_text() == GHZ3
+    (a.circuits / "ghz" / "meta.json").write_text(json.dumps(
+        {"description": "shared by two hosts"}))
+    eventually(lambda: found(b, '"two hosts"') == ["ghz"], within=2.0)  # B's own index
     a.write_circuit("ghz", BELL)  # a second version on A: B reads it, not a cached v1
     eventually(lambda: exists(b.circuits / "ghz" / "v2.qasm"), within=1.0)
     assert (b.circuits / "ghz" / "v2.qasm").read_text() == BELL
