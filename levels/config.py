@@ -92,7 +92,7 @@ class LiveQubitConfig(_Section):
     feedforward_enabled: bool = True
     feedforward_latency_target_ms: int = 10
     isolation_level: str = "none"  # the default isolate= of alloc commands
-    calibration_interval: str = "1h"
+    calibration_interval: Interval = "1h"  # devices are calibrated anew this often
     telemetry_collection_interval: Interval = "1s"  # one /qubits/telemetry sample per period
     temporal_cooldown_ms: int = 1000
     # Where runs simulate: local worker processes, or a Dask cluster's scheduler

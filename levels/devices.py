@@ -1,7 +1,10 @@
 """Device models: a coupling graph with calibration, from Qiskit's GenericBackendV2.
 
 GenericBackendV2 draws T1, T2, readout and gate errors around published values of real
-devices (seeded, so a device is the same on every mount). A run's noise is the device's
+devices (seeded, so a device is the same on every mount). Every
+`live_qubit_mgr.calibration_interval` after the mount a device is calibrated anew, as real
+devices are: its model is drawn again with the next seed, so errors drift, noise-aware
+allocation follows them, and calibration.json says when. A run's noise is the device's
 calibration on the task's qubits alone (`calibration_on`), from which a worker builds the
 Aer noise model of those qubits: the 127-qubit model (seconds to build) is never made.
 """
@@ -10,6 +13,8 @@ import dataclasses
 import functools
 import math
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import rustworkx as rx
@@ -97,10 +102,12 @@ class QubitCalibration:
 class Device:
     """A device: graph, calibration, and (lazily) its Qiskit backend and Aer noise model."""
 
-    def __init__(self, spec: DeviceSpec) -> None:
+    def __init__(self, spec: DeviceSpec, epoch: int = 0) -> None:
         if spec.qubits < 1:
             raise Invalid(f"device {spec.name}: needs at least one qubit")
         self.spec = spec
+        self.epoch = epoch  # calibrations since the mount
+        self.calibrated_at = time.time()
         self.name = spec.name
         self.num_qubits = spec.qubits
         self.edges = coupling_edges(spec)
@@ -197,6 +204,8 @@ class Device:
         return {
             "qubit": q,
             "device": self.name,
+            "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.calibrated_at)),
+            "calibration": self.epoch,
             **self.calibration[q].as_dict(),
             "cx_error": {
                 f"q{n}": self.edge_error.get((min(q, n), max(q, n)), 0.0)
@@ -209,11 +218,15 @@ class Devices:
     """The configured devices, each model built on first use (GenericBackendV2 takes ~0.5 s,
     and a mount that never touches a device never pays it); the first is the default."""
 
-    def __init__(self, specs: list[DeviceSpec]) -> None:
+    def __init__(self, specs: list[DeviceSpec], recalibrate_every_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.specs = specs
         self.default = specs[0].name
         self._built: dict[str, Device] = {}
         self._lock = threading.Lock()
+        self._every = recalibrate_every_s
+        self._clock = clock
+        self._started = clock()
 
     def names(self) -> list[str]:
         return [s.name for s in self.specs]
@@ -225,7 +238,13 @@ class Devices:
         raise NotFound(f"no device {name}")
 
     def get(self, name: str) -> Device:
+        """The device as calibrated now: the first request after a calibration interval
+        builds the new model (~0.5 s for 127 qubits, once per interval)."""
+        epoch = int((self._clock() - self._started) // self._every) if self._every else 0
         with self._lock:
-            if name not in self._built:
-                self._built[name] = Device(self.spec(name))
-            return self._built[name]
+            built = self._built.get(name)
+            if built is None or built.epoch != epoch:
+                spec = self.spec(name)
+                built = Device(dataclasses.replace(spec, seed=spec.seed + epoch), epoch)
+                self._built[name] = built
+            return built

@@ -24,6 +24,7 @@ from levels.allocator import Allocator
 from levels.circuits import CircuitStore
 from levels.config import LiveQubitConfig
 from levels.devices import Device, Devices, DeviceSpec
+from levels.durations import parse_interval
 from levels.errors import Disabled
 from levels.livetasks import Live, LiveTasks
 from levels.metrics import Metrics
@@ -44,7 +45,8 @@ class LiveQubitManager:
     ) -> None:
         self._config = config
         self.devices = Devices([DeviceSpec(d.name, d.qubits, d.topology, d.seed)
-                                for d in config.devices])
+                                for d in config.devices],
+                               recalibrate_every_s=parse_interval(config.calibration_interval))
         self.specs = self.devices.specs
         self.default_device = self.devices.default
         self.table = TaskTable(meta)

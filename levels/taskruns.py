@@ -12,7 +12,7 @@ import trio
 
 from levels import ctl, execution, feedforward
 from levels.circuits import CircuitStore
-from levels.devices import Device, Devices
+from levels.devices import Device, Devices, DeviceSpec
 from levels.errors import Invalid, NotFound
 from levels.livetasks import LiveTasks
 from levels.metrics import Metrics
@@ -29,7 +29,7 @@ class TaskRuns:
         self._table = table
         self._live = live
         self._metrics = metrics
-        self._calibrations: dict[tuple[str, tuple[int, ...]], execution.Calibration] = {}
+        self._calibrations: dict[tuple[DeviceSpec, tuple[int, ...]], execution.Calibration] = {}
         self._runs = 0
 
     def last_run(self, name: str) -> dict[str, Any] | None:
@@ -102,7 +102,7 @@ class TaskRuns:
     def _calibration(self, device: Device, used: tuple[int, ...]) -> execution.Calibration:
         """The device's calibration on `used` (renumbered 0..n-1), from which the worker
         builds their noise model, so Aer simulates n qubits only; kept per task qubits."""
-        key = (device.name, used)
+        key = (device.spec, used)  # a recalibrated device has another spec (seed)
         if key not in self._calibrations:
             self._calibrations[key] = device.calibration_on(used)
         return self._calibrations[key]

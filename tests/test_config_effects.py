@@ -3,6 +3,7 @@ refused at mount time with a message naming the key."""
 
 import errno
 import itertools
+import json
 import os
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from levels import native, tuning
 from levels.config import load_config
-from levels.devices import heavy_hex_edges
+from levels.devices import Devices, DeviceSpec, heavy_hex_edges
 from levels.errors import Invalid
 from levels.fabric import Fabric
 from tests.conftest import BELL
@@ -130,3 +131,26 @@ def test_feed_forward_target_is_the_tuning_threshold(tmp_path):
         assert found["HighFeedforwardLatency"]["threshold"] == 0.001
     finally:
         fabric.close()
+
+
+def test_devices_are_calibrated_anew_every_interval():
+    now = [0.0]
+    devices = Devices([DeviceSpec("lab", 5, "linear", seed=3)], recalibrate_every_s=60,
+                      clock=lambda: now[0])
+    first = devices.get("lab")
+    assert devices.get("lab") is first and first.epoch == 0
+    now[0] = 61
+    second = devices.get("lab")
+    assert second.epoch == 1 and second.spec.seed == 4
+    assert [c.t1 for c in second.calibration] != [c.t1 for c in first.calibration]
+    assert second.calibration_json(0)["calibration"] == 1
+
+
+@pytest.mark.fuse
+def test_calibration_json_shows_each_new_calibration(mount_factory, tmp_path):
+    qfs = mount_with(mount_factory, tmp_path, "live_qubit_mgr:\n  calibration_interval: 1s\n")
+    before = json.loads((qfs.qubits / "q3" / "calibration.json").read_text())
+    time.sleep(1.1)
+    after = json.loads((qfs.qubits / "q3" / "calibration.json").read_text())
+    assert after["calibration"] > before["calibration"]
+    assert after["t1"] != before["t1"]
