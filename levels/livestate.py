@@ -6,8 +6,11 @@ must neither copy nor rescan it. The state is kept as c * Z^z X^x |stored>, a Pa
 (an X mask, a Z mask and a scalar) over the stored vector, so that Pauli gates (the usual
 corrections) only change the frame, other gates with one non-zero per column (s, t, rz,
 cz, ...) multiply only the sub-blocks they change, in place, and mixing gates (h, cx, ...)
-rewrite only the blocks they mix. A measurement reads one half and zeroes the other in
-place; its renormalisation goes into the scalar. Reading `vector` folds the frame in once.
+rewrite only the blocks they mix. A measurement reads one half; zeroing the other half is
+put off (a pending projection) until something reads or mixes amplitudes, so the triggers
+it fires run at once, without waiting for half a megabyte of writes (and without the
+evicted cache those writes leave behind); its renormalisation goes into the scalar.
+Reading `vector` folds the frame in once.
 Whole circuits go through Qiskit. Qubit k is bit k of the index, as in qiskit.quantum_info.
 """
 
@@ -106,14 +109,23 @@ class LiveState:
         self._stored[:] = 0
         self._stored[0] = 1.0
         self._x, self._z, self._scale = 0, 0, 1.0 + 0j
+        self._pending: list[tuple[int, int]] = []  # (qubit, stored bit) halves to zero
+
+    def _settle(self) -> None:
+        """Zero the halves that measurements projected out (before amplitudes are read or
+        mixed; a diagonal factor or a frame change may touch them first: they end at 0)."""
+        for qubit, bit in self._pending:
+            self._block(qubit, bit)[...] = 0
+        self._pending.clear()
 
     @property
     def vector(self) -> np.ndarray:
         """The state's amplitudes (the frame folded into the stored vector, once)."""
+        self._settle()
         if self._x:
             axes = [self.num_qubits - 1 - q for q in range(self.num_qubits) if self._x >> q & 1]
             psi = self._stored.reshape((2,) * self.num_qubits)
-            self._stored = np.ascontiguousarray(np.flip(psi, axis=axes)).reshape(-1)
+            self._stored = np.ascontiguousarray(np.flip(psi, axis=tuple(axes))).reshape(-1)
         for q in range(self.num_qubits):
             if self._z >> q & 1:
                 self._block(q, 1)[...] *= -1
@@ -126,6 +138,7 @@ class LiveState:
     def vector(self, amplitudes: np.ndarray) -> None:
         self._stored = np.ascontiguousarray(amplitudes, dtype=complex).reshape(-1)
         self._x, self._z, self._scale = 0, 0, 1.0 + 0j
+        self._pending = []
 
     def _check(self, qubit: int) -> None:
         if not 0 <= qubit < self.num_qubits:
@@ -137,12 +150,15 @@ class LiveState:
 
     def _sub_block(self, qubits: tuple[int, ...], local: int) -> np.ndarray:
         """The stored amplitudes whose bits on `qubits` spell the local index: a view."""
-        index = [slice(None)] * self.num_qubits
+        index: list[slice | int] = [slice(None)] * self.num_qubits
         for j, q in enumerate(qubits):
             index[self.num_qubits - 1 - q] = (local >> j) & 1
         return self._stored.reshape((2,) * self.num_qubits)[tuple(index)]
 
     def apply_gate(self, name: str, qubits: tuple[int, ...], params: tuple[float, ...] = ()):
+        if (name == "x" or name == "z") and len(qubits) == 1 and not params:
+            self._pauli(name, qubits[0])  # the usual correction: the frame alone
+            return
         params = tuple(map(float, params))
         qubits = tuple(qubits)
         x = 0  # the frame's X mask on the gate's qubits (gate-local), checking them on the way
@@ -168,6 +184,19 @@ class LiveState:
             self._scale *= _popcount_sign(s & self._z)
             self._x ^= s
 
+    def _pauli(self, name: str, qubit: int) -> None:
+        """X or Z on one qubit, in the frame: Z Z^z X^x = Z^(z^q) X^x, and
+        X Z^z X^x = (-1)^z_q Z^z X^(x^q) (what the general path computes, without its
+        lookups)."""
+        self._check(qubit)
+        bit = 1 << qubit
+        if name == "z":
+            self._z ^= bit
+            return
+        if self._z & bit:
+            self._scale = -self._scale
+        self._x ^= bit
+
     def _conjugated(self, matrix: np.ndarray, qubits: tuple[int, ...]) -> np.ndarray:
         """F^-1 U F on the gate's qubits, for F = Z^z X^x the frame there (the scalar
         commutes): the matrix to apply to the stored vector."""
@@ -175,7 +204,7 @@ class LiveState:
         if not x and not z:
             return matrix
         index = np.arange(len(matrix))
-        signs = np.array([_popcount_sign(j & z) for j in index])
+        signs = np.array([_popcount_sign(int(j) & z) for j in index])
         frame = np.zeros_like(matrix)
         frame[index, index ^ x] = signs  # Z^z X^x: column j -> row j ^ x, sign of the row
         return frame.conj().T @ matrix @ frame
@@ -183,6 +212,7 @@ class LiveState:
     def _mix(self, matrix: np.ndarray, qubits: tuple[int, ...]) -> None:
         """new block r = sum_j U[r, j] old block j, in place over strided views; a block is
         copied only when a row written before it still needs its old value."""
+        self._settle()
         changed = [r for r in range(len(matrix))
                    if not (abs(matrix[r, r] - 1) < 1e-15
                            and np.count_nonzero(np.abs(matrix[r]) > 1e-15) == 1)]
@@ -228,14 +258,16 @@ class LiveState:
 
     def probability_of_one(self, qubit: int) -> float:
         self._check(qubit)
+        self._settle()
         return abs(self._scale) ** 2 * self._weight(qubit, 1 ^ (self._x >> qubit & 1))
 
     def measure(self, qubit: int) -> int:
         """Sample one qubit and collapse the state onto the outcome: the other stored half
-        is zeroed in place, the renormalisation goes into the frame's scalar."""
+        is to be zeroed (pending, see _settle), the renormalisation goes into the frame's
+        scalar."""
         p1 = min(max(self.probability_of_one(qubit), 0.0), 1.0)
         outcome = int(self.rng.random() < p1)
         flipped = self._x >> qubit & 1
-        self._block(qubit, 1 ^ outcome ^ flipped)[...] = 0
+        self._pending.append((qubit, 1 ^ outcome ^ flipped))
         self._scale /= np.sqrt(p1 if outcome else 1.0 - p1)
         return outcome

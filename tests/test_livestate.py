@@ -70,3 +70,22 @@ def _circuit(n: int, gates: list[tuple[str, int]]) -> QuantumCircuit:
     for name, qubit in gates:
         getattr(circuit, name)(qubit)
     return circuit
+
+
+def test_a_measurement_defers_zeroing_until_amplitudes_are_read():
+    """measure writes nothing into the vector: the projected-out half is zeroed when the
+    amplitudes are next read or mixed, so the triggers a measurement fires run first."""
+    state = LiveState(16, np.random.default_rng(3))
+    state.apply_gate("h", (0,))
+    state.apply_gate("h", (5,))
+    stored = state._stored
+    before = stored.copy()
+    outcome = state.measure(0)
+    state.apply_gate("x", (5,))  # a correction: the frame alone
+    state.apply_gate("z", (0,))
+    assert state._stored is stored and np.array_equal(stored, before)
+    reference = Statevector.from_label("0" * 16).evolve(_circuit(16, [("h", 0), ("h", 5)]))
+    _weight, reference = _project(reference, 0, outcome)
+    reference = reference.evolve(_circuit(16, [("x", 5), ("z", 0)]))
+    assert np.allclose(state.vector, reference.data, atol=1e-12)
+    assert state.probability_of_one(0) == pytest.approx(outcome)
