@@ -1,0 +1,88 @@
+"""What each SDK format view costs against calling its converter directly; prints JSON.
+
+  sdk_views  a 20-qubit, 2,000-gate circuit (bench_compiled's): for each of vN.quil,
+             vN.cirq.json, vN.braket.json and vN.ll, the first read through the mount (a
+             worker parses the version and converts it; the worker has rendered that format
+             once before on a warm-up circuit, so its SDK is imported), a second read
+             (cached), and in this process levels.sdkformats.render on the parsed circuit,
+             the converter alone, with its SDK imported beforehand; interleaved, medians
+
+    .venv/bin/python scripts/bench_formats.py [--repeats 3] [--out FILE]
+
+Not a test: it measures, it does not check.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_circuitfs import qfs_mount
+from bench_compiled import program
+from benchlib import finish, ratio, run_section, say
+
+
+def _timed(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def bench_sdk_views(repeats: int) -> dict:
+    from levels.qasm import parse_program
+    from levels.sdkformats import SDK_FORMATS, render
+
+    samples: dict[str, dict[str, list[float]]] = {
+        fmt: {"first": [], "cached": [], "direct": []} for fmt in SDK_FORMATS}
+    with tempfile.TemporaryDirectory() as tmp:
+        root, data = Path(tmp) / "mnt", Path(tmp) / "data"
+        with qfs_mount(data, root):
+            warm = program(-1)
+            (root / "circuits" / "warm.qasm").write_bytes(warm)
+            circuit = parse_program(warm)
+            for fmt in SDK_FORMATS:  # every SDK imported, here and in the worker
+                (root / "circuits" / "warm" / f"v1.{fmt}").read_bytes()
+                render(circuit, fmt)
+            for i in range(repeats):
+                source = program(i)
+                (root / "circuits" / f"c{i}.qasm").write_bytes(source)
+                circuit = parse_program(source)
+                circuit.name = f"c{i}"
+                for fmt in SDK_FORMATS:
+                    path = root / "circuits" / f"c{i}" / f"v1.{fmt}"
+                    times = samples[fmt]
+                    times["first"].append(_timed(path.read_bytes))
+                    times["cached"].append(_timed(path.read_bytes))
+                    times["direct"].append(_timed(lambda c=circuit, f=fmt: render(c, f)))
+                    say(f"run {i} {fmt}: view {times['first'][-1]:.3f} s, cached "
+                        f"{times['cached'][-1] * 1e3:.1f} ms, direct {times['direct'][-1]:.3f} s")
+    report: dict = {"qubits": 20, "gates": 2000, "repeats": repeats}
+    for fmt, times in samples.items():
+        first, cached, direct = (statistics.median(times[k]) for k in ("first", "cached",
+                                                                        "direct"))
+        report[fmt] = {"first_read_s": round(first, 3), "cached_read_ms": round(cached * 1e3, 2),
+                       "converter_direct_s": round(direct, 3),
+                       "first_read_over_direct": ratio(first, direct)}
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one repeat")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
+    report: dict = {"benchmark": "formats"}
+    run_section(report, "sdk_views", lambda: bench_sdk_views(args.repeats))
+    return finish(report, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
