@@ -105,12 +105,17 @@ def spans(size: int) -> list[tuple[int, int]]:
 _pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}  # by thread count
 
 
-def _ordered(jobs: Sequence[Callable[[], Any]], threads: int) -> Iterator[Any]:
-    """Results of `jobs` in order, at most IN_FLIGHT x threads running or done ahead."""
+def _pool_of(threads: int) -> concurrent.futures.ThreadPoolExecutor:
     pool = _pools.get(threads)
     if pool is None:
         pool = _pools[threads] = concurrent.futures.ThreadPoolExecutor(
             threads, thread_name_prefix="qfs-chunk")
+    return pool
+
+
+def _ordered(jobs: Sequence[Callable[[], Any]], threads: int) -> Iterator[Any]:
+    """Results of `jobs` in order, at most IN_FLIGHT x threads running or done ahead."""
+    pool = _pool_of(threads)
     pending: list[concurrent.futures.Future] = []
     queued = iter(jobs)
     try:
@@ -234,7 +239,10 @@ def seal(source: Source, measured: Scan, precision: np.dtype, sealer: ChunkSeale
 
 class DenseReader:
     """The decoded state of a chunked checkpoint as a .npy file, read by ranges: a read
-    decodes only the chunks it touches (the last few kept for the next reads)."""
+    decodes only the chunks it touches (a few kept for the next reads), and the next two
+    chunks are decoded ahead on the pool's threads, as a sequential reader wants them."""
+
+    AHEAD = 2
 
     def __init__(self, blob: ChunkedBlob, header: bytes, threads: int = 2,
                  keep: int = 4) -> None:
@@ -244,64 +252,94 @@ class DenseReader:
         self._scale = float(info["scale"])
         self._chunk_bytes = int(info["chunk_amplitudes"]) * 16
         self._amplitudes = int(info["amplitudes"])
+        self._spans = spans(self._amplitudes)
         self._header = header
         self._threads = threads
         self._keep = keep
         self._decoded: OrderedDict[int, bytes] = OrderedDict()
+        self._ahead: dict[int, concurrent.futures.Future] = {}
         self.size = len(header) + 16 * self._amplitudes
-        if len(blob.index.chunks) != len(spans(self._amplitudes)):
+        if len(blob.index.chunks) != len(self._spans):
             raise Corrupt("the blob's chunk index does not cover the state")
 
-    def _chunk(self, index: int) -> bytes:
-        cached = self._decoded.get(index)
-        if cached is not None:
-            self._decoded.move_to_end(index)
-            return cached
+    def _amplitudes_of(self, index: int) -> np.ndarray:
+        start, stop = self._spans[index]
         width = self._dtype.itemsize
-        start, stop = spans(self._amplitudes)[index]
         raw = self._blob.chunk(index, (stop - start) * width)
         if len(raw) != (stop - start) * width:
             raise Corrupt(f"chunk {index} holds {len(raw)} bytes, not {(stop - start) * width}")
-        data = decode_chunk(raw, self._dtype, self._scale).tobytes()
+        return decode_chunk(raw, self._dtype, self._scale)
+
+    def _decode(self, index: int) -> bytes:
+        return self._amplitudes_of(index).tobytes()
+
+    def _keep_decoded(self, index: int, data: bytes) -> None:
         self._decoded[index] = data
         while len(self._decoded) > self._keep:
             self._decoded.popitem(last=False)
-        return data
 
-    def read_sync(self, offset: int, size: int) -> bytes:
+    def _chunks(self, offset: int, end: int) -> range:
+        first = max(0, offset - len(self._header)) // self._chunk_bytes
+        last = max(0, end - 1 - len(self._header)) // self._chunk_bytes
+        return range(first, min(last, len(self._spans) - 1) + 1) if end > len(self._header) \
+            else range(0)
+
+    def _slice(self, offset: int, end: int) -> bytes:
+        """Bytes [offset, end) from the header and the decoded chunks (all present)."""
         out = io.BytesIO()
-        end = min(self.size, offset + size)
         if offset < len(self._header):
             out.write(self._header[offset:end])
             offset = min(end, len(self._header))
         while offset < end:
-            at = offset - len(self._header)
-            index, within = divmod(at, self._chunk_bytes)
-            data = self._chunk(index)
-            piece = data[within : within + end - offset]
+            index, within = divmod(offset - len(self._header), self._chunk_bytes)
+            piece = self._decoded[index][within : within + end - offset]
             out.write(piece)
             offset += len(piece)
         return out.getvalue()
 
+    def read_sync(self, offset: int, size: int) -> bytes:
+        end = min(self.size, offset + size)
+        for index in self._chunks(offset, end):
+            if index not in self._decoded:
+                self._keep_decoded(index, self._decode(index))
+        return self._slice(offset, end) if offset < end else b""
+
     async def read(self, offset: int, size: int) -> bytes:
+        """Chunks already decoded are served on the caller's thread (no hop per 128 KiB
+        FUSE read); a missing one is awaited from the pool."""
         import trio
 
-        return await trio.to_thread.run_sync(self.read_sync, offset, size)
+        end = min(self.size, offset + size)
+        if offset >= end:
+            return b""
+        needed = self._chunks(offset, end)
+        pool = _pool_of(self._threads)
+        for index in needed:
+            if index in self._decoded:
+                self._decoded.move_to_end(index)
+                continue
+            future = self._ahead.pop(index, None) or pool.submit(self._decode, index)
+            if not future.done():
+                token = trio.lowlevel.current_trio_token()
+                done = trio.Event()
+                future.add_done_callback(lambda _, t=token, d=done: t.run_sync_soon(d.set))
+                await done.wait()
+            self._keep_decoded(index, future.result())
+        following = needed.stop if needed else 0
+        for index in range(following, min(following + self.AHEAD, len(self._spans))):
+            if index not in self._decoded and index not in self._ahead:
+                self._ahead[index] = pool.submit(self._decode, index)
+        return self._slice(offset, end)
 
     def array(self) -> np.ndarray:
         """The whole decoded state (a restore onto qubits), chunks decoded on threads."""
         vector = np.empty(self._amplitudes, dtype=np.complex128)
-        bounds = spans(self._amplitudes)
-        width = self._dtype.itemsize
 
         def one(index: int) -> None:
-            start, stop = bounds[index]
-            raw = self._blob.chunk(index, (stop - start) * width)
-            if len(raw) != (stop - start) * width:
-                raise Corrupt(f"chunk {index} is not the size its place needs")
-            vector[start:stop] = decode_chunk(raw, self._dtype, self._scale)
+            start, stop = self._spans[index]
+            vector[start:stop] = self._amplitudes_of(index)
 
-        for _ in _ordered([functools.partial(one, i) for i in range(len(bounds))],
+        for _ in _ordered([functools.partial(one, i) for i in range(len(self._spans))],
                           self._threads):
             pass
         return vector

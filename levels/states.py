@@ -127,6 +127,9 @@ class StateStore:
         self.pending: dict[str, int] = {}
         # Decoded states as .npy bytes, by (name, created): reads of statevector.npy.
         self.decoded_npy: LRU[bytes] = LRU(max_entries=64, max_bytes=cache_bytes, sizeof=len)
+        # Range readers of chunked checkpoints, by (name, created): every open of one
+        # statevector.npy shares one, and with it a few decoded chunks.
+        self._readers: LRU[densestate.DenseReader] = LRU(max_entries=8)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -176,6 +179,20 @@ class StateStore:
         return densestate.DenseReader(blob, npy_header((2 ** meta["qubit_count"],)),
                                       self._blobs.threads)
 
+    def shared_reader(self, name: str) -> densestate.DenseReader | None:
+        """`reader(name)`, one per checkpoint for every open of its statevector.npy (so
+        3,000 opens hold a few decoded chunks, not 3,000 times that)."""
+        meta = self.get(name)
+        if not meta.get("chunked"):
+            return None
+        key = (name, meta["created_ns"])
+        reader = self._readers.get(key)
+        if reader is None:
+            reader = self.reader(name)
+            if reader is not None:
+                self._readers.put(key, reader)
+        return reader
+
     def load(self, name: str) -> tuple[dict[str, Any], np.ndarray]:
         """The checkpoint's metadata and decoded state, verified against its recorded hash
         (a chunked one chunk by chunk, as it is read: each chunk is authenticated)."""
@@ -215,11 +232,17 @@ class StateStore:
             state = state.chunk(0, state.size)
         state, projected = stateformats.validate_state(state)
         spectrum = stateformats.schmidt_spectrum(state) if state.ndim == 1 else None
+        choice = None
+        if asked == "auto" and parent is None and spectrum is not None:
+            choice = stateformats.choose_format(state, self.options, spectrum)
+            if choice[0] == "statevector":
+                return self._prepare_chunked(request, densestate.ArraySource(state), owner,
+                                             retention, choice[1])
         n = self.screen(state.shape)
         raw_bytes = state.size * 16
         limit = self._config.max_checkpoint_size_mb << 20
         started = time.perf_counter()
-        encoded, reason = self._encode(request, state, spectrum)
+        encoded, reason = self._encode(request, state, spectrum, choice)
         fmt = encoded.format
         parent_payload = None
         if parent is not None:
@@ -328,11 +351,13 @@ class StateStore:
         return parent
 
     def _encode(self, request: Request, state: np.ndarray,
-                spectrum: tuple[int, np.ndarray] | None) -> tuple[stateformats.Encoded, str]:
+                spectrum: tuple[int, np.ndarray] | None,
+                choice: tuple[str, str] | None) -> tuple[stateformats.Encoded, str]:
         """The state in the format asked for (strict); else in the configured default (a
         profile's preference) where that holds it at the fidelity floor or above; else in
-        the automatic choice, or the exact dense format where the choice falls below the
-        floor. The reason says which, and why a preference was passed over."""
+        the automatic choice (`choice` where already made), or the exact dense format
+        where the choice falls below the floor. The reason says which, and why a
+        preference was passed over."""
         if request.format:
             return stateformats.encode(state, _format_name(request.format), self.options), \
                 "asked for"
@@ -348,7 +373,7 @@ class StateStore:
                     return encoded, "the configured default"
                 passed_over = (f"the default {default} keeps fidelity {encoded.fidelity:.4g}, "
                                f"below migration_fidelity_threshold {self._floor}")
-        chosen, why = stateformats.choose_format(state, self.options, spectrum)
+        chosen, why = choice or stateformats.choose_format(state, self.options, spectrum)
         encoded = stateformats.encode(state, chosen, self.options)
         if encoded.fidelity < self._floor:
             dense = "statevector" if state.ndim == 1 else "density_matrix"

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import trio
 from qiskit.quantum_info import Statevector, state_fidelity
 
 from levels.config import load_config
@@ -47,6 +48,11 @@ def chunk_table(fabric: Fabric, name: str) -> list[tuple[int, int, str]]:
     return reader._blob.index.chunks
 
 
+async def read_ranges(reader, ranges) -> list[bytes]:
+    """The reads FUSE makes (chunks decoded on the pool, the next ones ahead)."""
+    return [await reader.read(offset, size) for offset, size in ranges]
+
+
 def test_chunked_round_trip_fidelity_and_ranges_against_qiskit(tmp_path):
     state = random_state(QUBITS, 1)
     for precision in ("complex128", "complex64"):
@@ -67,23 +73,27 @@ def test_chunked_round_trip_fidelity_and_ranges_against_qiskit(tmp_path):
             reader = fabric.states.reader("s")
             assert reader.size == len(whole)
             chunk = CHUNK_AMPLITUDES * 16
-            for offset, size in ((0, 10), (5, 200_000), (chunk - 3, 7), (len(whole) - 9, 99),
-                                 (2 * chunk + 1000, chunk + 17)):
+            ranges = ((0, 10), (5, 200_000), (chunk - 3, 7), (len(whole) - 9, 99),
+                      (2 * chunk + 1000, chunk + 17), (len(whole), 5))
+            for offset, size in ranges:
                 assert reader.read_sync(offset, size) == whole[offset : offset + size]
+
+            fresh = fabric.states.reader("s")
+            assert trio.run(read_ranges, fresh, ranges) == [whole[o : o + n] for o, n in ranges]
         finally:
             fabric.close()
 
 
 def test_single_blob_checkpoints_still_read(tmp_path):
-    """The automatic choice and incremental children keep the single-blob format (QFS1);
-    an incremental child of a chunked parent reads back too."""
+    """A state vector the automatic choice keeps dense is chunked; incremental children
+    keep the single-blob format (QFS1), and one of a chunked parent reads back."""
     fabric = fabric_at(tmp_path)
     try:
         state = random_state(10, 2)
         fabric.states.commit(fabric.states.prepare(Request("auto"), state))
         meta = fabric.states.get("auto")
-        assert meta["format"] == "statevector" and not meta.get("chunked")
-        assert blob_file(fabric, meta).read_bytes()[:4] == b"QFS1"
+        assert meta["format"] == "statevector" and meta["chunked"]
+        assert "dense and entangled" in meta["format_reason"]
         assert np.allclose(fabric.states.load("auto")[1], state)
         checkpoint(fabric, "parent", state)
         child = state.copy()
@@ -193,3 +203,4 @@ def test_blob_writers_name_what_put_would(tmp_path):
     for part in parts:
         joined.write(part)
     assert plain.blobs[joined.commit()] == b"".join(parts)
+
