@@ -52,6 +52,13 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._clock = ChangeClock()
 
+    def forget_remote(self, path: Path) -> None:
+        """Another host changed what `path` names (the fabric's change feed; trio's
+        thread): later lookups get a fresh inode, the kernel drops its entry and pages."""
+        parent = self.inodes.ino(path[:-1])
+        self.inodes.detach(path)
+        pyfuse3.invalidate_entry_async(parent, path[-1].encode(), ignore_enoent=True)
+
     # -- helpers -------------------------------------------------------------------------
 
     def _guard(self, op: str, path: Path = (), subject: str | None = None):

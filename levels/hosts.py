@@ -17,6 +17,16 @@ from levels.search import SearchIndex
 from levels.store.meta import MetaStore
 
 
+def paths_of(change: tuple[str, bytes] | None) -> list[tuple[str, ...]]:
+    """Where a change shows in the mounted tree: what the kernel must stop caching."""
+    if change is None:
+        return []  # the attribute timeouts bound what is left (1 s for directories)
+    table, key = change
+    where = {"circuits": ("circuits",), "checkpoints": ("states",),
+             "tasks": ("qubits", "tasks")}.get(table)
+    return [] if where is None else [(*where, key.decode())]
+
+
 class Follower:
     def __init__(self, meta: MetaStore, circuits: CircuitStore, search: SearchIndex,
                  qubits: LiveQubitManager) -> None:

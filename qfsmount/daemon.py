@@ -22,6 +22,7 @@ from fsops.operations import Operations
 from levels.config import Config
 from levels.errors import QfsError
 from levels.fabric import Fabric
+from levels.hosts import paths_of
 from levels.oplog import EscapingFormatter
 
 log = logging.getLogger("qfs")
@@ -52,7 +53,7 @@ def fuse_options(extra: list[str], debug: bool) -> set[str]:
     return options
 
 
-async def _serve(fabric: Fabric) -> None:
+async def _serve(fabric: Fabric, operations: Operations) -> None:
     # Blocking calls in flight at once (store reads, searches, waits on worker processes):
     # the rest wait their turn rather than pile threads onto the daemon.
     trio.to_thread.current_default_thread_limiter().total_tokens = (
@@ -60,6 +61,8 @@ async def _serve(fabric: Fabric) -> None:
     async with trio.open_nursery() as nursery:
         # Workflows run as background tasks of this loop, beside the FUSE requests.
         fabric.coordinator.spawn = nursery.start_soon
+        if fabric.feed is not None:  # other hosts' changes: drop the kernel's caches
+            fabric.feed.subscribe(_forgetting(operations))
 
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -71,6 +74,19 @@ async def _serve(fabric: Fabric) -> None:
         nursery.start_soon(on_signal)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+
+
+def _forgetting(operations: Operations) -> Callable[[tuple[str, bytes] | None], None]:
+    """A change feed listener (its own thread) that has trio's thread forget the paths."""
+    token = trio.lowlevel.current_trio_token()
+
+    def forget(change: tuple[str, bytes] | None) -> None:
+        for path in paths_of(change):
+            try:
+                trio.from_thread.run_sync(operations.forget_remote, path, trio_token=token)
+            except trio.RunFinishedError:  # unmounting: nothing left to forget
+                return
+    return forget
 
 
 def run(
@@ -112,7 +128,7 @@ def run(
     log.info("mounted %s (data in %s)", mountpoint, data_dir)
     ready(None)
     try:
-        trio.run(_serve, fabric)
+        trio.run(_serve, fabric, operations)
     except BaseException:
         log.exception("the filesystem loop failed; leaving the mountpoint as it is")
         pyfuse3.close(unmount=False)
