@@ -24,7 +24,6 @@ import functools
 import hashlib
 import io
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -39,11 +38,12 @@ CHUNK_AMPLITUDES = 1 << 18  # 4 MiB of complex128 per chunk
 ENTROPY_CUT_MAX = 6  # as stateformats.schmidt_spectrum: qubits 0..k-1, k = min(n // 2, 6)
 IN_FLIGHT = 2  # chunks queued per thread: bounds memory at a few chunks per thread
 NORM_TOLERANCE = 1e-6
+NPY_HEADER_MAX = 10_000 + 12  # numpy's own limit on a header, plus magic and length
 
 
 @runtime_checkable
 class Source(Protocol):
-    """Amplitudes to checkpoint, readable by chunk (an array, or an imported .npy file)."""
+    """Amplitudes to checkpoint, readable by chunk."""
 
     size: int
 
@@ -60,33 +60,20 @@ class ArraySource:
         return np.ascontiguousarray(self._array[start:stop], dtype=np.complex128)
 
 
-class NpyFileSource:
-    """A 1-D .npy file read by ranges (an import spooled to disk): never loaded whole."""
-
-    def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_RDONLY)
-        with open(path, "rb") as f:
-            try:
-                version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
-                    else np.lib.format.read_array_header_2_0
-                shape, _fortran, dtype = read(f)
-            except ValueError as exc:
-                raise Invalid(f"not a .npy array: {exc}") from exc
-            self._offset = f.tell()
-        self.shape: tuple[int, ...] = tuple(shape)
-        self.dtype = np.dtype(dtype)
-        self.size = math.prod(shape)
-        if self._offset + self.size * self.dtype.itemsize > os.fstat(self._fd).st_size:
-            raise Invalid("the .npy file is shorter than its header says")
-
-    def chunk(self, start: int, stop: int) -> np.ndarray:
-        width = self.dtype.itemsize
-        raw = os.pread(self._fd, (stop - start) * width, self._offset + start * width)
-        return np.frombuffer(raw, dtype=self.dtype).astype(np.complex128)
-
-    def close(self) -> None:
-        os.close(self._fd)
+def npy_array(buffer: bytes | bytearray | memoryview) -> np.ndarray:
+    """A .npy file held in memory (a written import) as an array over the same bytes:
+    np.load of a BytesIO copied the whole state once more."""
+    view = memoryview(buffer)
+    header = io.BytesIO(view[:NPY_HEADER_MAX])
+    try:
+        version = np.lib.format.read_magic(header)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+            else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(header)
+        flat = np.frombuffer(view, dtype=dtype, count=math.prod(shape), offset=header.tell())
+    except ValueError as exc:
+        raise Invalid(f"not a .npy array: {exc}") from exc
+    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
 
 
 def one_blas_thread():

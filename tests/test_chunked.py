@@ -204,3 +204,21 @@ def test_blob_writers_name_what_put_would(tmp_path):
         joined.write(part)
     assert plain.blobs[joined.commit()] == b"".join(parts)
 
+
+def test_npy_array_reads_a_written_import_in_place():
+    import io
+
+    from levels.densestate import npy_array
+    from levels.errors import Invalid
+
+    for array in (random_state(6, 8), np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+                  np.arange(8, dtype=">i4")):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        data = bytearray(buffer.getvalue())
+        viewed = npy_array(data)
+        assert viewed.dtype == array.dtype and np.array_equal(viewed, array)
+        if array.ndim == 1:
+            assert np.shares_memory(viewed, np.frombuffer(data, dtype=np.uint8))
+        with pytest.raises(Invalid):
+            npy_array(data[:-1])
