@@ -90,6 +90,7 @@ class Allocator:
         existing = self._table.tasks.get(command.task)
         if existing is not None:
             existing.check_owner(uid)
+            self._table.check_here(existing)
             if physical is None:
                 raise Busy(f"task {command.task} already holds qubits; release it first")
             if existing.device != device_name:
@@ -107,7 +108,7 @@ class Allocator:
             task = dataclasses.replace(existing, qubits=existing.qubits + qubits)
         else:
             task = Task(command.task, device_name, uid, qubits, [], command.topology, isolate,
-                        value, time.time_ns())
+                        value, time.time_ns(), host=self._table.host)
         task.buffers = _buffers(device, task.qubits, task.isolate)
         return task
 

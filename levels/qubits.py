@@ -126,6 +126,7 @@ class LiveQubitManager:
         """Run one command of a task's ctl; returns the reply shown when it is read."""
         task = self.table.get(name)
         task.check_owner(uid)
+        self.table.check_here(task)
         match command:
             case ctl.Release():
                 self.allocator.release(name, uid)

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 
-from levels.errors import Invalid, NotFound, PermissionDenied
+from levels.errors import Busy, Invalid, NotFound, PermissionDenied
 from levels.feedforward import Trigger
 from levels.store.meta import MetaStore
 
@@ -29,6 +29,8 @@ class Task:
     next_trigger: int = 1
     parameters: dict[str, float] = dataclasses.field(default_factory=dict)
     last_run: str = ""  # "<circuit>/<run>.json": result.json after a remount
+    # The host whose memory holds the live state ("" on the embedded store: this one).
+    host: str = ""
 
     def to_json(self) -> bytes:
         data = dataclasses.asdict(self)
@@ -58,6 +60,7 @@ class TaskTable:
 
     def __init__(self, meta: MetaStore) -> None:
         self._meta = meta
+        self.host: str = getattr(meta, "host", "")  # a shared store names this host
         self.tasks: dict[str, Task] = {}
         with meta.reading() as txn:
             for _key, raw in txn.scan(TABLE):
@@ -69,6 +72,13 @@ class TaskTable:
             return self.tasks[name]
         except KeyError:
             raise NotFound(f"no task {name}") from None
+
+    def check_here(self, task: Task) -> None:
+        """A live command runs where the live state is: on another host it is refused,
+        naming that host (README "Scale-out": refused, not forwarded)."""
+        if task.host != self.host:
+            raise Busy(f"task {task.name} lives on host {task.host}: its live state is "
+                       "there, so write its ctl on that host")
 
     def on(self, device: str) -> list[str]:
         return sorted(t.name for t in self.tasks.values() if t.device == device)

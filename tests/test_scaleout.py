@@ -5,6 +5,7 @@ backends alike; then mounts on the shared backends, and two mounts with their ow
 directories as two hosts of one fabric."""
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -23,7 +24,7 @@ from levels.store.blobs import DirectoryBlobStore
 from levels.store.meta import LmdbMetaStore
 from qfsmount.cli import main as qfsmount_main
 from tests.conftest import BELL, GHZ3, QFSMOUNT
-from tests.test_qubits import command
+from tests.test_qubits import command, refused
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTANGLED = """OPENQASM 3.0;
@@ -82,10 +83,10 @@ def shared(cluster) -> dict[str, str]:
             "endpoint": cluster["QFS_S3_ENDPOINT"], "bucket": name}
 
 
-def pg_store(dsn: str, host: str | None = None):
+def pg_store(dsn: str, host: str = "test-host"):
     from levels.store.pg import PostgresMetaStore
 
-    return PostgresMetaStore(dsn, host=host)
+    return PostgresMetaStore(dsn, host)
 
 
 # -- the metadata store contract, on LMDB and PostgreSQL --------------------------------
@@ -346,6 +347,10 @@ def test_two_hosts_share_one_fabric(hosts, shared):
     assert state["live"]["restored"]["fidelity"] > 1 - 1e-12
     assert not set(state["qubits"]) & set(json.loads(
         (a.qubits / "tasks" / "ta" / "state.json").read_text())["qubits"])
+    # B sees A's task, but its live state is on A: a command there is refused, naming A.
+    assert refused(b.qubits / "tasks" / "ta" / "ctl", "reset") == errno.EBUSY
+    assert "task ta lives on host " in (b.root / ".qfs" / "log").read_text()
+    command(a.qubits / "tasks" / "ta" / "ctl", "reset")
     assert lag < 1.0
     a.stop()
     b.stop()

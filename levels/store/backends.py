@@ -18,9 +18,9 @@ def open_meta(data_dir: Path, config: Config) -> MetaStore:
         if not cross.metadata_dsn:
             raise Invalid("config key cross_level.metadata_dsn: needed with metadata_backend "
                           "postgresql (or QFS_METADATA_DSN)")
-        from levels.store.pg import PostgresMetaStore
+        from levels.store.pg import PostgresMetaStore, host_name
 
-        return PostgresMetaStore(cross.metadata_dsn)
+        return PostgresMetaStore(cross.metadata_dsn, host_name(data_dir))
     return LmdbMetaStore(data_dir / "meta.lmdb", config.circuit_fs.lmdb_map_size_mb)
 
 

@@ -19,9 +19,10 @@ holds its version.
 """
 
 import contextlib
-import os
+import hashlib
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from levels.errors import Unavailable
@@ -67,9 +68,11 @@ def _successor(prefix: bytes) -> bytes | None:
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
-def host_name() -> str:
-    """This mount's name in the change feed: two mounts on one machine are two hosts."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def host_name(data_dir: Path) -> str:
+    """This mount's name: its machine and data directory (two mounts on one machine are
+    two hosts), the same after a remount, short enough for an application_name."""
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()[:40]}-{digest}"
 
 
 class _PgTxn:
@@ -117,16 +120,16 @@ class PostgresMetaStore:
     An unreachable server raises Unavailable ("metadata store unreachable") from the
     request that needed it; the pool reconnects by itself when the server is back."""
 
-    def __init__(self, dsn: str, host: str | None = None, max_connections: int = 8) -> None:
+    def __init__(self, dsn: str, host: str, max_connections: int = 8) -> None:
         import psycopg
         from psycopg_pool import ConnectionPool, PoolTimeout
 
         self._lost = (psycopg.OperationalError, PoolTimeout)  # server down or unreachable
         self.dsn = dsn
-        self.host = host or host_name()
+        self.host = host
         self._pool = ConnectionPool(
             dsn, min_size=1, max_size=max_connections, open=False, timeout=5,
-            kwargs={"autocommit": True, "application_name": self.host[:63],
+            kwargs={"autocommit": True, "application_name": host,
                     "connect_timeout": 3},
         )
         try:
