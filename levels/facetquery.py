@@ -51,6 +51,8 @@ class _Term:
         return names, _after(names, count)
 
     def keep(self, txn: Txn, names: list[bytes], probe: bool) -> list[bytes]:
+        if self.size(txn) >= facets.total(txn):  # every circuit holds it (gate:measure)
+            return names
         if probe or not names:
             return facets.holding(txn, self.field, self.term, names)
         held = facets.postings_between(txn, self.field, self.term, names[0], names[-1])
@@ -87,6 +89,8 @@ class _Range:
         return _Or(list(self._terms(txn))).chunk(txn, start, count)
 
     def keep(self, txn: Txn, names: list[bytes], probe: bool) -> list[bytes]:
+        if self.size(txn) >= facets.total(txn):
+            return names
         found = facets.values(txn, self.field, names)
         return [name for name, value in zip(names, found, strict=True) if self._inside(value)]
 
@@ -173,10 +177,14 @@ class _Or:
         self.parts = parts
 
     def chunk(self, txn: Txn, start: bytes, count: int) -> tuple[list[bytes], bytes | None]:
+        """Each part lists its share of `count` (by its size), so that the parts reach
+        about the same name and little of what they list lies past where the first stops."""
         found: set[bytes] = set()
         resume: bytes | None = None
-        for part in self.parts:
-            names, after = part.chunk(txn, start, count)
+        sizes = [part.size(txn) for part in self.parts]
+        whole = max(sum(sizes), 1)
+        for part, size in zip(self.parts, sizes, strict=True):
+            names, after = part.chunk(txn, start, max(16, count * size * 5 // (whole * 4)))
             found.update(names)
             if after is not None and (resume is None or after < resume):
                 resume = after

@@ -13,6 +13,7 @@ Rows (names sort after their term, so one prefix scan lists a term's circuits in
     N + field + 0 + name              -> number(8) a circuit's value of a number field
     n + field + 0 + term or number    -> count   circuits per term, 8 bytes little-endian
     f + name                          -> JSON    the circuit's indexed terms (to diff updates)
+    c                                 -> count   circuits indexed
     v                                 -> VERSION the layout; another value means rebuild
 
 Terms are normalized as the Whoosh schema does (tags split at commas and stripped, gates at
@@ -28,7 +29,7 @@ from typing import Any
 from levels.store.meta import Txn
 
 TABLE = "facets"
-VERSION = b"1"
+VERSION = b"2"
 KEYWORDS = ("tags", "gates")
 NUMBERS = ("qubits", "depth")
 _COUNT = struct.Struct("<q")
@@ -111,6 +112,8 @@ def update(txn: Txn, name: str, doc: dict[str, Any] | None) -> None:
             txn.put(TABLE, value_key(field, suffix), number_bytes(int(term)))
     for field in NUMBERS if terms is None and raw is not None else ():
         txn.delete(TABLE, value_key(field, suffix))
+    if (raw is None) != (terms is None):
+        _add_circuits(txn, 1 if raw is None else -1)
     if terms is None:
         if raw is not None:
             txn.delete(TABLE, forward)
@@ -118,6 +121,16 @@ def update(txn: Txn, name: str, doc: dict[str, Any] | None) -> None:
         encoded = json.dumps(terms, separators=(",", ":")).encode()
         if encoded != raw:
             txn.put(TABLE, forward, encoded)
+
+
+def _add_circuits(txn: Txn, delta: int) -> None:
+    txn.put(TABLE, b"c", _COUNT.pack(total(txn) + delta))
+
+
+def total(txn: Txn) -> int:
+    """How many circuits are indexed."""
+    raw = txn.get(TABLE, b"c")
+    return _COUNT.unpack(raw)[0] if raw else 0
 
 
 def current(txn: Txn) -> bool:
@@ -142,7 +155,9 @@ def differences(txn: Txn, docs: Iterable[dict[str, Any]]) -> list[str]:
     (for `qfsmount --check`); empty when they agree row for row."""
     expected: dict[bytes, bytes] = {b"v": VERSION}
     counts: dict[bytes, int] = {}
+    indexed = 0
     for doc in docs:
+        indexed += 1
         terms = terms_of(doc)
         name = doc["name"].encode()
         expected[b"f" + name] = json.dumps(terms, separators=(",", ":")).encode()
@@ -152,6 +167,8 @@ def differences(txn: Txn, docs: Iterable[dict[str, Any]]) -> list[str]:
                 expected[value_key(field, name)] = number_bytes(int(term))
             counts[_count_key(field, term)] = counts.get(_count_key(field, term), 0) + 1
     expected.update((key, _COUNT.pack(n)) for key, n in counts.items())
+    if indexed:
+        expected[b"c"] = _COUNT.pack(indexed)
     stored = dict(txn.scan(TABLE))
     problems = [f"missing {_show(k)}" for k in sorted(expected.keys() - stored.keys())]
     problems += [f"extra {_show(k)}" for k in sorted(stored.keys() - expected.keys())]
@@ -163,7 +180,7 @@ def differences(txn: Txn, docs: Iterable[dict[str, Any]]) -> list[str]:
 def _show(key: bytes) -> str:
     """A row key as text: posting/qubits/5/c000, count/gates/cx, terms/c000."""
     kind, rest = {b"p": "posting", b"n": "count", b"N": "value", b"f": "terms",
-                  b"v": "version"}.get(key[:1], "?"), key[1:]
+                  b"v": "version", b"c": "circuits"}.get(key[:1], "?"), key[1:]
     field, _, term = rest.partition(b"\0")
     if kind in ("posting", "count") and field.decode(errors="replace") in NUMBERS:
         shown = f"{number_of(term[:8])}/{term[8:].decode(errors='replace')}"

@@ -79,6 +79,10 @@ def test_structured_queries_equal_a_scan_through_writes_renames_and_deletes(qfs)
     (qfs.circuits / "c002" / "latest.qasm").write_text(program(5, 2))  # a new version
     qfs.write_circuit("c007", program(3, 1))  # the old name again, another circuit
     assert_matches_scan(qfs)
+    # Until now every circuit holds cx, and `gate:cx` is answered without reading it.
+    qfs.write_circuit("solo", 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[5];\n'
+                              'creg c[5];\nh q[0];\nmeasure q -> c;\n')
+    assert_matches_scan(qfs)
 
 
 def test_a_structured_query_finds_a_circuit_the_moment_it_is_written(qfs):
