@@ -9,10 +9,11 @@ threads (numpy, zstd, AES and SHA-256 release the GIL):
          rounded amplitudes;
   seal   each chunk stored in the chosen precision, its bytes shuffled (byte k of every
          float together, as Blosc does: zstd is then ~3x faster), compressed and sealed
-         (levels/store/chunked.py); the decoded chunk (stored amplitudes x the scale that
-         normalises them) is hashed in order (decoded_sha256) and compared with the state:
-         the fidelity is bounded below by the distance |psi - decoded|^2 accumulated over
-         the chunks (exactly 1 in double precision, where decoded is psi bit for bit).
+         (levels/store/chunked.py); the decoded chunk (the normalised amplitudes, or in
+         single precision the stored ones x the scale that normalises them) is hashed in
+         order (decoded_sha256) and compared with the state: the fidelity is bounded
+         below by the distance |psi - decoded|^2 accumulated over the chunks (exactly 1
+         in double precision, where the normalised amplitudes are what is stored).
 
 Decoding is the same function on both sides (`decode_chunk`), so the hash recorded at the
 checkpoint is the hash of what a read returns; reads decode only the chunks they touch.
@@ -121,7 +122,7 @@ def _ordered(jobs: Sequence[Callable[[], Any]], threads: int) -> Iterator[Any]:
 class Scan:
     qubits: int
     norm2: float
-    scale: float  # multiplies the stored amplitudes into the normalised decoded state
+    scale: float  # multiplies single-precision amplitudes into the normalised state
     cut: int
     reduced: np.ndarray  # reduced density matrix of qubits 0..cut-1 of the normalised state
 
@@ -174,7 +175,8 @@ def decode_chunk(raw: bytes, dtype: np.dtype, scale: float) -> np.ndarray:
     if planes.size % dtype.itemsize:
         raise Corrupt("a chunk holds a partial amplitude")
     stored = np.ascontiguousarray(planes.reshape(width, -1).T).reshape(-1).view(dtype)
-    return stored.astype(np.complex128) * scale
+    decoded = stored.astype(np.complex128, copy=False)
+    return decoded if scale == 1.0 else decoded * scale
 
 
 @dataclasses.dataclass
@@ -194,9 +196,10 @@ def seal(source: Source, measured: Scan, precision: np.dtype, sealer: ChunkSeale
 
     def one(index: int, start: int, stop: int) -> tuple[bytes, str, np.ndarray, float]:
         amplitudes = source.chunk(start, stop)
-        if dtype == np.complex128:  # decoded is the normalised state, bit for bit
-            sealed, tag = sealer.seal(index, shuffle(amplitudes).data)
-            return sealed, tag, amplitudes * measured.scale, 0.0
+        if dtype == np.complex128:  # stored normalised: decoded is psi, bit for bit
+            normalised = amplitudes * exact
+            sealed, tag = sealer.seal(index, shuffle(normalised).data)
+            return sealed, tag, normalised, 0.0
         stored = amplitudes.astype(dtype)
         sealed, tag = sealer.seal(index, shuffle(stored).data)
         decoded = stored.astype(np.complex128) * measured.scale
@@ -219,7 +222,8 @@ def seal(source: Source, measured: Scan, precision: np.dtype, sealer: ChunkSeale
     # differences themselves, where |<psi|d>|^2 summed over 2^n terms would carry ~1e-14
     # of rounding (more than single precision loses: ~1e-15 at 20 qubits).
     fidelity = max(0.0, 1 - distance2 / 2) ** 2
-    info = {"dtype": dtype.str, "scale": measured.scale, "amplitudes": source.size,
+    scale = 1.0 if dtype == np.complex128 else measured.scale
+    info = {"dtype": dtype.str, "scale": scale, "amplitudes": source.size,
             "chunk_amplitudes": CHUNK_AMPLITUDES, "shuffle": "float-bytes"}
     return Sealed(chunks, digest.hexdigest(), fidelity, info)
 
@@ -243,7 +247,7 @@ class DenseReader:
         self._header = header
         self._threads = threads
         self._keep = keep
-        self._decoded: OrderedDict[int, bytes] = OrderedDict()
+        self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()  # decoded bytes
         self._ahead: dict[int, concurrent.futures.Future] = {}
         self.size = len(header) + 16 * self._amplitudes
         if len(blob.index.chunks) != len(self._spans):
@@ -257,10 +261,10 @@ class DenseReader:
             raise Corrupt(f"chunk {index} holds {len(raw)} bytes, not {(stop - start) * width}")
         return decode_chunk(raw, self._dtype, self._scale)
 
-    def _decode(self, index: int) -> bytes:
-        return self._amplitudes_of(index).tobytes()
+    def _decode(self, index: int) -> np.ndarray:
+        return self._amplitudes_of(index).view(np.uint8)
 
-    def _keep_decoded(self, index: int, data: bytes) -> None:
+    def _keep_decoded(self, index: int, data: np.ndarray) -> None:
         self._decoded[index] = data
         while len(self._decoded) > self._keep:
             self._decoded.popitem(last=False)
@@ -280,8 +284,8 @@ class DenseReader:
         while offset < end:
             index, within = divmod(offset - len(self._header), self._chunk_bytes)
             piece = self._decoded[index][within : within + end - offset]
-            out.write(piece)
-            offset += len(piece)
+            out.write(piece.data)
+            offset += piece.size
         return out.getvalue()
 
     def read_sync(self, offset: int, size: int) -> bytes:

@@ -70,6 +70,7 @@ ZSTD_LEVEL = 3  # compression_level "balanced", the default
 ZSTD_THREADS = 2  # compression_threads, the default
 MB = 1e6
 SERIALIZATION_GOAL_S = 1.0
+SECTIONS = ("formats", "mps_50", "incremental", "streaming", "vectors")
 COMPRESSION_GOAL = 0.5
 
 
@@ -978,7 +979,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON document here")
     parser.add_argument("--blas-threads", type=int, default=None,
                         help="OPENBLAS/OMP threads for this process and the daemon")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, of {', '.join(SECTIONS)}")
+    parser.add_argument("--scale", type=int, default=None, metavar="QUBITS",
+                        help="streaming: also import and read back a state this large (28: "
+                        "4 GiB; needs ~3x that of free disk)")
     args = parser.parse_args(argv)
+    chosen = set(args.sections.split(","))
     if args.blas_threads is not None:  # before numpy is first imported (all imports are lazy)
         os.environ.update(dict.fromkeys(BLAS_ENV, str(args.blas_threads)))
     sizes = QUICK if args.quick else Sizes()
@@ -995,20 +1002,30 @@ def main(argv: list[str] | None = None) -> int:
         config64.state_store.amplitude_precision = "complex64"
         fabric64 = Fabric(base / "c64-data", config64)
         try:
-            run_section(report, "formats", lambda: bench_formats(fabric, fabric64, sizes))
-            run_section(report, "mps_50", lambda: bench_mps50(fabric, sizes))
-            run_section(report, "incremental", lambda: bench_incremental(fabric, sizes))
-            config = base / "qfs.yaml"
-            config.write_text(MOUNT_CONFIG)
-            say("mounting qfs")
-            with mounted(base, config) as (mnt, proc, log):
-                run_section(report, "vectors", lambda: bench_vectors(mnt, fabric, base, sizes))
-                report["memory"] = {"daemon": process_memory_mib(proc.pid),
-                                    "bench_process_peak_rss_MiB": own_peak_rss_mib()}
-                daemon_log = log.read_text(errors="replace")
-            report["daemon_log_has_traceback"] = "Traceback" in daemon_log
-            if report["daemon_log_has_traceback"]:
-                report["daemon_log_tail"] = daemon_log[-4000:]
+            if "formats" in chosen:
+                run_section(report, "formats", lambda: bench_formats(fabric, fabric64, sizes))
+            if "mps_50" in chosen:
+                run_section(report, "mps_50", lambda: bench_mps50(fabric, sizes))
+            if "incremental" in chosen:
+                run_section(report, "incremental", lambda: bench_incremental(fabric, sizes))
+            if "streaming" in chosen:
+                import bench_states_streaming
+
+                run_section(report, "streaming", lambda: bench_states_streaming.bench_streaming(
+                    base, args.quick, args.scale, sys.modules[__name__]))
+            if "vectors" in chosen:
+                config = base / "qfs.yaml"
+                config.write_text(MOUNT_CONFIG)
+                say("mounting qfs")
+                with mounted(base, config) as (mnt, proc, log):
+                    run_section(report, "vectors",
+                                lambda: bench_vectors(mnt, fabric, base, sizes))
+                    report["memory"] = {"daemon": process_memory_mib(proc.pid),
+                                        "bench_process_peak_rss_MiB": own_peak_rss_mib()}
+                    daemon_log = log.read_text(errors="replace")
+                report["daemon_log_has_traceback"] = "Traceback" in daemon_log
+                if report["daemon_log_has_traceback"]:
+                    report["daemon_log_tail"] = daemon_log[-4000:]
         finally:
             fabric64.close()
             fabric.close()
