@@ -1,21 +1,8 @@
 """The coordinator: workflows of stages with checkpoints, resume after failure, and
 migration of a live state between devices under a fidelity threshold.
 
-A workflow is YAML:
-
-    qubits: 3                 # optional: the most any stage needs
-    topology: linear          # optional allocation shape
-    stages:
-      - name: prepare
-        qubits: 2             # optional: this stage's qubit count (the largest is allocated)
-        circuit: bell@v1      # applied to the workflow's live state (final measurements
-        shots: 1024           #   are dropped; counts are sampled from the state after it)
-        checkpoint: true      # /states/<workflow>-<stage> after the stage
-        delay: 0.5            # optional seconds to wait first (models queueing)
-        format: mps           # optional: the checkpoint's format
-
-A file is validated completely before anything starts, within MAX_DEFINITION_BYTES and
-MAX_STAGES, and parsed in a thread.
+A workflow file (workflowdef.py) is validated completely before anything starts, parsed
+in a thread; its progress is a WorkflowRecord (workflowrecord.py).
 It runs as in the reference's execute_with_checkpoints: stage by stage on its own task
 (`wf-<name>`), recording progress in one transaction per stage. After a failure or a daemon
 crash, `resume` restores the last checkpoint onto a fresh allocation and runs the stages
@@ -25,146 +12,34 @@ the one an uninterrupted run gives.
 
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
 
 import numpy as np
-import pydantic
 import trio
-import yaml
 
 from levels import ctl, native
-from levels.circuits import MAX_NAME_BYTES, validate_name
-from levels.errors import (
-    Busy,
-    Disabled,
-    Invalid,
-    NotFound,
-    PermissionDenied,
-    QfsError,
-    TooBig,
-)
+from levels.errors import Busy, Disabled, Invalid, NotFound, PermissionDenied, QfsError
 from levels.livestate import MAX_LIVE_QUBITS
 from levels.metrics import Metrics
 from levels.qubits import LiveQubitManager
-from levels.stateformats import FORMATS, encode, pure_state_of
+from levels.stateformats import encode, pure_state_of
 from levels.stateformats import fidelity as state_fidelity
-from levels.states import FORMAT_ALIASES, StateStore
+from levels.states import StateStore
 from levels.store.meta import MetaStore
+from levels.workflowdef import Stage, Workflow, check_definition_size, parse_workflow
+from levels.workflowrecord import (
+    TABLE,
+    Rendered,
+    StageResult,
+    Status,
+    WorkflowRecord,
+    render,
+)
 
 log = logging.getLogger("qfs.coordinator")
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
-
-# Limits on a workflow file, so that no file can hold the daemon: its bytes are parsed (in
-# a thread) only up to MAX_DEFINITION_BYTES, and every status and result render is bounded
-# by MAX_STAGES lines.
-MAX_DEFINITION_BYTES = 256 * 1024
-MAX_STAGES = 1000
-MAX_SHOTS = 1_000_000
-MAX_DELAY_SECONDS = 86_400.0
-CHECKPOINT_FORMATS = ("auto", *FORMATS, *FORMAT_ALIASES)
-
-
-class _Strict(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class _StageModel(_Strict):
-    circuit: str = pydantic.Field(max_length=MAX_NAME_BYTES + 12,
-                                  pattern=r"^[^@]+(@v[1-9][0-9]{0,8})?$")
-    name: str | None = None
-    qubits: int = pydantic.Field(0, ge=0, le=MAX_LIVE_QUBITS)
-    shots: int = pydantic.Field(0, ge=0, le=MAX_SHOTS)
-    checkpoint: bool = False
-    delay: float = pydantic.Field(0.0, ge=0.0, le=MAX_DELAY_SECONDS, allow_inf_nan=False)
-    format: Literal[CHECKPOINT_FORMATS] | None = None  # type: ignore[valid-type]
-
-
-class _WorkflowModel(_Strict):
-    stages: list[_StageModel] = pydantic.Field(min_length=1)
-    qubits: int = pydantic.Field(0, ge=0, le=MAX_LIVE_QUBITS)
-    topology: Literal[ctl.TOPOLOGIES] = "any"  # type: ignore[valid-type]
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    name: str
-    circuit: str
-    version: int | None
-    shots: int = 0
-    checkpoint: bool = False
-    delay: float = 0.0
-    format: str | None = None
-    qubits: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Workflow:
-    name: str
-    qubits: int
-    topology: str
-    stages: tuple[Stage, ...]
-
-
-def check_definition_size(size: int) -> None:
-    """Refuse a workflow file over the limit; called at each write() and at close."""
-    if size > MAX_DEFINITION_BYTES:
-        raise TooBig(f"a workflow file holds at most {MAX_DEFINITION_BYTES} bytes, "
-                     f"not {size}")
-
-
-def parse_workflow(name: str, text: bytes) -> Workflow:
-    """Validate a workflow file completely (every problem is an Invalid naming where), so
-    that nothing that starts can fail on its own definition. Slow for large files: run it
-    in a thread."""
-    validate_name(name, "workflow name")
-    check_definition_size(len(text))
-    try:
-        document = yaml.load(text.decode(), Loader=yaml.CSafeLoader)
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise Invalid(f"workflow {name}: not UTF-8 YAML: {exc}") from exc
-    stages = document.get("stages") if isinstance(document, dict) else None
-    if isinstance(stages, list) and len(stages) > MAX_STAGES:
-        raise Invalid(f"workflow {name}: {len(stages)} stages; at most {MAX_STAGES}")
-    try:
-        model = _WorkflowModel.model_validate(document)
-    except pydantic.ValidationError as exc:
-        error = exc.errors(include_input=False, include_url=False)[0]
-        raise Invalid(f"workflow {name}{_where(error['loc'])}: {error['msg']}") from None
-    parsed = []
-    for index, stage in enumerate(model.stages):
-        circuit, _, version = stage.circuit.partition("@v")
-        stage_name = stage.name if stage.name is not None else f"stage{index + 1}"
-        # The checkpoint takes both names: refuse now what could not be stored then.
-        if len(f"{name}-{stage_name}".encode()) > MAX_NAME_BYTES:
-            raise Invalid(f"workflow {name} stage {index + 1}: its checkpoint name "
-                          f"{name}-{stage_name[:40]}... would be over {MAX_NAME_BYTES} bytes")
-        validate_name(stage_name, f"workflow {name} stage {index + 1} name")
-        parsed.append(Stage(stage_name, circuit, int(version) if version else None,
-                            stage.shots, stage.checkpoint, stage.delay, stage.format,
-                            stage.qubits))
-    if len(f"wf-{name}".encode()) > MAX_NAME_BYTES:
-        raise Invalid(f"workflow {name}: its task name wf-{name} would be over "
-                      f"{MAX_NAME_BYTES} bytes")
-    if len({s.name for s in parsed}) != len(parsed):
-        raise Invalid(f"workflow {name}: stage names must be distinct")
-    return Workflow(name, model.qubits, model.topology, tuple(parsed))
-
-
-def _where(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as the file reads: ' stage 2 delay'; keys of any type
-    (YAML allows numbers and lists as keys) are shown short."""
-    parts: list[str] = []
-    for position, part in enumerate(loc):
-        if isinstance(part, int) and position and loc[position - 1] == "stages":
-            parts[-1] = f"stage {part + 1}"
-        else:
-            parts.append(repr(part)[:40] if not isinstance(part, str) else part[:40])
-    return "".join(f" {p}" for p in parts)
-
 
 @dataclasses.dataclass
 class _Run:
@@ -174,34 +49,6 @@ class _Run:
     scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     stage: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Rendered:
-    """A workflow's files as served: made once per change of its record, never per read."""
-
-    definition: bytes
-    status: str
-    result: str
-    updated_ns: int
-
-
-def _stage_names(record: dict[str, Any]) -> list[str]:
-    try:
-        return [s.name for s in parse_workflow(record["name"], record["definition"].encode())
-                .stages]
-    except QfsError:
-        return []
-
-
-def _render(record: dict[str, Any]) -> Rendered:
-    completed = set(record["completed"])
-    lines = [record["status"] + (f": {record['reason']}" if record["reason"] else "")]
-    lines += [f"{s} {'done' if s in completed else 'pending'}" for s in record["stages"]]
-    result = {"workflow": record["name"], "status": record["status"],
-              "reason": record["reason"], "stages": record["results"]}
-    return Rendered(record["definition"].encode(), "\n".join(lines) + "\n",
-                    json.dumps(result, indent=2) + "\n", int(record["updated"] * 1e9))
 
 
 def stage_seed(workflow: str, stage: str) -> int:
@@ -226,42 +73,39 @@ class Coordinator:
         self._rendered: dict[str, Rendered] = {}
         self._migrations = [0, 0]  # succeeded, attempted
         with meta.writing() as txn:  # a crash stops whatever was running
-            for key, raw in list(txn.scan("workflows")):
-                record = json.loads(raw)
-                stale = "stages" not in record  # kept before status was rendered from it
-                if stale:
-                    record["stages"] = _stage_names(record)
-                if record["status"] in ("running", "pending"):
-                    record["status"] = "interrupted"
-                    record["reason"] = "the daemon stopped during this workflow; write resume"
-                elif not stale:
-                    continue
-                txn.put("workflows", key, json.dumps(record).encode())
+            for key, raw in list(txn.scan(TABLE)):
+                record = WorkflowRecord.from_json(raw)
+                if record.status in ("running", "pending"):
+                    record.status = "interrupted"
+                    record.reason = "the daemon stopped during this workflow; write resume"
+                elif b'"stages"' in raw:
+                    continue  # else kept before stages were recorded: record them now
+                txn.put(TABLE, key, record.to_json())
 
     # -- workflows -----------------------------------------------------------------------
 
     def names(self) -> list[str]:
         with self._meta.reading() as txn:
-            return [k.decode() for k, _ in txn.scan("workflows")]
+            return [k.decode() for k, _ in txn.scan(TABLE)]
 
-    def record(self, name: str) -> dict[str, Any]:
+    def record(self, name: str) -> WorkflowRecord:
         with self._meta.reading() as txn:
-            raw = txn.get("workflows", name.encode())
+            raw = txn.get(TABLE, name.encode())
         if raw is None:
             raise NotFound(f"no workflow {name}")
-        return json.loads(raw)
+        return WorkflowRecord.from_json(raw)
 
     def rendered(self, name: str) -> Rendered:
         """The workflow's files as served (NotFound if there is no such workflow)."""
         view = self._rendered.get(name)
         if view is None:
-            view = self._rendered[name] = _render(self.record(name))
+            view = self._rendered[name] = render(self.record(name))
         return view
 
-    def _save(self, record: dict[str, Any]) -> None:
+    def _save(self, record: WorkflowRecord) -> None:
         with self._meta.writing() as txn:
-            txn.put("workflows", record["name"].encode(), json.dumps(record).encode())
-        self._rendered.pop(record["name"], None)
+            txn.put(TABLE, record.name.encode(), record.to_json())
+        self._rendered.pop(record.name, None)
 
     async def submit(self, name: str, text: bytes, uid: int) -> None:
         """A workflow file was written: validate it completely (parsing in a thread), store
@@ -275,9 +119,8 @@ class Coordinator:
             raise
         if name in self._running:
             raise Busy(f"workflow {name} is running; cancel it first")
-        self._save({"name": name, "definition": text.decode(), "status": "pending",
-                    "owner": uid, "stages": [s.name for s in workflow.stages],
-                    "completed": [], "results": {}, "reason": "", "updated": time.time()})
+        self._save(WorkflowRecord(name, text.decode(), "pending", uid,
+                                  [s.name for s in workflow.stages]))
         self._start(name)
 
     def _width(self, workflow: Workflow) -> int:
@@ -301,15 +144,15 @@ class Coordinator:
         """A line written to the workflow's ctl; returns the reply shown when it is read."""
         command = ctl.parse_workflow_command(line)
         record = self.record(name)
-        if uid not in (0, record["owner"]):
-            raise PermissionDenied(f"workflow {name} belongs to uid {record['owner']}")
+        if uid not in (0, record.owner):
+            raise PermissionDenied(f"workflow {name} belongs to uid {record.owner}")
         if isinstance(command, ctl.Resume):
             if name in self._running:
                 raise Busy(f"workflow {name} is already running")
-            if record["status"] == "done":
+            if record.status == "done":
                 raise Invalid(f"workflow {name} is done; write the .yaml again to rerun it")
             # pending from the reply on: status never shows the last failure as the resume's
-            record.update(status="pending", reason="", updated=time.time())
+            record.touch("pending")
             self._save(record)
             self._start(name)
             return f"resuming {name}"
@@ -354,23 +197,23 @@ class Coordinator:
         if f"wf-{name}" in self._qubits.tasks:
             self._qubits.release(f"wf-{name}", 0)
 
-    def _finish(self, name: str, status: str, reason: str = "") -> None:
+    def _finish(self, name: str, status: Status, reason: str = "") -> None:
         record = self.record(name)
-        record.update(status=status, reason=reason, updated=time.time())
+        record.touch(status, reason)
         self._save(record)
 
     async def _execute(self, name: str, run: _Run) -> None:
         record = self.record(name)
         workflow = await trio.to_thread.run_sync(parse_workflow, name,
-                                                 record["definition"].encode())
+                                                 record.definition.encode())
         task = f"wf-{name}"
         self._release(name)
         # One allocation for the whole workflow: the most any stage asks for or needs.
         self._qubits.allocate(self._qubits.default_device,
                               ctl.Alloc(self._width(workflow), task, workflow.topology),
-                              record["owner"])
+                              record.owner)
         # Resume point: the stage after the last checkpointed one that completed.
-        completed = record["completed"]
+        completed = record.completed
         start = 0
         for index, stage in enumerate(workflow.stages):
             if stage.name in completed and stage.checkpoint:
@@ -378,8 +221,8 @@ class Coordinator:
         if start:
             checkpoint = f"{name}-{workflow.stages[start - 1].name}"
             await self._qubits.execute(task, ctl.Restore(checkpoint), 0)
-        record.update(status="running", reason="", completed=completed[:start],
-                      updated=time.time())
+        record.completed = completed[:start]
+        record.touch("running")
         self._save(record)
         for stage in workflow.stages[start:]:
             run.stage = stage.name
@@ -387,19 +230,19 @@ class Coordinator:
                 await trio.sleep(stage.delay)
             result = await self._stage(name, task, stage)
             record = self.record(name)
-            record["completed"].append(stage.name)
-            record["results"][stage.name] = result
-            record["updated"] = time.time()
+            record.completed.append(stage.name)
+            record.results[stage.name] = result
+            record.updated = time.time()
             self._save(record)
         self._release(name)
         self._finish(name, "done")
 
-    async def _stage(self, name: str, task: str, stage: Stage) -> dict[str, Any]:
+    async def _stage(self, name: str, task: str, stage: Stage) -> StageResult:
         version = f"@v{stage.version}" if stage.version else ""
         circuit = self._circuits.circuit(stage.circuit, stage.version)
         unitary = circuit.remove_final_measurements(inplace=False)
         await self._qubits.apply_circuit(task, unitary)
-        result: dict[str, Any] = {"circuit": f"{stage.circuit}{version}"}
+        result = StageResult(circuit=f"{stage.circuit}{version}")
         if stage.shots:
             vector = self._qubits.live(task).state.vector.copy()  # a measure mutates in place
 

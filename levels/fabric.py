@@ -12,7 +12,7 @@ from levels import native, workers
 from levels.budget import WriteBudget
 from levels.circuits import MAX_META_BYTES, CircuitStore
 from levels.config import Config
-from levels.coordinator import MAX_DEFINITION_BYTES, Coordinator
+from levels.coordinator import Coordinator
 from levels.dask_runs import DaskRunner
 from levels.hosts import Follower
 from levels.metrics import Metrics
@@ -26,6 +26,7 @@ from levels.store.canary import KeyCanary
 from levels.store.feed import ChangeFeed
 from levels.store.pg import PostgresMetaStore
 from levels.store.sealed import SealedBlobStore, Sealer, load_or_create_key
+from levels.workflowdef import MAX_DEFINITION_BYTES
 
 log = logging.getLogger("qfs")
 SYNC_INTERVAL = 1.0  # seconds between background flushes of committed metadata

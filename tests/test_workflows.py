@@ -17,7 +17,7 @@ from tests.test_qubits import command, refused
 
 pytestmark = pytest.mark.fuse
 
-LIMIT = 256 * 1024  # levels.coordinator.MAX_DEFINITION_BYTES, as the README states it
+LIMIT = 256 * 1024  # levels.workflowdef.MAX_DEFINITION_BYTES, as the README states it
 
 
 def close_errno(path, data: bytes) -> int | None:
