@@ -48,6 +48,8 @@ def resolve(fabric: Fabric, path: Path) -> Node:
     created = meta["created_ns"]
     if leaf == "meta.json":
         return owned(nodes.constant(meta_json(meta), created), owner)
+    if leaf == "lineage":
+        return owned(nodes.constant(store.lineage(name), created), owner)
     if leaf == "blob":
         async def read_blob() -> bytes:
             return await trio.to_thread.run_sync(store.blob, name, 0, meta["stored_bytes"])
@@ -81,7 +83,7 @@ def list_names(fabric: Fabric, path: Path) -> list[str]:
     if path[1] in store.pending:
         return []
     meta = store.get(path[1])
-    return ["blob", "meta.json", f"{meta['decodes_to']}.npy"]
+    return ["blob", "lineage", "meta.json", f"{meta['decodes_to']}.npy"]
 
 
 def is_checkpoint_file(fabric: Fabric, path: Path) -> bool:

@@ -4,6 +4,7 @@ a remount starts every task in |0...0>. Built on first use (a task that only run
 holds a vector: 25+ qubits would not fit)."""
 
 import dataclasses
+import secrets
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from levels.metrics import Metrics
 from levels.tasks import Task, TaskTable
 
 MEASUREMENTS_KEPT = 20
+HISTORY_KEPT = 64
 
 
 @dataclasses.dataclass
@@ -31,12 +33,20 @@ class Live:
     # Values `set` by triggers since the last reset: they last one live shot, as a `set`
     # in a compiled circuit lasts one shot, and never change the task's own parameters.
     parameters: dict[str, float] = dataclasses.field(default_factory=dict)
+    seed: int | None = None  # of the live measurements' generator: a checkpoint's provenance
+    # What made the live state since |0...0> or a load (apply C@vN, measure, restore), the
+    # newest HISTORY_KEPT: a checkpoint's provenance.
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
-    def load(self, vector: np.ndarray) -> None:
+    def load(self, vector: np.ndarray, origin: dict[str, Any]) -> None:
         """A new state from elsewhere (a checkpoint, another device): a fresh shot."""
         self.state.vector = vector.copy()
         self.stopped = False
         self.parameters.clear()
+        self.history = [origin]
+
+    def note(self, event: dict[str, Any]) -> None:
+        self.history = [*self.history[1 - HISTORY_KEPT:], event]
 
 
 class LiveTasks:
@@ -49,7 +59,10 @@ class LiveTasks:
     def get(self, name: str) -> Live:
         live = self._live.get(name)
         if live is None:
-            live = self._live[name] = Live(LiveState(len(self._table.get(name).qubits)))
+            seed = secrets.randbits(63)
+            live = self._live[name] = Live(
+                LiveState(len(self._table.get(name).qubits), np.random.default_rng(seed)),
+                seed=seed)
         return live
 
     def peek(self, name: str) -> Live | None:
@@ -64,6 +77,7 @@ class LiveTasks:
         live.state.reset()
         live.stopped = False  # the measurement history stays: it is a log
         live.parameters.clear()
+        live.history = []
         return "reset to |0...0>"
 
     def set_parameter(self, task: Task, command: ctl.SetAction) -> str:
@@ -87,6 +101,7 @@ class LiveTasks:
                   "outcome": outcome.outcome, "triggers": outcome.fired,
                   "latency_ns": outcome.latency_ns, "stopped": outcome.stopped}
         live.measurements = [*live.measurements[1 - MEASUREMENTS_KEPT:], record]
+        live.note({"measure": f"q{logical}", "outcome": outcome.outcome})
         fired = f" triggers {','.join(map(str, outcome.fired))}" if outcome.fired else ""
         return f"q{logical}={outcome.outcome}{fired}"
 
@@ -97,6 +112,9 @@ class LiveTasks:
                           f"{task.name} has {len(task.qubits)}")
         parameters = {**task.parameters, **self.get(task.name).parameters}
         await self.apply_circuit(task.name, compile_dynamic(circuit, [], parameters))
+        latest = self._circuits.get(command.circuit).latest
+        version = command.version or (latest.n if latest else 0)
+        self.get(task.name).note({"apply": f"{command.circuit}@v{version}"})
         return f"applied {command.circuit}"
 
     async def apply_circuit(self, name: str, circuit) -> None:

@@ -164,6 +164,7 @@ class LiveQubitManager:
         moved = self.allocator.move(name, device, uid)
         live = self.live_tasks.get(name)
         live.state.vector = vector.copy()
+        live.history = [{"migrated_from": whence}]
         live.migrated = {"from": whence, **record}
         return moved
 

@@ -20,6 +20,7 @@ writes one short transaction.
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import io
 import json
 import math
@@ -72,6 +73,9 @@ class Request:
     retention: str | None = None
     parent: str | None = None
     owner: int = 0  # the importer's uid; a task's checkpoint belongs to the task's owner
+    # What produced the state (task, device, physical qubits, circuits applied, seed);
+    # None for a state imported into /states.
+    provenance: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -138,8 +142,7 @@ class StateStore:
         calls expire)."""
         now = time.time_ns()
         with self._meta.reading() as txn:
-            return [k.decode() for k, v in txn.scan("checkpoints")
-                    if json.loads(v)["expires_ns"] > now]
+            return [k.decode() for k, v in txn.scan("checkpoints") if _alive(json.loads(v), now)]
 
     def get(self, name: str) -> dict[str, Any]:
         with self._meta.reading() as txn:
@@ -147,7 +150,7 @@ class StateStore:
         if raw is None:
             raise NotFound(f"no checkpoint {name}")
         meta = json.loads(raw)
-        if meta["expires_ns"] <= time.time_ns():
+        if not _alive(meta, time.time_ns()):
             raise NotFound(f"checkpoint {name} expired")
         if not is_key(meta.get("blob")):
             raise Corrupt(f"checkpoint {name} names blob {meta.get('blob')!r}, not a SHA-256 "
@@ -253,6 +256,7 @@ class StateStore:
         created = time.time_ns()
         encrypt = self._config.encryption_enabled if request.encrypt is None else request.encrypt
         meta: dict[str, Any] = {
+            **self._lineage(request),
             "name": request.name, "task": request.task, "stage": request.stage,
             "format": fmt, "format_reason": reason,
             "decodes_to": stateformats.DECODES_TO[fmt], "qubit_count": n,
@@ -289,6 +293,7 @@ class StateStore:
         created = time.time_ns()
         encrypt = self._config.encryption_enabled if request.encrypt is None else request.encrypt
         meta: dict[str, Any] = {
+            **self._lineage(request),
             "name": request.name, "task": request.task, "stage": request.stage,
             "format": "statevector", "format_reason": reason, "decodes_to": "statevector",
             "qubit_count": n, "fidelity": None, **stateformats.entanglement(scan.spectrum),
@@ -320,6 +325,40 @@ class StateStore:
             writer.abort()
             raise
         return Prepared(meta, writer)
+
+    def _lineage(self, request: Request) -> dict[str, Any]:
+        """Provenance, the parent chain back to the first full checkpoint, and `pinned`
+        (false until set: a pinned checkpoint survives retention)."""
+        chain: list[str] = []
+        parent = request.parent
+        while parent:
+            chain.append(parent)
+            parent = self.get(parent).get("parent")
+        provenance = dict(request.provenance or {"import": "a state written into /states"})
+        provenance.update(qiskit=_version("qiskit"), qiskit_aer=_version("qiskit-aer"))
+        return {"provenance": provenance, "parent_chain": chain, "pinned": False}
+
+    def lineage(self, name: str) -> bytes:
+        """/states/<ckpt>/lineage: this checkpoint, then each parent back to the first full
+        checkpoint, one per line (name, format, full or incremental, created)."""
+        lines = []
+        meta: dict[str, Any] | None = self.get(name)
+        while meta is not None:
+            kind = "incremental" if meta.get("parent") else "full"
+            lines.append(f"{meta['name']}\t{meta['format']}\t{kind}\t{_iso(meta['created_ns'])}\n")
+            meta = self.get(meta["parent"]) if meta.get("parent") else None
+        return "".join(lines).encode()
+
+    def pin(self, name: str, pinned: bool) -> None:
+        """Keep a checkpoint (and so its parents) beyond its retention, or no longer."""
+        self.get(name)
+        with self._meta.writing() as txn:
+            raw = txn.get("checkpoints", name.encode())
+            if raw is None:
+                raise NotFound(f"no checkpoint {name}")
+            meta = {**json.loads(raw), "pinned": pinned}
+            txn.put("checkpoints", name.encode(), json.dumps(meta).encode())
+        self._next_expiry_ns = 0  # an unpinned one may be due now
 
     def screen(self, shape: tuple[int, ...]) -> int:
         """What the shape alone decides (an import's .npy header, before its data): the
@@ -447,15 +486,16 @@ class StateStore:
 
         def doomed(records: dict[str, dict[str, Any]]) -> list[str]:
             pinned: set[str] = set()
-            live = [m for m in records.values() if m["expires_ns"] > now]
+            live = [m for m in records.values() if _alive(m, now)]
             for meta in live:
                 parent = meta.get("parent")
                 while parent and parent not in pinned:
                     pinned.add(parent)
                     parent = records.get(parent, {}).get("parent")
             # A kept parent goes when its last live child expires or is deleted.
-            self._next_expiry_ns = min((m["expires_ns"] for m in live), default=1 << 62)
-            return [n for n, m in records.items() if m["expires_ns"] <= now and n not in pinned]
+            self._next_expiry_ns = min((m["expires_ns"] for m in live if not m.get("pinned")),
+                                       default=1 << 62)
+            return [n for n, m in records.items() if not _alive(m, now) and n not in pinned]
 
         return self._drop(doomed)
 
@@ -479,6 +519,19 @@ class StateStore:
 FORMAT_ALIASES = {"tensor_network": "mps", "full_state_vector": "statevector",
                   "classical_shadow": "shadow", "stabilizer_tableau": "stabilizer",
                   "full_density_matrix": "density_matrix"}
+
+
+def _alive(meta: dict[str, Any], now: int) -> bool:
+    """Not expired, or pinned (a pinned checkpoint survives retention)."""
+    return bool(meta.get("pinned")) or meta["expires_ns"] > now
+
+
+def _version(distribution: str) -> str | None:
+    """An installed package's version, without importing it (qiskit-aer loads its C++)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def owner_of(meta: dict[str, Any]) -> int:

@@ -22,10 +22,14 @@ class TaskCheckpoints:
         self._metrics = metrics
 
     async def checkpoint(self, task: Task, command: ctl.Checkpoint) -> str:
-        vector = self._live.get(task.name).state.vector.copy()
+        live = self._live.get(task.name)
+        vector = live.state.vector.copy()
+        provenance = {"task": task.name, "device": task.device,
+                      "physical_qubits": list(task.qubits), "produced_by": list(live.history),
+                      "measurement_seed": live.seed}
         request = Request(command.name, task=task.name, format=command.format,
                           encrypt=command.encrypt, retention=command.retention,
-                          parent=command.parent, owner=task.owner)
+                          parent=command.parent, owner=task.owner, provenance=provenance)
         prepared = await native.run_sync(self._states.prepare, request, vector)
         self._metrics.serialization_seconds.observe(prepared.meta["serialization_seconds"])
         meta = await trio.to_thread.run_sync(self._states.commit, prepared)  # hash, fsync
@@ -57,7 +61,7 @@ class TaskCheckpoints:
         meta, vector, measured = await native.run_sync(load)
         at_least = fidelity_at_least(meta["fidelity"], measured)
         live = self._live.get(task.name)
-        live.load(vector)
+        live.load(vector, {"restore": name})
         live.restored = {"checkpoint": name, "format": meta["format"], "fidelity": measured,
                          "checkpoint_fidelity": meta["fidelity"],
                          "fidelity_to_checkpointed_at_least": at_least,

@@ -75,7 +75,7 @@ def test_checkpoint_then_restore_onto_other_qubits(qfs):
     prepared_task(qfs, "a")
     ctl = qfs.qubits / "tasks" / "a" / "ctl"
     command(ctl, "checkpoint c1 format=statevector")
-    assert sorted(os.listdir(qfs.root / "states" / "c1")) == ["blob", "meta.json",
+    assert sorted(os.listdir(qfs.root / "states" / "c1")) == ["blob", "lineage", "meta.json",
                                                                "statevector.npy"]
     meta = meta_of(qfs, "c1")
     assert meta["task"] == "a" and meta["qubit_count"] == 4 and meta["format"] == "statevector"
@@ -467,7 +467,7 @@ def test_retention_is_bounded_at_the_request(qfs):
     created, expires = (time.mktime(time.strptime(meta[k], "%Y-%m-%dT%H:%M:%SZ"))
                         for k in ("created", "expires"))
     assert expires - created == pytest.approx(3650 * 86400, abs=2)
-    assert sorted(os.listdir(qfs.root / "states" / "c")) == ["blob", "meta.json",
+    assert sorted(os.listdir(qfs.root / "states" / "c")) == ["blob", "lineage", "meta.json",
                                                               "statevector.npy"]
 
 
