@@ -84,43 +84,44 @@ def _pairs(terms: Terms) -> set[tuple[str, str | int]]:
     return pairs | {(f, terms[f]) for f in NUMBERS}
 
 
-def _adjust(txn: Txn, field: str, term: str | int, delta: int) -> None:
-    key = _count_key(field, term)
-    raw = txn.get(TABLE, key)
-    count = (_COUNT.unpack(raw)[0] if raw else 0) + delta
-    if count > 0:
-        txn.put(TABLE, key, _COUNT.pack(count))
-    elif raw is not None:
-        txn.delete(TABLE, key)
-
-
 def update(txn: Txn, name: str, doc: dict[str, Any] | None) -> None:
-    """Index a circuit's document (None: remove it), in the transaction that changes it."""
+    """Index a circuit's document (None: remove it), in the transaction that changes it;
+    only the rows of terms that changed are written (a write that changes no indexed term,
+    such as a version's time, costs one read)."""
     forward = b"f" + name.encode()
     raw = txn.get(TABLE, forward)
-    old = _pairs(json.loads(raw)) if raw is not None else set()
     terms = terms_of(doc) if doc is not None else None
+    encoded = json.dumps(terms, separators=(",", ":")).encode() if terms is not None else None
+    if encoded == raw:
+        return
+    old = _pairs(json.loads(raw)) if raw is not None else set()
     new = _pairs(terms) if terms is not None else set()
+    changes = [(f, t, -1) for f, t in old - new] + [(f, t, 1) for f, t in new - old]
+    count_keys = [_count_key(f, t) for f, t, _ in changes]
     suffix = name.encode()
-    for field, term in old - new:
-        txn.delete(TABLE, term_prefix(field, term) + suffix)
-        _adjust(txn, field, term, -1)
-    for field, term in new - old:
-        txn.put(TABLE, term_prefix(field, term) + suffix, b"")
-        _adjust(txn, field, term, +1)
-        if field in NUMBERS:
-            txn.put(TABLE, value_key(field, suffix), number_bytes(int(term)))
-    for field in NUMBERS if terms is None and raw is not None else ():
-        txn.delete(TABLE, value_key(field, suffix))
-    if (raw is None) != (terms is None):
-        _add_circuits(txn, 1 if raw is None else -1)
-    if terms is None:
-        if raw is not None:
-            txn.delete(TABLE, forward)
+    for (field, term, delta), key, counted in zip(changes, count_keys,
+                                                   txn.get_many(TABLE, count_keys), strict=True):
+        posting = term_prefix(field, term) + suffix
+        if delta > 0:
+            txn.put(TABLE, posting, b"")
+            if field in NUMBERS:
+                txn.put(TABLE, value_key(field, suffix), number_bytes(int(term)))
+        else:
+            txn.delete(TABLE, posting)
+        remaining = (_COUNT.unpack(counted)[0] if counted else 0) + delta
+        if remaining > 0:
+            txn.put(TABLE, key, _COUNT.pack(remaining))
+        elif counted is not None:
+            txn.delete(TABLE, key)
+    if encoded is None:
+        for field in NUMBERS:
+            txn.delete(TABLE, value_key(field, suffix))
+        txn.delete(TABLE, forward)
+        _add_circuits(txn, -1)
     else:
-        encoded = json.dumps(terms, separators=(",", ":")).encode()
-        if encoded != raw:
-            txn.put(TABLE, forward, encoded)
+        txn.put(TABLE, forward, encoded)
+        if raw is None:
+            _add_circuits(txn, 1)
 
 
 def _add_circuits(txn: Txn, delta: int) -> None:
