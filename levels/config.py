@@ -35,101 +35,154 @@ Interval = Annotated[str, _checked(parse_interval)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Each key's docstring is its description, shown beside its value in /.qfs/config.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True,
+                              use_attribute_docstrings=True)
 
 
 class CircuitFsConfig(_Section):
     storage_backend: str = "lmdb"
-    s3_endpoint: str = ""  # with storage_backend s3 (README "Scale-out")
+    """Where circuits are kept (README "Scale-out")."""
+    s3_endpoint: str = ""
+    """The S3 server of storage_backend s3."""
     s3_bucket: str = ""
-    indexing_enabled: bool = True  # false: no search index is kept and /search refuses
+    """The S3 bucket of storage_backend s3."""
+    indexing_enabled: bool = True
+    """Keep the search index; off, /search refuses (EOPNOTSUPP)."""
     index_types: list[Literal["text", "semantic", "metadata"]] = ["text", "semantic",
                                                                   "metadata"]
-    versioning_enabled: bool = True  # false: a circuit keeps its latest version only
+    """Searches offered: text (Whoosh words), metadata (structured fields), semantic
+    (similar/ directories)."""
+    versioning_enabled: bool = True
+    """Keep earlier versions; off, a circuit keeps its latest version only."""
     max_versions_per_artifact: int = Field(default=10, ge=1)
-    # Unpinned versions older than this are dropped when a newer one is written.
+    """Unpinned versions kept per circuit; older ones are dropped."""
     retention_policy: Retention = "forever"
+    """Unpinned versions older than this are dropped when a newer one is written."""
     search_result_limit: int = 10000
+    """Most names one search lists."""
     similar_result_limit: int = 10
+    """Most links in a circuit's similar/ directory."""
     index_commit_interval_ms: int = 1000
+    """How long index updates gather before a commit (a search commits what it must see)."""
     lmdb_map_size_mb: int = 65536
-    # What one program may ask for (levels/qasm.py ProgramLimits): over a limit is EFBIG.
+    """Largest size the embedded metadata store may grow to."""
     max_program_bytes: int = Field(default=4 << 20, ge=64)
+    """Largest program accepted (EFBIG beyond)."""
     max_program_qubits: int = Field(default=1024, ge=1)
+    """Most qubits a program may declare (EFBIG beyond)."""
     max_program_operations: int = Field(default=100_000, ge=1)
+    """Most operations a program may hold (EFBIG beyond)."""
     max_program_nesting: int = Field(default=64, ge=1)
+    """Deepest bracket and block nesting a program may use (EFBIG beyond)."""
 
 
 class StateStoreConfig(_Section):
     storage_backend: str = "local_ssd"
-    storage_path: str = ""  # empty: <data dir>/blobs
-    # With storage_backend s3: the S3 server and bucket (empty: circuit_fs's).
+    """Where checkpoint blobs are kept: local_ssd (a directory) or s3."""
+    storage_path: str = ""
+    """The blob directory of local_ssd (empty: <data dir>/blobs)."""
     s3_endpoint: str = ""
+    """The S3 server of storage_backend s3 (empty: circuit_fs's)."""
     s3_bucket: str = ""
-    default_serialization_format: str = "auto"  # or one of the seven; tensor_network = mps
+    """The S3 bucket of storage_backend s3 (empty: circuit_fs's)."""
+    default_serialization_format: str = "auto"
+    """Format of a checkpoint that names none: auto or one of the seven."""
     compression_enabled: bool = True
-    compression_level: str | int = "balanced"  # fast (zstd 1), balanced (3), max (19), or N
+    """Compress checkpoint blobs with zstd."""
+    compression_level: str | int = "balanced"
+    """zstd level: fast (1), balanced (3), max (19) or a number."""
     encryption_enabled: bool = True
+    """Seal checkpoint blobs with AES-256-GCM."""
     encryption_algorithm: Literal["AES-256-GCM"] = "AES-256-GCM"
+    """The sealing cipher (the only one offered)."""
     checkpoint_retention: Duration = "24h"
+    """How long an unpinned checkpoint lives unless its request says otherwise."""
     max_checkpoint_size_mb: int = 1024
-    amplitude_precision: str = "complex128"  # complex64 halves state vectors (fidelity kept)
+    """Largest checkpoint or imported state (EFBIG beyond)."""
+    amplitude_precision: str = "complex128"
+    """Stored amplitude precision; complex64 halves state vectors."""
     mps_max_bond: int = 64
+    """Largest bond dimension of an MPS checkpoint."""
     sparse_threshold: float = 0.0
+    """Amplitudes at or below this magnitude are dropped from sparse checkpoints."""
     low_rank_k: int = 4
+    """Rank kept by low-rank density-matrix checkpoints."""
     shadow_snapshots: int = 2000
+    """Snapshots taken by classical-shadow checkpoints."""
+
 
 class DeviceConfig(_Section):
     name: str
+    """The device's name (/devices/<name>)."""
     qubits: int = Field(ge=1)
+    """Its number of qubits."""
     topology: str
+    """Its coupling graph: heavy_hex, grid, linear, ring or all_to_all."""
     seed: int = 7
+    """Seed of its generated calibration."""
 
 
 class LiveQubitConfig(_Section):
     allocation_strategy: Literal["topology_noise_aware", "noise_aware",
                                  "topology_aware"] = "topology_noise_aware"
+    """What allocation weighs: shape and calibration, calibration of qubits only, or shape
+    only (lowest-numbered fit)."""
     feedforward_enabled: bool = True
+    """Accept feed-forward triggers; off, `on ...` is refused (EOPNOTSUPP)."""
     feedforward_latency_target_ms: int = 10
-    isolation_level: str = "none"  # the default isolate= of alloc commands
-    calibration_interval: Interval = "1h"  # devices are calibrated anew this often
-    telemetry_collection_interval: Interval = "1s"  # one /qubits/telemetry sample per period
+    """Mean dispatch time above which /.qfs/tuning reports a bottleneck."""
+    isolation_level: str = "none"
+    """The isolate= of alloc commands that give none."""
+    calibration_interval: Interval = "1h"
+    """How often devices are calibrated anew."""
+    telemetry_collection_interval: Interval = "1s"
+    """Period of the /qubits/telemetry samples."""
     temporal_cooldown_ms: int = 1000
-    # Where runs simulate: local worker processes, or a Dask cluster's scheduler
-    # as dask://host:port (levels/dask_runs.py).
+    """How long a released qubit cools before temporal isolation lets another task in."""
     executor: str = Field(default="local", pattern=r"^(local|dask://[^/\s]+:\d+)$")
-    # The first device is /qubits; the others appear under /devices/<name>/.
+    """Where runs simulate: local worker processes or a Dask scheduler (dask://host:port)."""
     devices: list[DeviceConfig] = Field(
         default=[DeviceConfig(name="eagle", qubits=127, topology="heavy_hex", seed=7)],
         min_length=1)
+    """The devices; the first is /qubits, the others /devices/<name>."""
 
 
 class CrossLevelConfig(_Section):
-    # Every change is one serializable transaction and every acknowledged write is visible
-    # to the next read: nothing weaker is offered.
     consistency_level: Literal["strong"] = "strong"
+    """Every change is one serializable transaction and every acknowledged write is visible
+    to the next read (nothing weaker is offered)."""
     cache_enabled: bool = True
+    """Cache decoded states, sources and views in memory."""
     cache_size_mb: int = 512
+    """Memory for those caches (half views and sources, half decoded states)."""
     migration_enabled: bool = True
+    """Accept migrate commands; off, they are refused (EOPNOTSUPP)."""
     migration_fidelity_threshold: float = 0.95
-    # lmdb (embedded, one host) or postgresql at metadata_dsn (many hosts).
+    """Lowest fidelity a migration or format choice may keep."""
     metadata_backend: str = Field(default="lmdb", pattern="^(lmdb|postgresql)$")
+    """Metadata store: lmdb (embedded, one host) or postgresql (many hosts)."""
     metadata_dsn: str = ""
+    """The PostgreSQL connection string of metadata_backend postgresql."""
 
 
 class PerformanceConfig(_Section):
-    # Heavy operations (worker-process jobs and in-daemon Qiskit calls) running at once;
-    # more wait their turn.
     max_concurrent_operations: int = Field(default=100, ge=1)
-    io_threads: int = Field(default=4, ge=1, le=64)  # threads for in-daemon Qiskit calls
-    compression_threads: int = Field(default=2, ge=1, le=64)  # zstd threads per checkpoint
-    telemetry_buffer_size: int = Field(default=1000, ge=1, le=1_000_000)  # samples kept
-    # Worker processes for Qiskit/Aer work on programs (levels/workers.py) and their limits.
+    """Blocking operations in flight at once; more wait their turn."""
+    io_threads: int = Field(default=4, ge=1, le=64)
+    """Threads for the Qiskit calls the daemon makes itself."""
+    compression_threads: int = Field(default=2, ge=1, le=64)
+    """zstd threads per checkpoint."""
+    telemetry_buffer_size: int = Field(default=1000, ge=1, le=1_000_000)
+    """Telemetry samples kept."""
     worker_processes: int = Field(default=2, ge=1, le=64)
+    """Worker processes for parses, views and runs (each pool)."""
     worker_memory_mb: int = Field(default=4096, ge=512)
+    """Address-space limit of a worker process."""
     worker_cpu_seconds: int = Field(default=120, ge=1)
-    # Memory one user's files being written may hold in the daemon (levels/budget.py).
+    """CPU time one worker job may use."""
     max_buffered_mb_per_user: int = Field(default=2048, ge=16)
+    """Memory one user's files being written may hold in the daemon."""
 
 
 class Config(BaseModel):
@@ -147,8 +200,10 @@ class Config(BaseModel):
         """Every setting with its value and origin, as /.qfs/config shows it."""
         shown: dict[str, dict[str, dict[str, Any]]] = {}
         for section, values in self.model_dump(exclude={"provenance"}).items():
+            fields = type(getattr(self, section)).model_fields
             shown[section] = {
-                key: {"value": value, "from": self.provenance.get(f"{section}.{key}", "default")}
+                key: {"value": value, "from": self.provenance.get(f"{section}.{key}", "default"),
+                      "controls": " ".join((fields[key].description or "").split())}
                 for key, value in values.items()
             }
         return shown

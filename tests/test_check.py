@@ -82,9 +82,11 @@ def test_config_shows_values_and_their_origin(mount_factory, tmp_path):
     config.write_text("circuit_fs:\n  max_versions_per_artifact: 4\n")
     qfs = mount_factory(extra=["--config", str(config)])
     shown = json.loads((qfs.root / ".qfs" / "config").read_text())
-    assert shown["circuit_fs"]["max_versions_per_artifact"] == {"value": 4, "from": str(config)}
-    assert shown["cross_level"]["migration_fidelity_threshold"] == {"value": 0.95,
-                                                                   "from": "default"}
+    versions = shown["circuit_fs"]["max_versions_per_artifact"]
+    assert (versions["value"], versions["from"]) == (4, str(config))
+    assert versions["controls"].startswith("Unpinned versions kept")
+    threshold = shown["cross_level"]["migration_fidelity_threshold"]
+    assert (threshold["value"], threshold["from"]) == (0.95, "default")
     done = subprocess.run([*QFSMOUNT, "--check"], capture_output=True, text=True,
                           env={"XDG_DATA_HOME": str(tmp_path / "none"), "PATH": "/usr/bin"})
     assert done.returncode == 2 and "holds no qfs data" in done.stderr

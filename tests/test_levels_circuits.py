@@ -164,8 +164,9 @@ def test_the_reference_configuration_schema_loads(tmp_path):
 """)
     loaded = load_config(config, environ={"QFS_CACHE_ENABLED": "false"})
     assert loaded.cross_level.migration_fidelity_threshold == 0.95
-    assert loaded.effective()["cross_level"]["cache_enabled"] == {"value": False,
-                                                                  "from": "QFS_CACHE_ENABLED"}
+    shown = loaded.effective()["cross_level"]["cache_enabled"]
+    assert (shown["value"], shown["from"]) == (False, "QFS_CACHE_ENABLED")
+    assert "decoded states" in shown["controls"]
     for bad in ("cross_level:\n  cache_size_mb: lots\n", "nonsense:\n  x: 1\n",
                 "state_store:\n  colour: red\n"):
         config.write_text(bad)
