@@ -661,7 +661,9 @@ class CircuitStore:
             floated = set()
             for v in (v for v in moving if v.stats["sha256"] != sha256):
                 fixed[following] = Version(following, v.created_ns, v.stats)
-                txn.put("sources", _source_key(circuit.id, following), sources[v.n])
+                source = sources[v.n]
+                assert source is not None  # read in this transaction, just above
+                txn.put("sources", _source_key(circuit.id, following), source)
                 floated.add(following)
                 following += 1
             circuit.versions = sorted(fixed.values(), key=lambda v: v.n)
@@ -870,7 +872,7 @@ def parse_meta(document: bytes) -> dict[str, Any]:
         raise Invalid(f"meta.json is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise Invalid("meta.json must be a JSON object")
-    pending = [(data, 1)]
+    pending: list[tuple[dict | list, int]] = [(data, 1)]
     while pending:
         value, depth = pending.pop()
         if depth > MAX_META_DEPTH:

@@ -54,7 +54,7 @@ class Trigger:
                 f" prio={self.prio}")
 
     def to_json(self) -> dict[str, Any]:
-        actions = []
+        actions: list[dict[str, Any]] = []
         for action in self.actions:
             if isinstance(action, GateAction):
                 actions.append({"gate": action.name, "qubits": list(action.qubits),

@@ -151,8 +151,8 @@ def entanglement(spectrum: tuple[int, np.ndarray] | None) -> dict[str, Any]:
 
 def _pack(header: dict[str, Any], **arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-             **arrays)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # the stub lets **kwds reach allow_pickle
     return buffer.getvalue()
 
 
