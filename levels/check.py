@@ -165,6 +165,8 @@ def health(fabric: Fabric) -> dict[str, Any]:
 
     def lmdb():
         used, size = fabric.meta.usage()
+        if not size:  # PostgreSQL: no map to fill (unreachable: usage raised, unhealthy)
+            return "healthy", f"the metadata database holds {used} bytes"
         status = "degraded" if used > 0.9 * size else "healthy"
         return status, f"{used} of {size} bytes of the map in use"
 

@@ -10,6 +10,7 @@ import logging
 import struct
 import time
 
+from levels.errors import Unavailable
 from levels.store.meta import MetaStore
 
 log = logging.getLogger("qfs")
@@ -115,6 +116,8 @@ class OpLog:
                         txn.delete("log", key)
                     else:
                         txn.put("log", key, value)
+        except Unavailable as exc:  # a shared store is down: the line stays in memory
+            log.warning("could not keep a line of /.qfs/log: %s", exc)
         except Exception:
             log.exception("could not keep a line of /.qfs/log in the metadata store")
 

