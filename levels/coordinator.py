@@ -21,6 +21,7 @@ import trio
 
 from levels import ctl, native
 from levels.errors import Busy, Disabled, Invalid, NotFound, PermissionDenied, QfsError
+from levels.events import workflow_topic
 from levels.livestate import MAX_LIVE_QUBITS
 from levels.metrics import Metrics
 from levels.qubits import LiveQubitManager
@@ -201,6 +202,7 @@ class Coordinator:
         record = self.record(name)
         record.touch(status, reason)
         self._save(record)
+        self._qubits.events.publish(workflow_topic(name), f"workflow_{status}", reason=reason)
 
     async def _execute(self, name: str, run: _Run) -> None:
         record = self.record(name)
@@ -224,11 +226,17 @@ class Coordinator:
         record.completed = completed[:start]
         record.touch("running")
         self._save(record)
+        events = self._qubits.events
+        events.publish(workflow_topic(name), "workflow_running", task=task,
+                       resumed_after=workflow.stages[start - 1].name if start else None)
         for stage in workflow.stages[start:]:
             run.stage = stage.name
             if stage.delay:
                 await trio.sleep(stage.delay)
+            events.publish(workflow_topic(name), "stage_started", stage=stage.name)
             result = await self._stage(name, task, stage)
+            events.publish(workflow_topic(name), "stage_finished", stage=stage.name,
+                           **result)
             record = self.record(name)
             record.completed.append(stage.name)
             record.results[stage.name] = result

@@ -25,7 +25,8 @@ from levels.circuits import CircuitStore
 from levels.config import LiveQubitConfig
 from levels.devices import Device, Devices, DeviceSpec
 from levels.durations import parse_interval
-from levels.errors import Disabled
+from levels.errors import Disabled, QfsError
+from levels.events import EventHub, task_topic
 from levels.livetasks import Live, LiveTasks
 from levels.metrics import Metrics
 from levels.states import StateStore
@@ -56,6 +57,7 @@ class LiveQubitManager:
         self.checkpoints = TaskCheckpoints(states, self.live_tasks, metrics)
         self.runs = TaskRuns(circuits, workers, self.devices, self.table, self.live_tasks,
                              metrics)
+        self.events = EventHub()  # tasks/<T>/events and /workflows/<W>/events
 
     # -- devices and tasks ---------------------------------------------------------------
 
@@ -136,17 +138,47 @@ class LiveQubitManager:
             case ctl.Reset():
                 return self.live_tasks.reset(name)
             case ctl.Measure():
-                return self.live_tasks.measure(task, command.qubit)
+                reply = self.live_tasks.measure(task, command.qubit)
+                self._measured(task)
+                return reply
             case ctl.Apply():
                 return await self.live_tasks.apply(task, command)
             case ctl.Checkpoint():
-                return await self.checkpoints.checkpoint(task, command)
+                reply = await self.checkpoints.checkpoint(task, command)
+                self.events.publish(task_topic(name), "checkpoint", name=command.name,
+                                    path=f"/states/{command.name}", reply=reply)
+                return reply
             case ctl.Restore():
                 return await self.checkpoints.restore(task, command.name, uid)
             case ctl.Run():
-                return await self.runs.run(task, command)
+                return await self._run(task, command)
             case _:
                 assert_never(command)
+
+    def _measured(self, task: Task) -> None:
+        """The measurement's event, then one per trigger it fired, with its action."""
+        record = self.live_tasks.get(task.name).measurements[-1]
+        topic = task_topic(task.name)
+        self.events.publish(topic, "measurement", **record)
+        fired = {trigger.id: trigger for trigger in task.triggers}
+        for number in record["triggers"]:
+            if number in fired:
+                self.events.publish(topic, "trigger", trigger=number,
+                                    action=fired[number].describe(task.qubits))
+
+    async def _run(self, task: Task, command: ctl.Run) -> str:
+        topic = task_topic(task.name)
+        self.events.publish(topic, "run_started", circuit=command.circuit,
+                            version=command.version, shots=command.shots)
+        try:
+            reply = await self.runs.run(task, command)
+        except QfsError as exc:
+            self.events.publish(topic, "run_failed", circuit=command.circuit, reason=str(exc))
+            raise
+        circuit, run = self.table.get(task.name).last_run.split("/", 1)
+        self.events.publish(topic, "run_finished", circuit=circuit, reply=reply,
+                            result=f"/circuits/{circuit}/results/{run}")
+        return reply
 
     # -- for the coordinator -------------------------------------------------------------
 
@@ -166,6 +198,8 @@ class LiveQubitManager:
         live.state.vector = vector.copy()
         live.history = [{"migrated_from": whence}]
         live.migrated = {"from": whence, **record}
+        self.events.publish(task_topic(name), "migration", **live.migrated, to=device,
+                            qubits=list(moved.qubits))
         return moved
 
     # -- what a task's files show --------------------------------------------------------
