@@ -4,21 +4,25 @@ A thread LISTENs on PostgreSQL's qfs_changes channel (levels/store/pg.py appends
 changed row to `qfs_changes` and notifies) and reads the table after the last sequence
 number it delivered, so a lost notification or a dropped connection loses nothing: the
 next wake-up (a notification, or `POLL` seconds) reads on from where it stopped. Changes
-this host made are skipped (its own caches are right already). When the table no longer
-holds the changes after its position (trimmed while this host was away), it delivers
-`None`: the listeners then treat everything as changed.
+this host made are skipped (its own caches are right already). Every host trims changes
+older than an hour (KEEP) now and then. When the table no longer holds the changes after
+its position (trimmed while this host was away), it delivers `None`: the listeners then
+treat everything as changed.
 
 Listeners run on the feed's thread, one call per change: (table, key) or None.
 """
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from levels.store.pg import CHANNEL, PostgresMetaStore
 
 log = logging.getLogger("qfs")
 POLL = 0.5  # seconds between reads of the change table when no notification came
+TRIM_EVERY = 600.0  # seconds between trims of changes older than KEEP
+KEEP = 3600  # seconds a change stays in the table for hosts that were away
 Listener = Callable[[tuple[str, bytes] | None], None]
 
 
@@ -28,6 +32,7 @@ class ChangeFeed:
         self._listeners: list[Listener] = []
         self._stop = threading.Event()
         self._position = store.last_change()
+        self._next_trim = time.monotonic() + TRIM_EVERY
         self._thread = threading.Thread(target=self._follow, name="qfs-feed", daemon=True)
 
     def subscribe(self, listener: Listener) -> None:
@@ -53,6 +58,9 @@ class ChangeFeed:
                         for _ in conn.notifies(timeout=POLL, stop_after=1):
                             pass
                         self._deliver()
+                        if time.monotonic() > self._next_trim:
+                            self._store.trim_changes(KEEP)
+                            self._next_trim = time.monotonic() + TRIM_EVERY
             except Exception as exc:  # the server is down: try again, losing nothing
                 log.warning("change feed: %s; retrying", str(exc).strip().splitlines()[0]
                             if str(exc).strip() else type(exc).__name__)
