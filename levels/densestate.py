@@ -228,6 +228,11 @@ def seal(source: Source, measured: Scan, precision: np.dtype, sealer: ChunkSeale
     return Sealed(chunks, digest.hexdigest(), fidelity, info)
 
 
+def _wake(token: Any, event: Any, _future: concurrent.futures.Future) -> None:
+    """A pool future's callback: set a trio event from the pool's thread."""
+    token.run_sync_soon(event.set)
+
+
 class DenseReader:
     """The decoded state of a chunked checkpoint as a .npy file, read by ranges: a read
     decodes only the chunks it touches (a few kept for the next reads), and the next two
@@ -313,7 +318,7 @@ class DenseReader:
             if not future.done():
                 token = trio.lowlevel.current_trio_token()
                 done = trio.Event()
-                future.add_done_callback(lambda _, t=token, d=done: t.run_sync_soon(d.set))
+                future.add_done_callback(functools.partial(_wake, token, done))
                 await done.wait()
             self._keep_decoded(index, future.result())
         following = needed.stop if needed else 0

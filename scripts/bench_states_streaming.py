@@ -33,7 +33,8 @@ from benchlib import Json, ratio, say
 
 MB = 1e6
 STREAM_CONFIG = ("state_store:\n  default_serialization_format: statevector\n"
-                 "  compression_level: fast\n  max_checkpoint_size_mb: 65536\n")
+                 "  compression_level: fast\n  max_checkpoint_size_mb: 65536\n"
+                 "performance:\n  max_buffered_mb_per_user: 65536\n")
 
 
 def blas_kernel() -> list[Json]:
