@@ -43,6 +43,9 @@ _INCLUDE = re.compile(rb"\binclude\s*[\"']([^\"'\n]{0,200})[\"']\s*;")
 _DECLARED_SIZE = re.compile(rb"\b(qreg|creg)\s+[A-Za-z_][A-Za-z0-9_]*\s*\[\s*([0-9]+)\s*\]"
                             rb"|\b(qubit|bit)\s*\[\s*([0-9]+)\s*\]")
 _PHYSICAL_QUBIT = re.compile(rb"\$([0-9]+)")
+# Operations whose depth QuantumCircuit.depth() counts otherwise than the DAG does.
+_NOT_IN_DAG_DEPTH = frozenset({"barrier", "if_else", "while_loop", "for_loop", "switch_case",
+                               "box", "store"})
 _AS_PARENTHESES = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"()[]{}"))
 _OPEN = ord("(")
@@ -260,15 +263,30 @@ class CircuitStats:
 
 
 def circuit_stats(source: bytes, circuit: "QuantumCircuit") -> CircuitStats:
+    counts = circuit.count_ops()
+    depth, size = _depth_and_size(circuit, counts)
     return CircuitStats(
         num_qubits=circuit.num_qubits,
         num_clbits=circuit.num_clbits,
-        depth=circuit.depth(),
-        size=circuit.size(),
-        gate_counts={str(k): int(v) for k, v in circuit.count_ops().items()},
+        depth=depth,
+        size=size,
+        gate_counts={str(k): int(v) for k, v in counts.items()},
         sha256=hashlib.sha256(source).hexdigest(),
         qasm_version=qasm_major_version(source),
     )
+
+
+def _depth_and_size(circuit: "QuantumCircuit", counts: dict) -> tuple[int, int]:
+    """QuantumCircuit.depth() and size(), from the circuit's DAG where they agree: its depth
+    and size are computed natively (~17 us instead of ~240 us for a 60-operation program,
+    a fifth of a small program's parse). A barrier counts in the DAG's but only synchronizes
+    in QuantumCircuit.depth, and control flow has no DAG depth: those take Qiskit's own."""
+    if _NOT_IN_DAG_DEPTH.isdisjoint(counts):
+        from qiskit.converters import circuit_to_dag
+
+        dag = circuit_to_dag(circuit, copy_operations=False)
+        return dag.depth(), dag.size()
+    return circuit.depth(), circuit.size()
 
 
 def render_view(circuit: "QuantumCircuit", fmt: str) -> bytes:
