@@ -262,4 +262,6 @@ def answer(txn: Txn, parts: Plan, limit: int) -> list[str]:
     while start is not None and len(out) < limit:
         names, start = parts.chunk(txn, start, min(CHUNK, limit - len(out)))
         out += names
-    return [name.decode() for name in out[:limit]]
+    if not out:
+        return []
+    return b"\n".join(out[:limit]).decode().split("\n")  # names hold no newline

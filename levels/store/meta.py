@@ -38,6 +38,7 @@ otherwise; each table is written by one level only.
 Circuit ids are random (uuid4 hex), so a rename moves only the `circuits` and `names` rows.
 """
 
+import bisect
 import contextlib
 import itertools
 import os
@@ -99,14 +100,23 @@ class _LmdbTxn:
             yield key, value
 
     def keys(self, table: str, start: bytes, stop: bytes, limit: int) -> list[bytes]:
+        """Read in growing batches (list and islice run in C, the stop is found by bisection)
+        so that at most about as many keys are read past `stop` as before it."""
         cursor = self._txn.cursor(db=self._dbs[table])
         if not cursor.set_range(start):
             return []
-        out = []
-        for key in itertools.islice(cursor.iternext(values=False), limit):
-            if key >= stop:
+        found = cursor.iternext(values=False)
+        out: list[bytes] = []
+        batch = 64
+        while len(out) < limit:
+            got = list(itertools.islice(found, min(batch, limit - len(out))))
+            if got and got[-1] >= stop:
+                out += got[:bisect.bisect_left(got, stop)]
                 break
-            out.append(key)
+            out += got
+            if len(got) < batch:
+                break
+            batch *= 2
         return out
 
     def get_many(self, table: str, keys: list[bytes]) -> list[bytes | None]:
