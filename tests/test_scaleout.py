@@ -215,12 +215,21 @@ def test_blob_store_contract_with_ranges(blobs):
         blobs.get("../../etc/passwd")
 
 
-def test_s3_unreachable_is_one_reason_naming_it():
+def test_s3_unreachable_is_one_reason_naming_it(monkeypatch):
     from levels.store.s3 import S3BlobStore
 
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "qfs")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "whatever")
     with pytest.raises(Unavailable) as caught:
         S3BlobStore("http://127.0.0.1:1", "qfs")
-    assert "S3 at http://127.0.0.1:1" in str(caught.value)
+    assert "blob store unreachable: S3 at http://127.0.0.1:1" in str(caught.value)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    with pytest.raises(Unavailable) as caught:  # no credentials: said in one line too
+        S3BlobStore("http://127.0.0.1:1", "qfs")
+    assert "AWS_ACCESS_KEY_ID" in str(caught.value) and "\n" not in str(caught.value)
 
 
 # -- mounts on the shared backends -------------------------------------------------------

@@ -21,6 +21,8 @@ holds its version.
 import contextlib
 import hashlib
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,37 +132,79 @@ class PostgresMetaStore:
     """A connection pool over one database; the schema is made ready on open.
 
     An unreachable server raises Unavailable ("metadata store unreachable") from the
-    request that needed it; the pool reconnects by itself when the server is back."""
+    request that needed it. Once the server is found gone, requests fail at once (each
+    tries one direct connection, at most every PROBE seconds, instead of waiting out the
+    pool) and the first that finds it back opens a fresh pool: no remount is needed."""
+
+    PROBE = 0.5
 
     def __init__(self, dsn: str, host: str, max_connections: int = 8) -> None:
         import psycopg
-        from psycopg_pool import ConnectionPool, PoolTimeout
+        from psycopg_pool import PoolTimeout
 
+        self._psycopg = psycopg
         self._lost = (psycopg.OperationalError, PoolTimeout)  # server down or unreachable
         self.dsn = dsn
         self.host = host
-        self._pool = ConnectionPool(
-            dsn, min_size=1, max_size=max_connections, open=False, timeout=5,
-            kwargs={"autocommit": True, "application_name": host,
-                    "connect_timeout": 3},
-        )
-        try:
-            self._pool.open(wait=True, timeout=5)
+        self._max = max_connections
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._probed = 0.0
+        try:  # one direct connection first: a refusal is then reported at once
+            psycopg.connect(dsn, connect_timeout=3).close()
+            self._pool = self._open_pool()
         except Exception as exc:
-            self._pool.close()
-            raise Unavailable(f"metadata store unreachable: PostgreSQL at "
-                              f"{_safe(dsn)}: {_first_line(exc)}") from None
+            raise self._unavailable(exc) from None
         with self._connection() as conn:
             _migrate(conn)
 
+    def _open_pool(self) -> Any:
+        from psycopg_pool import ConnectionPool
+
+        pool = ConnectionPool(
+            self.dsn, min_size=1, max_size=self._max, open=False, timeout=5,
+            kwargs={"autocommit": True, "application_name": self.host, "connect_timeout": 3})
+        try:
+            pool.open(wait=True, timeout=5)
+        except BaseException:
+            pool.close()
+            raise
+        return pool
+
+    def _unavailable(self, exc: BaseException) -> Unavailable:
+        return Unavailable(f"metadata store unreachable: PostgreSQL at {_safe(self.dsn)}: "
+                           f"{_first_line(exc)}")
+
+    def _check_back(self) -> None:
+        """While the server is known gone: raise at once, or reopen the pool if it is back."""
+        with self._lock:
+            if self._down_since is None:
+                return
+            now = time.monotonic()
+            if now - self._probed < self.PROBE:
+                raise Unavailable(f"metadata store unreachable: PostgreSQL at "
+                                  f"{_safe(self.dsn)} (down since "
+                                  f"{now - self._down_since:.1f} s)")
+            self._probed = now
+            try:
+                self._psycopg.connect(self.dsn, connect_timeout=2).close()
+                fresh = self._open_pool()
+            except Exception as exc:
+                raise self._unavailable(exc) from None
+            old, self._pool, self._down_since = self._pool, fresh, None
+        old.close(timeout=0)
+
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Any]:
+        self._check_back()
         try:
             with self._pool.connection() as conn:
                 yield conn
         except self._lost as exc:
-            raise Unavailable(f"metadata store unreachable: PostgreSQL at {_safe(self.dsn)}: "
-                              f"{_first_line(exc)}") from exc
+            with self._lock:
+                if self._down_since is None:
+                    self._down_since = self._probed = time.monotonic()
+            raise self._unavailable(exc) from exc
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[_PgTxn]:

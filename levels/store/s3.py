@@ -34,6 +34,7 @@ class S3BlobStore:
                              botocore.exceptions.ConnectTimeoutError,
                              botocore.exceptions.ReadTimeoutError)
         self._client_error = botocore.exceptions.ClientError
+        self._no_credentials = botocore.exceptions.NoCredentialsError
         self._s3 = boto3.session.Session().client(
             "s3", endpoint_url=endpoint or None,
             config=botocore.config.Config(
@@ -47,6 +48,9 @@ class S3BlobStore:
             return getattr(self._s3, method)(Bucket=self._bucket, **kwargs)
         except self._unreachable as exc:
             raise Unavailable(f"blob store unreachable: S3 at {self.endpoint}: {exc}") from exc
+        except self._no_credentials as exc:
+            raise Unavailable(f"S3 at {self.endpoint}: {exc} (AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY, or boto3's other sources)") from exc
 
     def _code(self, exc: Exception) -> str:
         return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
