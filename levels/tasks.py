@@ -33,9 +33,10 @@ class Task:
     host: str = ""
 
     def to_json(self) -> bytes:
-        data = dataclasses.asdict(self)
-        data["triggers"] = [t.to_json() for t in self.triggers]
-        return json.dumps(data).encode()
+        """The record as JSON: its fields as they are (dataclasses.asdict deep-copied them,
+        triggers included, and was half of a ctl `set`), the triggers by their own to_json."""
+        return json.dumps({**vars(self), "triggers": [t.to_json() for t in self.triggers]}
+                          ).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Task":

@@ -4,8 +4,11 @@ mount, a malformed line on each kind of ctl is EINVAL with that reason in the ct
 and in /.qfs/log."""
 
 import errno
+import shlex
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from levels import ctl
 from levels.ctl import (
@@ -160,3 +163,19 @@ def test_a_malformed_line_on_every_ctl_is_einval_with_its_reason_logged(qfs):
         where = "/" + str(path.relative_to(qfs.root))
         assert f"write {where}: " in (qfs.root / ".qfs" / "log").read_text()
         assert reason in (qfs.root / ".qfs" / "log").read_text()
+
+
+@given(st.text(alphabet="ab =.,;\t\x0b\x0c\u00a0#$&|()<>x1-\"'\\", min_size=1, max_size=24))
+@settings(max_examples=400, deadline=None)
+def test_a_line_splits_into_the_words_shlex_gives(line):
+    """Lines without quotes or backslashes skip shlex; the words are the same."""
+    text = line.strip()
+    if not text or "\n" in text:
+        return
+    try:
+        expected = shlex.split(text)
+    except ValueError:
+        with pytest.raises(Invalid):
+            ctl._words(line)
+        return
+    assert ctl._words(line) == expected
