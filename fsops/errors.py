@@ -30,10 +30,12 @@ ERRNO: dict[type[errors.QfsError], int] = {
     errors.TooBig: errno.EFBIG,
     errors.WorkerDied: errno.EIO,
     errors.Disabled: errno.EOPNOTSUPP,
+    errors.NoAttribute: pyfuse3.ENOATTR,
+    errors.NotSupported: errno.ENOTSUP,
 }
 
-# Refusals that are routine lookups, not worth a line in /.qfs/log.
-_QUIET = (errors.NotFound,)
+# Refusals that are routine lookups, not worth a line in /.qfs/log (tools probe xattrs).
+_QUIET = (errors.NotFound, errors.NoAttribute, errors.NotSupported)
 
 
 def errno_of(exc: errors.QfsError) -> int:

@@ -41,6 +41,14 @@ class Unexpressible(Invalid):
     """A format view cannot represent this circuit (e.g. OpenQASM 2 of a dynamic circuit)."""
 
 
+class NoAttribute(QfsError):
+    """The extended attribute is not set on this file."""
+
+
+class NotSupported(QfsError):
+    """The extended attribute cannot be kept here (ACLs, other namespaces)."""
+
+
 class Busy(QfsError):
     """The qubit or task is held by someone else, or in a state that refuses the command."""
 

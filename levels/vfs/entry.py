@@ -1,0 +1,494 @@
+"""The Entry protocol: what one path of the tree is and what each operation on it does.
+
+An entry is made per request by `levels.vfs.tree.resolve` (cheap: a few fabric lookups)
+and knows its path, its attributes and its rules. The base classes refuse every operation
+with the domain error (levels/errors.py) that fsops/errors.py maps to the errno of the
+contract; kinds override what they allow. Files answer open() with a snapshot (bytes) or a
+RangeReader, commit() with what written bytes become, control() with a command's reply;
+directories answer lookup(), list() and the namespace operations on their children
+(mkdir, create, unlink, rmdir, symlink, rename_into).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from levels.errors import Invalid, NoAttribute, NotFound, NotSupported, ReadOnly
+from levels.scratch import ScratchFile, is_scratch_name
+
+if TYPE_CHECKING:
+    from levels.fabric import Fabric
+
+Path = tuple[str, ...]
+DIR, FILE, LINK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+# Immutable content may be cached by the kernel for long; mutable files are re-asked.
+IMMUTABLE_TIMEOUT = 300.0
+DIR_TIMEOUT = 1.0
+STARTED_NS = time.time_ns()
+XATTR_PREFIX = "user.qfs."
+XATTR_FIELDS = ("description", "author", "tags", "parameters")
+# A commit of written bytes: (content, uid of the writer) -> done, or a domain error.
+Commit = Callable[[bytes, int], Awaitable[None]]
+
+
+@runtime_checkable
+class RangeReader(Protocol):
+    """Content too large to hold per open (a decoded state): its size, and bytes per read."""
+
+    size: int
+
+    async def read(self, offset: int, size: int) -> bytes: ...
+
+
+Content = bytes | RangeReader
+# What a directory lists (directories have a list() method, which hides the builtin).
+Listing = list[tuple[str, "Entry"]]
+Names = list[str]
+
+
+@dataclasses.dataclass
+class Attrs:
+    """What stat(2) shows of an entry, and how long the kernel may trust it."""
+
+    kind: int
+    perm: int
+    mtime_ns: int
+    size: int = 0
+    attr_timeout: float = 0.0
+    entry_timeout: float = DIR_TIMEOUT  # 0 for names that may vanish behind the kernel's back
+    uid: int = dataclasses.field(default_factory=os.getuid)
+    gid: int = dataclasses.field(default_factory=os.getgid)
+    live: bool = False  # rendered per open: direct I/O, mtime from the ChangeClock
+    immutable: bool = False  # never changes under this name: the page cache may keep it
+
+
+def directory(mtime_ns: int, perm: int = 0o755, timeout: float = DIR_TIMEOUT) -> Attrs:
+    return Attrs(DIR, perm, mtime_ns, attr_timeout=timeout)
+
+
+def immutable_file(size: int, mtime_ns: int, perm: int = 0o444) -> Attrs:
+    """A file whose bytes never change under its name (a version, a view, a stored blob)."""
+    return Attrs(FILE, perm, mtime_ns, size=size, attr_timeout=IMMUTABLE_TIMEOUT,
+                 immutable=True)
+
+
+class Entry:
+    """One path. Every operation is refused unless the kind allows it: open() of a
+    directory and commit() of a read-only file are EACCES (ReadOnly), namespace operations
+    outside a directory that takes them are EACCES, missing xattrs ENOATTR (NoAttribute)."""
+
+    attrs: Attrs
+    subject: str | None = None  # the circuit a refusal is reported under
+    scratch: ScratchFile | None = None  # a tool's temporary: handles write its buffer in place
+    link_target: str = ""
+    live_content: bytes | None = None  # a live file's render (its changes move its mtime)
+    readable = True  # a file with content (not a file being created, not a link)
+    writable = False  # open(O_WRONLY) allowed
+    commits = False  # what is written goes somewhere at close: commit()
+    takes_buffer = False  # commit() gets the handle's buffer itself, not a copy (a state)
+    is_control = False  # each write() is one command: control()
+
+    def __init__(self, fabric: Fabric, path: Path, attrs: Attrs) -> None:
+        self.fabric = fabric
+        self.path = path
+        self.attrs = attrs
+
+    @property
+    def is_dir(self) -> bool:
+        return self.attrs.kind == DIR
+
+    def where(self) -> str:
+        return "/" + "/".join(self.path)
+
+    def refuse_write(self) -> ReadOnly:
+        return ReadOnly(f"{'/'.join(self.path)} is read-only (versions, views and stats "
+                        f"are immutable)")
+
+    # -- files ----------------------------------------------------------------------------
+
+    async def open(self) -> Content:
+        """The content a new reader sees: a snapshot or a range reader."""
+        raise Invalid(f"{self.where()} is not a file")
+
+    async def read_all(self) -> bytes:
+        content = await self.open()
+        if isinstance(content, bytes):
+            return content
+        return await content.read(0, content.size)
+
+    async def commit(self, data: bytes, uid: int) -> None:
+        raise self.refuse_write()
+
+    def screen(self, data: bytearray) -> bool:
+        """Judge the bytes written so far, before close: True once satisfied, False while
+        more are needed; raising a refusal fails that write()."""
+        return True
+
+    async def control(self, line: str, uid: int) -> str:
+        raise self.refuse_write()
+
+    async def truncate(self, size: int, uid: int) -> None:
+        """truncate(2) without an open handle: the cut content is committed."""
+        if not self.commits:
+            raise self.refuse_write()
+        content = (await self.read_all())[:size]
+        self.fabric.budget.reserve(uid, self.path, len(content), size,
+                                   self.fabric.scratch.bytes_of(uid), keep=False)
+        await self.commit(content + bytes(size - len(content)), uid)
+
+    def set_attrs(self, mode: int | None, uid: int | None, gid: int | None,
+                  mtime_ns: int | None) -> None:
+        """chmod, chown and utime of fabric files are accepted and ignored (README)."""
+
+    def taken(self) -> None:
+        """Its bytes were committed elsewhere by a rename: what the source name stops being."""
+        raise ReadOnly(f"{self.where()} cannot be renamed")
+
+    def not_movable(self) -> Exception:
+        return ReadOnly(f"{self.where()} cannot be renamed")
+
+    # -- extended attributes ----------------------------------------------------------------
+
+    async def getxattr(self, name: str) -> bytes:
+        field(name)
+        raise NotFound("no such attribute here (user.qfs.* live on circuit directories)")
+
+    def listxattr(self) -> Names:
+        return []
+
+    async def setxattr(self, name: str, value: bytes) -> None:
+        field(name, missing=NotSupported)  # ENOTSUP: sed -i and vim keep no ACLs here
+        raise NotFound("no such attribute here (user.qfs.* live on circuit directories)")
+
+    async def removexattr(self, name: str) -> None:
+        await self.getxattr(name)
+
+
+def field(name: str, missing: type[Exception] = NoAttribute) -> str:
+    """The metadata field an xattr name stands for; other names raise `missing`."""
+    got = name[len(XATTR_PREFIX):] if name.startswith(XATTR_PREFIX) else ""
+    if got not in (*XATTR_FIELDS, "created"):
+        raise missing(f"no attribute {name}")
+    return got
+
+
+def xattr_value(name: str, value: bytes) -> object:
+    """user.qfs.tags is comma-separated, parameters is JSON, the rest plain UTF-8 text."""
+    try:
+        text = value.decode()
+    except UnicodeDecodeError as exc:
+        raise Invalid(f"user.qfs.{name} must be UTF-8") from exc
+    if name == "tags":
+        return [t.strip() for t in text.split(",") if t.strip()]
+    if name == "parameters":
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise Invalid(f"user.qfs.parameters must be a JSON object: {exc}") from exc
+        if not isinstance(parsed, dict):
+            raise Invalid("user.qfs.parameters must be a JSON object")
+        return parsed
+    return text
+
+
+class Constant(Entry):
+    """A file whose bytes are computed when it is resolved (st_size must be exact)."""
+
+    def __init__(self, fabric: Fabric, path: Path, data: bytes, attrs: Attrs) -> None:
+        attrs.size = len(data)
+        super().__init__(fabric, path, attrs)
+        self.data = data
+
+    async def open(self) -> Content:
+        return self.data
+
+
+class Live(Constant):
+    """Content that changes by itself (logs, status): rendered at each lookup, getattr and
+    open, so st_size is the length of that render and a handle reads the render of its own
+    open. Direct I/O keeps the page cache from serving an older render; the mtime is when
+    the content was last seen to change (ChangeClock), so tar and rsync see a stable file."""
+
+    def __init__(self, fabric: Fabric, path: Path, render: Callable[[], str],
+                 perm: int = 0o444) -> None:
+        data = render().encode()
+        super().__init__(fabric, path, data, Attrs(FILE, perm, 0, live=True))
+        self.live_content = data
+
+
+
+class ControlFile(Live):
+    """A sysfs-style control file: each write() is one command (its errno is the write's),
+    a read gives the last reply. Kinds implement run()."""
+
+    writable = True
+    is_control = True
+
+    def __init__(self, fabric: Fabric, path: Path) -> None:
+        super().__init__(fabric, path, lambda: fabric.oplog.reply("/".join(path)), 0o666)
+
+    async def control(self, line: str, uid: int) -> str:
+        return await self.run(line, uid)
+
+    async def run(self, line: str, uid: int) -> str:
+        raise NotImplementedError
+
+    async def truncate(self, size: int, uid: int) -> None:
+        """`echo cmd > ctl` truncates first: a control file has nothing to cut."""
+
+
+class Symlink(Entry):
+    readable = False
+
+    def __init__(self, fabric: Fabric, path: Path, target: str, mtime_ns: int) -> None:
+        super().__init__(fabric, path, Attrs(LINK, 0o777, mtime_ns, size=len(target.encode()),
+                                             entry_timeout=0.0))
+        self.link_target = target
+
+
+class NewFile(Entry):
+    """A fabric file being created (or a rename's target): it exists once commit succeeds."""
+
+    readable = False
+    writable = commits = True
+
+    def __init__(self, fabric: Fabric, path: Path, commit: Commit,
+                 subject: str | None = None, on_time: Callable[[int], None] | None = None,
+                 screen: Callable[[bytearray], bool] | None = None) -> None:
+        super().__init__(fabric, path, Attrs(FILE, 0o644, time.time_ns(), entry_timeout=0.0))
+        self._commit, self._on_time, self._screen = commit, on_time, screen
+        self.subject = subject
+
+    async def commit(self, data: bytes, uid: int) -> None:
+        await self._commit(data, uid)
+
+    def screen(self, data: bytearray) -> bool:
+        return self._screen(data) if self._screen is not None else True
+
+    async def truncate(self, size: int, uid: int) -> None:
+        raise self.refuse_write()
+
+    def set_attrs(self, mode: int | None, uid: int | None, gid: int | None,
+                  mtime_ns: int | None) -> None:
+        if mtime_ns is not None and self._on_time is not None:
+            self._on_time(mtime_ns)
+
+
+class Scratch(Entry):
+    """A tool's temporary (levels/scratch.py): in memory, written in place, committed only
+    when renamed onto a fabric file. chmod, chown and utime apply to it."""
+
+    writable = True
+
+    def __init__(self, fabric: Fabric, path: Path, file: ScratchFile,
+                 commit: Commit | None = None, subject: str | None = None) -> None:
+        super().__init__(fabric, path, Attrs(
+            FILE, file.mode & 0o7777, file.mtime_ns, size=len(file.data), uid=file.uid,
+            gid=file.gid, entry_timeout=DIR_TIMEOUT if commit is None else 0.0))
+        self.scratch, self._commit, self.subject = file, commit, subject
+        self.commits = commit is not None  # an import: the scratch goes at release
+
+    async def open(self) -> Content:
+        return bytes(self.file.data)
+
+    @property
+    def file(self) -> ScratchFile:
+        assert self.scratch is not None
+        return self.scratch
+
+    async def commit(self, data: bytes, uid: int) -> None:
+        if self._commit is None:
+            raise self.refuse_write()
+        await self._commit(data, uid)
+
+    async def truncate(self, size: int, uid: int) -> None:
+        file = self.file
+        self.fabric.budget.reserve(file.uid, self.path, len(file.data), size,
+                                   self.fabric.scratch.bytes_of(file.uid), keep=False)
+        resize(file.data, size)
+        file.touch()
+
+    def set_attrs(self, mode: int | None, uid: int | None, gid: int | None,
+                  mtime_ns: int | None) -> None:
+        file = self.file
+        if mode is not None:
+            file.mode = mode & 0o7777
+        if uid is not None:
+            file.uid = uid
+        if gid is not None:
+            file.gid = gid
+        if mtime_ns is not None:
+            file.mtime_ns = mtime_ns
+
+    def taken(self) -> None:
+        self.fabric.scratch.remove(self.path[:-1], self.path[-1])
+
+
+def resize(data: bytearray, size: int) -> None:
+    """Cut or zero-extend a buffer in place, as truncate(2) does to a file."""
+    if size < len(data):
+        del data[size:]
+    else:
+        data.extend(bytes(size - len(data)))
+
+
+class Dir(Entry):
+    """A directory: its children by name and the namespace operations on them. By default
+    nothing can be made (EACCES), removed (EACCES once the child is found, else ENOENT)
+    or renamed into it."""
+
+    # Where tools may keep scratch files (levels/scratch.py).
+    keeps_scratch = False
+
+    async def lookup(self, name: str) -> Entry:
+        raise NotFound(f"{self.where()}/{name}")
+
+    def names(self) -> Names:
+        return []
+
+    async def list(self) -> Listing:
+        """Every entry with its attributes (readdir returns them too)."""
+        return [(n, await self.lookup(n)) for n in self.names()]
+
+    def lists_late(self) -> bool:
+        """Whether opendir leaves the listing to the first readdir (see CircuitDir)."""
+        return False
+
+    def listed(self) -> None:
+        """The first readdir of a directory that lists late."""
+
+    def child(self, name: str) -> Path:
+        return (*self.path, name)
+
+    async def mkdir(self, name: str, uid: int) -> None:
+        raise ReadOnly("directories can only be made in /circuits (one per circuit) and "
+                       "/states (one per imported state)")
+
+    async def create(self, name: str, mode: int, uid: int, gid: int) -> Entry:
+        raise ReadOnly(f"files cannot be created in {self.where()}")
+
+    async def unlink(self, name: str) -> None:
+        if self.keeps_scratch and self.fabric.scratch.find(self.path, name) is not None:
+            self.fabric.scratch.remove(self.path, name)
+            return
+        await self.remove_child(name)
+
+    async def remove_child(self, name: str) -> None:
+        await self.lookup(name)
+        raise ReadOnly(f"/{'/'.join(self.child(name))} cannot be removed")
+
+    async def rmdir(self, name: str) -> None:
+        await self.remove_child(name)
+
+    async def symlink(self, name: str, target: str) -> None:
+        raise ReadOnly("symbolic links are made only by qfs (similar/, /search); into a "
+                       "circuit being filled, similar/ links are accepted")
+
+    async def exists(self, name: str) -> bool:
+        try:
+            await self.lookup(name)
+        except NotFound:
+            return False
+        return True
+
+    # -- what a written file or a rename commits --------------------------------------------
+
+    async def commit_target(self, name: str) -> Entry | None:
+        """What writing a file `name` here, or renaming one onto it, commits (None: a
+        plain name, where only scratch files may go)."""
+        return None
+
+    def defines(self, name: str) -> bool:
+        """Whether `name` is a file the fabric defines here (never replaced by a rename)."""
+        return False
+
+    def not_kept(self, name: str) -> Invalid:
+        return Invalid(f"{name}: a file {name} would not be kept here")
+
+    def wrote(self, name: str, target: str = "") -> None:
+        """A name written here (a circuit being filled shows it: levels/circuits.py)."""
+
+    async def rename_into(self, name: str, src: Entry, uid: int) -> None:
+        """rename(src, here/name). Onto a name that commits, src's bytes are committed
+        (refused content leaves both names as they were) and src stops being; onto a
+        scratch name in a directory that keeps them, the file moves (a fabric file leaves
+        a scratch copy: an editor's backup). Else EACCES, or EINVAL for a name not kept."""
+        if src.is_dir or not src.readable:
+            raise src.not_movable()
+        content = await src.read_all()
+        target = await self.commit_target(name)
+        if target is not None:
+            if src.scratch is not None:
+                target.set_attrs(None, None, None, src.scratch.mtime_ns)  # rsync sets it first
+            await target.commit(content, uid)
+            self.wrote(name)
+            src.taken()
+            return
+        if not self.keeps_scratch or self.defines(name):
+            raise ReadOnly(f"/{'/'.join(self.child(name))} cannot be replaced by a rename")
+        if not is_scratch_name(name):
+            raise self.not_kept(name)
+        scratch = self.fabric.scratch
+        if src.scratch is not None:
+            scratch.remove(src.path[:-1], src.path[-1])
+            scratch.put(self.path, name, src.scratch)
+        elif src.commits:
+            # An editor moving latest.qasm aside as a backup: it gets a scratch copy and
+            # the circuit keeps its latest version.
+            if scratch.find(self.path, name) is not None:
+                scratch.remove(self.path, name)
+            new = scratch.create(self.path, name, 0o644, src.attrs.uid, src.attrs.gid)
+            new.data.extend(content)
+        else:
+            raise src.not_movable()
+
+    # -- scratch files ------------------------------------------------------------------------
+
+    def scratch_entry(self, name: str) -> Entry:
+        return Scratch(self.fabric, self.child(name), self.fabric.scratch.get(self.path, name),
+                       subject=self.subject)
+
+    def scratch_entries(self) -> Listing:
+        return [(n, self.scratch_entry(n)) for n in self.fabric.scratch.names(self.path)]
+
+    async def create_scratch_or_target(self, name: str, mode: int, uid: int, gid: int,
+                                       scratch: bool) -> Entry:
+        """create() where tools keep scratch files: a scratch file under a name tools give
+        temporaries (or `scratch`), a file the fabric keeps (its write commits), or EINVAL
+        with the reason: a file that would be gone after a remount is refused."""
+        if scratch or is_scratch_name(name):
+            self.fabric.scratch.create(self.path, name, mode, uid, gid)
+            return self.scratch_entry(name)
+        target = await self.commit_target(name)
+        if target is None:
+            raise self.not_kept(name)
+        self.wrote(name)
+        return target
+
+
+class ChangeClock:
+    """mtimes of live files: when each path's render was last seen to differ (bounded)."""
+
+    def __init__(self, capacity: int = 65536) -> None:
+        self._seen: collections.OrderedDict[Path, tuple[bytes, int]] = (
+            collections.OrderedDict()
+        )
+        self._capacity = capacity
+
+    def mtime(self, path: Path, content: bytes) -> int:
+        digest = hashlib.blake2b(content, digest_size=16).digest()
+        seen = self._seen.pop(path, None)
+        if seen is None or seen[0] != digest:
+            seen = (digest, time.time_ns())
+        self._seen[path] = seen
+        if len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        return seen[1]

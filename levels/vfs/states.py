@@ -1,0 +1,272 @@
+"""The /states tree (Level 2, StateStore): one directory per checkpoint.
+
+    /states/<ckpt>/meta.json            format, fidelity, sizes, times (read-only)
+    /states/<ckpt>/statevector.npy      the decoded state (density_matrix.npy for mixed
+                                        formats), readable by np.load from the mount
+    /states/<ckpt>/blob                 the stored bytes exactly as kept
+    /states/<ckpt>/lineage              this checkpoint and its parents back to the first
+                                        full one, one per line
+    setfattr -n user.qfs.pinned -v 1 /states/<ckpt>   keeps it beyond its retention
+    mkdir /states/x; cp psi.npy /states/x/statevector.npy   imports a state
+
+/states is 1777, like /tmp: anyone may import, and only the owner of a checkpoint (or root)
+may remove it. A checkpoint's directory and files belong to its owner; the blob and the
+decoded state are 0400, since a state is its owner's data; meta.json is 0444.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from levels import densestate, native
+from levels.errors import Invalid, NoAttribute, NotFound, QfsError, ReadOnly
+from levels.states import Request, meta_json, npy_bytes, npy_size, owner_of
+from levels.vfs.entry import (
+    FILE,
+    Attrs,
+    Constant,
+    Content,
+    Dir,
+    Entry,
+    Names,
+    Path,
+    directory,
+    immutable_file,
+)
+
+if TYPE_CHECKING:
+    from levels.fabric import Fabric
+
+STATES = "states"
+IMPORT_FILES = {"statevector.npy": 1, "density_matrix.npy": 2}  # name -> array rank
+NPY_MAGIC = b"\x93NUMPY"
+NPY_HEADER_MAX = 10_000 + 12  # numpy's own limit on a header, plus magic and length
+_IMPORT_REFUSAL = "states are imported into a new directory: mkdir /states/x first"
+PINNED = "user.qfs.pinned"  # on /states/<ckpt>: "1" keeps it (and its parents) past retention
+
+
+class StatesDir(Dir):
+    """/states (1777): mkdir makes an empty checkpoint directory to import into (EEXIST if
+    taken); rmdir removes a checkpoint (EACCES unless its owner or root, EBUSY while
+    referenced)."""
+
+    def __init__(self, fabric: Fabric, path: Path) -> None:
+        super().__init__(fabric, path, directory(time.time_ns(), perm=0o1777, timeout=0.0))
+
+    async def lookup(self, name: str) -> Entry:
+        store = self.fabric.states
+        if name in store.pending:
+            attrs = directory(time.time_ns(), timeout=0.0)
+            attrs.uid = store.pending[name]
+            return PendingDir(self.fabric, self.child(name), attrs)
+        meta = store.get(name)
+        attrs = directory(meta["created_ns"], timeout=0.0)
+        attrs.uid = owner_of(meta)
+        return CheckpointDir(self.fabric, self.child(name), attrs, meta)
+
+    def names(self) -> Names:
+        store = self.fabric.states
+        return sorted({*store.names(), *store.pending})
+
+    async def mkdir(self, name: str, uid: int) -> None:
+        self.fabric.states.make_pending(name, uid)
+
+    async def rmdir(self, name: str) -> None:
+        # off trio's thread: it may wait for a checkpoint putting its blob
+        await trio.to_thread.run_sync(self.fabric.states.remove_dir, name)
+
+    async def create(self, name: str, mode: int, uid: int, gid: int) -> Entry:
+        raise ReadOnly(_IMPORT_REFUSAL)
+
+
+class CheckpointDir(Dir):
+    """/states/<ckpt>/: meta.json, blob and the decoded state; rm of a file is a no-op so
+    that rm -r reaches the rmdir that removes the checkpoint."""
+
+    def __init__(self, fabric: Fabric, path: Path, attrs: Attrs, meta: dict) -> None:
+        super().__init__(fabric, path, attrs)
+        self.meta = meta
+
+    def names(self) -> Names:
+        return ["blob", "lineage", "meta.json", f"{self.meta['decodes_to']}.npy"]
+
+    async def lookup(self, name: str) -> Entry:
+        meta, owner, path = self.meta, self.attrs.uid, self.child(name)
+        if name == "meta.json":
+            entry: Entry = Constant(self.fabric, path, meta_json(meta),
+                                    Attrs(FILE, 0o444, meta["created_ns"]))
+        elif name == "blob":
+            entry = BlobFile(self.fabric, path, meta)
+        elif name == "lineage":
+            entry = Constant(self.fabric, path, self.fabric.states.lineage(meta["name"]),
+                             Attrs(FILE, 0o444, meta["created_ns"]))
+        elif name == f"{meta['decodes_to']}.npy":
+            entry = StateFile(self.fabric, path, meta)
+        else:
+            raise NotFound("/".join(path))
+        entry.attrs.uid = owner
+        return entry
+
+    async def remove_child(self, name: str) -> None:
+        await self.lookup(name)
+
+    async def getxattr(self, name: str) -> bytes:
+        if name != PINNED or not self.meta.get("pinned"):
+            raise NoAttribute(name)
+        return b"1"
+
+    def listxattr(self) -> Names:
+        return [PINNED] if self.meta.get("pinned") else []
+
+    async def setxattr(self, name: str, value: bytes) -> None:
+        if name != PINNED:
+            await super().setxattr(name, value)
+            return
+        if value not in (b"0", b"1"):
+            raise Invalid(f"{PINNED} is 1 (keep this checkpoint beyond its retention) or 0")
+        self.fabric.states.pin(self.meta["name"], value == b"1")
+
+    async def removexattr(self, name: str) -> None:
+        await self.getxattr(name)
+        self.fabric.states.pin(self.meta["name"], False)
+
+    async def create(self, name: str, mode: int, uid: int, gid: int) -> Entry:
+        raise ReadOnly(_IMPORT_REFUSAL)
+
+
+class BlobFile(Entry):
+    """blob: the stored bytes exactly as kept (zstd, AES-256-GCM), 0400, immutable."""
+
+    def __init__(self, fabric: Fabric, path: Path, meta: dict) -> None:
+        super().__init__(fabric, path, immutable_file(meta["stored_bytes"], meta["created_ns"],
+                                                      0o400))
+        self.name = path[1]
+
+    async def open(self) -> Content:
+        return await trio.to_thread.run_sync(self.fabric.states.blob, self.name, 0,
+                                             self.attrs.size)
+
+
+class StateFile(Entry):
+    """statevector.npy (density_matrix.npy for mixed formats): the decoded state for
+    np.load, 0400, immutable. open() is the hook for ranged reads: it returns the whole
+    .npy (decoded by Qiskit in a worker, cached by checkpoint) or a RangeReader."""
+
+    def __init__(self, fabric: Fabric, path: Path, meta: dict) -> None:
+        name = path[1]
+        super().__init__(fabric, path, immutable_file(
+            npy_size(fabric.states.decoded_shape(name)), meta["created_ns"], 0o400))
+        self.name = name
+
+    async def open(self) -> Content:
+        store = self.fabric.states
+        # A chunked state vector is read by ranges: np.load(mmap_mode="r") decodes only
+        # the chunks it touches (levels/densestate.py).
+        reader = await trio.to_thread.run_sync(store.shared_reader, self.name)
+        if reader is not None:
+            return reader
+        key = (self.name, self.attrs.mtime_ns)
+        data = store.decoded_npy.get(key)
+        if data is None:
+            _meta, decoded = await native.run_sync(store.load, self.name)  # Qiskit decodes
+            data = await trio.to_thread.run_sync(npy_bytes, decoded)
+            store.decoded_npy.put(key, data)
+        return data
+
+
+class PendingDir(Dir):
+    """A directory made by mkdir, holding no state yet: a .npy written into it imports it."""
+
+    async def lookup(self, name: str) -> Entry:
+        raise NotFound(f"{self.path[1]} holds no state yet: cp a .npy file in")
+
+    async def create(self, name: str, mode: int, uid: int, gid: int) -> Entry:
+        return ImportFile(self.fabric, self.child(name))
+
+
+class ImportFile(Entry):
+    """statevector.npy or density_matrix.npy written into a pending directory: imports it.
+
+    np.save cannot see an error from close() (numpy's tofile writes through a duplicate of
+    the descriptor and ignores the error of closing it), so what the .npy header decides
+    (magic, a numeric dtype, the rank the file name asks for, a power-of-two shape,
+    max_checkpoint_size_mb) fails the write() that completes the header (EINVAL, EFBIG),
+    and close() gives the same refusal. The values (finite, normalised, Hermitian,
+    positive, unit trace) are checked at close, when all of them are there."""
+
+    readable = False
+    writable = commits = True
+    takes_buffer = True  # a state is read in place, not copied once more
+
+    def __init__(self, fabric: Fabric, path: Path) -> None:
+        rank = IMPORT_FILES.get(path[2])
+        if rank is None:
+            raise Invalid(f"import as {' or '.join(IMPORT_FILES)}, not {path[2]}")
+        super().__init__(fabric, path, Attrs(FILE, 0o644, 0, entry_timeout=0.0))
+        self.rank = rank
+        self._refused: QfsError | None = None
+
+    def screen(self, data: bytearray) -> bool:
+        try:
+            return _header_passes(self.fabric, self.path[2], self.rank, data)
+        except QfsError as exc:
+            self._refused = exc
+            raise
+
+    async def commit(self, data: bytes, uid: int) -> None:
+        if self._refused is not None:
+            raise self._refused
+        fabric, name, filename, rank = self.fabric, self.path[1], self.path[2], self.rank
+        owner = fabric.states.pending.get(name, uid)  # who made the directory
+
+        def prepare():
+            try:  # over the written bytes, not a copy: a state vector is sealed by chunks
+                array = densestate.npy_array(data)
+            except Exception as exc:
+                raise Invalid(f"{filename} is not a .npy array: {exc}") from exc
+            if array.ndim != rank:
+                raise Invalid(f"{filename} must be a {rank}-D array, not {array.ndim}-D")
+            return fabric.states.prepare(Request(name, owner=owner), array)
+
+        prepared = await native.run_sync(prepare)  # Qiskit measures the fidelity
+        await trio.to_thread.run_sync(fabric.states.commit, prepared)  # hashes and fsyncs
+        fabric.states.pending.pop(name, None)
+
+    async def truncate(self, size: int, uid: int) -> None:
+        raise self.refuse_write()
+
+
+def _header_passes(fabric: Fabric, name: str, rank: int, data: bytearray) -> bool:
+    """True once the whole .npy header is written and acceptable, False while it is not
+    all there; a refusal when it cannot be."""
+    import numpy as np
+
+    head = bytes(data[:12])
+    if head[: len(NPY_MAGIC)] != NPY_MAGIC[: len(head)]:
+        raise Invalid(f"{name} is not a .npy file (it does not start with {NPY_MAGIC!r})")
+    if len(head) < 12:
+        return False
+    length_bytes = 2 if head[6] == 1 else 4
+    total = 8 + length_bytes + int.from_bytes(head[8 : 8 + length_bytes], "little")
+    if total > NPY_HEADER_MAX:
+        raise Invalid(f"{name} has a {total}-byte .npy header; numpy reads {NPY_HEADER_MAX}")
+    if len(data) < total:
+        return False
+    header = io.BytesIO(bytes(data[:total]))
+    try:
+        version = np.lib.format.read_magic(header)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+            else np.lib.format.read_array_header_2_0
+        shape, _fortran_order, dtype = read(header)
+    except ValueError as exc:
+        raise Invalid(f"{name} has a malformed .npy header: {exc}") from exc
+    if dtype.kind not in "iufc":
+        raise Invalid(f"{name} holds {dtype}: a state is numbers (complex, real or integer)")
+    if len(shape) != rank:
+        raise Invalid(f"{name} must be a {rank}-D array, not {len(shape)}-D")
+    fabric.states.screen(shape)
+    return True
