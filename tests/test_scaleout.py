@@ -23,7 +23,7 @@ from levels.errors import Corrupt, NotFound, Unavailable
 from levels.store.blobs import DirectoryBlobStore
 from levels.store.meta import LmdbMetaStore
 from qfsmount.cli import main as qfsmount_main
-from tests.conftest import BELL, GHZ3, QFSMOUNT
+from tests.conftest import BELL, GHZ3, QFSMOUNT, Mount
 from tests.test_qubits import command, refused
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,9 +72,8 @@ def cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
             shutil.rmtree(elsewhere.read_text().strip(), ignore_errors=True)
 
 
-@pytest.fixture
-def shared(cluster) -> dict[str, str]:
-    """A fresh database and bucket: (dsn, endpoint, bucket)."""
+def fresh_backends(cluster: dict[str, str]) -> dict[str, str]:
+    """A fresh database and bucket name: dsn, endpoint, bucket."""
     import psycopg
 
     name = f"t{uuid.uuid4().hex[:12]}"
@@ -82,6 +81,11 @@ def shared(cluster) -> dict[str, str]:
         conn.execute(f"CREATE DATABASE {name}")
     return {"dsn": cluster["QFS_METADATA_DSN"].rsplit("/", 1)[0] + f"/{name}",
             "endpoint": cluster["QFS_S3_ENDPOINT"], "bucket": name}
+
+
+@pytest.fixture
+def shared(cluster) -> dict[str, str]:
+    return fresh_backends(cluster)
 
 
 def pg_store(dsn: str, host: str = "test-host"):
@@ -259,6 +263,28 @@ def hosts(mount_factory, shared, tmp_path):
     return host
 
 
+@pytest.fixture(scope="module")
+def pair(cluster, tmp_path_factory) -> Iterator[tuple[Mount, Mount]]:
+    """Two hosts of one fabric, shared by the tests below (each uses its own names): two
+    mounts cost ~10 s to start and stop. Checked as conftest checks mounts: no traceback
+    in either daemon's log, and `qfsmount --check` clean on the shared backends."""
+    base = tmp_path_factory.mktemp("pair")
+    options = ["--config", str(config_file(base, fresh_backends(cluster))),
+               "--key-file", str(base / "shared.key")]
+    mounts = (Mount(base / "mnt-a", base / "data-a", options),
+              Mount(base / "mnt-b", base / "data-b", options))
+    try:
+        for m in mounts:
+            m.start()
+        yield mounts
+    finally:
+        for m in mounts:
+            m.stop()
+    for m in mounts:
+        assert "Traceback" not in m.daemon_log(), m.daemon_log()
+    assert offline_check(options, mounts[0].data) == []
+
+
 def offline_check(options: list[str], data: Path, repair: bool = False) -> list[dict]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -373,8 +399,8 @@ def test_an_unreachable_server_stops_the_mount_with_one_line(tmp_path):
 
 
 @pytest.mark.fuse
-def test_two_hosts_share_one_fabric(hosts, shared):
-    a, b = hosts("a"), hosts("b")
+def test_two_hosts_share_one_fabric(pair):
+    a, b = pair
     a.write_circuit("ghz", GHZ3)
     lag = eventually(lambda: "ghz" in os.listdir(b.circuits), within=1.0)
     assert (b.circuits / "ghz" / "v1.qasm").read_text() == GHZ3
@@ -404,15 +430,12 @@ def test_two_hosts_share_one_fabric(hosts, shared):
     assert "task ta lives on host " in (b.root / ".qfs" / "log").read_text()
     command(a.qubits / "tasks" / "ta" / "ctl", "reset")
     assert lag < 1.0
-    a.stop()
-    b.stop()
-    assert offline_check(hosts.options, a.data) == []
 
 
 @pytest.mark.fuse
-def test_allocation_is_exclusive_across_hosts(hosts, shared):
+def test_allocation_is_exclusive_across_hosts(pair):
     """2 hosts x 4 allocators at once, all wanting the device's best qubits."""
-    a, b = hosts("a"), hosts("b")
+    a, b = pair
     errors: list[BaseException] = []
 
     def allocate(host, name: str) -> None:
@@ -443,10 +466,10 @@ def test_allocation_is_exclusive_across_hosts(hosts, shared):
 
 
 @pytest.mark.fuse
-def test_a_circuit_replaced_on_one_host_is_never_served_stale_on_the_other(hosts, shared):
+def test_a_circuit_replaced_on_one_host_is_never_served_stale_on_the_other(pair):
     """B read v1 of `x` (the kernel caches versions: they are immutable); A removes `x` and
     writes a new `x` whose v1 differs: B must read the new v1, not its cached pages."""
-    a, b = hosts("a"), hosts("b")
+    a, b = pair
     a.write_circuit("x", BELL)
     eventually(lambda: exists(b.circuits / "x" / "v1.qasm"), within=1.0)
     with open(b.circuits / "x" / "v1.qasm") as held:  # B keeps the old inode in use
@@ -478,7 +501,7 @@ def dask_cluster(tmp_path_factory) -> Iterator[str]:
         eventually(lambda: _listening(port), within=60)
         for i in range(2):
             processes.append(subprocess.Popen(
-                [dask, "worker", f"tcp://{address}", "--nthreads", "1", "--nworkers", "1",
+                [dask, "worker", f"tcp://{address}", "--nthreads", "1", "--no-nanny",
                  "--no-dashboard", "--name", f"w{i}"], cwd=ROOT,
                 stdout=open(logs / f"worker{i}.log", "wb"), stderr=subprocess.STDOUT))
         from distributed import Client
@@ -491,9 +514,10 @@ def dask_cluster(tmp_path_factory) -> Iterator[str]:
             process.terminate()
         for process in processes:
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
 
 
 def _listening(port: int) -> bool:
