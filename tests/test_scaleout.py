@@ -547,3 +547,30 @@ def test_runs_on_a_dask_cluster_give_the_local_counts(mount_factory, dask_cluste
     with Client(f"tcp://{dask_cluster}", timeout=30) as client:
         ran = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
     assert "run" in ran  # levels.execution.run went to the cluster
+
+
+@pytest.mark.fuse
+def test_a_host_killed_mid_write_leaves_no_partial_version(hosts, shared, tmp_path):
+    """kill -9 of host A while it writes circuits: host B sees only whole versions, and
+    `--check --repair` on the shared backends then finds nothing."""
+    a, b = hosts("a"), hosts("b")
+    source = tmp_path / "src"
+    source.mkdir()
+    program = GHZ3 + "".join(f"rz(0.{i}) q[{i % 3}];\n" for i in range(1, 400))
+    names = [f"k{i:04d}.qasm" for i in range(400)]
+    for name in names:
+        (source / name).write_text(program)
+    writer = subprocess.Popen(["cp", "-t", str(a.circuits), *names], cwd=source,
+                              stderr=subprocess.DEVNULL)
+    eventually(lambda: len(os.listdir(b.circuits)) >= 5, within=30)
+    a.proc.kill()  # kill -9 of the daemon, mid-cp
+    a.proc.wait()
+    writer.wait()
+    a.stop()
+    listed = os.listdir(b.circuits)
+    assert 0 < len(listed) < len(names)
+    for name in listed:
+        assert (b.circuits / name / "v1.qasm").read_text() == program
+        assert not exists(b.circuits / name / "v2.qasm")
+    offline_check(hosts.options, b.data, repair=True)
+    assert offline_check(hosts.options, b.data) == []
