@@ -33,6 +33,8 @@ DIR, FILE, LINK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
 IMMUTABLE_TIMEOUT = 300.0
 DIR_TIMEOUT = 1.0
 STARTED_NS = time.time_ns()
+# The daemon's own ids, read once: a syscall per entry made would cost more than the walk.
+UID, GID = os.getuid(), os.getgid()
 XATTR_PREFIX = "user.qfs."
 XATTR_FIELDS = ("description", "author", "tags", "parameters")
 # A commit of written bytes: (content, uid of the writer) -> done, or a domain error.
@@ -64,8 +66,8 @@ class Attrs:
     size: int = 0
     attr_timeout: float = 0.0
     entry_timeout: float = DIR_TIMEOUT  # 0 for names that may vanish behind the kernel's back
-    uid: int = dataclasses.field(default_factory=os.getuid)
-    gid: int = dataclasses.field(default_factory=os.getgid)
+    uid: int = UID
+    gid: int = GID
     live: bool = False  # rendered per open: direct I/O, mtime from the ChangeClock
     immutable: bool = False  # never changes under this name: the page cache may keep it
 
