@@ -93,6 +93,9 @@ def spans(size: int) -> list[tuple[int, int]]:
 _pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}  # by thread count
 
 
+_WRITER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qfs-blob-writer")
+
+
 def _pool_of(threads: int) -> concurrent.futures.ThreadPoolExecutor:
     pool = _pools.get(threads)
     if pool is None:
@@ -140,13 +143,15 @@ def scan(source: Source, precision: np.dtype, threads: int) -> Scan:
     def measure(start: int, stop: int) -> tuple[bool, float, float, np.ndarray]:
         amplitudes = source.chunk(start, stop)
         finite = bool(np.isfinite(amplitudes.view(np.float64)).all())
-        stored = amplitudes if precision == np.complex128 else \
-            amplitudes.astype(precision).astype(np.complex128)
+        norm2 = float(np.vdot(amplitudes, amplitudes).real)
+        if precision != np.complex128:
+            rounded = amplitudes.astype(precision).astype(np.complex128)
+            stored2 = float(np.vdot(rounded, rounded).real)
         # M^H M of M = amplitudes as rows of 2^cut, in real arithmetic (one dgemm; the
         # complex product is twice as slow with this machine's BLAS kernel).
         real = amplitudes.view(np.float64).reshape(-1, 2 ** (cut + 1))
-        return (finite, float(np.vdot(amplitudes, amplitudes).real),
-                float(np.vdot(stored, stored).real), real.T @ real)
+        return (finite, norm2, norm2 if precision == np.complex128 else stored2,
+                real.T @ real)
 
     finite, norm2, stored2 = True, 0.0, 0.0
     gram = np.zeros((2 ** (cut + 1),) * 2)
@@ -212,12 +217,22 @@ def seal(source: Source, measured: Scan, precision: np.dtype, sealer: ChunkSeale
     digest = hashlib.sha256()
     distance2 = 0.0
     jobs = [functools.partial(one, i, *s) for i, s in enumerate(spans(source.size))]
-    for sealed, tag, decoded, part in _ordered(jobs, threads):
-        writer.write(sealed)
-        digest.update(decoded)
-        chunks.append((offset, len(sealed), tag))
-        offset += len(sealed)
-        distance2 += part
+    # Two ordered, sequential hashes: the decoded state's here, the stored blob's (the
+    # writer's content key) with the write on a thread of its own, so they overlap.
+    written: list[concurrent.futures.Future] = []
+    try:
+        for sealed, tag, decoded, part in _ordered(jobs, threads):
+            written.append(_WRITER.submit(writer.write, sealed))
+            digest.update(decoded)
+            chunks.append((offset, len(sealed), tag))
+            offset += len(sealed)
+            distance2 += part
+            if len(written) > IN_FLIGHT:
+                written.pop(0).result()
+    finally:  # no write left running when the caller aborts the blob
+        concurrent.futures.wait(written)
+    for future in written:
+        future.result()
     # |<psi|d>| >= Re<psi|d> = 1 - |psi - d|^2 / 2 for unit vectors: a bound from the
     # differences themselves, where |<psi|d>|^2 summed over 2^n terms would carry ~1e-14
     # of rounding (more than single precision loses: ~1e-15 at 20 qubits).

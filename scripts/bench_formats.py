@@ -6,6 +6,10 @@
              once before on a warm-up circuit, so its SDK is imported), a second read
              (cached), and in this process levels.sdkformats.render on the parsed circuit,
              the converter alone, with its SDK imported beforehand; interleaved, medians
+  events     a reader following /qubits/tasks/<T>/events while `measure q0` is written to
+             the task's ctl: from the start of each ctl write to the measurement's line
+             read by the follower, p50/p99, beside the ctl write alone (its reply is the
+             same measurement), same run
 
     .venv/bin/python scripts/bench_formats.py [--repeats 3] [--out FILE]
 
@@ -71,16 +75,63 @@ def bench_sdk_views(repeats: int) -> dict:
     return report
 
 
+def bench_events(measures: int) -> dict:
+    import os
+    import queue
+    import threading
+
+    from bench_circuitfs import percentile
+
+    def write(ctl: Path, line: str) -> None:
+        fd = os.open(ctl, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    latencies, writes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        root, data = Path(tmp) / "mnt", Path(tmp) / "data"
+        with qfs_mount(data, root):
+            write(root / "qubits" / "ctl", "alloc 1 task=ev\n")
+            ctl = root / "qubits" / "tasks" / "ev" / "ctl"
+            arrived: queue.Queue[float] = queue.Queue()
+            stream = open(root / "qubits" / "tasks" / "ev" / "events", "rb")  # noqa: SIM115
+
+            def follow() -> None:  # one line per measure, then no read left waiting
+                for _ in range(measures):
+                    stream.readline()
+                    arrived.put(time.perf_counter())
+
+            follower = threading.Thread(target=follow, daemon=True)
+            follower.start()
+            for _ in range(measures):
+                started = time.perf_counter()
+                write(ctl, "measure q0\n")
+                writes.append(time.perf_counter() - started)
+                latencies.append(arrived.get(timeout=30) - started)
+            follower.join()
+            stream.close()
+            write(ctl, "release\n")
+    return {"measures": measures,
+            "event_latency_ms": {"p50": round(percentile(latencies, 50) * 1e3, 3),
+                                 "p99": round(percentile(latencies, 99) * 1e3, 3)},
+            "ctl_write_ms": {"p50": round(percentile(writes, 50) * 1e3, 3),
+                             "p99": round(percentile(writes, 99) * 1e3, 3)}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one repeat")
+    parser.add_argument("--measures", type=int, default=200)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.quick:
         args.repeats = 1
     report: dict = {"benchmark": "formats"}
     run_section(report, "sdk_views", lambda: bench_sdk_views(args.repeats))
+    run_section(report, "events", lambda: bench_events(args.measures))
     return finish(report, args.out)
 
 

@@ -205,6 +205,43 @@ def test_blob_writers_name_what_put_would(tmp_path):
     assert plain.blobs[joined.commit()] == b"".join(parts)
 
 
+def test_mmap_of_statevector_npy_reads_only_the_chunks_it_touches(mount_factory):
+    """np.load(mmap_mode="r") through the mount: the slices read are the state's, and a
+    damaged chunk elsewhere in the blob does not stop them (it would, were the file
+    decoded whole at open), while a read of that chunk is EIO."""
+    import errno
+
+    qfs = mount_factory()
+    state = random_state(QUBITS, 7)
+    directory = qfs.root / "states" / "m"
+    directory.mkdir()
+    np.save(directory / "statevector.npy", state)
+    meta = json.loads((directory / "meta.json").read_text())
+    assert meta["chunked"] and meta["fidelity"] == 1.0
+    whole = np.load(directory / "statevector.npy", mmap_mode="r")
+    assert np.allclose(whole, state, rtol=1e-14, atol=0)
+    stored = (directory / "blob").read_bytes()
+    qfs.stop()
+    path = next(p for p in (qfs.data / "blobs").glob("??/*") if p.read_bytes() == stored)
+    index_length = TRAILER.unpack(stored[-TRAILER.size :])[0]
+    damaged = bytearray(stored)
+    damaged[-TRAILER.size - index_length - 1000] ^= 1  # inside the last chunk
+    path.write_bytes(bytes(damaged))
+    second = mount_factory(data=qfs.data)
+    target = second.root / "states" / "m" / "statevector.npy"
+    mapped = np.load(target, mmap_mode="r")
+    assert mapped.shape == state.shape
+    assert np.allclose(mapped[:1000], state[:1000], rtol=1e-14, atol=0)
+    middle = slice(CHUNK_AMPLITUDES + 5, CHUNK_AMPLITUDES + 4000)
+    assert np.allclose(mapped[middle], state[middle], rtol=1e-14, atol=0)
+    del mapped
+    with open(target, "rb") as f:
+        f.seek(target.stat().st_size - 4096)
+        with pytest.raises(OSError) as caught:
+            f.read(4096)
+    assert caught.value.errno == errno.EIO
+
+
 def test_npy_array_reads_a_written_import_in_place():
     import io
 

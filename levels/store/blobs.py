@@ -28,6 +28,7 @@ _KEY = re.compile(r"[0-9a-f]{64}")
 # Space a put leaves free: the metadata commit that names the blob comes after it, and
 # where both share a disk it must still fit.
 RESERVE = 8 << 20
+CHECK_EVERY = 64 << 20  # a parted write checks free space for this much at a time
 
 
 def is_key(key: object) -> bool:
@@ -186,10 +187,14 @@ class DirectoryBlobWriter:
         self._file = open(self._temp, "wb")  # noqa: SIM115 (closed by commit or abort)
         self._hash = hashlib.sha256()
         self.size = 0
+        self._room = 0  # bytes known to fit since the last statvfs
 
     def write(self, data: bytes) -> None:
         try:
-            _check_space(self._store._root, len(data))
+            if len(data) > self._room:  # one statvfs per 64 MiB, not per part
+                self._room = max(len(data), CHECK_EVERY)
+                _check_space(self._store._root, self._room)
+            self._room -= len(data)
             self._file.write(data)
         except OSError as exc:
             self.abort()
