@@ -20,6 +20,7 @@ from fsops.handles import DirHandle, FileHandle, open_handle
 from fsops.inodes import InodeTable, Path
 from levels import vfs
 from levels.errors import Exists, Invalid, NotFound, QfsError
+from levels.events import EventReader
 from levels.fabric import Fabric
 from levels.vfs import Attrs, ChangeClock, Entry
 
@@ -271,6 +272,8 @@ class Operations(pyfuse3.Operations):
                 content: vfs.Content = b""
             else:
                 content = await (entry.read_all() if writable else entry.open())
+            if isinstance(content, EventReader):
+                content.watch(ctx.pid)  # its reads end when this process is interrupted
             handle = open_handle(inode, entry, content, writable, ctx.uid)
             if truncate:
                 handle.truncate(0)

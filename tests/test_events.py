@@ -34,7 +34,7 @@ class Follower:
             self.lines.put(json.loads(line))
 
     def take(self, count: int) -> list[dict]:
-        return [self.lines.get(timeout=30) for _ in range(count)]
+        return [self.lines.get(timeout=90) for _ in range(count)]
 
     def interrupt(self) -> int:
         self.proc.send_signal(signal.SIGINT)

@@ -226,6 +226,17 @@ class Live(Constant):
         self.live_content = data
 
 
+class Stream(Entry):
+    """A stream of lines (levels/events.py): size 0, read with direct I/O until the reader
+    stops; each open subscribes anew and its reads wait for the next line."""
+
+    def __init__(self, fabric: Fabric, path: Path, subscribe: Callable[[], RangeReader]) -> None:
+        super().__init__(fabric, path, Attrs(FILE, 0o444, time.time_ns(), live=True))
+        self._subscribe = subscribe
+
+    async def open(self) -> Content:
+        return self._subscribe()
+
 
 class ControlFile(Live):
     """A sysfs-style control file: each write() is one command (its errno is the write's),

@@ -11,6 +11,7 @@ the same layout:
     tasks/<T>/triggers        registered feed-forward triggers
     tasks/<T>/state.json      allocation and what is live on the qubits now
     tasks/<T>/result.json     the task's last run
+    tasks/<T>/events          (unlisted) one JSON line per event as it happens; blocks
 
 Control lines are parsed once by levels/ctl.py inside the levels the ctl files call; a
 bad line is EINVAL, a qubit or task held by another EBUSY, another user's task EACCES.
@@ -24,6 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 from levels.errors import NotFound
+from levels.events import task_topic
 from levels.vfs.entry import (
     STARTED_NS,
     Constant,
@@ -33,6 +35,7 @@ from levels.vfs.entry import (
     Live,
     Names,
     Path,
+    Stream,
     directory,
     immutable_file,
 )
@@ -181,6 +184,8 @@ class TaskDir(Dir):
             if last is None:
                 raise NotFound(f"task {task} has not run yet")
             return Live(self.fabric, path, lambda: json.dumps(last, indent=2) + "\n")
+        if name == "events":  # unlisted: grep -r and cp -a never wait on it
+            return Stream(self.fabric, path, lambda: manager.events.subscribe(task_topic(task)))
         return await super().lookup(name)
 
 

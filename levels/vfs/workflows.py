@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from levels.coordinator import check_definition_size
+from levels.events import workflow_topic
 from levels.vfs.entry import (
     FILE,
     STARTED_NS,
@@ -23,6 +24,7 @@ from levels.vfs.entry import (
     Live,
     Names,
     Path,
+    Stream,
     directory,
 )
 
@@ -103,6 +105,10 @@ class WorkflowDir(Dir):
             return Live(self.fabric, self.child(name), lambda: rendered.result)
         if name == "ctl":
             return WorkflowCtl(self.fabric, self.child(name))
+        if name == "events":  # unlisted: grep -r and cp -a never wait on it
+            topic = workflow_topic(self.path[1])
+            return Stream(self.fabric, self.child(name),
+                          lambda: self.fabric.qubits.events.subscribe(topic))
         return await super().lookup(name)
 
 
