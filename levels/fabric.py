@@ -14,6 +14,7 @@ from levels.circuits import MAX_META_BYTES, CircuitStore
 from levels.config import Config
 from levels.coordinator import Coordinator
 from levels.dask_runs import DaskRunner
+from levels.durations import parse_interval
 from levels.hosts import Follower
 from levels.metrics import Metrics
 from levels.oplog import OpLog
@@ -26,6 +27,7 @@ from levels.store.canary import KeyCanary
 from levels.store.feed import ChangeFeed
 from levels.store.pg import PostgresMetaStore
 from levels.store.sealed import SealedBlobStore, Sealer, load_or_create_key
+from levels.telemetry import Telemetry
 from levels.workflowdef import MAX_DEFINITION_BYTES
 
 log = logging.getLogger("qfs")
@@ -91,6 +93,10 @@ class Fabric:
         self.metrics.caches.append(self.states.decoded_npy)
         self.qubits = LiveQubitManager(self.meta, self.circuits, self.states,
                                        config.live_qubit_mgr, self.metrics, self.run_workers)
+        self.telemetry = Telemetry(
+            self.qubits, self.metrics,
+            parse_interval(config.live_qubit_mgr.telemetry_collection_interval),
+            config.performance.telemetry_buffer_size)
         self.coordinator = Coordinator(self.meta, self.qubits, self.states, self.circuits,
                                        self.metrics,
                                        config.cross_level.migration_fidelity_threshold,

@@ -69,11 +69,20 @@ class Metrics:
 
     def average(self, histogram: Histogram) -> float | None:
         """Mean of a histogram's observations, or None before the first."""
-        total = count = 0.0
-        for metric in histogram.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_sum"):
-                    total = sample.value
-                elif sample.name.endswith("_count"):
-                    count = sample.value
+        total, count = _sum_and_count(histogram)
         return total / count if count else None
+
+    def count(self, histogram: Histogram) -> int:
+        """How many observations a histogram has had."""
+        return int(_sum_and_count(histogram)[1])
+
+
+def _sum_and_count(histogram: Histogram) -> tuple[float, float]:
+    total = count = 0.0
+    for metric in histogram.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_sum"):
+                total = sample.value
+            elif sample.name.endswith("_count"):
+                count = sample.value
+    return total, count

@@ -63,6 +63,7 @@ async def _serve(fabric: Fabric, operations: Operations) -> None:
         fabric.coordinator.spawn = nursery.start_soon
         if fabric.feed is not None:  # other hosts' changes: drop the kernel's caches
             fabric.feed.subscribe(_forgetting(operations))
+        nursery.start_soon(fabric.telemetry.run)
 
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:

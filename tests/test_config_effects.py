@@ -154,3 +154,20 @@ def test_calibration_json_shows_each_new_calibration(mount_factory, tmp_path):
     after = json.loads((qfs.qubits / "q3" / "calibration.json").read_text())
     assert after["calibration"] > before["calibration"]
     assert after["t1"] != before["t1"]
+
+
+@pytest.mark.fuse
+def test_telemetry_keeps_the_configured_samples_at_the_configured_period(mount_factory,
+                                                                         tmp_path):
+    qfs = mount_with(mount_factory, tmp_path,
+                     "live_qubit_mgr:\n  telemetry_collection_interval: 100ms\n"
+                     "performance:\n  telemetry_buffer_size: 5\n")
+    command(qfs.qubits / "ctl", "alloc 3 task=t isolate=spatial")
+    time.sleep(0.8)
+    lines = (qfs.qubits / "telemetry").read_text().splitlines()
+    assert len(lines) == 5  # more were taken; the buffer keeps the last five
+    samples = [json.loads(line) for line in lines]
+    assert all(b["time"] > a["time"] for a, b in itertools.pairwise(samples))
+    last = samples[-1]
+    assert (last["device"], last["tasks"], last["allocated"]) == ("eagle", 1, 3)
+    assert last["buffer"] > 0 and last["free"] == 127 - 3 - last["buffer"]

@@ -2,6 +2,7 @@
 the same layout:
 
     ctl                       alloc N task=T ... | release task=T
+    telemetry                 one JSON line per sample of the device's load (telemetry.py)
     q<K>/status               free | allocated to T | isolated (buffer of T) | cooling
     q<K>/calibration.json     T1, T2, readout and gate errors from the device model
     q<K>/neighbors            coupled qubits, one per line
@@ -77,13 +78,16 @@ class QubitsDir(Dir):
 
     def names(self) -> Names:
         count = self.fabric.qubits.num_qubits(self.device)
-        return ["ctl", "tasks", *(f"q{i}" for i in range(count))]
+        return ["ctl", "tasks", "telemetry", *(f"q{i}" for i in range(count))]
 
     async def lookup(self, name: str) -> Entry:
         if name == "ctl":
             return DeviceCtl(self.fabric, self.child(name), self.device)
         if name == "tasks":
             return TasksDir(self.fabric, self.child(name), self.device)
+        if name == "telemetry":
+            return Live(self.fabric, self.child(name),
+                        lambda: self.fabric.telemetry.text(self.device))
         match = _QUBIT_DIR.match(name)
         if not match or int(match.group(1)) >= self.fabric.qubits.num_qubits(self.device):
             raise NotFound(f"no qubit {name} on {self.device}")
