@@ -214,7 +214,8 @@ class LiveQubitManager:
         return taskviews.triggers_text(self.table.get(name))
 
     def state_json(self, name: str) -> dict[str, Any]:
-        return taskviews.state_json(self.table.get(name), self.live_tasks.peek(name))
+        return taskviews.state_json(self.table.get(name), self.live_tasks.peek(name),
+                                    here=self.table.host)
 
 
 def _allocated(task: Task) -> str:

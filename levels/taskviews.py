@@ -17,13 +17,20 @@ def triggers_text(task: Task) -> str:
     return "".join(t.describe(task.qubits) + "\n" for t in task.triggers)
 
 
-def state_json(task: Task, live: Live | None) -> dict[str, Any]:
+def state_json(task: Task, live: Live | None, here: str = "") -> dict[str, Any]:
+    """`here`: this host's name on a shared metadata store (a task of another host shows
+    where its live state is, not this host's nothing)."""
     document: dict[str, Any] = {
         "task": task.name, "device": task.device, "owner_uid": task.owner,
         "qubits": [f"q{p}" for p in task.qubits], "buffers": [f"q{p}" for p in task.buffers],
         "topology": task.topology, "isolate": task.isolate, "score": round(task.score, 6),
         "parameters": task.parameters, "triggers": len(task.triggers),
     }
+    if task.host:
+        document["host"] = task.host
+    if live is None and task.host != here:
+        document["live"] = {"state": f"on host {task.host} (live states stay on their host)"}
+        return document
     if live is None:
         document["live"] = {"state": "|0...0> (untouched since allocation or remount)"}
         return document

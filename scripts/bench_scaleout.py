@@ -8,6 +8,8 @@ Sections, each through real mounts:
   two_hosts      two mounts on the shared backends: cross-host visibility lag of a new
                  circuit (A writes, B lists it; p50/p99), and allocation latency with both
                  hosts allocating and releasing at once (p50/p99)
+  dask_vs_local  16 runs of 20-qubit circuits (one after another through a task's ctl) with
+                 local worker processes, then on a Dask scheduler with two workers
 
 Usage: .venv/bin/python scripts/bench_scaleout.py [--quick] [--out bench-results/x.json]
 Progress goes to stderr; the JSON document to stdout.
@@ -207,6 +209,67 @@ def bench_two_hosts(work: Path, servers: dict[str, str], rounds: int) -> Json:
                 "allocation_2_hosts_x_2_allocators": latency(samples), "loadavg": load()}
 
 
+@contextlib.contextmanager
+def dask_cluster(work: Path) -> Iterator[str]:
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    import socket
+
+    from distributed import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dask = str(REPO / ".venv" / "bin" / "dask")
+    out = open(work / "dask.log", "ab")  # noqa: SIM115 - shared by the processes below
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port",
+                                   str(port), "--no-dashboard"], stdout=out, stderr=out)]
+    try:
+        for i in range(2):
+            processes.append(subprocess.Popen(
+                [dask, "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--no-nanny",
+                 "--no-dashboard", "--name", f"w{i}"], cwd=REPO, stdout=out, stderr=out))
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        out.close()
+
+
+def runs(root: Path, count: int) -> float:
+    for i in range(count):
+        (root / "circuits" / f"r{i}.qasm").write_text(STATE20.replace(
+            "ry(0.1)", f"ry(0.{i + 2})") + "bit[20] c;\nc = measure q;\n")
+    command(root / "qubits" / "ctl", "alloc 20 task=runs topology=linear")
+    ctl = root / "qubits" / "tasks" / "runs" / "ctl"
+    for _ in range(2):  # each of two workers' imports and caches, untimed
+        command(ctl, "run r0 shots=1000 noise=off seed=1")
+    started = time.perf_counter()
+    for i in range(count):
+        command(ctl, f"run r{i} shots=1000 noise=off seed={i}")
+    return time.perf_counter() - started
+
+
+def bench_dask(work: Path, count: int) -> Json:
+    report: Json = {"runs": count, "qubits": 20}
+    with mounted(work, "runs-local", None) as root:
+        report["local_seconds"] = round(runs(root, count), 3)
+    with dask_cluster(work) as address:
+        config = work / "dask.yaml"
+        config.write_text(json.dumps({"live_qubit_mgr": {"executor": f"dask://{address}"}}))
+        with mounted(work, "runs-dask", config) as root:
+            report["dask_seconds"] = round(runs(root, count), 3)
+    report["dask_over_local"] = ratio(report["dask_seconds"], report["local_seconds"])
+    report["loadavg"] = load()
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200 circuits, 20 rounds")
@@ -221,6 +284,7 @@ def main() -> int:
         with cluster(work) as servers:
             run_section(report, "backends", lambda: bench_backends(work, servers, count))
             run_section(report, "two_hosts", lambda: bench_two_hosts(work, servers, rounds))
+        run_section(report, "dask_vs_local", lambda: bench_dask(work, 16))
     return finish(report, args.out)
 
 

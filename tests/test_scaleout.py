@@ -428,6 +428,8 @@ def test_two_hosts_share_one_fabric(pair):
     # B sees A's task, but its live state is on A: a command there is refused, naming A.
     assert refused(b.qubits / "tasks" / "ta" / "ctl", "reset") == errno.EBUSY
     assert "task ta lives on host " in (b.root / ".qfs" / "log").read_text()
+    seen_on_b = json.loads((b.qubits / "tasks" / "ta" / "state.json").read_text())
+    assert seen_on_b["live"]["state"].startswith(f"on host {seen_on_b['host']} ")
     command(a.qubits / "tasks" / "ta" / "ctl", "reset")
     assert lag < 1.0
 
