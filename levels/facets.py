@@ -29,7 +29,7 @@ from typing import Any
 from levels.store.meta import Txn
 
 TABLE = "facets"
-VERSION = b"2"
+VERSION = b"3"
 KEYWORDS = ("tags", "gates")
 NUMBERS = ("qubits", "depth")
 _COUNT = struct.Struct("<q")
@@ -125,7 +125,11 @@ def update(txn: Txn, name: str, doc: dict[str, Any] | None) -> None:
 
 
 def _add_circuits(txn: Txn, delta: int) -> None:
-    txn.put(TABLE, b"c", _COUNT.pack(total(txn) + delta))
+    indexed = total(txn) + delta
+    if indexed > 0:
+        txn.put(TABLE, b"c", _COUNT.pack(indexed))
+    else:  # as a rebuild of no circuits leaves it
+        txn.delete(TABLE, b"c")
 
 
 def total(txn: Txn) -> int:

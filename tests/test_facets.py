@@ -85,6 +85,15 @@ def test_structured_queries_equal_a_scan_through_writes_renames_and_deletes(qfs)
     assert_matches_scan(qfs)
 
 
+def test_the_index_is_empty_again_when_every_circuit_is_gone(qfs):
+    populate(qfs, 3)
+    for name in os.listdir(qfs.circuits):
+        subprocess.run(["rm", "-r", str(qfs.circuits / name)], check=True)
+    assert os.listdir(qfs.root / "search" / "NOT tag:x") == []
+    assert os.listdir(qfs.root / "search" / "qubits:[0 TO 9]") == []
+    # the fixture's offline --check then compares the index with no circuits
+
+
 def test_a_structured_query_finds_a_circuit_the_moment_it_is_written(qfs):
     for i in range(5):
         qfs.write_circuit(f"fresh{i}", program(4, 1))
