@@ -56,9 +56,15 @@ class Fabric:
             raise
         self.oplog = OpLog(self.meta)
         cfs = config.circuit_fs
+        # circuit_fs.index_types: text is the Whoosh index, metadata the facets index that
+        # answers structured queries, semantic the similar/ directories.
+        self.index_types = set(cfs.index_types) if cfs.indexing_enabled else set()
         self.search = SearchIndex(
             data_dir / "index", cfs.search_result_limit, cfs.index_commit_interval_ms / 1000,
-            facets=self.meta,
+            facets=self.meta if "metadata" in self.index_types else None,
+            text="text" in self.index_types,
+            off_key=("circuit_fs.index_types" if cfs.indexing_enabled
+                     else "circuit_fs.indexing_enabled"),
         )
         # cross_level.cache_size_mb: half for circuit views, half for decoded states. With
         # cache_enabled off a byte budget of 1 leaves each cache only the entry in use.

@@ -31,7 +31,7 @@ from whoosh.qparser import syntax
 from whoosh.qparser.plugins import FieldAliasPlugin
 
 from levels import facetquery
-from levels.errors import Busy, Invalid, NoSpace, QfsError, WorkerDied
+from levels.errors import Busy, Disabled, Invalid, NoSpace, QfsError, WorkerDied
 from levels.store.meta import MetaStore
 from levels.workers import Limits, WorkerPool
 
@@ -164,9 +164,12 @@ class SearchIndex:
     """Batched writer thread plus a shared, refreshed searcher."""
 
     def __init__(self, path: Path, limit: int, commit_interval: float,
-                 facets: MetaStore | None = None) -> None:
+                 facets: MetaStore | None = None, text: bool = True,
+                 off_key: str = "circuit_fs.index_types") -> None:
         self._path = path
-        self._facets = facets  # the store holding the facets index, when it is kept
+        self._facets = facets  # the store holding the facets index, when it is used
+        self.kept = text  # the Whoosh index is kept (circuit_fs.index_types has `text`)
+        self._off_key = off_key  # the setting that turned off what a refused query needs
         self._limit = limit
         self._interval = commit_interval
         self._cond = threading.Condition()
@@ -199,12 +202,16 @@ class SearchIndex:
 
     def start(self, documents: Documents, expected: int, force: bool) -> None:
         """Open the index (rebuilding it when missing, corrupt, stale or forced) in the thread."""
+        if not self.kept:
+            return
         self._thread = threading.Thread(
             target=self._run, args=(documents, expected, force), name="qfs-indexer", daemon=True
         )
         self._thread.start()
 
     def submit(self, name: str, doc: Document | None) -> None:
+        if not self.kept:
+            return
         with self._cond:
             self._pending[name] = doc
             self._submitted += 1
@@ -229,6 +236,8 @@ class SearchIndex:
                 names = facetquery.answer(txn, structured, self._limit)
             self._remember(text, submitted, names)
             return names
+        if not self.kept:
+            raise Disabled(f"{text!r} needs the text index, which is off ({self._off_key})")
         self.wait_committed()
         with self._search_lock:
             with self._cond:
@@ -260,7 +269,10 @@ class SearchIndex:
             self._results[text] = (generation, names)
 
     def validate(self, text: str) -> None:
-        """Refuse a malformed query without running it."""
+        """Refuse a malformed query without running it, and any query when both indexes
+        are off."""
+        if not self.kept and self._facets is None:
+            raise Disabled(f"search is off ({self._off_key})")
         self._parse(text)
 
     def _parse(self, text: str) -> query.Query:
@@ -316,6 +328,8 @@ class SearchIndex:
 
     def rebuild_now(self, documents: Documents, timeout: float = 600.0) -> None:
         """Rebuild the index from `documents` in the writer thread and wait for it."""
+        if not self.kept:
+            return
         self.wait_committed()
         with self._cond:
             self._rebuild_with = documents

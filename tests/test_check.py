@@ -127,8 +127,8 @@ def test_profiles_and_metrics_endpoint(mount_factory, tmp_path):
         port = probe.getsockname()[1]
     qfs = mount_factory(extra=["--profile", "fault_tolerant", "--metrics-port", str(port)])
     shown = json.loads((qfs.root / ".qfs" / "config").read_text())
-    assert shown["state_store"]["default_serialization_format"] == {
-        "value": "stabilizer", "from": "profile fault_tolerant"}
+    chosen = shown["state_store"]["default_serialization_format"]
+    assert (chosen["value"], chosen["from"]) == ("stabilizer", "profile fault_tolerant")
     assert shown["live_qubit_mgr"]["isolation_level"]["value"] == "strict"
     prepared_task(qfs, "c", CLIFFORD, circuit="cliff")
     command(qfs.qubits / "tasks" / "c" / "ctl", "checkpoint clifford")

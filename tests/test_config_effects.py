@@ -171,3 +171,27 @@ def test_telemetry_keeps_the_configured_samples_at_the_configured_period(mount_f
     last = samples[-1]
     assert (last["device"], last["tasks"], last["allocated"]) == ("eagle", 1, 3)
     assert last["buffer"] > 0 and last["free"] == 127 - 3 - last["buffer"]
+
+
+@pytest.mark.fuse
+def test_index_types_choose_which_searches_are_offered(mount_factory, tmp_path):
+    qfs = mount_with(mount_factory, tmp_path, "circuit_fs:\n  index_types: [metadata]\n")
+    qfs.write_circuit("bell")
+    qfs.write_circuit("other")
+    assert os.listdir(qfs.root / "search" / "qubits:2") == ["bell", "other"]  # facets
+    with pytest.raises(OSError) as caught:
+        os.listdir(qfs.root / "search" / "bell")  # a word: the text index is off
+    assert caught.value.errno == errno.EOPNOTSUPP
+    assert os.listdir(qfs.circuits / "bell" / "similar") == []  # no `semantic`
+    assert not (qfs.data / "index").exists()
+    assert "circuit_fs.index_types" in (qfs.root / ".qfs" / "log").read_text()
+
+
+@pytest.mark.fuse
+def test_indexing_off_refuses_every_search(mount_factory, tmp_path):
+    qfs = mount_with(mount_factory, tmp_path, "circuit_fs:\n  indexing_enabled: false\n")
+    qfs.write_circuit("bell")
+    with pytest.raises(OSError) as caught:
+        os.listdir(qfs.root / "search" / "qubits:2")
+    assert caught.value.errno == errno.EOPNOTSUPP
+    assert "circuit_fs.indexing_enabled" in (qfs.root / ".qfs" / "log").read_text()

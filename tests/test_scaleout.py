@@ -458,24 +458,25 @@ def test_two_hosts_share_one_fabric(pair):
 
 @pytest.mark.fuse
 def test_allocation_is_exclusive_across_hosts(pair):
-    """2 hosts x 4 allocators at once, all wanting the device's best qubits."""
+    """2 hosts x 8 allocators at once, all wanting the device's best qubits; then the
+    isolation buffers of a task on A hold against allocations on B."""
     a, b = pair
     errors: list[BaseException] = []
 
     def allocate(host, name: str) -> None:
         try:
-            command(host.qubits / "ctl", f"alloc 6 task={name} topology=linear")
+            command(host.qubits / "ctl", f"alloc 3 task={name} topology=linear")
         except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=allocate, args=(h, f"{tag}{i}"))
-               for i in range(4) for h, tag in ((a, "a"), (b, "b"))]
+               for i in range(8) for h, tag in ((a, "a"), (b, "b"))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert errors == []
-    names = [f"{tag}{i}" for i in range(4) for tag in "ab"]
+    names = [f"{tag}{i}" for i in range(8) for tag in "ab"]
     eventually(lambda: all(exists(h.qubits / "tasks" / n) for n in names for h in (a, b)),
                within=1.0)
     seen: dict[str, str] = {}
@@ -486,7 +487,11 @@ def test_allocation_is_exclusive_across_hosts(pair):
     assert len(seen) == 48
     b_view = json.loads((b.qubits / "tasks" / "a0" / "state.json").read_text())["qubits"]
     assert b_view == [q for q, n in seen.items() if n == "a0"]
-
+    command(a.qubits / "ctl", "alloc 2 task=iso topology=linear isolate=spatial")
+    buffers = json.loads((a.qubits / "tasks" / "iso" / "state.json").read_text())["buffers"]
+    assert buffers
+    for q in buffers:
+        assert refused(b.qubits / q / "ctl", f"alloc task=in{q}") == errno.EBUSY
 
 
 @pytest.mark.fuse

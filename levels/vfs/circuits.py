@@ -697,8 +697,9 @@ class ResultsDir(CircuitPart):
 
 class SimilarDir(CircuitPart):
     """similar/: `<rank>-<other>` links to circuits shaped like this one's latest version,
-    best first. Into a circuit being written back, the links (and tar's placeholder files
-    for them) are accepted; they are computed again once the circuit is listed."""
+    best first (none when circuit_fs.index_types lacks `semantic`). Into a circuit being
+    written back, the links (and tar's placeholder files for them) are accepted; they are
+    computed again once the circuit is listed."""
 
     @property
     def keeps_scratch(self) -> bool:  # type: ignore[override]
@@ -726,7 +727,7 @@ class SimilarDir(CircuitPart):
         """Ranked `<rank>-<name>` entries of circuits shaped like `name`'s latest version."""
         fabric, name = self.fabric, self.name
         circuit = fabric.circuits.get(name)
-        if circuit.latest is None:
+        if circuit.latest is None or "semantic" not in fabric.index_types:
             return []
         target = circuit.latest.stats
 
