@@ -41,8 +41,9 @@ class _Section(BaseModel):
 
 
 class CircuitFsConfig(_Section):
-    storage_backend: str = "lmdb"
-    """Where circuits are kept (README "Scale-out")."""
+    storage_backend: Literal["lmdb", "s3"] = "lmdb"
+    """s3 keeps the fabric's blobs in S3 (as state_store's s3 does); circuit programs stay
+    in the metadata store, in their version's transaction."""
     s3_endpoint: str = ""
     """The S3 server of storage_backend s3."""
     s3_bucket: str = ""
@@ -78,7 +79,7 @@ class CircuitFsConfig(_Section):
 
 
 class StateStoreConfig(_Section):
-    storage_backend: str = "local_ssd"
+    storage_backend: Literal["local_ssd", "s3"] = "local_ssd"
     """Where checkpoint blobs are kept: local_ssd (a directory) or s3."""
     storage_path: str = ""
     """The blob directory of local_ssd (empty: <data dir>/blobs)."""

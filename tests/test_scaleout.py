@@ -219,6 +219,19 @@ def test_blob_store_contract_with_ranges(blobs):
         blobs.get("../../etc/passwd")
 
 
+def test_circuit_storage_backend_s3_puts_the_blobs_in_s3(shared, tmp_path):
+    from levels.config import load_config
+    from levels.store.backends import open_blobs
+    from levels.store.s3 import S3BlobStore
+
+    config = load_config(environ={"QFS_CIRCUIT_STORAGE_BACKEND": "s3",  # the reference's
+                                  "QFS_S3_ENDPOINT": shared["endpoint"],
+                                  "QFS_S3_BUCKET": shared["bucket"]})
+    assert isinstance(open_blobs(tmp_path, config), S3BlobStore)
+    local = open_blobs(tmp_path, load_config(environ={}))
+    assert isinstance(local, DirectoryBlobStore)
+
+
 def test_s3_unreachable_is_one_reason_naming_it(monkeypatch):
     from levels.store.s3 import S3BlobStore
 

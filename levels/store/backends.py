@@ -26,7 +26,10 @@ def open_meta(data_dir: Path, config: Config) -> MetaStore:
 
 def open_blobs(data_dir: Path, config: Config) -> BlobStore:
     sst, cfs = config.state_store, config.circuit_fs
-    if sst.storage_backend == "s3":
+    # Circuit programs live in the metadata store, in their version's transaction; the
+    # fabric's blobs are checkpoints. So either section's s3 puts the blobs in S3 (the
+    # reference's QFS_CIRCUIT_STORAGE_BACKEND=s3 alone gives an S3-backed fabric).
+    if "s3" in (sst.storage_backend, cfs.storage_backend):
         from levels.store.s3 import S3BlobStore
 
         endpoint = sst.s3_endpoint or cfs.s3_endpoint
