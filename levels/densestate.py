@@ -123,7 +123,6 @@ def _ordered(jobs: Sequence[Callable[[], Any]], threads: int) -> Iterator[Any]:
 
 @dataclasses.dataclass
 class Scan:
-    qubits: int
     norm2: float
     scale: float  # multiplies single-precision amplitudes into the normalised state
     cut: int
@@ -164,7 +163,7 @@ def scan(source: Source, precision: np.dtype, threads: int) -> Scan:
     if abs(norm2 - 1) > NORM_TOLERANCE:
         raise Invalid(f"the state vector is not normalised (norm² = {norm2:.9g})")
     reduced = (gram[0::2, 0::2] + gram[1::2, 1::2]) + 1j * (gram[0::2, 1::2] - gram[1::2, 0::2])
-    return Scan(n, norm2, 1 / math.sqrt(stored2), cut, reduced / norm2)
+    return Scan(norm2, 1 / math.sqrt(stored2), cut, reduced / norm2)
 
 
 def shuffle(stored: np.ndarray) -> np.ndarray:

@@ -150,7 +150,7 @@ def test_a_blob_opens_only_under_the_record_it_was_sealed_for(states, meta):
     first = checkpoint(states, state, "first")
     checkpoint(states, state, "second")
     stored = states.blob("first", 0, first["stored_bytes"])
-    assert len(stored) == first["stored_bytes"] and stored[:5] == b"QFS1\x03"
+    assert len(stored) == first["stored_bytes"] and stored[:5] == b"QFS2\x03"  # chunked
     edits = {"qubit_count": 6, "created_ns": first["created_ns"] + 1, "parent": "second",
              "decoded_sha256": "0" * 64, "format": "sparse", "name": "other"}
     for field, value in edits.items():

@@ -4,6 +4,7 @@ single-blob format still reads; fidelity and ranged reads against Qiskit and num
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -188,6 +189,14 @@ def test_blob_writers_name_what_put_would(tmp_path):
     dropped.abort()
     assert store.list() == [key]
     assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == [key[:2]]
+    crashed = writer_for(store)  # a writer whose process died: gone at the next start
+    crashed.write(b"partial")
+    dead = crashed._temp.with_name(crashed._temp.name.replace(f".{os.getpid()}.", ".999999999."))
+    crashed._temp.rename(dead)
+    alive = writer_for(store)
+    DirectoryBlobStore(tmp_path / "blobs")
+    assert not dead.exists() and alive._temp.exists()
+    alive.abort()
 
     class PutOnly:  # a store with put alone (as any BlobStore)
         def __init__(self) -> None:

@@ -105,6 +105,21 @@ def _check_space(root: Path, size: int) -> None:
                       f"{RESERVE >> 20} MiB kept for the metadata")
 
 
+def _drop_leftovers(root: Path) -> None:
+    """Delete the temporary files of writers that died (a crash in a 4 GiB checkpoint
+    would otherwise keep its partial blob forever): `.<name>.<pid>.tmp`, pid not alive."""
+    for temp in [*root.glob(".*.tmp"), *root.glob("??/.*.tmp")]:
+        pid = temp.name.rsplit(".", 2)[-2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            temp.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 def _no_space(exc: OSError) -> NoSpace | OSError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"the blob store is full: {exc.strerror}")
@@ -118,6 +133,7 @@ class DirectoryBlobStore:
     def __init__(self, root: Path) -> None:
         self._root = root
         root.mkdir(parents=True, exist_ok=True)
+        _drop_leftovers(root)
 
     def _path(self, key: str) -> Path:
         return self._root / check_key(key)[:2] / key
@@ -183,7 +199,7 @@ class DirectoryBlobWriter:
 
     def __init__(self, store: DirectoryBlobStore) -> None:
         self._store = store
-        self._temp = store._root / f".stage-{uuid.uuid4().hex}.tmp"
+        self._temp = store._root / f".stage-{uuid.uuid4().hex}.{os.getpid()}.tmp"
         self._file = open(self._temp, "wb")  # noqa: SIM115 (closed by commit or abort)
         self._hash = hashlib.sha256()
         self.size = 0
