@@ -7,6 +7,7 @@ config file must not silently fall back to a default, and the message names the 
 """
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -203,11 +204,24 @@ class Config(BaseModel):
         for section, values in self.model_dump(exclude={"provenance"}).items():
             fields = type(getattr(self, section)).model_fields
             shown[section] = {
-                key: {"value": value, "from": self.provenance.get(f"{section}.{key}", "default"),
+                key: {"value": _shown(key, value),
+                      "from": self.provenance.get(f"{section}.{key}", "default"),
                       "controls": " ".join((fields[key].description or "").split())}
                 for key, value in values.items()
             }
         return shown
+
+
+
+_DSN_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@\s]*(@)|(password\s*=\s*)(?:'[^']*'|\S+)", re.I)
+
+
+def _shown(key: str, value: Any) -> Any:
+    """A connection string's password is never shown: every user may read /.qfs/config."""
+    if key != "metadata_dsn" or not isinstance(value, str):
+        return value
+    return _DSN_PASSWORD.sub(
+        lambda m: f"{m[1]}***{m[2]}" if m[1] else f"{m[3]}***", value)
 
 
 # The reference's four workload profiles, in this project's keys (applied over the defaults,

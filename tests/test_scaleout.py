@@ -616,3 +616,14 @@ def test_a_host_killed_mid_write_leaves_no_partial_version(hosts, shared, tmp_pa
         assert not exists(b.circuits / name / "v2.qasm")
     offline_check(hosts.options, b.data, repair=True)
     assert offline_check(hosts.options, b.data) == []
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://qfs:hunter2@db:5432/qfs",
+                                 "host=db user=qfs password=hunter2 dbname=qfs",
+                                 "host=db password='hunter2 x' dbname=qfs"])
+def test_the_metadata_dsn_password_never_shows_in_qfs_config(dsn):
+    from levels.config import load_config
+
+    shown = load_config(environ={"QFS_METADATA_DSN": dsn}).effective()
+    value = shown["cross_level"]["metadata_dsn"]["value"]
+    assert "hunter2" not in json.dumps(shown) and "***" in value and "db" in value
