@@ -356,9 +356,9 @@ def test_a_mount_on_postgresql_and_s3_keeps_circuits_and_checkpoints(hosts, shar
 
     # A crash between a blob's put and its record leaves an orphan: found, then removed.
     orphan = S3BlobStore(shared["endpoint"], shared["bucket"]).put(b"half a checkpoint")
-    found = offline_check(hosts.options, a.data)
-    assert [(f["kind"], f["subject"]) for f in found] == [("orphan_blob", orphan)]
-    offline_check(hosts.options, a.data, repair=True)
+    found = offline_check(hosts.options, a.data, repair=True)
+    assert [(f["kind"], f["subject"], f["repaired"]) for f in found] == [
+        ("orphan_blob", orphan, True)]
     assert offline_check(hosts.options, a.data) == []
 
 
