@@ -72,7 +72,9 @@ DIFF = "diff"
 PINNED = "user.qfs.pinned"  # on vN.qasm: "1" keeps the version beyond retention
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]{0,9})\.([a-z0-9]+(?:\.json)?)$")
 Ranked = list[tuple[str, float]]
-_COMPILED_FILE = re.compile(r"^v([1-9][0-9]{0,9})\.(qasm|qpy|report\.json)$")
+# compiled/<device>/vN.<fmt>: the formats levels.compiler makes, whatever they are.
+_COMPILED_FILE = re.compile(
+    r"^v([1-9][0-9]{0,9})\.(" + "|".join(map(re.escape, COMPILED_FORMATS)) + r")$")
 
 
 def import_name(filename: str) -> str | None:
