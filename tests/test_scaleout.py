@@ -627,3 +627,33 @@ def test_the_metadata_dsn_password_never_shows_in_qfs_config(dsn):
     shown = load_config(environ={"QFS_METADATA_DSN": dsn}).effective()
     value = shown["cross_level"]["metadata_dsn"]["value"]
     assert "hunter2" not in json.dumps(shown) and "***" in value and "db" in value
+
+
+def test_the_change_feed_skips_its_own_host_and_says_when_it_missed_changes(shared):
+    from levels.store.feed import ChangeFeed
+
+    a, b = pg_store(shared["dsn"], "host-a"), pg_store(shared["dsn"], "host-b")
+    feed = ChangeFeed(b)
+    heard: list = []
+    feed.subscribe(heard.append)
+    feed.start()
+    try:
+        with b.writing() as txn:  # B's own change: B's caches are right already
+            txn.put("names", b"mine", b"1")
+        with a.writing() as txn:
+            txn.put("circuits", b"x", b"{}")
+            txn.delete("circuits", b"x")
+        eventually(lambda: len(heard) >= 2, within=1.0)
+        assert heard == [("circuits", b"x"), ("circuits", b"x")]
+    finally:
+        feed.close()
+    heard.clear()
+    with a.writing() as txn:  # made while B was away, then trimmed before B is back
+        txn.put("circuits", b"y", b"{}")
+    a.trim_changes(0)
+    with a.writing() as txn:
+        txn.put("circuits", b"z", b"{}")
+    feed._deliver()  # what the feed does when it is back
+    assert heard == [None, ("circuits", b"z")]
+    a.close()
+    b.close()
