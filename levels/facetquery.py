@@ -22,6 +22,7 @@ from levels.store.meta import Txn
 EVERYTHING = 1 << 62  # the size bound of a part that may match every circuit
 CHUNK = 1024  # names a query's leading part lists at a time
 PROBE_ABOVE = 2  # test names by point reads when a part is this many times denser
+MERGED_VALUES = 64  # a range over more values lists every name and reads its value
 
 
 class Plan(Protocol):
@@ -86,7 +87,13 @@ class _Range:
                 if self._inside(v)]
 
     def chunk(self, txn: Txn, start: bytes, count: int) -> tuple[list[bytes], bytes | None]:
-        return _Or(list(self._terms(txn))).chunk(txn, start, count)
+        terms = self._terms(txn)
+        if len(terms) <= MERGED_VALUES:
+            return _Or(list(terms)).chunk(txn, start, count)
+        # Many values (depth:>5 over a varied collection): a seek per value per chunk would
+        # cost more than reading the next names and each one's value.
+        names, resume = _All().chunk(txn, start, count)
+        return self.keep(txn, names, True), resume
 
     def keep(self, txn: Txn, names: list[bytes], probe: bool) -> list[bytes]:
         if self.size(txn) >= facets.total(txn):

@@ -138,3 +138,31 @@ def test_a_data_directory_without_the_facets_index_gets_one_at_mount(mount_facto
     store.close()
     again = mount_factory(data=qfs.data)
     assert_matches_scan(again)
+
+
+def test_a_range_over_many_values_lists_what_a_scan_finds(tmp_path):
+    """More values in a range than facetquery.MERGED_VALUES: names are listed and each
+    one's value read, instead of a merge of one posting list per value (in process: a
+    collection of that many depths through the mount would take minutes to write)."""
+    from levels import facetquery
+    from levels.config import load_config
+    from levels.fabric import Fabric
+
+    fabric = Fabric(tmp_path / "data", load_config())
+    try:
+        depths = {}
+        for i in range(facetquery.MERGED_VALUES + 20):
+            name = f"d{i:03d}"
+            source = program(2, 1 + i)  # depth grows with the layers
+            fabric.circuits.commit_version(name, fabric.circuits.prepare_version(
+                source.encode()), create=True)
+            depths[name] = fabric.circuits.get(name).latest.stats["depth"]
+        assert len(set(depths.values())) > facetquery.MERGED_VALUES
+        for query, inside in (("depth:>5", lambda d: d > 5), ("depth:[10 TO 60]",
+                                                              lambda d: 10 <= d <= 60),
+                              ("depth:>5 NOT depth:[20 TO 30]",
+                               lambda d: d > 5 and not 20 <= d <= 30)):
+            assert fabric.search.search(query) == sorted(n for n, d in depths.items()
+                                                         if inside(d)), query
+    finally:
+        fabric.close()
