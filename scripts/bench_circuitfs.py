@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import math
 import os
 import platform
 import random
@@ -42,24 +41,16 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from benchlib import STARTED, Json, latency, mounted, percentile, qfs_command, ratio, say
 
 REPO = Path(__file__).resolve().parent.parent
 PASSTHROUGH = REPO / "scripts" / "passthrough_fs.py"
-QFSMOUNT = [sys.executable, "-m", "qfsmount.cli"]
 LOAD_CHUNK = 10_000  # circuits per commit_many transaction when bulk loading
 TAG_EVERY = 100  # one circuit in TAG_EVERY gets tag "x": a selective `tag:x` query
 QUBIT_VARIANTS = {2: (), 3: ("ccx",), 4: ("swap",), 5: ("t",)}  # qubits -> extra gates
-STARTED = time.monotonic()
-
-Json = dict[str, Any]
-
-
-def say(message: str) -> None:
-    """Progress on stderr, so stdout carries only the JSON document."""
-    print(f"[bench {time.monotonic() - STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,34 +191,10 @@ def thread_cpu_delta(pid: int, before: dict[int, tuple[str, float]]) -> Json:
             "other_threads": [round(x, 3) for x in sorted(others, reverse=True) if x > 0.005]}
 
 
-@contextlib.contextmanager
-def mounted(argv: list[str], mountpoint: Path, log: Path) -> Iterator[subprocess.Popen]:
-    """Run a foreground FUSE daemon; always lazily unmount and reap it, even after errors."""
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 300
-        while not os.path.ismount(mountpoint):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{' '.join(argv[:4])} exited {proc.returncode} before "
-                                   f"mounting: {log.read_text(errors='replace')[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{mountpoint} not mounted within 300 s")
-            time.sleep(0.02)
-        yield proc
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def qfs_mount(data: Path, mountpoint: Path) -> contextlib.AbstractContextManager[subprocess.Popen]:
-    return mounted([*QFSMOUNT, str(mountpoint), "--data", str(data), "-f"], mountpoint,
-                   data.parent / f"{data.name}-daemon.out")
+    """qfs on `mountpoint`, its output where log_findings looks for it."""
+    log = data.parent / f"{data.name}-daemon.out"
+    return mounted(qfs_command(mountpoint, data), mountpoint, log)
 
 
 def log_findings(data: Path) -> Json:
@@ -240,29 +207,6 @@ def log_findings(data: Path) -> Json:
            if re.search(r" (WARNING|ERROR|CRITICAL) |Traceback|Fatal Python", line)]
     unique = list(dict.fromkeys(bad))
     return {"warnings_or_errors": len(bad), "first": unique[:8]}
-
-
-# -- statistics ------------------------------------------------------------------------------
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """Nearest-rank percentile: with 50 samples p99 is the slowest, as it should be."""
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def latency(samples: list[float]) -> Json:
-    return {
-        "n": len(samples),
-        "p50_ms": round(statistics.median(samples) * 1000, 3),
-        "p99_ms": round(percentile(samples, 99) * 1000, 3),
-        "mean_ms": round(statistics.fmean(samples) * 1000, 3),
-        "min_ms": round(min(samples) * 1000, 3),
-    }
-
-
-def ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b else None
 
 
 # -- (a) readdir + stat ----------------------------------------------------------------------
@@ -638,7 +582,7 @@ def bench_lmdb(work: Path, sizes: Sizes) -> Json:
         "value_bytes": len(value),
         "synced_puts": sizes.lmdb_puts,
         "puts_per_s": round(sizes.lmdb_puts / put_s),
-        "put_p50_ms": round(statistics.median(per_put) * 1000, 3),
+        "put_p50_ms": round(percentile(per_put, 50) * 1000, 3),
         "put_p99_ms": round(percentile(per_put, 99) * 1000, 3),
         "gets_in_one_txn": sizes.lmdb_gets,
         "gets_per_s": round(sizes.lmdb_gets / get_s),

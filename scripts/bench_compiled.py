@@ -22,8 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_circuitfs import qfs_mount
-from benchlib import finish, ratio, run_section, say
+from benchlib import finish, mounted, qfs_command, ratio, run_section, say
 
 
 def program(seed: int) -> bytes:
@@ -59,7 +58,7 @@ def bench_compiled_view(repeats: int) -> dict:
     first, second, qasm, direct = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         root, data = Path(tmp) / "mnt", Path(tmp) / "data"
-        with qfs_mount(data, root):
+        with mounted(qfs_command(root, data), root, Path(tmp) / "daemon.log"):
             warm = root / "circuits" / "warm.qasm"
             warm.write_bytes(program(-1))
             (root / "circuits" / "warm" / "compiled" / "eagle" / "v1.qpy").read_bytes()

@@ -12,20 +12,16 @@
 """
 
 import argparse
-import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import finish, latency, mounted, qfs_command, say
 
-REPO = Path(__file__).resolve().parent.parent
-QFSMOUNT = REPO / ".venv" / "bin" / "qfsmount"
 CONFIG = """live_qubit_mgr:
   devices:
     - {name: eagle, qubits: 127, topology: heavy_hex}
@@ -35,16 +31,6 @@ BELL = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\nc
 LAYER = "OPENQASM 3.0;\ninclude \"stdgates.inc\";\nqubit[20] q;\n" + "".join(
     f"h q[{i}];\nrz({0.1 * i + 0.05}) q[{i}];\ncx q[{i}], q[{(i + 1) % 20}];\n"
     for i in range(20))
-
-
-def say(message: str) -> None:
-    print(f"[bench_ops] {message}", file=sys.stderr, flush=True)
-
-
-def stats_ms(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {"n": len(ordered), "p50_ms": round(statistics.median(ordered) * 1e3, 3),
-            "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3, 3)}
 
 
 def command(ctl: Path, line: str) -> float:
@@ -83,8 +69,8 @@ def bench_scrape(mnt: Path, base: Path, reps: int) -> dict:
         started = time.perf_counter()
         plain.read_bytes()
         baseline.append(time.perf_counter() - started)
-    result = {"bytes": plain.stat().st_size, "qfs": stats_ms(ours),
-              "plain_file": stats_ms(baseline)}
+    result = {"bytes": plain.stat().st_size, "qfs": latency(ours),
+              "plain_file": latency(baseline)}
     result["goal_p50_under_10ms"] = result["qfs"]["p50_ms"] < 10
     return result
 
@@ -122,7 +108,7 @@ def bench_migration(mnt: Path, reps: int) -> dict:
         started = time.perf_counter()
         decode(encode(vector, "statevector", FormatOptions()).payload)
         direct.append(time.perf_counter() - started)
-    mount, base = stats_ms(times), stats_ms(direct)
+    mount, base = latency(times), latency(direct)
     return {"qubits": 20, "mount_migrate": mount, "in_process_serialize_decode": base,
             "ratio_mount_over_direct": round(mount["p50_ms"] / base["p50_ms"], 2)}
 
@@ -134,32 +120,22 @@ def main() -> int:
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="qfs-bench-ops-"))
     mnt, data = base / "mnt", base / "data"
-    mnt.mkdir()
     (base / "qfs.yaml").write_text(CONFIG)
-    daemon = subprocess.Popen([str(QFSMOUNT), str(mnt), "--data", str(data), "-f",
-                               "--config", str(base / "qfs.yaml")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     report: dict = {"benchmark": "ops", "quick": args.quick}
     try:
-        while not os.path.ismount(mnt):
-            time.sleep(0.05)
-        say("populating")
-        populate(mnt, 50 if args.quick else 500)
-        say("metrics scrape")
-        report["metrics_scrape"] = bench_scrape(mnt, base, 30 if args.quick else 200)
-        say("cache hit rate on a rerun workflow")
-        report["cache"] = bench_cache(mnt)
-        say("migration of a 20-qubit state")
-        report["migration"] = bench_migration(mnt, 2 if args.quick else 5)
+        with mounted(qfs_command(mnt, data, "--config", str(base / "qfs.yaml")), mnt,
+                     base / "daemon.log"):
+            say("populating")
+            populate(mnt, 50 if args.quick else 500)
+            say("metrics scrape")
+            report["metrics_scrape"] = bench_scrape(mnt, base, 30 if args.quick else 200)
+            say("cache hit rate on a rerun workflow")
+            report["cache"] = bench_cache(mnt)
+            say("migration of a 20-qubit state")
+            report["migration"] = bench_migration(mnt, 2 if args.quick else 5)
     finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-        daemon.wait(timeout=30)
         shutil.rmtree(base, ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    return finish(report, args.out)
 
 
 if __name__ == "__main__":

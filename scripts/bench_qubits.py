@@ -35,24 +35,32 @@ import cProfile
 import dataclasses
 import io
 import json
-import math
 import os
 import platform
 import pstats
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchlib import Json, finish, load, ratio, run_section, say
+from benchlib import (
+    Json,
+    finish,
+    latency,
+    load,
+    mounted,
+    percentile,
+    qfs_command,
+    ratio,
+    run_section,
+    say,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-VENV_QFSMOUNT = REPO / ".venv" / "bin" / "qfsmount"
 DEVICE = "eagle"
 ALLOC_CASES = [(4, "linear"), (8, "linear"), (16, "linear"), (4, "any"), (8, "any"),
                (16, "any"), (12, "ring")]
@@ -94,42 +102,17 @@ QUICK = Sizes(alloc_reps=30, ring_refusal_reps=3, lmdb_puts=30, feedforward_reps
 # -- statistics ------------------------------------------------------------------------------
 
 
-def percentile(samples: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100) of unsorted samples."""
-    ordered = sorted(samples)
-    if not ordered:
-        return math.nan
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def summary(samples_ns: list[int], unit: str = "us") -> Json:
-    """Medians and tails in one unit; the n says how much a p99 can be trusted."""
-    scale = {"us": 1e3, "ms": 1e6}[unit]
-    values = [s / scale for s in samples_ns]
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        f"p50_{unit}": round(percentile(values, 50), 3),
-        f"p90_{unit}": round(percentile(values, 90), 3),
-        f"p99_{unit}": round(percentile(values, 99), 3),
-        f"min_{unit}": round(min(values), 3),
-        f"max_{unit}": round(max(values), 3),
-        f"mean_{unit}": round(statistics.fmean(values), 3),
-    }
-
-
+    """benchlib's latency summary of nanosecond samples, in `unit`."""
+    return latency([s / 1e9 for s in samples_ns], unit)
 
 
 def median(samples_ns: list[int]) -> float:
-    return percentile([float(s) for s in samples_ns], 50)
+    return percentile(samples_ns, 50)
 
 
 def p99(samples_ns: list[int]) -> float:
-    return percentile([float(s) for s in samples_ns], 99)
+    return percentile(samples_ns, 99)
 
 
 def timed(action: Callable[[], Any]) -> tuple[int, Any]:
@@ -318,35 +301,7 @@ def feedforward_one_blas_thread(quick: bool) -> Json:
     return json.loads(child.stdout)
 
 
-# -- the mount -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def mounted(base: Path) -> Iterator[tuple[Path, Path]]:
-    """A qfs daemon in the foreground on base/mnt; always lazily unmounted and reaped."""
-    mnt, data, log = base / "mnt", base / "data", base / "daemon.log"
-    mnt.mkdir()
-    program = [str(VENV_QFSMOUNT)] if VENV_QFSMOUNT.exists() else [
-        sys.executable, "-m", "qfsmount.cli"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([*program, str(mnt), "--data", str(data), "-f"],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while not os.path.ismount(mnt):
-            if proc.poll() is not None:
-                raise RuntimeError(f"qfsmount exited: {log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("qfsmount did not mount within 90 s")
-            time.sleep(0.05)
-        yield mnt, log
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+# -- through the mount ------------------------------------------------------------------------
 
 
 def command(ctl: Path, line: str) -> int:
@@ -781,7 +736,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_section(report, "feedforward_one_blas_thread",
                             lambda: feedforward_one_blas_thread(args.quick))
             say("mounting qfs")
-            with mounted(base) as (mnt, log):
+            mnt, log = base / "mnt", base / "daemon.log"
+            with mounted(qfs_command(mnt, base / "data"), mnt, log):
                 if "ctl_write" in sections:
                     run_section(report, "ctl_write",
                                 lambda: bench_ctl(mnt, fabric, base, sizes))

@@ -18,10 +18,8 @@ Progress goes to stderr; the JSON document to stdout.
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,10 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Json, finish, load, ratio, run_section, say
+from benchlib import Json, finish, latency, load, mounted, qfs_command, ratio, run_section, say
 
 REPO = Path(__file__).resolve().parent.parent
-QFSMOUNT = [sys.executable, "-m", "qfsmount.cli"]
 CIRCUIT = """OPENQASM 3.0;
 include "stdgates.inc";
 qubit[3] q;
@@ -89,27 +86,13 @@ def shared_config(work: Path, where: dict[str, str]) -> Path:
 
 
 @contextlib.contextmanager
-def mounted(work: Path, name: str, config: Path | None) -> Iterator[Path]:
-    root, data = work / f"mnt-{name}", work / f"data-{name}"
-    root.mkdir()
-    argv = [*QFSMOUNT, str(root), "--data", str(data), "-f", "--key-file",
-            str(work / "shared.key"), *(["--config", str(config)] if config else [])]
-    with open(work / f"{name}.log", "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 120
-        while not os.path.ismount(root):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mount {name} failed: "
-                                   f"{(work / f'{name}.log').read_text()[-2000:]}")
-            time.sleep(0.02)
+def host(work: Path, name: str, config: Path | None) -> Iterator[Path]:
+    """One qfs mount on work/mnt-NAME with the shared key (and `config`), for the block."""
+    root = work / f"mnt-{name}"
+    argv = qfs_command(root, work / f"data-{name}", "--key-file", str(work / "shared.key"),
+                       *(["--config", str(config)] if config else []))
+    with mounted(argv, root, work / f"{name}.log"):
         yield root
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(root)], capture_output=True)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def command(ctl: Path, line: str) -> None:
@@ -118,12 +101,6 @@ def command(ctl: Path, line: str) -> None:
         os.write(fd, (line + "\n").encode())
     finally:
         os.close(fd)
-
-
-def latency(samples: list[float]) -> Json:
-    ordered = sorted(samples)
-    return {"n": len(samples), "p50_ms": round(statistics.median(samples) * 1000, 2),
-            "p99_ms": round(ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)] * 1000, 2)}
 
 
 def cp_cat(root: Path, source: Path, names: list[str]) -> Json:
@@ -160,7 +137,7 @@ def bench_backends(work: Path, servers: dict[str, str], count: int) -> Json:
     for label, config in (("embedded", None),
                           ("shared", shared_config(work, fresh_database(servers, "bench1")))):
         say(f"cp_cat and checkpoint: {label}")
-        with mounted(work, label, config) as root:
+        with host(work, label, config) as root:
             report[label] = {"cp_cat": cp_cat(root, source, names),
                              "checkpoint_20_qubits": checkpoint(root), "loadavg": load()}
     e, s = report["embedded"], report["shared"]
@@ -176,7 +153,7 @@ def bench_backends(work: Path, servers: dict[str, str], count: int) -> Json:
 
 def bench_two_hosts(work: Path, servers: dict[str, str], rounds: int) -> Json:
     config = shared_config(work, fresh_database(servers, "bench2"))
-    with mounted(work, "host-a", config) as a, mounted(work, "host-b", config) as b:
+    with host(work, "host-a", config) as a, host(work, "host-b", config) as b:
         lags = []
         for i in range(rounds):
             (a / "circuits" / f"lag{i}.qasm").write_text(CIRCUIT.format(angle=i))
@@ -205,8 +182,8 @@ def bench_two_hosts(work: Path, servers: dict[str, str], rounds: int) -> Json:
             t.start()
         for t in threads:
             t.join()
-        return {"visibility_lag": latency(lags),
-                "allocation_2_hosts_x_2_allocators": latency(samples), "loadavg": load()}
+        return {"visibility_lag": latency(lags, digits=2),
+                "allocation_2_hosts_x_2_allocators": latency(samples, digits=2), "loadavg": load()}
 
 
 @contextlib.contextmanager
@@ -258,12 +235,12 @@ def runs(root: Path, count: int) -> float:
 
 def bench_dask(work: Path, count: int) -> Json:
     report: Json = {"runs": count, "qubits": 20}
-    with mounted(work, "runs-local", None) as root:
+    with host(work, "runs-local", None) as root:
         report["local_seconds"] = round(runs(root, count), 3)
     with dask_cluster(work) as address:
         config = work / "dask.yaml"
         config.write_text(json.dumps({"live_qubit_mgr": {"executor": f"dask://{address}"}}))
-        with mounted(work, "runs-dask", config) as root:
+        with host(work, "runs-dask", config) as root:
             report["dask_seconds"] = round(runs(root, count), 3)
     report["dask_over_local"] = ratio(report["dask_seconds"], report["local_seconds"])
     report["loadavg"] = load()

@@ -13,11 +13,8 @@ Not a test: it measures, it does not check.
 """
 
 import argparse
-import contextlib
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_circuitfs import name_of, percentile, program, run_cp
-from benchlib import finish, ratio, run_section, say
+from bench_circuitfs import name_of, program, run_cp
+from benchlib import finish, latency, mounted, qfs_command, ratio, run_section, say, worktree
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,11 +36,6 @@ def timed(function, *args, repeats: int) -> list[float]:
         function(*args)
         samples.append(time.perf_counter() - started)
     return samples
-
-
-def summary(samples: list[float]) -> dict:
-    return {"median_us": round(statistics.median(samples) * 1e6, 1),
-            "p99_us": round(percentile(samples, 99) * 1e6, 1), "n": len(samples)}
 
 
 def bench_parse_round_trip() -> dict:
@@ -60,8 +52,8 @@ def bench_parse_round_trip() -> dict:
         for label, source in (("small", small), ("1000_ops", large)):
             here = timed(qasm.prepare, source, limits, repeats=300)
             there = timed(pool.run, qasm.prepare, source, limits, repeats=300)
-            report[label] = {"bytes": len(source), "in_process": summary(here),
-                             "worker": summary(there),
+            report[label] = {"bytes": len(source), "in_process": latency(here, "us", 1),
+                             "worker": latency(there, "us", 1),
                              "worker_over_in_process": ratio(statistics.median(there),
                                                              statistics.median(here))}
         return report
@@ -69,36 +61,14 @@ def bench_parse_round_trip() -> dict:
         pool.shutdown()
 
 
-@contextlib.contextmanager
-def worktree(revision: str):
-    path = Path(tempfile.mkdtemp(prefix="qfs-baseline-"))
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), revision], cwd=REPO,
-                   check=True, capture_output=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO,
-                       capture_output=True)
-
-
 def cp_into_qfs(tree: Path, source: Path, names: list[str], work: Path, label: str) -> float:
     """Mount qfs from the sources in `tree` (its own packages come first on sys.path when
     run from there), cp into it, unmount."""
     data, mnt = work / f"data_{label}", work / f"mnt_{label}"
-    mnt.mkdir()
-    with open(work / f"{label}.out", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "qfsmount.cli", str(mnt), "--data",
-                                 str(data), "-f"], cwd=tree, stdout=out, stderr=out)
     try:
-        deadline = time.monotonic() + 120
-        while not os.path.ismount(mnt):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"qfs from {tree} did not mount")
-            time.sleep(0.05)
-        return run_cp(source, names, mnt / "circuits")
+        with mounted(qfs_command(mnt, data), mnt, work / f"{label}.out", cwd=tree):
+            return run_cp(source, names, mnt / "circuits")
     finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-        proc.wait(timeout=120)
         shutil.rmtree(data, ignore_errors=True)
 
 

@@ -26,7 +26,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-QFSMOUNT = [sys.executable, "-m", "qfsmount.cli"]
+from benchlib import QFSMOUNT, finish, latency, qfs_command, start_daemon, stop_daemon
+
 HANG_SECONDS = 30.0
 FATAL = (errno.EIO, errno.ENOTCONN)
 CLIENTS = 8
@@ -56,24 +57,13 @@ class Soak:
 
     def mount(self) -> None:
         env = {**os.environ, "QFS_MAX_VERSIONS": "100000"}
-        log = open(self.data.parent / "daemon.log", "ab")  # noqa: SIM115 - the daemon's
-        self.proc = subprocess.Popen([*QFSMOUNT, str(self.mnt), "--data", str(self.data), "-f"],
-                                     stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(self.mnt):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the mount did not come up")
-            time.sleep(0.05)
+        self.proc = start_daemon(qfs_command(self.mnt, self.data), self.mnt,
+                                 self.data.parent / "daemon.log", env=env, timeout=60)
 
     def unmount(self) -> None:
-        subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
         if self.proc is not None:
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+            if not stop_daemon(self.mnt, self.proc, timeout=30):
                 self.failures.append("the daemon did not exit within 30 s of unmount")
-                self.proc.kill()
-                self.proc.wait()
             if self.proc.returncode not in (0, None):
                 self.failures.append(f"the daemon exited with status {self.proc.returncode}")
             self.proc = None
@@ -309,15 +299,12 @@ class Soak:
             self.verify_acknowledged()
         self.unmount()
         self.check_offline()
-        latencies = sorted(self.latencies) or [0.0]
         return {
             "ok": not self.failures, "failures": self.failures[:50],
             "clients": CLIENTS, "requests": dict(self.done), "refused": dict(self.refused),
             "remounts": self.remounts,
             "acknowledged_versions": sum(len(v) for v in self.acknowledged.values()),
-            "latency_s": {"p50": round(latencies[len(latencies) // 2], 4),
-                          "p99": round(latencies[int(len(latencies) * 0.99)], 4),
-                          "max": round(latencies[-1], 4)},
+            "latency_s": latency(self.latencies, "s", 4),
         }
 
 
@@ -337,10 +324,7 @@ def main() -> int:
             soak.unmount()
     report["minutes"] = round((time.monotonic() - started) / 60, 2)
     report["date"] = time.strftime("%Y-%m-%d")
-    document = json.dumps(report, indent=2)
-    print(document)
-    if args.out:
-        args.out.write_text(document + "\n")
+    finish(report, args.out)
     if report["ok"]:
         shutil.rmtree(base, ignore_errors=True)
     else:
