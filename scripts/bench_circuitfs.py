@@ -44,7 +44,17 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchlib import STARTED, Json, latency, mounted, percentile, qfs_command, ratio, say
+from benchlib import (
+    STARTED,
+    Json,
+    latency,
+    mounted,
+    percentile,
+    qfs_command,
+    ratio,
+    say,
+    timed,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PASSTHROUGH = REPO / "scripts" / "passthrough_fs.py"
@@ -220,12 +230,6 @@ def ls_l(directory: Path) -> int:
             entry.stat(follow_symlinks=False)
             count += 1
     return count
-
-
-def timed(fn: Callable[[], int]) -> tuple[float, int]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
 
 
 def make_plain_tree(root: Path, count: int) -> None:

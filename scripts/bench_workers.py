@@ -24,18 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_circuitfs import name_of, program, run_cp
-from benchlib import finish, latency, mounted, qfs_command, ratio, run_section, say, worktree
+from benchlib import (
+    finish,
+    latency,
+    mounted,
+    qfs_command,
+    ratio,
+    repeat,
+    run_section,
+    say,
+    worktree,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def timed(function, *args, repeats: int) -> list[float]:
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function(*args)
-        samples.append(time.perf_counter() - started)
-    return samples
 
 
 def bench_parse_round_trip() -> dict:
@@ -50,8 +51,8 @@ def bench_parse_round_trip() -> dict:
         pool.run(qasm.prepare, small, limits)  # start the worker outside the timing
         report = {}
         for label, source in (("small", small), ("1000_ops", large)):
-            here = timed(qasm.prepare, source, limits, repeats=300)
-            there = timed(pool.run, qasm.prepare, source, limits, repeats=300)
+            here = repeat(lambda s=source: qasm.prepare(s, limits), 300)
+            there = repeat(lambda s=source: pool.run(qasm.prepare, s, limits), 300)
             report[label] = {"bytes": len(source), "in_process": latency(here, "us", 1),
                              "worker": latency(there, "us", 1),
                              "worker_over_in_process": ratio(statistics.median(there),

@@ -14,8 +14,9 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 Json = dict[str, Any]
 STARTED = time.monotonic()
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +49,18 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 # -- timing ----------------------------------------------------------------------------------
+
+
+def timed(action: Callable[[], T]) -> tuple[float, T]:
+    """(elapsed seconds, result) of one call."""
+    started = time.perf_counter()
+    result = action()
+    return time.perf_counter() - started, result
+
+
+def repeat(action: Callable[[], object], repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls, in order."""
+    return [timed(action)[0] for _ in range(repeats)]
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
