@@ -12,7 +12,6 @@
 """
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import finish, latency, mounted, qfs_command, say
+from benchlib import command, finish, latency, mounted, qfs_command, say
 
 CONFIG = """live_qubit_mgr:
   devices:
@@ -31,16 +30,6 @@ BELL = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\nc
 LAYER = "OPENQASM 3.0;\ninclude \"stdgates.inc\";\nqubit[20] q;\n" + "".join(
     f"h q[{i}];\nrz({0.1 * i + 0.05}) q[{i}];\ncx q[{i}], q[{(i + 1) % 20}];\n"
     for i in range(20))
-
-
-def command(ctl: Path, line: str) -> float:
-    started = time.perf_counter()
-    fd = os.open(ctl, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-    return time.perf_counter() - started
 
 
 def wait_done(mnt: Path, workflow: str) -> None:

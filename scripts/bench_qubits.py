@@ -49,6 +49,7 @@ from typing import Any
 
 from benchlib import (
     Json,
+    command,
     finish,
     latency,
     load,
@@ -149,8 +150,8 @@ def bench_allocation(fabric, device, sizes: Sizes, base: Path) -> Json:
             elapsed, picked = timed(lambda c=count, t=topology: allocation.choose(
                 device, free, c, t))
             choose_ns.append(elapsed)
-            command = Alloc(count, "t", topology)
-            elapsed, task = timed(lambda c=command: manager.allocate(DEVICE, c, uid=0))
+            request = Alloc(count, "t", topology)
+            elapsed, task = timed(lambda c=request: manager.allocate(DEVICE, c, uid=0))
             allocate_ns.append(elapsed)
             same_choice &= task.qubits == picked[0]
             elapsed, _ = timed(lambda: manager.release("t", 0))
@@ -304,16 +305,9 @@ def feedforward_one_blas_thread(quick: bool) -> Json:
 # -- through the mount ------------------------------------------------------------------------
 
 
-def command(ctl: Path, line: str) -> int:
-    """One command as `echo line > ctl` sends it: open, one write, close; returns ns."""
-    payload = (line + "\n").encode()
-    started = time.perf_counter_ns()
-    fd = os.open(ctl, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, payload)
-    finally:
-        os.close(fd)
-    return time.perf_counter_ns() - started
+def command_ns(ctl: Path, line: str) -> int:
+    """benchlib's `echo line > ctl` in nanoseconds, the unit of this script's samples."""
+    return round(command(ctl, line) * 1e9)
 
 
 def mapping_of(task_dir: Path) -> list[int]:
@@ -502,7 +496,7 @@ def bench_run(mnt: Path, fabric, device, base: Path, sizes: Sizes) -> Json:
     local_task = fabric.qubits.allocate(DEVICE, Alloc(GHZ_QUBITS, "r", "linear"), uid=0)
 
     say("run: cold run through the mount (builds the device noise model in the daemon)")
-    cold_ns = command(ctl, "run ghz shots=1024 noise=on seed=999")
+    cold_ns = command_ns(ctl, "run ghz shots=1024 noise=on seed=999")
     cold_reply = ctl.read_text().strip()
     say("run: building the same noise model and transpiled circuit in this process")
     direct = build_direct(device, physical)
@@ -520,7 +514,7 @@ def bench_run(mnt: Path, fabric, device, base: Path, sizes: Sizes) -> Json:
     for i in range(sizes.run_reps):
         seed = 1000 + i
         line = f"run ghz shots=1024 noise=on seed={seed}"
-        noisy["mount"].append(command(ctl, line))
+        noisy["mount"].append(command_ns(ctl, line))
         mount_counts = json.loads((task_dir / "result.json").read_text())["counts"]
         noisy["in_process_task_command"].append(inproc(line))
         started = time.perf_counter_ns()
@@ -541,7 +535,7 @@ def bench_run(mnt: Path, fabric, device, base: Path, sizes: Sizes) -> Json:
     for i in range(sizes.run_reps):
         seed = 2000 + i
         line = f"run ghz shots=1024 noise=off seed={seed}"
-        quiet["mount"].append(command(ctl, line))
+        quiet["mount"].append(command_ns(ctl, line))
         quiet["in_process_task_command"].append(inproc(line))
         quiet["aer_bare_untranspiled"].append(timed(lambda s=seed: AerSimulator().run(
             direct.circuit, shots=1024, seed_simulator=s).result())[0])

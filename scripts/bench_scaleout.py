@@ -29,7 +29,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import Json, finish, latency, load, mounted, qfs_command, ratio, run_section, say
+from benchlib import (
+    Json,
+    command,
+    finish,
+    latency,
+    load,
+    mounted,
+    qfs_command,
+    ratio,
+    run_section,
+    say,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CIRCUIT = """OPENQASM 3.0;
@@ -93,14 +104,6 @@ def host(work: Path, name: str, config: Path | None) -> Iterator[Path]:
                        *(["--config", str(config)] if config else []))
     with mounted(argv, root, work / f"{name}.log"):
         yield root
-
-
-def command(ctl: Path, line: str) -> None:
-    fd = os.open(ctl, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 def cp_cat(root: Path, source: Path, names: list[str]) -> Json:

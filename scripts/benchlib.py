@@ -143,6 +143,19 @@ def mounted(argv: list[str], mountpoint: Path, log: Path, *, cwd: Path = REPO,
         stop_daemon(mountpoint, proc)
 
 
+def command(ctl: Path, line: str) -> float:
+    """One control command as `echo line > ctl` sends it (open, one write of the line and a
+    newline, close); the seconds it took, as the write returns once the daemon is done."""
+    payload = (line + "\n").encode()
+    started = time.perf_counter()
+    fd = os.open(ctl, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, payload)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - started
+
+
 @contextlib.contextmanager
 def worktree(revision: str) -> Iterator[Path]:
     """A detached git worktree of `revision`, for mounting qfs as it was (cwd=the tree)."""
