@@ -59,6 +59,7 @@ from benchlib import (
     ratio,
     run_section,
     say,
+    traceback_in,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -738,10 +739,7 @@ def main(argv: list[str] | None = None) -> int:
                 if "run" in sections:
                     run_section(report, "run",
                                 lambda: bench_run(mnt, fabric, device, base, sizes))
-                daemon_log = log.read_text(errors="replace")
-            report["daemon_log_has_traceback"] = "Traceback" in daemon_log
-            if report["daemon_log_has_traceback"]:
-                report["daemon_log_tail"] = daemon_log[-4000:]
+            report.update(traceback_in(log))
         finally:
             fabric.close()
     finally:

@@ -143,6 +143,15 @@ def mounted(argv: list[str], mountpoint: Path, log: Path, *, cwd: Path = REPO,
         stop_daemon(mountpoint, proc)
 
 
+def traceback_in(log: Path) -> Json:
+    """Whether a daemon's output holds a traceback, and its tail when it does."""
+    text = log.read_text(errors="replace")
+    found: Json = {"daemon_log_has_traceback": "Traceback" in text}
+    if found["daemon_log_has_traceback"]:
+        found["daemon_log_tail"] = text[-4000:]
+    return found
+
+
 def command(ctl: Path, line: str) -> float:
     """One control command as `echo line > ctl` sends it (open, one write of the line and a
     newline, close); the seconds it took, as the write returns once the daemon is done."""
