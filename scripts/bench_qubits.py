@@ -30,7 +30,6 @@ not collect it): it measures rather than checks.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import dataclasses
 import io
@@ -51,6 +50,7 @@ from benchlib import (
     Json,
     command,
     finish,
+    fs_type,
     latency,
     load,
     mounted,
@@ -338,8 +338,8 @@ def bench_ctl(mnt: Path, fabric, base: Path, sizes: Sizes) -> Json:
         plain_owc: list[int] = []
         phases: dict[str, list[int]] = {"open": [], "write": [], "close": [], "stat": []}
         for _ in range(sizes.ctl_writes):
-            mount_owc.append(_open_write_close(ctl, payload))
-            plain_owc.append(_open_write_close(plain, payload))
+            mount_owc.append(command_ns(ctl, line))
+            plain_owc.append(command_ns(plain, line))
             for name, elapsed in _phases(ctl, payload).items():
                 phases[name].append(elapsed)
         mount_kept: list[int] = []
@@ -383,7 +383,7 @@ def bench_ctl(mnt: Path, fabric, base: Path, sizes: Sizes) -> Json:
     command(ctl, "release")
     fabric.qubits.release("b", 0)
     return {"goal": "p99 < 1 ms", "file": "/qubits/tasks/b/ctl",
-            "tmp_filesystem": _fs_type(base), "commands": results}
+            "tmp_filesystem": fs_type(base), "commands": results}
 
 
 def _write_ns(fd: int, payload: bytes) -> int:
@@ -408,29 +408,6 @@ def _phases(path: Path, payload: bytes) -> dict[str, int]:
     os.stat(path)
     return {"open": opened - started, "write": written - opened, "close": closed - written,
             "stat": time.perf_counter_ns() - closed}
-
-
-def _open_write_close(path: Path, payload: bytes) -> int:
-    """What `echo cmd > ctl` costs: lookups, open, one write, flush and release."""
-    started = time.perf_counter_ns()
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, payload)
-    finally:
-        os.close(fd)
-    return time.perf_counter_ns() - started
-
-
-def _fs_type(path: Path) -> str:
-    """The filesystem a path lives on (ext4, tmpfs...), from /proc/mounts."""
-    best, kind = "", "unknown"
-    target = str(path.resolve())
-    with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
-        for entry in mounts:
-            fields = entry.split()
-            if len(fields) > 2 and target.startswith(fields[1]) and len(fields[1]) > len(best):
-                best, kind = fields[1], fields[2]
-    return kind
 
 
 # -- 4. run through the mount vs Aer directly ------------------------------------------------
@@ -715,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
             "qiskit_aer": qiskit_aer.__version__, "numpy": numpy.__version__,
             "loadavg_at_start": load(),
             "blas_threads_env": {k: os.environ.get(k) for k in BLAS_ENV},
-            "tmp_filesystem": _fs_type(base),
+            "tmp_filesystem": fs_type(base),
         }
         say("building the eagle device model and an in-process fabric")
         elapsed, device = timed(lambda: Device(DeviceSpec(DEVICE, 127, "heavy_hex", 7)))

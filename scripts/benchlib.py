@@ -143,6 +143,18 @@ def mounted(argv: list[str], mountpoint: Path, log: Path, *, cwd: Path = REPO,
         stop_daemon(mountpoint, proc)
 
 
+def fs_type(path: Path) -> str:
+    """The filesystem a path lives on (ext4, tmpfs...), from /proc/mounts."""
+    best, kind = "", "unknown"
+    target = str(path.resolve())
+    with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
+        for entry in mounts:
+            fields = entry.split()
+            if len(fields) > 2 and target.startswith(fields[1]) and len(fields[1]) > len(best):
+                best, kind = fields[1], fields[2]
+    return kind
+
+
 def traceback_in(log: Path) -> Json:
     """Whether a daemon's output holds a traceback, and its tail when it does."""
     text = log.read_text(errors="replace")
