@@ -106,7 +106,8 @@ class DeviceCtl(ControlFile):
 
 
 class QubitDir(Dir):
-    """q<K>/: status (live), calibration.json and neighbors (immutable), ctl."""
+    """q<K>/: status and calibration.json (live: devices are calibrated anew every
+    calibration_interval), neighbors (immutable), ctl."""
 
     def __init__(self, fabric: Fabric, path: Path, device: str, q: int) -> None:
         super().__init__(fabric, path, directory(STARTED_NS))
@@ -120,8 +121,8 @@ class QubitDir(Dir):
         if name == "status":
             return Live(self.fabric, path, lambda: manager.status(device, q) + "\n")
         if name == "calibration.json":
-            text = json.dumps(manager.device(device).calibration_json(q), indent=2) + "\n"
-            return _fixed(self.fabric, path, text)
+            return Live(self.fabric, path, lambda: json.dumps(
+                manager.device(device).calibration_json(q), indent=2) + "\n")
         if name == "neighbors":
             return _fixed(self.fabric, path,
                           "".join(f"q{n}\n" for n in manager.device(device).neighbors[q]))
