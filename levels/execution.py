@@ -67,6 +67,9 @@ def run(job: RunJob) -> dict[str, int]:
     if compiled is None:
         circuit = parse_program(job.source, job.limits)
         dynamic = compile_dynamic(circuit, list(job.triggers), dict(job.parameters))
+        if "measure" not in dynamic.count_ops():
+            raise Invalid("the program measures nothing: a run counts measured bits "
+                          "(add e.g. `measure q -> c;`)")
         _check_coupled(dynamic, job.physical, job.edges)
         compiled = _pass_manager(len(job.physical), job.edges).run(dynamic)
         _compiled.put(key, compiled)

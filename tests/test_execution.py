@@ -93,7 +93,11 @@ def test_run_errors_leave_no_result(qfs):
     assert "needs 5 qubits" in ctl.read_text()
     assert refused(ctl, "run bell shots=lots") == errno.EINVAL
     assert refused(ctl, "run bell@v7") == errno.ENOENT
+    qfs.write_circuit("silent", BELL.split("measure")[0])
+    assert refused(ctl, "run silent") == errno.EINVAL
+    assert "measures nothing" in ctl.read_text()
     assert os.listdir(qfs.circuits / "bell" / "results") == []
+    assert os.listdir(qfs.circuits / "silent" / "results") == []
 
 
 def _teleport_task(qfs) -> list[int]:
