@@ -176,6 +176,11 @@ def _diagnostic(lines: list[str]) -> str:
     return f"{message}{location}" if message else ""
 
 
+# The reference importer (ANTLR, in Python) takes about 2 s per MiB even to refuse: on a
+# large program the fast importer's diagnostic decides.
+REFERENCE_IMPORTER_MAX_CHARS = 256 << 10
+
+
 def _load_qasm3(text: str) -> "QuantumCircuit":
     from qiskit import qasm3
 
@@ -193,6 +198,8 @@ def _load_qasm3(text: str) -> "QuantumCircuit":
         if unsupported in str(exc):
             construct = str(exc).split(unsupported, 1)[1].split("(", 1)[0]
             diagnostic = f"{construct} is not supported by Qiskit's OpenQASM 3 importer"
+    if len(text) > REFERENCE_IMPORTER_MAX_CHARS and diagnostic:
+        raise Invalid(f"OpenQASM 3 rejected by Qiskit: {diagnostic}")
     try:
         with _captured_output([]):  # the reference importer prints ANTLR's complaints
             circuit = qasm3.loads(text)
