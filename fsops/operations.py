@@ -336,7 +336,7 @@ class Operations(pyfuse3.Operations):
         handle = self._files[fh]
         with self._guard("fsync", handle.path, handle.entry.subject):
             await handle.commit_if_dirty()
-            await trio.to_thread.run_sync(self.fabric.meta.sync)
+            await trio.to_thread.run_sync(self.fabric.make_durable)
 
     async def release(self, fh):
         handle = self._files.pop(fh)

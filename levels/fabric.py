@@ -126,6 +126,12 @@ class Fabric:
                                         daemon=True)
         self._syncer.start()
 
+    def make_durable(self) -> None:
+        """What fsync() promises: every change committed so far is on disk (blobs are
+        synced when written; the metadata store's commits are flushed here, or within
+        SYNC_INTERVAL by the background syncer)."""
+        self.meta.sync()
+
     def _sync_periodically(self) -> None:
         while not self._closing.wait(SYNC_INTERVAL):
             try:
