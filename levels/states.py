@@ -208,6 +208,18 @@ class StateStore:
             raise Corrupt(f"checkpoint {name} decodes to a state other than the one recorded")
         return meta, decoded
 
+    def npy(self, name: str) -> bytes:
+        """statevector.npy of a checkpoint in one piece (formats other than a chunked state
+        vector), decoded once and kept in the decoded-state cache (blocking: Qiskit
+        decodes, so call it on a native thread)."""
+        key = (name, self.get(name)["created_ns"])
+        data = self.decoded_npy.get(key)
+        if data is None:
+            _meta, decoded = self.load(name)
+            data = npy_bytes(decoded)
+            self.decoded_npy.put(key, data)
+        return data
+
     def decoded_shape(self, name: str) -> tuple[int, ...]:
         meta = self.get(name)
         dim = 2 ** meta["qubit_count"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from levels.config import default_data_dir, load_config
 from levels.errors import Invalid, QfsError
+from levels.store.backends import holds_data
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,8 +99,7 @@ def _check(args: argparse.Namespace) -> int:
     except Invalid as exc:
         print(f"qfsmount: {exc}", file=sys.stderr)
         return 2
-    shared = config.cross_level.metadata_backend != "lmdb"  # the data lives on the servers
-    if not shared and not (data_dir / "meta.lmdb").exists():
+    if not holds_data(data_dir, config):
         print(f"qfsmount: {data_dir} holds no qfs data", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)

@@ -11,6 +11,16 @@ from levels.errors import Invalid
 from levels.store.blobs import BlobStore, DirectoryBlobStore
 from levels.store.meta import LmdbMetaStore, MetaStore
 
+LMDB_DIRECTORY = "meta.lmdb"  # the embedded metadata store, under the data directory
+
+
+def holds_data(data_dir: Path, config: Config) -> bool:
+    """Whether there is a fabric to check: always on the shared servers, and in a data
+    directory once the embedded store has been made there."""
+    if config.cross_level.metadata_backend == "postgresql":
+        return True
+    return (data_dir / LMDB_DIRECTORY).exists()
+
 
 def open_meta(data_dir: Path, config: Config) -> MetaStore:
     cross = config.cross_level
@@ -21,7 +31,7 @@ def open_meta(data_dir: Path, config: Config) -> MetaStore:
         from levels.store.pg import PostgresMetaStore, host_name
 
         return PostgresMetaStore(cross.metadata_dsn, host_name(data_dir))
-    return LmdbMetaStore(data_dir / "meta.lmdb", config.circuit_fs.lmdb_map_size_mb)
+    return LmdbMetaStore(data_dir / LMDB_DIRECTORY, config.circuit_fs.lmdb_map_size_mb)
 
 
 def open_blobs(data_dir: Path, config: Config) -> BlobStore:

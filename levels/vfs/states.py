@@ -24,7 +24,7 @@ import trio
 
 from levels import densestate, native
 from levels.errors import Invalid, NoAttribute, NotFound, QfsError, ReadOnly
-from levels.states import Request, meta_json, npy_bytes, npy_size, owner_of
+from levels.states import Request, meta_json, npy_size, owner_of
 from levels.vfs.entry import (
     FILE,
     Attrs,
@@ -169,13 +169,7 @@ class StateFile(Entry):
         reader = await trio.to_thread.run_sync(store.shared_reader, self.name)
         if reader is not None:
             return reader
-        key = (self.name, self.attrs.mtime_ns)
-        data = store.decoded_npy.get(key)
-        if data is None:
-            _meta, decoded = await native.run_sync(store.load, self.name)  # Qiskit decodes
-            data = await trio.to_thread.run_sync(npy_bytes, decoded)
-            store.decoded_npy.put(key, data)
-        return data
+        return await native.run_sync(store.npy, self.name)
 
 
 class PendingDir(Dir):
