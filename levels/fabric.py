@@ -15,6 +15,7 @@ from levels.config import Config
 from levels.coordinator import Coordinator
 from levels.dask_runs import DaskRunner
 from levels.durations import parse_interval
+from levels.errors import Unavailable
 from levels.hosts import Follower
 from levels.metrics import Metrics
 from levels.oplog import OpLog
@@ -134,14 +135,15 @@ class Fabric:
 
     def _sync_periodically(self) -> None:
         while not self._closing.wait(SYNC_INTERVAL):
-            try:
-                self.meta.sync()
-            except Exception:
-                log.exception("background sync of the metadata store failed")
-            try:
-                self.states.expire()  # here, not in listings: a readdir deletes nothing
-            except Exception:
-                log.exception("expiring checkpoints failed")
+            for what, chore in (("syncing the metadata store", self.meta.sync),
+                                # here, not in listings: a readdir deletes nothing
+                                ("expiring checkpoints", self.states.expire)):
+                try:
+                    chore()
+                except Unavailable as exc:  # a shared store that is down: said, retried
+                    log.warning("%s: %s; retrying", what, exc)
+                except Exception:
+                    log.exception("%s failed", what)
 
     def close(self) -> None:
         self._closing.set()
