@@ -118,5 +118,5 @@ def test_circuits_behave_like_the_model(mount_factory, tmp_path):
     config.write_text("circuit_fs:\n  max_versions_per_artifact: 1000\n")
     CircuitsModel.mount = mount_factory(extra=["--config", str(config)])
     run_state_machine_as_test(CircuitsModel, settings=settings(
-        max_examples=5, stateful_step_count=12, deadline=None,
+        max_examples=3, stateful_step_count=12, deadline=None,
         suppress_health_check=list(HealthCheck)))
