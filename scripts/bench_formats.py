@@ -26,15 +26,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_circuitfs import qfs_mount
 from bench_compiled import program
-from benchlib import finish, ratio, run_section, say
-
-
-def _timed(action) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
+from benchlib import (
+    command,
+    finish,
+    latency,
+    mounted,
+    qfs_command,
+    ratio,
+    run_section,
+    say,
+    timed,
+)
 
 
 def bench_sdk_views(repeats: int) -> dict:
@@ -45,7 +48,7 @@ def bench_sdk_views(repeats: int) -> dict:
         fmt: {"first": [], "cached": [], "direct": []} for fmt in SDK_FORMATS}
     with tempfile.TemporaryDirectory() as tmp:
         root, data = Path(tmp) / "mnt", Path(tmp) / "data"
-        with qfs_mount(data, root):
+        with mounted(qfs_command(root, data), root, Path(tmp) / "daemon.log"):
             warm = program(-1)
             (root / "circuits" / "warm.qasm").write_bytes(warm)
             circuit = parse_program(warm)
@@ -60,9 +63,9 @@ def bench_sdk_views(repeats: int) -> dict:
                 for fmt in SDK_FORMATS:
                     path = root / "circuits" / f"c{i}" / f"v1.{fmt}"
                     times = samples[fmt]
-                    times["first"].append(_timed(path.read_bytes))
-                    times["cached"].append(_timed(path.read_bytes))
-                    times["direct"].append(_timed(lambda c=circuit, f=fmt: render(c, f)))
+                    times["first"].append(timed(path.read_bytes)[0])
+                    times["cached"].append(timed(path.read_bytes)[0])
+                    times["direct"].append(timed(lambda c=circuit, f=fmt: render(c, f))[0])
                     say(f"run {i} {fmt}: view {times['first'][-1]:.3f} s, cached "
                         f"{times['cached'][-1] * 1e3:.1f} ms, direct {times['direct'][-1]:.3f} s")
     report: dict = {"qubits": 20, "gates": 2000, "repeats": repeats}
@@ -76,24 +79,14 @@ def bench_sdk_views(repeats: int) -> dict:
 
 
 def bench_events(measures: int) -> dict:
-    import os
     import queue
     import threading
-
-    from bench_circuitfs import percentile
-
-    def write(ctl: Path, line: str) -> None:
-        fd = os.open(ctl, os.O_WRONLY | os.O_TRUNC)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
 
     latencies, writes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         root, data = Path(tmp) / "mnt", Path(tmp) / "data"
-        with qfs_mount(data, root):
-            write(root / "qubits" / "ctl", "alloc 1 task=ev\n")
+        with mounted(qfs_command(root, data), root, Path(tmp) / "daemon.log"):
+            command(root / "qubits" / "ctl", "alloc 1 task=ev")
             ctl = root / "qubits" / "tasks" / "ev" / "ctl"
             arrived: queue.Queue[float] = queue.Queue()
             stream = open(root / "qubits" / "tasks" / "ev" / "events", "rb")  # noqa: SIM115
@@ -107,17 +100,13 @@ def bench_events(measures: int) -> dict:
             follower.start()
             for _ in range(measures):
                 started = time.perf_counter()
-                write(ctl, "measure q0\n")
-                writes.append(time.perf_counter() - started)
+                writes.append(command(ctl, "measure q0"))
                 latencies.append(arrived.get(timeout=30) - started)
             follower.join()
             stream.close()
-            write(ctl, "release\n")
+            command(ctl, "release")
     return {"measures": measures,
-            "event_latency_ms": {"p50": round(percentile(latencies, 50) * 1e3, 3),
-                                 "p99": round(percentile(latencies, 99) * 1e3, 3)},
-            "ctl_write_ms": {"p50": round(percentile(writes, 50) * 1e3, 3),
-                             "p99": round(percentile(writes, 99) * 1e3, 3)}}
+            "event_latency_ms": latency(latencies), "ctl_write_ms": latency(writes)}
 
 
 def main() -> int:

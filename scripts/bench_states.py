@@ -57,10 +57,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchlib import Json, finish, load, ratio, run_section, say
+from benchlib import (
+    Json,
+    finish,
+    fs_type,
+    load,
+    mounted,
+    qfs_command,
+    ratio,
+    run_section,
+    say,
+    timed,
+    traceback_in,
+)
+from benchlib import command as send_command
 
 REPO = Path(__file__).resolve().parent.parent
-VENV_QFSMOUNT = REPO / ".venv" / "bin" / "qfsmount"
 DEVICE = "eagle"
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 # The import path would otherwise pick a format automatically (a full MPS SVD chain at 20
@@ -118,13 +130,6 @@ def median_of(samples: list[float]) -> float | None:
     return statistics.median(samples) if samples else None
 
 
-def timed(action: Callable[[], Any]) -> tuple[float, Any]:
-    """(elapsed seconds, result) of one call."""
-    started = time.perf_counter()
-    result = action()
-    return time.perf_counter() - started, result
-
-
 
 
 def own_peak_rss_mib() -> float:
@@ -141,18 +146,6 @@ def process_memory_mib(pid: int) -> Json:
             if key in ("VmHWM", "VmRSS"):
                 found[f"{key}_MiB"] = round(int(value.split()[0]) / 1024, 1)
     return found
-
-
-def fs_type(path: Path) -> str:
-    """The filesystem a path lives on (ext4, tmpfs...), from /proc/mounts."""
-    best, kind = "", "unknown"
-    target = str(path.resolve())
-    with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
-        for entry in mounts:
-            fields = entry.split()
-            if len(fields) > 2 and target.startswith(fields[1]) and len(fields[1]) > len(best):
-                best, kind = fields[1], fields[2]
-    return kind
 
 
 def state_overlap(a: Any, b: Any) -> float:
@@ -215,46 +208,20 @@ def where(func: tuple[str, int, str]) -> str:
 
 
 @contextlib.contextmanager
-def mounted(base: Path, config: Path) -> Iterator[tuple[Path, subprocess.Popen, Path]]:
-    """A qfs daemon in the foreground on base/mnt; always lazily unmounted and reaped."""
-    mnt, data, log = base / "mnt", base / "data", base / "daemon.log"
-    mnt.mkdir()
-    program = [str(VENV_QFSMOUNT)] if VENV_QFSMOUNT.exists() else [
-        sys.executable, "-m", "qfsmount.cli"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([*program, str(mnt), "--data", str(data), "--config",
-                                 str(config), "-f"], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while not os.path.ismount(mnt):
-            if proc.poll() is not None:
-                raise RuntimeError(f"qfsmount exited: {log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("qfsmount did not mount within 90 s")
-            time.sleep(0.05)
+def qfs_at(base: Path, config: Path) -> Iterator[tuple[Path, subprocess.Popen, Path]]:
+    """qfs on base/mnt with `config`, its output in base/daemon.log, for the block."""
+    mnt, log = base / "mnt", base / "daemon.log"
+    with mounted(qfs_command(mnt, base / "data", "--config", str(config)), mnt, log) as proc:
         yield mnt, proc, log
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def command(ctl: Path, line: str) -> float:
-    """One command as `echo line > ctl` sends it (open, one write, close); returns seconds.
-    The write returns when the daemon has finished the command."""
-    payload = (line + "\n").encode()
-    started = time.perf_counter()
-    fd = os.open(ctl, os.O_WRONLY | os.O_TRUNC)
+    """benchlib's `echo line > ctl` in seconds (the write returns when the daemon has
+    finished the command), with the daemon's reply in the error when it refuses."""
     try:
-        os.write(fd, payload)
+        return send_command(ctl, line)
     except OSError as exc:
         raise RuntimeError(f"{line!r} refused: {exc}; reply: {ctl.read_text().strip()}") from exc
-    finally:
-        os.close(fd)
-    return time.perf_counter() - started
 
 
 def run_cp(source: Path, target: Path) -> float:
@@ -1017,15 +984,12 @@ def main(argv: list[str] | None = None) -> int:
                 config = base / "qfs.yaml"
                 config.write_text(MOUNT_CONFIG)
                 say("mounting qfs")
-                with mounted(base, config) as (mnt, proc, log):
+                with qfs_at(base, config) as (mnt, proc, log):
                     run_section(report, "vectors",
                                 lambda: bench_vectors(mnt, fabric, base, sizes))
                     report["memory"] = {"daemon": process_memory_mib(proc.pid),
                                         "bench_process_peak_rss_MiB": own_peak_rss_mib()}
-                    daemon_log = log.read_text(errors="replace")
-                report["daemon_log_has_traceback"] = "Traceback" in daemon_log
-                if report["daemon_log_has_traceback"]:
-                    report["daemon_log_tail"] = daemon_log[-4000:]
+                report.update(traceback_in(log))
         finally:
             fabric64.close()
             fabric.close()

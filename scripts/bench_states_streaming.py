@@ -63,18 +63,8 @@ def floor_seconds(vector: Any) -> float:
     return time.perf_counter() - started
 
 
-def median(samples: list[float]) -> float:
-    return statistics.median(samples)
-
-
-def summary(samples: list[float], raw_bytes: int) -> Json:
-    middle = median(samples)
-    return {"median_s": round(middle, 4), "samples_s": [round(s, 4) for s in samples],
-            "median_MB_per_s": round(raw_bytes / MB / middle, 1)}
-
-
 def bench_streaming(base: Path, quick: bool, scale: int | None, helpers: Any) -> Json:
-    """helpers: the bench_states module (mounted, command, run_cp, Profiled, ...)."""
+    """helpers: the bench_states module (qfs_at, command, run_cp, Profiled, ...)."""
     import numpy as np
 
     n, reps = (20, 2) if quick else (24, 3)
@@ -84,9 +74,10 @@ def bench_streaming(base: Path, quick: bool, scale: int | None, helpers: Any) ->
                     "mount_config": STREAM_CONFIG.strip()}
     say(f"streaming: floor, {n} qubits")
     floors = [floor_seconds(psi) for _ in range(reps)]
-    report["floor"] = summary(floors, raw)
+    report["floor"] = helpers.seconds_summary(floors, raw)
     single = psi.astype(np.complex64)
-    report["floor_complex64"] = summary([floor_seconds(single) for _ in range(reps)], raw)
+    report["floor_complex64"] = helpers.seconds_summary(
+        [floor_seconds(single) for _ in range(reps)], raw)
     del single
     report.update(_in_process(base, psi, helpers))
     config = base / "stream.yaml"
@@ -95,11 +86,12 @@ def bench_streaming(base: Path, quick: bool, scale: int | None, helpers: Any) ->
     np.save(plain, psi)
     stream_base = base / "stream"
     stream_base.mkdir()
-    with helpers.mounted(stream_base, config) as (mnt, proc, _log):
+    with helpers.qfs_at(stream_base, config) as (mnt, proc, _log):
         report["mount"] = _through_mount(mnt, psi, plain, reps, helpers)
-        report["floor_after_mount"] = summary([floor_seconds(psi) for _ in range(reps)], raw)
+        report["floor_after_mount"] = helpers.seconds_summary(
+            [floor_seconds(psi) for _ in range(reps)], raw)
         report["daemon_memory"] = helpers.process_memory_mib(proc.pid)
-    floor_s = median([*floors, report["floor_after_mount"]["median_s"]])
+    floor_s = statistics.median([*floors, report["floor_after_mount"]["median_s"]])
     mount = report["mount"]
     report["ratios"] = {
         "checkpoint_floor_over_mount (goal >= 0.7)":
@@ -142,7 +134,7 @@ def _in_process(base: Path, psi: Any, helpers: Any) -> Json:
                 times.append(elapsed)
             meta = fabric.states.get("p0")
             if precision == "complex128":
-                out["in_process_checkpoint"] = summary(times, psi.size * 16)
+                out["in_process_checkpoint"] = helpers.seconds_summary(times, psi.size * 16)
                 out["profile"] = profiled.report(cumulative=16, own=12)
             else:
                 _meta, decoded = fabric.states.load("p0")
@@ -197,10 +189,10 @@ def _through_mount(mnt: Path, psi: Any, plain: Path, reps: int, helpers: Any) ->
         meta = json.loads((mnt / "states" / name / "meta.json").read_text())
         helpers.remove_checkpoint(mnt, name)
     return {"import_cp_s": round(import_s, 4),
-            "checkpoint": summary(checkpoints, raw),
-            "restore_np_load": summary(restores, raw),
-            "plain_np_load": summary(plains, raw),
-            "repeat_np_load_through_mount": summary(repeats, raw),
+            "checkpoint": helpers.seconds_summary(checkpoints, raw),
+            "restore_np_load": helpers.seconds_summary(restores, raw),
+            "plain_np_load": helpers.seconds_summary(plains, raw),
+            "repeat_np_load_through_mount": helpers.seconds_summary(repeats, raw),
             "mmap_first_1024_amplitudes_s": [round(s, 5) for s in mmaps],
             "restored_equals_state": exact,
             "last_meta": {k: meta[k] for k in ("stored_bytes", "compression_ratio",
@@ -242,7 +234,7 @@ def _scale(base: Path, n: int, floor_s_per_byte: float, helpers: Any) -> Json:
                      os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20),
                  "floor_s_scaled_from_the_smaller_state": round(floor_s_per_byte * raw, 3),
                  "rss_goal_MiB": round((1.25 * raw + (256 << 20)) / 2**20, 1)}
-    with helpers.mounted(scale_base, config) as (mnt, proc, _log):
+    with helpers.qfs_at(scale_base, config) as (mnt, proc, _log):
         (mnt / "states" / "big").mkdir()
         say(f"scale: cp into /states/big ({n} qubits)")
         out["import_cp_s"] = round(helpers.run_cp(path, mnt / "states" / "big"

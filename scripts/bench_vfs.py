@@ -15,14 +15,24 @@ import contextlib
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-from benchlib import Json, finish, ratio, run_section, say
+from benchlib import (
+    Json,
+    command,
+    finish,
+    mounted,
+    qfs_command,
+    ratio,
+    repeat,
+    run_section,
+    say,
+    worktree,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BELL = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\ncx q[0],q[1];\n'
@@ -34,56 +44,20 @@ def program(k: int) -> bytes:
 
 
 @contextlib.contextmanager
-def worktree(revision: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="qfs-vfs-baseline-"))
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), revision], cwd=REPO,
-                   check=True, capture_output=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO,
-                       capture_output=True)
-
-
-@contextlib.contextmanager
-def mounted(tree: Path, work: Path, label: str) -> Iterator[Path]:
+def qfs_from(tree: Path, work: Path, label: str) -> Iterator[Path]:
     """qfs mounted from the sources in `tree` (run from there, its packages come first)."""
     data, mnt = work / f"data_{label}", work / f"mnt_{label}"
-    mnt.mkdir()
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    with open(work / f"{label}.out", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "qfsmount.cli", str(mnt), "--data",
-                                 str(data), "-f"], cwd=tree, stdout=out, stderr=out, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while not os.path.ismount(mnt):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"qfs from {tree} did not mount")
-            time.sleep(0.05)
-        yield mnt
+        with mounted(qfs_command(mnt, data), mnt, work / f"{label}.out", cwd=tree, env=env):
+            yield mnt
     finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-        proc.wait(timeout=120)
         shutil.rmtree(data, ignore_errors=True)
-
-
-def micro(action: Callable[[], object], repeats: int) -> list[float]:
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - started)
-    return samples
 
 
 def read(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-def command(ctl: Path, line: str) -> None:
-    with open(ctl, "w") as f:
-        f.write(line)
 
 
 def workload(mnt: Path, repeats: int, copies: int) -> dict[str, list[float]]:
@@ -104,13 +78,13 @@ def workload(mnt: Path, repeats: int, copies: int) -> dict[str, list[float]]:
     }
     out: dict[str, list[float]] = {}
     for kind, path in kinds.items():
-        out[f"stat_{kind}"] = micro(lambda p=path: os.stat(p), repeats)
-    out["ls_l_circuit"] = micro(
+        out[f"stat_{kind}"] = repeat(lambda p=path: os.stat(p), repeats)
+    out["ls_l_circuit"] = repeat(
         lambda: [e.stat(follow_symlinks=False) for e in os.scandir(circuits / "bell")],
         max(repeats // 20, 5))
-    out["cat_latest"] = micro(lambda: read(kinds["latest.qasm"]), repeats)
-    out["cat_v1"] = micro(lambda: read(kinds["v1.qasm"]), repeats)
-    out["ctl_set"] = micro(lambda: command(task_ctl, "set x=1"), repeats)
+    out["cat_latest"] = repeat(lambda: read(kinds["latest.qasm"]), repeats)
+    out["cat_v1"] = repeat(lambda: read(kinds["v1.qasm"]), repeats)
+    out["ctl_set"] = repeat(lambda: command(task_ctl, "set x=1"), repeats)
     source = [program(100 + k) for k in range(copies)]
     started = time.perf_counter()
     for k, text in enumerate(source):
@@ -129,7 +103,7 @@ def bench_before_after(baseline: str, current: str, rounds: int, repeats: int,
             for rnd in range(rounds):
                 for label, tree in (("current", new), ("baseline", old)):
                     say(f"round {rnd + 1} of {rounds}: {label}")
-                    with mounted(tree, work, f"{label}{rnd}") as mnt:
+                    with qfs_from(tree, work, f"{label}{rnd}") as mnt:
                         for key, samples in workload(mnt, repeats, copies).items():
                             runs[label].setdefault(key, []).extend(samples)
     finally:
