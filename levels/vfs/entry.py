@@ -240,19 +240,13 @@ class Stream(Entry):
 
 class ControlFile(Live):
     """A sysfs-style control file: each write() is one command (its errno is the write's),
-    a read gives the last reply. Kinds implement run()."""
+    a read gives the last reply. Kinds implement control()."""
 
     writable = True
     is_control = True
 
     def __init__(self, fabric: Fabric, path: Path) -> None:
         super().__init__(fabric, path, lambda: fabric.oplog.reply("/".join(path)), 0o666)
-
-    async def control(self, line: str, uid: int) -> str:
-        return await self.run(line, uid)
-
-    async def run(self, line: str, uid: int) -> str:
-        raise NotImplementedError
 
     async def truncate(self, size: int, uid: int) -> None:
         """`echo cmd > ctl` truncates first: a control file has nothing to cut."""

@@ -101,7 +101,7 @@ class DeviceCtl(ControlFile):
         super().__init__(fabric, path)
         self.device = device
 
-    async def run(self, line: str, uid: int) -> str:
+    async def control(self, line: str, uid: int) -> str:
         return await self.fabric.qubits.control_device(self.device, line, uid)
 
 
@@ -143,7 +143,7 @@ class QubitCtl(ControlFile):
         super().__init__(fabric, path)
         self.device, self.q = device, q
 
-    async def run(self, line: str, uid: int) -> str:
+    async def control(self, line: str, uid: int) -> str:
         return await self.fabric.qubits.control_qubit(self.device, self.q, line, uid)
 
 
@@ -198,5 +198,5 @@ class TaskCtl(ControlFile):
     """tasks/<T>/ctl: run C[@vN] | apply | measure qK | reset | set | release | checkpoint
     NAME | restore NAME | migrate device=D (the coordinator's)."""
 
-    async def run(self, line: str, uid: int) -> str:
+    async def control(self, line: str, uid: int) -> str:
         return await self.fabric.coordinator.control_task(self.path[-2], line, uid)

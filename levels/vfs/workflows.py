@@ -116,5 +116,5 @@ class WorkflowCtl(ControlFile):
     """/workflows/<name>/ctl: resume | cancel (levels/ctl.py parses; EINVAL for others,
     EBUSY when the workflow's state refuses it, EACCES for another user's workflow)."""
 
-    async def run(self, line: str, uid: int) -> str:
+    async def control(self, line: str, uid: int) -> str:
         return await self.fabric.coordinator.control_workflow(self.path[1], line, uid)
