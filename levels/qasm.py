@@ -76,15 +76,21 @@ def qasm_major_version(source: bytes) -> int:
     return int(match.group(1))
 
 
-def check_source(source: bytes, limits: ProgramLimits) -> str:
-    """The program as text, or a refusal for what no parser should be given."""
+def program_text(source: bytes, limits: ProgramLimits) -> str:
+    """A written program as text: within circuit_fs.max_program_bytes (EFBIG) and UTF-8
+    (EINVAL), whatever its language."""
     if len(source) > limits.max_bytes:
         raise TooBig(f"program of {len(source)} bytes; the limit is {limits.max_bytes} "
                      "(circuit_fs.max_program_bytes)")
     try:
-        text = source.decode("utf-8")
+        return source.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Invalid(f"not UTF-8 text (byte {exc.start})") from exc
+
+
+def check_source(source: bytes, limits: ProgramLimits) -> str:
+    """The program as text, or a refusal for what no parser should be given."""
+    text = program_text(source, limits)
     if not text.strip():
         raise Invalid("empty program")
     code = _COMMENTS.sub(b" ", source)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from levels.errors import Invalid, Unexpressible
-from levels.qasm import ProgramLimits, circuit_stats, parse_program
+from levels.qasm import ProgramLimits, circuit_stats, parse_program, program_text
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -151,13 +151,7 @@ def prepare(suffix: str, written: bytes, limits: ProgramLimits) -> "tuple[bytes,
     with the SDK's own message when it refuses."""
     fmt = FORMATS[suffix]
     assert fmt.read is not None
-    if len(written) > limits.max_bytes:
-        raise Invalid(f"program of {len(written)} bytes; the limit is {limits.max_bytes} "
-                      "(circuit_fs.max_program_bytes)")
-    try:
-        text = written.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Invalid(f"not UTF-8 text (byte {exc.start})") from exc
+    text = program_text(written, limits)
     try:
         qasm = fmt.read(text)
     except Exception as exc:
