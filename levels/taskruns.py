@@ -12,9 +12,10 @@ import trio
 
 from levels import ctl, execution, feedforward
 from levels.circuits import CircuitStore
-from levels.devices import Device, Devices, DeviceSpec
+from levels.devices import Device, Devices
 from levels.errors import Invalid, NotFound
 from levels.livetasks import LiveTasks
+from levels.lru import LRU
 from levels.metrics import Metrics
 from levels.tasks import Task, TaskTable
 from levels.workers import WorkerPool
@@ -29,7 +30,8 @@ class TaskRuns:
         self._table = table
         self._live = live
         self._metrics = metrics
-        self._calibrations: dict[tuple[DeviceSpec, tuple[int, ...]], execution.Calibration] = {}
+        # Per device spec and qubit set; bounded, since every recalibration adds a spec.
+        self._calibrations: LRU[execution.Calibration] = LRU(max_entries=256)
         self._runs = 0
 
     def last_run(self, name: str) -> dict[str, Any] | None:
@@ -103,6 +105,8 @@ class TaskRuns:
         """The device's calibration on `used` (renumbered 0..n-1), from which the worker
         builds their noise model, so Aer simulates n qubits only; kept per task qubits."""
         key = (device.spec, used)  # a recalibrated device has another spec (seed)
-        if key not in self._calibrations:
-            self._calibrations[key] = device.calibration_on(used)
-        return self._calibrations[key]
+        calibration = self._calibrations.get(key)
+        if calibration is None:
+            calibration = device.calibration_on(used)
+            self._calibrations.put(key, calibration)
+        return calibration
