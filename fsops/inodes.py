@@ -41,6 +41,10 @@ class InodeTable:
                 self._children.setdefault(path[:-1], set()).add(path[-1])
         return ino
 
+    def known(self, path: Path) -> int | None:
+        """The inode of a path the kernel may have been given, or None."""
+        return self._ino_of.get(path)
+
     def remember(self, path: Path) -> int:
         """The inode of a path, with one more kernel lookup reference (lookup, readdirplus)."""
         ino = self.ino(path)

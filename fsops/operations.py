@@ -7,6 +7,7 @@ thread, and LMDB write transactions happen only there, so commits are serialized
 numbers have no gaps. Parsing, rendering and searching run in worker threads.
 """
 
+import contextlib
 import errno
 import logging
 import os
@@ -54,6 +55,14 @@ class Operations(pyfuse3.Operations):
         parent = self.inodes.ino(path[:-1])
         self.inodes.detach(path)
         pyfuse3.invalidate_entry_async(parent, path[-1].encode(), ignore_enoent=True)
+
+    def circuit_changed(self, name: str) -> None:
+        """A circuit changed on this host (trio's thread): the kernel drops the attributes it
+        keeps of the files the change shows in."""
+        for path in vfs.cached_across_change(name):
+            ino = self.inodes.known(path)
+            if ino is not None:
+                _drop_attrs(ino)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -330,7 +339,11 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh):
         handle = self._files[fh]
         with self._guard("close", handle.path, handle.entry.subject):
-            await handle.commit_if_dirty()
+            try:
+                await handle.commit_if_dirty()
+            finally:
+                if handle.writable:  # the kernel's size is the writer's, kept or refused
+                    _drop_attrs(handle.ino)
 
     async def fsync(self, fh, datasync):
         handle = self._files[fh]
@@ -352,6 +365,8 @@ class Operations(pyfuse3.Operations):
                     await handle.commit_if_dirty(closing=True)
         except pyfuse3.FUSEError:
             pass  # release errors never reach the caller; the reason is in the log
+        if handle.writable:
+            _drop_attrs(handle.ino)
         scratch = handle.entry.scratch
         if scratch is not None and handle.entry.commits and not any(
             h.entry.scratch is scratch for h in self._files.values()
@@ -378,6 +393,13 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         with self._guard("removexattr"):
             await (await self._entry(inode)).removexattr(_name(name))
+
+
+def _drop_attrs(ino: int) -> None:
+    """The kernel forgets the attributes it caches of `ino` (attributes only: no page lock
+    is taken, so this is safe inside a request on the same inode)."""
+    with contextlib.suppress(OSError):  # ENOENT: the kernel holds no such inode
+        pyfuse3.invalidate_inode(ino, attr_only=True)
 
 
 def _command_line(buf: bytes) -> str:

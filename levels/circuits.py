@@ -614,6 +614,7 @@ class CircuitStore:
             circuit.versions = [Version(v.n, created_ns, v.stats) if v.n == n else v
                                 for v in circuit.versions]
             self._put(txn, circuit)
+        self._on_change(name, circuit.search_document())  # latest.qasm's time may be this
 
     def end_filling(self, name: str) -> None:
         self._filling.pop(name, None)

@@ -5,6 +5,7 @@ Programs and tests use this without FUSE; the mount wraps it.
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -21,7 +22,7 @@ from levels.metrics import Metrics
 from levels.oplog import OpLog
 from levels.qubits import LiveQubitManager
 from levels.scratch import ScratchFiles
-from levels.search import SearchIndex
+from levels.search import Document, SearchIndex
 from levels.states import StateStore
 from levels.store.backends import open_blobs, open_meta
 from levels.store.canary import KeyCanary
@@ -85,7 +86,10 @@ class Fabric:
             if executor.startswith("dask://") else \
             workers.WorkerPool(perf.worker_processes, limits,
                                preload=(*workers.QISKIT, "qiskit_aer"))
-        self.circuits = CircuitStore(self.meta, cfs, self.workers, on_change=self.search.submit,
+        # Called with a circuit's name after each change committed on this host (the FUSE
+        # layer drops the kernel's cached attributes of what the change shows in).
+        self.circuit_watchers: list[Callable[[str], None]] = []
+        self.circuits = CircuitStore(self.meta, cfs, self.workers, on_change=self._circuit_changed,
                                      cache_bytes=cache_bytes, notice=self.oplog.note)
         self.metrics = Metrics(config.live_qubit_mgr.feedforward_latency_target_ms / 1000)
         self.metrics.caches += self.circuits.caches()
@@ -126,6 +130,11 @@ class Fabric:
         self._syncer = threading.Thread(target=self._sync_periodically, name="qfs-sync",
                                         daemon=True)
         self._syncer.start()
+
+    def _circuit_changed(self, name: str, document: Document | None) -> None:
+        self.search.submit(name, document)
+        for watcher in self.circuit_watchers:
+            watcher(name)
 
     def make_durable(self) -> None:
         """What fsync() promises: every change committed so far is on disk (blobs are

@@ -61,6 +61,7 @@ async def _serve(fabric: Fabric, operations: Operations) -> None:
     async with trio.open_nursery() as nursery:
         # Workflows run as background tasks of this loop, beside the FUSE requests.
         fabric.coordinator.spawn = nursery.start_soon
+        fabric.circuit_watchers.append(operations.circuit_changed)
         if fabric.feed is not None:  # other hosts' changes: drop the kernel's caches
             fabric.feed.subscribe(_forgetting(operations))
         nursery.start_soon(fabric.telemetry.run)

@@ -2,6 +2,7 @@
 with its operations and their errno contract in its docstring; `resolve` walks a path to
 its entry. fsops only maps inodes and handles onto it (README, design notes)."""
 
+from levels.vfs.circuits import cached_across_change
 from levels.vfs.entry import (
     Attrs,
     ChangeClock,
@@ -14,4 +15,4 @@ from levels.vfs.entry import (
 from levels.vfs.tree import directory_at, rename, resolve, subject_of
 
 __all__ = ["Attrs", "ChangeClock", "Content", "Dir", "Entry", "NewFile", "RangeReader",
-           "directory_at", "rename", "resolve", "subject_of"]
+           "cached_across_change", "directory_at", "rename", "resolve", "subject_of"]

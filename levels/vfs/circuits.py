@@ -42,6 +42,7 @@ from levels.scratch import is_scratch_name
 from levels.sdkformats import SDK_FORMATS, split_import
 from levels.similar import rank_similar
 from levels.vfs.entry import (
+    DIR_TIMEOUT,
     FILE,
     STARTED_NS,
     XATTR_FIELDS,
@@ -187,11 +188,19 @@ class Derived(Constant):
         await accept_derived(self.fabric, self.path, data)
 
 
+def cached_across_change(name: str) -> list[Path]:
+    """The paths whose attributes the kernel keeps (attr_timeout > 0) although a change to
+    circuit `name` changes them: the FUSE layer drops them when the circuit changes."""
+    return [("circuits", name, "latest.qasm")]
+
+
 class LatestQasm(CircuitFile):
     """latest.qasm: reads the newest version; a completed write of new content (or a
     rename onto it: editors' atomic saves) is the next version, EINVAL with Qiskit's reason
     when refused, EFBIG/ENOSPC past the write bounds. Also the unlisted /circuits/<name>.qasm
-    alias once imported (entry timeout 0: it may become a scratch name again)."""
+    alias once imported (entry timeout 0: it may become a scratch name again).
+    Its attributes are cached for a second (stat-heavy walks, cat of every circuit): every
+    change to the circuit drops them (cached_across_change), as does the close of a write."""
 
     writable = commits = True
 
@@ -199,9 +208,10 @@ class LatestQasm(CircuitFile):
         self.written_as = imported_as(path[-1]) if alias else "qasm"
         circuit = fabric.circuits.get(name)
         latest = circuit.latest
+        cached = 0.0 if alias else DIR_TIMEOUT
         super().__init__(fabric, path, name, Attrs(
             FILE, 0o644, latest.created_ns if latest else circuit.created_ns,
-            size=latest.size if latest else 0, entry_timeout=0.0 if alias else 1.0))
+            size=latest.size if latest else 0, entry_timeout=cached, attr_timeout=cached))
 
     async def open(self) -> Content:
         return self.fabric.circuits.source(self.name)
