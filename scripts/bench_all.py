@@ -18,7 +18,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench-results"
-BENCHES = ["qubits", "states", "ops", "compiled", "workers", "circuitfs"]  # quickest first
+BENCHES = ["qubits", "states", "ops", "compiled", "workers", "walk", "circuitfs"]  # quickest first
 
 
 def goals(document: Any, path: str = "") -> list[tuple[str, Any]]:
