@@ -48,8 +48,12 @@ class InodeTable:
     def remember(self, path: Path) -> int:
         """The inode of a path, with one more kernel lookup reference (lookup, readdirplus)."""
         ino = self.ino(path)
-        self._lookups[ino] = self._lookups.get(ino, 0) + 1
+        self.referenced(ino)
         return ino
+
+    def referenced(self, ino: int) -> None:
+        """One more kernel lookup reference to a known inode (readdirplus, once replied)."""
+        self._lookups[ino] = self._lookups.get(ino, 0) + 1
 
     def forget(self, ino: int, count: int) -> None:
         left = self._lookups.get(ino, 0) - count

@@ -89,7 +89,7 @@ class Operations(pyfuse3.Operations):
         attr.st_gid = node.gid
         size = node.size
         writers = self._writers.get(ino)
-        if writers:
+        if writers and not entry.is_control:  # a control file's writers buffer nothing
             size = max(len(self._files[fh].data) for fh in writers)
         attr.st_size = size
         attr.st_blksize = 4096
@@ -202,14 +202,14 @@ class Operations(pyfuse3.Operations):
                 directory = await vfs.directory_at(self.fabric, handle.path)
                 directory.listed()
                 handle.entries = await directory.list()
+            parent = handle.path
             for index in range(start_id, len(handle.entries)):
                 name, entry = handle.entries[index]
-                path = (*handle.path, name)
-                ino = self.inodes.ino(path)
+                ino = self.inodes.ino((*parent, name))
                 if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(ino, entry),
                                              index + 1):
                     return
-                self.inodes.remember(path)
+                self.inodes.referenced(ino)
 
     async def releasedir(self, fh):
         self._dirs.pop(fh, None)
@@ -263,8 +263,9 @@ class Operations(pyfuse3.Operations):
 
     @staticmethod
     def _file_info(fh: int, entry: Entry) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=fh, direct_io=entry.attrs.live,
-                                keep_cache=entry.attrs.immutable)
+        attrs = entry.attrs
+        return pyfuse3.FileInfo(fh=fh, direct_io=attrs.live,
+                                keep_cache=attrs.immutable or attrs.pages_follow_attrs)
 
     async def open(self, inode, flags, ctx):
         path = self.inodes.path(inode)
@@ -328,10 +329,12 @@ class Operations(pyfuse3.Operations):
             except QfsError as exc:
                 name = errno.errorcode.get(errno_of(exc), "EIO")
                 self.fabric.oplog.set_reply(key, f"error: {name}: {exc}")
+                _drop_attrs(handle.ino)  # a failed write() leaves the kernel's size as it was
                 raise
             except Exception as exc:  # a bug: the guard logs it; the ctl still answers
                 self.fabric.oplog.set_reply(
                     key, f"error: EIO: internal error: {type(exc).__name__}: {exc}")
+                _drop_attrs(handle.ino)
                 raise
             self.fabric.oplog.set_reply(key, f"ok: {reply}")
             return len(buf)
@@ -342,8 +345,8 @@ class Operations(pyfuse3.Operations):
             try:
                 await handle.commit_if_dirty()
             finally:
-                if handle.writable:  # the kernel's size is the writer's, kept or refused
-                    _drop_attrs(handle.ino)
+                if handle.writable:
+                    await _forget_written(handle)
 
     async def fsync(self, fh, datasync):
         handle = self._files[fh]
@@ -366,7 +369,7 @@ class Operations(pyfuse3.Operations):
         except pyfuse3.FUSEError:
             pass  # release errors never reach the caller; the reason is in the log
         if handle.writable:
-            _drop_attrs(handle.ino)
+            await _forget_written(handle)
         scratch = handle.entry.scratch
         if scratch is not None and handle.entry.commits and not any(
             h.entry.scratch is scratch for h in self._files.values()
@@ -400,6 +403,25 @@ def _drop_attrs(ino: int) -> None:
     is taken, so this is safe inside a request on the same inode)."""
     with contextlib.suppress(OSError):  # ENOENT: the kernel holds no such inode
         pyfuse3.invalidate_inode(ino, attr_only=True)
+
+
+async def _forget_written(handle: FileHandle) -> None:
+    """After a writer's close the kernel forgets the size it keeps (the writer's, kept or
+    refused) and, of a file whose pages it keeps, the written pages: refused bytes of the
+    old length would otherwise be served from them. A control file's are already right
+    (vfs.ControlFile)."""
+    if handle.entry.is_control:
+        return
+    _drop_attrs(handle.ino)
+    if handle.entry.attrs.pages_follow_attrs:
+        # Not on trio's thread: the kernel locks each page, and a reader may hold one while
+        # it waits for this daemon to answer its read.
+        await trio.to_thread.run_sync(_drop_pages, handle.ino)
+
+
+def _drop_pages(ino: int) -> None:
+    with contextlib.suppress(OSError):
+        pyfuse3.invalidate_inode(ino, attr_only=False)
 
 
 def _command_line(buf: bytes) -> str:

@@ -230,6 +230,10 @@ class CircuitStore:
         self._notice = notice or (lambda _where, _what: None)
         self._filling: dict[str, Filling] = {}
         self._parsed: LRU[Any] = LRU(max_entries=256)
+        # Decoded records by name with the bytes they came from: a stat or open of a
+        # circuit's file compares the stored bytes instead of decoding them again.
+        self._records: LRU[tuple[bytes, Circuit]] = LRU(
+            max_entries=4096, max_bytes=cache_bytes // 8, sizeof=lambda r: 2 * len(r[0]))
         self._sources: LRU[bytes] = LRU(max_entries=4096, max_bytes=cache_bytes // 4,
                                         sizeof=len)
         self._views: LRU[bytes | str] = LRU(
@@ -279,8 +283,10 @@ class CircuitStore:
         return None if raw is None else _MTIME.unpack(raw)[0]
 
     def get(self, name: str) -> Circuit:
+        """The circuit's record, shared with other readers: never change it (a change
+        decodes its own copy in its write transaction)."""
         with self._meta.reading() as txn:
-            return self._get(txn, name)
+            return self._shared(txn, name)
 
     def all_circuits(self) -> Iterator[Circuit]:
         with self._meta.reading() as txn:
@@ -293,7 +299,7 @@ class CircuitStore:
         One immutable bytes object per content, shared by every reader: 3,000 opens of a
         1 MB latest.qasm hold 1 MB, not 3 GB (each LMDB read would be a fresh copy)."""
         with self._meta.reading() as txn:
-            circuit = self._get(txn, name)
+            circuit = self._shared(txn, name)
             if n is None:
                 if circuit.latest is None:
                     return b""
@@ -838,6 +844,17 @@ class CircuitStore:
         return json.dumps(document, indent=2).encode() + b"\n"
 
     # -- internals -----------------------------------------------------------------------
+
+    def _shared(self, txn: Txn, name: str) -> Circuit:
+        raw = txn.get("circuits", name.encode())
+        if raw is None:
+            raise NotFound(f"no circuit {name}")
+        cached = self._records.get(name)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        circuit = Circuit.from_json(name, raw)
+        self._records.put(name, (raw, circuit))
+        return circuit
 
     @staticmethod
     def _get(txn: Txn, name: str) -> Circuit:

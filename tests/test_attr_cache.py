@@ -1,6 +1,7 @@
-"""latest.qasm keeps its attributes in the kernel for a second (a walk or a cat of every
-circuit costs no getattr per file), so every change must drop them: st_size always equals
-what a read returns, whichever path made the change, and after a refused write too."""
+"""latest.qasm and control files keep their attributes in the kernel for a second (a walk
+or a cat of every circuit costs no getattr per file, a command's open none), so every
+change must drop them: st_size always equals what a read returns, whichever path made the
+change, and after a refused write too. latest.qasm also keeps its pages."""
 
 import errno
 import os
@@ -8,6 +9,7 @@ import os
 import pytest
 
 from tests.conftest import BELL, GHZ3
+from tests.test_qubits import command
 
 pytestmark = pytest.mark.fuse
 
@@ -57,3 +59,69 @@ def test_latest_qasm_size_follows_a_version_restored_from_history(warm):
     assert _size_and_read(latest) == (len(GHZ3), len(GHZ3))
     (bell / "v3.qasm").write_text(BELL)  # a write where there is no v3 restores it
     assert _size_and_read(latest) == (len(BELL), len(BELL))
+
+
+# latest.qasm also keeps its pages between opens (keep_cache): a cat of every circuit costs
+# no read request. Each change moves its mtime (the kernel then drops the pages at the next
+# read) and a writer's close drops the pages it wrote, so no stale byte is ever served.
+
+
+def _same_length_programs() -> tuple[str, str, str]:
+    """Two accepted programs and a refused one, all of one length past two pages (the
+    kernel keeps fully written pages of a writer)."""
+    def padded(body: str) -> str:
+        return body + "// " + "x" * (9000 - len(body) - 4) + "\n"
+    first, second = padded(BELL), padded(BELL.replace("h q[0];", "x q[0];"))
+    refused = padded(UNKNOWN_GATE)
+    assert len(first) == len(second) == len(refused) and first != second
+    return first, second, refused
+
+
+def test_a_new_version_of_the_same_length_is_read_at_once(warm):
+    first, second, _ = _same_length_programs()
+    latest = warm.write_circuit("bell", first) / "latest.qasm"
+    assert latest.read_text() == first  # pages cached
+    (warm.circuits / "bell.qasm").write_text(second)  # another name: no writer of this inode
+    assert latest.read_text() == second
+    latest.write_text(first)  # and through latest.qasm itself
+    assert latest.read_text() == first
+
+
+def test_pages_of_a_refused_write_of_the_same_length_are_never_served(warm):
+    first, _, refused = _same_length_programs()
+    latest = warm.write_circuit("bell", first) / "latest.qasm"
+    assert latest.read_text() == first
+    with pytest.raises(OSError) as refusal, open(latest, "w") as out:
+        out.write(refused)
+    assert refusal.value.errno == errno.EINVAL
+    assert latest.read_text() == first
+    assert os.stat(latest).st_size == len(first)
+
+
+# A control file keeps its attributes for a second too (the next command's open asks for
+# none): each command's write() makes the kernel forget the size, a refused one has fsops
+# drop it, so a stat right after any command shows the reply's size.
+
+
+def test_ctl_size_follows_each_reply_at_once(qfs):
+    command(qfs.qubits / "ctl", "alloc 2 task=t")
+    ctl = qfs.qubits / "tasks" / "t" / "ctl"
+    lines = (("set theta=0.5", False), ("bogus", True), ("set phi=1.25", False),
+             ("set x", True), ("reset", False))
+    kept = os.open(ctl, os.O_WRONLY)  # `exec 3>>ctl`: no truncation at each command
+    try:
+        for line, refused in lines * 2:
+            for write in (lambda line=line: command(ctl, line),
+                          lambda line=line: os.write(kept, (line + "\n").encode())):
+                os.stat(ctl)  # attributes cached
+                try:
+                    write()
+                except OSError:
+                    assert refused, line
+                else:
+                    assert not refused, line
+                size = os.stat(ctl).st_size  # first: a read that ends early fixes the size
+                assert size == len(ctl.read_bytes()), (line, ctl.read_text())
+                assert ctl.read_text().startswith("error:" if refused else "ok:")
+    finally:
+        os.close(kept)

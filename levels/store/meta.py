@@ -124,6 +124,23 @@ class _LmdbTxn:
         return [get(key, db=db) for key in keys]
 
 
+class _Reading:
+    """A read transaction for a with-block. A class, not a generator: a stat through the
+    mount makes several of these, and a generator-based one costs more than the reads."""
+
+    __slots__ = ("_dbs", "_env", "_txn")
+
+    def __init__(self, env: lmdb.Environment, dbs: dict[str, Any]) -> None:
+        self._env, self._dbs = env, dbs
+
+    def __enter__(self) -> Txn:
+        self._txn = self._env.begin(buffers=False)
+        return _LmdbTxn(self._txn, self._dbs)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._txn.abort()  # read-only: nothing to commit
+
+
 class LmdbMetaStore:
     """One LMDB environment holding every table; writes are synced on commit."""
 
@@ -136,10 +153,8 @@ class LmdbMetaStore:
         )
         self._dbs = {name: self._env.open_db(name.encode()) for name in TABLES}
 
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[Txn]:
-        with self._env.begin(buffers=False) as txn:
-            yield _LmdbTxn(txn, self._dbs)
+    def reading(self) -> contextlib.AbstractContextManager[Txn]:
+        return _Reading(self._env, self._dbs)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Txn]:

@@ -211,7 +211,8 @@ class LatestQasm(CircuitFile):
         cached = 0.0 if alias else DIR_TIMEOUT
         super().__init__(fabric, path, name, Attrs(
             FILE, 0o644, latest.created_ns if latest else circuit.created_ns,
-            size=latest.size if latest else 0, entry_timeout=cached, attr_timeout=cached))
+            size=latest.size if latest else 0, entry_timeout=cached, attr_timeout=cached,
+            pages_follow_attrs=not alias))
 
     async def open(self) -> Content:
         return self.fabric.circuits.source(self.name)

@@ -56,7 +56,7 @@ Listing = list[tuple[str, "Entry"]]
 Names = list[str]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Attrs:
     """What stat(2) shows of an entry, and how long the kernel may trust it."""
 
@@ -70,6 +70,10 @@ class Attrs:
     gid: int = GID
     live: bool = False  # rendered per open: direct I/O, mtime from the ChangeClock
     immutable: bool = False  # never changes under this name: the page cache may keep it
+    # Changes, but every change on this host drops its cached attributes and moves its mtime
+    # or size, so the kernel drops its pages at the next read (FUSE auto_inval_data): the
+    # page cache may keep it between changes.
+    pages_follow_attrs: bool = False
 
 
 def directory(mtime_ns: int, perm: int = 0o755, timeout: float = DIR_TIMEOUT) -> Attrs:
@@ -240,13 +244,20 @@ class Stream(Entry):
 
 class ControlFile(Live):
     """A sysfs-style control file: each write() is one command (its errno is the write's),
-    a read gives the last reply. Kinds implement control()."""
+    a read gives the last reply. Kinds implement control().
+
+    Its attributes are cached for a second, although each command changes its reply: a
+    write() that succeeds makes the kernel forget the size and mtime it keeps (never the
+    mode and owner), and fsops drops them after a refused one. So the next command's open
+    asks for no attributes, and its write() no security.capability (the kernel keeps its
+    no-privileges mark until attributes are fetched again)."""
 
     writable = True
     is_control = True
 
     def __init__(self, fabric: Fabric, path: Path) -> None:
         super().__init__(fabric, path, lambda: fabric.oplog.reply("/".join(path)), 0o666)
+        self.attrs.attr_timeout = DIR_TIMEOUT
 
     async def truncate(self, size: int, uid: int) -> None:
         """`echo cmd > ctl` truncates first: a control file has nothing to cut."""
