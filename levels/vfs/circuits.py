@@ -51,9 +51,11 @@ from levels.vfs.entry import (
     Constant,
     Content,
     Dir,
+    Entries,
     Entry,
     Listing,
     Live,
+    MadeOnDemand,
     Names,
     NewFile,
     Path,
@@ -376,11 +378,14 @@ class CircuitsDir(Dir):
         return self.scratch_entry(name)
 
     async def list(self) -> Listing:
-        entries: Listing = [
-            (n, CircuitDir(self.fabric, self.child(n), m))
-            for n, m in self.fabric.circuits.names_with_mtime()
-        ]
-        return entries + self.scratch_entries()
+        fabric, path = self.fabric, self.path
+
+        def circuit(name_and_mtime: tuple[str, int]) -> tuple[str, Entry]:
+            name, mtime = name_and_mtime
+            return name, CircuitDir(fabric, (*path, name), mtime)
+
+        return MadeOnDemand(fabric.circuits.names_with_mtime(), circuit,
+                            self.scratch_entries())
 
     def scratch_entry(self, name: str) -> Entry:
         file = self.fabric.scratch.get(self.path, name)
@@ -673,7 +678,7 @@ class ResultsDir(CircuitPart):
 
     async def list(self) -> Listing:
         circuits = self.fabric.circuits
-        entries: Listing = [
+        entries: Entries = [
             (run, ResultFile(self.fabric, self.child(run), self.name, run))
             for run, _size in circuits.results(self.name)]
         for run, _entry in list(entries):

@@ -18,8 +18,8 @@ import json
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, overload, runtime_checkable
 
 from levels.errors import Invalid, NoAttribute, NotFound, NotSupported, ReadOnly
 from levels.scratch import ScratchFile, is_scratch_name
@@ -52,8 +52,39 @@ class RangeReader(Protocol):
 
 Content = bytes | RangeReader
 # What a directory lists (directories have a list() method, which hides the builtin).
-Listing = list[tuple[str, "Entry"]]
+Listing = Sequence[tuple[str, "Entry"]]
+Entries = list[tuple[str, "Entry"]]  # a listing made whole
 Names = list[str]
+
+
+K = TypeVar("K")
+
+
+class MadeOnDemand(Sequence[tuple[str, "Entry"]], Generic[K]):
+    """A listing whose entries are made as readdir reaches them, from keys read at opendir
+    (a circuit's name and mtime, a search hit), then `rest`. A listing of 10,000 circuits
+    or hits then holds 10,000 keys, not entries: making and keeping every entry cost more
+    than the kernel's part of the listing and set off the garbage collector."""
+
+    def __init__(self, keys: Sequence[K], make: Callable[[K], tuple[str, Entry]],
+                 rest: Sequence[tuple[str, Entry]] = ()) -> None:
+        self._keys, self._make, self._rest = keys, make, rest
+
+    def __len__(self) -> int:
+        return len(self._keys) + len(self._rest)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, Entry]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, Entry]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[str, Entry] | Sequence[tuple[str, Entry]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if 0 <= index < len(self._keys):
+            return self._make(self._keys[index])
+        return self._rest[index - len(self._keys)]
 
 
 @dataclasses.dataclass(slots=True)
@@ -474,7 +505,7 @@ class Dir(Entry):
         return Scratch(self.fabric, self.child(name), self.fabric.scratch.get(self.path, name),
                        subject=self.subject)
 
-    def scratch_entries(self) -> Listing:
+    def scratch_entries(self) -> Entries:
         return [(n, self.scratch_entry(n)) for n in self.fabric.scratch.names(self.path)]
 
     async def create_scratch_or_target(self, name: str, mode: int, uid: int, gid: int,

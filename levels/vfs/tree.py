@@ -19,7 +19,18 @@ import trio
 from levels import check, tuning
 from levels.errors import NotFound
 from levels.vfs.circuits import CIRCUITS, CircuitsDir
-from levels.vfs.entry import STARTED_NS, Dir, Entry, Listing, Live, Names, Path, Symlink, directory
+from levels.vfs.entry import (
+    STARTED_NS,
+    Dir,
+    Entry,
+    Listing,
+    Live,
+    MadeOnDemand,
+    Names,
+    Path,
+    Symlink,
+    directory,
+)
 from levels.vfs.qubits import DEVICES, QUBITS, DevicesDir, QubitsDir, other_devices
 from levels.vfs.states import STATES, StatesDir
 from levels.vfs.workflows import WORKFLOWS, WorkflowsDir
@@ -87,7 +98,7 @@ class QueryDir(Dir):
         return self._link(name)
 
     async def list(self) -> Listing:
-        return [(n, self._link(n)) for n in await self.search()]
+        return MadeOnDemand(await self.search(), lambda n: (n, self._link(n)))
 
     def _link(self, name: str) -> Entry:
         return Symlink(self.fabric, self.child(name), f"../../{CIRCUITS}/{name}", time.time_ns())
