@@ -5,10 +5,10 @@ Under trio any exception other than FUSEError ends pyfuse3.main and with it the 
 unexpected into EIO with the traceback in the log: the daemon keeps serving.
 """
 
-import contextlib
 import errno
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
+from types import TracebackType
 
 import pyfuse3
 
@@ -45,22 +45,38 @@ def errno_of(exc: errors.QfsError) -> int:
     return errno.EIO
 
 
-@contextlib.contextmanager
-def guarded(op: str, oplog, subject: str | None = None) -> Iterator[None]:
-    """Run one handler: domain error -> its errno (reason logged), bug -> EIO (traceback)."""
-    try:
-        yield
-    except pyfuse3.FUSEError:
-        raise
-    except errors.QfsError as exc:
-        if not isinstance(exc, _QUIET):
-            oplog.refuse(op, str(exc), subject)
-        raise pyfuse3.FUSEError(errno_of(exc)) from exc
-    except OSError as exc:
-        oplog.refuse(op, f"{exc}", subject)
-        code = exc.errno if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
-        raise pyfuse3.FUSEError(code) from exc
-    except Exception as exc:
-        log.exception("unexpected error in %s", op)
-        oplog.refuse(op, f"internal error: {type(exc).__name__}: {exc}", subject)
+class Guard:
+    """Run one handler: domain error -> its errno (reason logged), bug -> EIO (traceback).
+
+    A class, not a generator: it wraps every request, and where a refusal is reported
+    (`op /path`, and the circuit it belongs to) is worked out only for a refusal."""
+
+    __slots__ = ("_op", "_oplog", "_path", "_subject", "_subject_of")
+
+    def __init__(self, op: str, oplog, path: tuple[str, ...] = (), subject: str | None = None,
+                 subject_of: Callable[[tuple[str, ...]], str | None] = lambda _path: None,
+                 ) -> None:
+        self._op, self._oplog, self._path = op, oplog, path
+        self._subject, self._subject_of = subject, subject_of
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is None or isinstance(exc, pyfuse3.FUSEError) or not isinstance(exc, Exception):
+            return  # nothing to map: the exception, if any, goes on as it is
+        path = self._path
+        where = f"{self._op} /{'/'.join(path)}" if path else self._op
+        subject = self._subject or self._subject_of(path)
+        if isinstance(exc, errors.QfsError):
+            if not isinstance(exc, _QUIET):
+                self._oplog.refuse(where, str(exc), subject)
+            raise pyfuse3.FUSEError(errno_of(exc)) from exc
+        if isinstance(exc, OSError):
+            self._oplog.refuse(where, f"{exc}", subject)
+            code = exc.errno if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
+            raise pyfuse3.FUSEError(code) from exc
+        log.error("unexpected error in %s", where, exc_info=(type(exc), exc, tb))
+        self._oplog.refuse(where, f"internal error: {type(exc).__name__}: {exc}", subject)
         raise pyfuse3.FUSEError(errno.EIO) from exc

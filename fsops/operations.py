@@ -16,7 +16,7 @@ import stat
 import pyfuse3
 import trio
 
-from fsops.errors import errno_of, guarded
+from fsops.errors import Guard, errno_of
 from fsops.handles import DirHandle, FileHandle, open_handle
 from fsops.inodes import InodeTable, Path
 from levels import vfs
@@ -66,9 +66,8 @@ class Operations(pyfuse3.Operations):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _guard(self, op: str, path: Path = (), subject: str | None = None):
-        where = f"{op} /{'/'.join(path)}" if path else op
-        return guarded(where, self.fabric.oplog, subject or vfs.subject_of(path))
+    def _guard(self, op: str, path: Path = (), subject: str | None = None) -> Guard:
+        return Guard(op, self.fabric.oplog, path, subject, vfs.subject_of)
 
     def _reserve(self, handle: FileHandle, size_after: int) -> None:
         """Hold a handle's growth against the file's and the user's bounds (levels/budget.py)
