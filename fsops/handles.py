@@ -29,6 +29,7 @@ class FileHandle:
     screening: bool = True  # the entry judges the first bytes until satisfied
     reserved: int = 0  # bytes held against the writer's budget (levels/budget.py)
     refused: QfsError | None = None  # a write() refused: nothing commits, close() says why
+    unsettled: bool = False  # written since the last close: the kernel's size is the writer's
 
     @property
     def path(self) -> Path:
@@ -45,7 +46,7 @@ class FileHandle:
         if offset > len(data):
             data.extend(bytes(offset - len(data)))
         data[offset : offset + len(buf)] = buf
-        self.dirty = self.written = True
+        self.dirty = self.written = self.unsettled = True
         if self.entry.scratch is not None:
             self.entry.scratch.touch()
         if self.screening and self.entry.screen(data):
@@ -55,7 +56,7 @@ class FileHandle:
     def truncate(self, size: int) -> None:
         assert isinstance(self.data, bytearray)
         resize(self.data, size)
-        self.dirty = True
+        self.dirty = self.unsettled = True
         if self.entry.scratch is not None:
             self.entry.scratch.touch()
 

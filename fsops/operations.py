@@ -408,9 +408,11 @@ async def _forget_written(handle: FileHandle) -> None:
     """After a writer's close the kernel forgets the size it keeps (the writer's, kept or
     refused) and, of a file whose pages it keeps, the written pages: refused bytes of the
     old length would otherwise be served from them. A control file's are already right
-    (vfs.ControlFile)."""
-    if handle.entry.is_control:
+    (vfs.ControlFile); a handle not written since its last close has nothing to drop (cp's
+    close is a FLUSH then a RELEASE)."""
+    if handle.entry.is_control or not handle.unsettled:
         return
+    handle.unsettled = False
     _drop_attrs(handle.ino)
     if handle.entry.attrs.pages_follow_attrs:
         # Not on trio's thread: the kernel locks each page, and a reader may hold one while
