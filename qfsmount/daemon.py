@@ -100,7 +100,10 @@ def _spare_the_collector() -> None:
     set off, scans what requests made since and not all of it (29 -> ~1 ms a collection).
     The young generation holds 10,000 objects, not 700: a listing of 10,000 circuits builds
     a list of 10,000 pairs, and each young collection while it grew walked all of it
-    (14 a listing, ~0.6 ms each once a cat of every circuit had filled the caches)."""
+    (14 a listing, ~0.6 ms each once a cat of every circuit had filled the caches).
+    The cost: what was alive at mount and later becomes garbage in a reference cycle is
+    never collected; that is bounded by what the daemon held at mount (a device model
+    that its first recalibration replaces), once, as later objects are not frozen."""
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
