@@ -20,7 +20,7 @@ from levels.store.meta import MetaStore
 def paths_of(change: tuple[str, bytes] | None) -> list[tuple[str, ...]]:
     """Where a change shows in the mounted tree: what the kernel must stop caching."""
     if change is None:
-        return []  # the attribute timeouts bound what is left (1 s for directories)
+        return []  # the daemon drops every circuit it knows; 1 s timeouts bound the rest
     table, key = change
     where = {"circuits": ("circuits",), "checkpoints": ("states",),
              "tasks": ("qubits", "tasks")}.get(table)

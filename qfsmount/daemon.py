@@ -25,6 +25,7 @@ from levels.errors import QfsError
 from levels.fabric import Fabric
 from levels.hosts import paths_of
 from levels.oplog import EscapingFormatter
+from levels.vfs.circuits import CIRCUITS
 
 log = logging.getLogger("qfs")
 
@@ -85,11 +86,14 @@ def _forgetting(operations: Operations) -> Callable[[tuple[str, bytes] | None], 
     token = trio.lowlevel.current_trio_token()
 
     def forget(change: tuple[str, bytes] | None) -> None:
-        for path in paths_of(change):
-            try:
+        try:
+            if change is None:  # changes were trimmed while this host was away
+                trio.from_thread.run_sync(operations.forget_remote_under, (CIRCUITS,),
+                                          trio_token=token)
+            for path in paths_of(change):
                 trio.from_thread.run_sync(operations.forget_remote, path, trio_token=token)
-            except trio.RunFinishedError:  # unmounting: nothing left to forget
-                return
+        except trio.RunFinishedError:  # unmounting: nothing left to forget
+            return
     return forget
 
 

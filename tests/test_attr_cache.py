@@ -125,3 +125,16 @@ def test_ctl_size_follows_each_reply_at_once(qfs):
                 assert ctl.read_text().startswith("error:" if refused else "ok:")
     finally:
         os.close(kept)
+
+
+def test_a_circuit_directory_shows_each_change_at_once(warm):
+    """The kernel keeps a circuit's directory for 60 s (vfs.KEPT_TIMEOUT): its mtime must
+    still move with every version, whoever adds it."""
+    bell = warm.write_circuit("bell")
+    seen = os.stat(bell).st_mtime_ns  # cached now
+    for write in (lambda: (bell / "latest.qasm").write_text(GHZ3),
+                  lambda: (warm.circuits / "bell.qasm").write_text(BELL)):
+        write()
+        now = os.stat(bell).st_mtime_ns
+        assert now > seen
+        seen = now

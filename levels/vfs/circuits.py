@@ -42,8 +42,8 @@ from levels.scratch import is_scratch_name
 from levels.sdkformats import SDK_FORMATS, split_import
 from levels.similar import rank_similar
 from levels.vfs.entry import (
-    DIR_TIMEOUT,
     FILE,
+    KEPT_TIMEOUT,
     STARTED_NS,
     XATTR_FIELDS,
     XATTR_PREFIX,
@@ -193,7 +193,7 @@ class Derived(Constant):
 def cached_across_change(name: str) -> list[Path]:
     """The paths whose attributes the kernel keeps (attr_timeout > 0) although a change to
     circuit `name` changes them: the FUSE layer drops them when the circuit changes."""
-    return [("circuits", name, "latest.qasm")]
+    return [("circuits", name), ("circuits", name, "latest.qasm")]
 
 
 class LatestQasm(CircuitFile):
@@ -210,7 +210,7 @@ class LatestQasm(CircuitFile):
         self.written_as = imported_as(path[-1]) if alias else "qasm"
         circuit = fabric.circuits.get(name)
         latest = circuit.latest
-        cached = 0.0 if alias else DIR_TIMEOUT
+        cached = 0.0 if alias else KEPT_TIMEOUT
         super().__init__(fabric, path, name, Attrs(
             FILE, 0o644, latest.created_ns if latest else circuit.created_ns,
             size=latest.size if latest else 0, entry_timeout=cached, attr_timeout=cached,
@@ -489,7 +489,8 @@ class CircuitDir(CircuitPart):
     keeps_scratch = True
 
     def __init__(self, fabric: Fabric, path: Path, mtime_ns: int) -> None:
-        super().__init__(fabric, path, directory(mtime_ns))
+        super().__init__(fabric, path, directory(mtime_ns, timeout=KEPT_TIMEOUT,
+                                                 entry_timeout=KEPT_TIMEOUT))
         self.mtime_ns = mtime_ns
 
     def not_movable(self) -> Exception:

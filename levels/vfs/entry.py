@@ -32,6 +32,10 @@ DIR, FILE, LINK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
 # Immutable content may be cached by the kernel for long; mutable files are re-asked.
 IMMUTABLE_TIMEOUT = 300.0
 DIR_TIMEOUT = 1.0
+# A circuit's directory and its latest.qasm: their names change only through this kernel
+# (mkdir, rmdir, rename) or another host (whose changes drop them: the change feed), and
+# every change on this host drops their attributes, so the kernel may keep both for long.
+KEPT_TIMEOUT = 60.0
 STARTED_NS = time.time_ns()
 # The daemon's own ids, read once: a syscall per entry made would cost more than the walk.
 UID, GID = os.getuid(), os.getgid()
@@ -107,8 +111,9 @@ class Attrs:
     pages_follow_attrs: bool = False
 
 
-def directory(mtime_ns: int, perm: int = 0o755, timeout: float = DIR_TIMEOUT) -> Attrs:
-    return Attrs(DIR, perm, mtime_ns, attr_timeout=timeout)
+def directory(mtime_ns: int, perm: int = 0o755, timeout: float = DIR_TIMEOUT,
+              entry_timeout: float = DIR_TIMEOUT) -> Attrs:
+    return Attrs(DIR, perm, mtime_ns, attr_timeout=timeout, entry_timeout=entry_timeout)
 
 
 def immutable_file(size: int, mtime_ns: int, perm: int = 0o444) -> Attrs:
