@@ -41,10 +41,6 @@ class InodeTable:
                 self._children.setdefault(path[:-1], set()).add(path[-1])
         return ino
 
-    def children(self, path: Path) -> list[str]:
-        """The names under `path` that have an inode."""
-        return list(self._children.get(path, ()))
-
     def known(self, path: Path) -> int | None:
         """The inode of a path the kernel may have been given, or None."""
         return self._ino_of.get(path)

@@ -56,13 +56,6 @@ class Operations(pyfuse3.Operations):
         self.inodes.detach(path)
         pyfuse3.invalidate_entry_async(parent, path[-1].encode(), ignore_enoent=True)
 
-    def forget_remote_under(self, top: Path) -> None:
-        """The change feed lost changes (trimmed while this host was away): every name
-        under `top` the kernel knows is dropped, as names it keeps for long
-        (vfs.KEPT_TIMEOUT) would otherwise stay stale that long."""
-        for name in self.inodes.children(top):
-            self.forget_remote((*top, name))
-
     def circuit_changed(self, name: str) -> None:
         """A circuit changed on this host (trio's thread): the kernel drops the attributes it
         keeps of the files the change shows in."""

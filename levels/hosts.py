@@ -20,7 +20,9 @@ from levels.store.meta import MetaStore
 def paths_of(change: tuple[str, bytes] | None) -> list[tuple[str, ...]]:
     """Where a change shows in the mounted tree: what the kernel must stop caching."""
     if change is None:
-        return []  # the daemon drops every circuit it knows; 1 s timeouts bound the rest
+        # Changes were missed (trimmed while this host was away): all of /circuits, whose
+        # names the kernel keeps for 60 s, goes; 1 s timeouts bound what is left.
+        return [("circuits",)]
     table, key = change
     where = {"circuits": ("circuits",), "checkpoints": ("states",),
              "tasks": ("qubits", "tasks")}.get(table)

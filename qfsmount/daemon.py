@@ -25,7 +25,6 @@ from levels.errors import QfsError
 from levels.fabric import Fabric
 from levels.hosts import paths_of
 from levels.oplog import EscapingFormatter
-from levels.vfs.circuits import CIRCUITS
 
 log = logging.getLogger("qfs")
 
@@ -86,14 +85,11 @@ def _forgetting(operations: Operations) -> Callable[[tuple[str, bytes] | None], 
     token = trio.lowlevel.current_trio_token()
 
     def forget(change: tuple[str, bytes] | None) -> None:
-        try:
-            if change is None:  # changes were trimmed while this host was away
-                trio.from_thread.run_sync(operations.forget_remote_under, (CIRCUITS,),
-                                          trio_token=token)
-            for path in paths_of(change):
+        for path in paths_of(change):
+            try:
                 trio.from_thread.run_sync(operations.forget_remote, path, trio_token=token)
-        except trio.RunFinishedError:  # unmounting: nothing left to forget
-            return
+            except trio.RunFinishedError:  # unmounting: nothing left to forget
+                return
     return forget
 
 
