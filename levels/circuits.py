@@ -846,9 +846,7 @@ class CircuitStore:
     # -- internals -----------------------------------------------------------------------
 
     def _shared(self, txn: Txn, name: str) -> Circuit:
-        raw = txn.get("circuits", name.encode())
-        if raw is None:
-            raise NotFound(f"no circuit {name}")
+        raw = self._record(txn, name)
         cached = self._records.get(name)
         if cached is not None and cached[0] == raw:
             return cached[1]
@@ -857,11 +855,16 @@ class CircuitStore:
         return circuit
 
     @staticmethod
-    def _get(txn: Txn, name: str) -> Circuit:
+    def _record(txn: Txn, name: str) -> bytes:
         raw = txn.get("circuits", name.encode())
         if raw is None:
             raise NotFound(f"no circuit {name}")
-        return Circuit.from_json(name, raw)
+        return raw
+
+    @classmethod
+    def _get(cls, txn: Txn, name: str) -> Circuit:
+        """A circuit's own copy of its record, for a change to make in `txn`."""
+        return Circuit.from_json(name, cls._record(txn, name))
 
     @staticmethod
     def _put(txn: Txn, circuit: Circuit) -> None:
