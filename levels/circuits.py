@@ -7,8 +7,8 @@ Layout in the metadata store (one write transaction per change):
   results   id/run -> result JSON bytes
 Records are keyed by name but data by a stable id, so renaming a circuit moves one key.
 Parsing (slow, CPU-bound, native code on untrusted input) is separate from committing (fast,
-one transaction): `prepare_version` parses in a worker process (levels/workers.py; call it
-from a thread) and `commit_version` runs where transactions are serialized. Format views and
+one transaction): `prepare_version` parses in a worker process (levels/workers.py, awaited
+on trio's thread) and `commit_version` runs where transactions are serialized. Format views and
 pictures are made in worker processes too.
 """
 
@@ -559,19 +559,19 @@ class CircuitStore:
         self._on_change(old, None)
         self._on_change(new, circuit.search_document())
 
-    def prepare_version(self, source: bytes, written_as: str = "qasm") -> PreparedVersion:
-        """Check, parse and measure a new program in a worker process (blocking: call it
-        from a thread). A program the parser cannot survive is refused, never retried here.
+    async def prepare_version(self, source: bytes, written_as: str = "qasm") -> PreparedVersion:
+        """Check, parse and measure a new program in a worker process (awaited on trio's
+        thread). A program the parser cannot survive is refused, never retried here.
         `written_as` is the format of the bytes: qasm, or a writable SDK format (quil,
         cirq.json), whose version keeps these bytes and the OpenQASM made of them."""
         if len(source) > self.limits.max_bytes:
             qasm.check_source(source, self.limits)  # refuses before the bytes travel
         try:
             if written_as == "qasm":
-                return PreparedVersion(source, self._workers.run(qasm.prepare, source,
-                                                                 self.limits))
-            program, stats = self._workers.run(prepare_written, written_as, source,
-                                               self.limits)
+                return PreparedVersion(source, await self._workers.run_async(
+                    qasm.prepare, source, self.limits))
+            program, stats = await self._workers.run_async(prepare_written, written_as, source,
+                                                           self.limits)
         except WorkerDied as exc:
             raise Invalid(f"the parser could not handle this program: {exc}") from exc
         # A version is what was written: its hash, so a new text is a new version.

@@ -44,6 +44,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import trio
 from benchlib import (
     STARTED,
     Json,
@@ -117,7 +118,7 @@ def bulk_load(data: Path, count: int) -> Json:
     started = time.perf_counter()
     fabric = Fabric(data, load_config())
     try:
-        prepared = {q: fabric.circuits.prepare_version(program(q, extra))
+        prepared = {q: trio.run(fabric.circuits.prepare_version, program(q, extra))
                     for q, extra in QUBIT_VARIANTS.items()}
         qubit_list = list(QUBIT_VARIANTS)
         for start in range(0, count, LOAD_CHUNK):

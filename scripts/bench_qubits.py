@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import trio
 from benchlib import (
     Json,
     command,
@@ -321,8 +322,6 @@ def mapping_of(task_dir: Path) -> list[int]:
 
 def bench_ctl(mnt: Path, fabric, base: Path, sizes: Sizes) -> Json:
     """Command writes through FUSE vs the same writes on /tmp vs the command in-process."""
-    import trio
-
     from levels.ctl import Alloc
 
     command(mnt / "qubits" / "ctl", "alloc 3 task=b topology=linear")
@@ -454,7 +453,6 @@ def _transpile(transpile, circuit, coupling):
 
 def bench_run(mnt: Path, fabric, device, base: Path, sizes: Sizes) -> Json:
     """`run ghz` through the mount, interleaved with the same work in this process."""
-    import trio
     from qiskit import transpile
     from qiskit_aer import AerSimulator
 
@@ -469,7 +467,7 @@ def bench_run(mnt: Path, fabric, device, base: Path, sizes: Sizes) -> Json:
     task_dir = mnt / "qubits" / "tasks" / "r"
     physical = mapping_of(task_dir)
     ctl = task_dir / "ctl"
-    prepared = fabric.circuits.prepare_version(GHZ.encode())
+    prepared = trio.run(fabric.circuits.prepare_version, GHZ.encode())
     fabric.circuits.commit_version("ghz", prepared, create=True)
     local_task = fabric.qubits.allocate(DEVICE, Alloc(GHZ_QUBITS, "r", "linear"), uid=0)
 

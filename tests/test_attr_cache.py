@@ -138,3 +138,26 @@ def test_a_circuit_directory_shows_each_change_at_once(warm):
         now = os.stat(bell).st_mtime_ns
         assert now > seen
         seen = now
+
+
+def test_a_file_being_written_shows_each_change_to_another_process_at_once(qfs):
+    """Files being written (a cp's import, an editor's temporary) keep their attributes a
+    second too (cp's fstat after create asks for none): each write, truncate and chmod
+    still shows in a stat by path at once, and after the close the imported circuit's."""
+    for name in ("bell.qasm", ".bell.qasm.swp"):
+        path = qfs.circuits / name
+        with open(path, "wb", buffering=0) as out:
+            assert os.fstat(out.fileno()).st_size == 0
+            out.write(b"x" * 10)
+            assert os.stat(path).st_size == 10
+            out.write(b"y" * 20)
+            assert os.stat(path).st_size == 30
+            os.chmod(path, 0o600)
+            assert os.stat(path).st_mode & 0o777 == 0o600
+            out.truncate(0)
+            assert os.stat(path).st_size == 0
+            out.seek(0)
+            out.write(BELL.encode())
+            assert os.stat(path).st_size == len(BELL)
+        assert _size_and_read(path) == (len(BELL), len(BELL))
+    assert (qfs.circuits / "bell" / "latest.qasm").read_text() == BELL

@@ -7,6 +7,7 @@ import os
 import subprocess
 
 import pytest
+import trio
 
 from levels import facets
 from levels.store.meta import LmdbMetaStore
@@ -154,8 +155,8 @@ def test_a_range_over_many_values_lists_what_a_scan_finds(tmp_path):
         for i in range(facetquery.MERGED_VALUES + 20):
             name = f"d{i:03d}"
             source = program(2, 1 + i)  # depth grows with the layers
-            fabric.circuits.commit_version(name, fabric.circuits.prepare_version(
-                source.encode()), create=True)
+            fabric.circuits.commit_version(name, trio.run(fabric.circuits.prepare_version,
+                                                          source.encode()), create=True)
             depths[name] = fabric.circuits.get(name).latest.stats["depth"]
         assert len(set(depths.values())) > facetquery.MERGED_VALUES
         for query, inside in (("depth:>5", lambda d: d > 5), ("depth:[10 TO 60]",

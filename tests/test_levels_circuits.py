@@ -1,6 +1,7 @@
 """Level 3 without FUSE: the store, the parsers and the index, on a real LMDB and Whoosh."""
 
 import pytest
+import trio
 
 from levels.circuits import CircuitStore, parse_meta, validate_name
 from levels.config import load_config
@@ -19,7 +20,7 @@ def fabric(tmp_path):
 
 
 def prepare(store: CircuitStore, text: str):
-    return store.prepare_version(text.encode())
+    return trio.run(store.prepare_version, text.encode())
 
 
 def test_version_line_chooses_the_parser():

@@ -5,6 +5,7 @@ import os
 import subprocess
 
 import pytest
+import trio
 
 from levels.config import load_config
 from levels.fabric import Fabric
@@ -60,7 +61,7 @@ def test_statfs(qfs):
 def test_ten_thousand_circuits_list(mount_factory, tmp_path):
     data = tmp_path / "data"
     fabric = Fabric(data, load_config())
-    prepared = fabric.circuits.prepare_version(BELL.encode())
+    prepared = trio.run(fabric.circuits.prepare_version, BELL.encode())
     names = [f"c{i:05d}" for i in range(10_050)]
     fabric.circuits.commit_many(names, prepared)
     fabric.close()

@@ -116,8 +116,7 @@ async def commit_version(fabric: Fabric, name: str, data: bytes, create: bool,
     """Bytes written become the next version of circuit `name` after Qiskit accepts them
     (`written_as`: qasm, or a format of levels.sdkformats such as quil)."""
     with fabric.metrics.artifact_store_seconds.time():
-        prepared = await trio.to_thread.run_sync(fabric.circuits.prepare_version, data,
-                                                 written_as)
+        prepared = await fabric.circuits.prepare_version(data, written_as)
         fabric.circuits.commit_version(name, prepared, create=create)
 
 
@@ -135,7 +134,7 @@ async def restore_version(fabric: Fabric, name: str, n: int, data: bytes) -> Non
     """Bytes written as vN.qasm (a backup written back) become version n itself; the bytes
     vN holds already change nothing, other bytes are EACCES (levels/circuits.py)."""
     if fabric.circuits.restore_needed(name, n, data):
-        prepared = await trio.to_thread.run_sync(fabric.circuits.prepare_version, data)
+        prepared = await fabric.circuits.prepare_version(data)
         fabric.circuits.restore_version(name, n, prepared)
 
 

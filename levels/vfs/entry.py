@@ -346,7 +346,8 @@ class Scratch(Entry):
                  commit: Commit | None = None, subject: str | None = None) -> None:
         super().__init__(fabric, path, Attrs(
             FILE, file.mode & 0o7777, file.mtime_ns, size=len(file.data), uid=file.uid,
-            gid=file.gid, entry_timeout=DIR_TIMEOUT if commit is None else 0.0))
+            gid=file.gid, entry_timeout=DIR_TIMEOUT if commit is None else 0.0,
+            attr_timeout=DIR_TIMEOUT))
         self.scratch, self._commit, self.subject = file, commit, subject
         self.commits = commit is not None  # an import: the scratch goes at release
 

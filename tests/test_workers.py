@@ -1,0 +1,68 @@
+"""The worker pool awaited from trio's thread (WorkerPool.run_async): a job past its wall
+time, a crash or a cancelled request costs its worker only; messages larger than the
+socket's buffer travel whole both ways."""
+
+import os
+import time
+
+import pytest
+import trio
+
+from levels.errors import WorkerDied
+from levels.workers import Limits, WorkerPool
+
+BIG = os.urandom(8 << 20)  # far beyond a socket pair's buffer: partial sends and reads
+
+
+@pytest.fixture
+def pool():
+    pool = WorkerPool(1, Limits(wall_seconds=1.0), preload=())
+    yield pool
+    pool.shutdown()
+
+
+async def _warm(pool: WorkerPool) -> None:
+    """The first job starts the worker from a thread; later ones find it idle and are
+    awaited on trio's thread."""
+    assert await pool.run_async(bytes, b"warm") == b"warm"
+
+
+def test_a_job_past_its_wall_time_is_stopped_and_the_next_one_runs(pool):
+    async def main():
+        await _warm(pool)
+        started = time.monotonic()
+        with pytest.raises(WorkerDied, match="took longer than 1 s"):
+            await pool.run_async(time.sleep, 30)
+        assert time.monotonic() - started < 10
+        assert await pool.run_async(bytes, b"next") == b"next"
+    trio.run(main)
+
+
+def test_a_crashed_worker_is_named_and_replaced(pool):
+    async def main():
+        await _warm(pool)
+        first = await pool.run_async(os.getpid)
+        with pytest.raises(WorkerDied, match="SIGABRT"):
+            await pool.run_async(os.abort)
+        assert await pool.run_async(os.getpid) != first
+    trio.run(main)
+
+
+def test_a_cancelled_request_costs_its_worker_and_messages_travel_whole(pool):
+    async def main():
+        await _warm(pool)
+        with trio.move_on_after(0.2):
+            await pool.run_async(time.sleep, 30)
+        assert await pool.run_async(bytes, BIG) == BIG  # a new worker, from a thread
+        assert await pool.run_async(bytes, BIG) == BIG  # awaited on trio's thread
+    trio.run(main)
+
+
+def test_an_error_in_the_job_reaches_the_caller_and_keeps_the_worker(pool):
+    async def main():
+        await _warm(pool)
+        first = await pool.run_async(os.getpid)
+        with pytest.raises(RuntimeError, match="ValueError"):
+            await pool.run_async(int, "not a number")
+        assert await pool.run_async(os.getpid) == first
+    trio.run(main)
