@@ -148,6 +148,7 @@ def run(
         return 1
     log.info("mounted %s (data in %s)", mountpoint, data_dir)
     _spare_the_collector()
+    fabric.workers.start_ahead()  # the first cp after a mount then finds its parser ready
     ready(None)
     try:
         trio.run(_serve, fabric, operations)

@@ -1,6 +1,7 @@
 """Hostile programs: nothing written into /circuits may crash the daemon, exhaust it or
 make it read a host file; native crashes cost one request; workers die with the daemon."""
 
+import contextlib
 import errno
 import os
 import signal
@@ -133,6 +134,24 @@ def test_reasons_name_the_line_and_column_and_unsupported_constructs(qfs):
     log = (qfs.root / ".qfs" / "log").read_text()
     assert "Expected `,` at line 4, column 7" in log
     assert "ForStmt is not supported by Qiskit's OpenQASM 3 importer" in log
+
+
+def test_the_mount_starts_a_parse_worker_before_the_first_write(qfs):
+    """The first cp after a mount does not wait for an interpreter to import Qiskit."""
+    def parse_workers() -> list[int]:
+        found = []
+        for pid in children(qfs.proc.pid):
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+                if argv[1:3] == [b"-m", b"levels.workers"] and argv[-1] == b"qiskit.qasm3":
+                    found.append(pid)
+        return found
+
+    deadline = time.monotonic() + 30
+    while not parse_workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert parse_workers(), "no parse worker was started at mount"
+    assert not list(qfs.circuits.iterdir())  # nothing was written: the mount started it
 
 
 def test_workers_die_with_the_daemon(mount_factory, tmp_path):
