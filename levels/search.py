@@ -484,8 +484,10 @@ class SearchIndex:
             function(*args)
             return
         if self._writer_pool is None:
+            # Indexing is background work: it yields the CPU to requests (a cp's parses).
             self._writer_pool = WorkerPool(1, Limits(memory_mb=2048, cpu_seconds=600,
-                                                     wall_seconds=1200), preload=("whoosh",))
+                                                     wall_seconds=1200, niceness=10),
+                                           preload=("whoosh",))
         try:
             self._writer_pool.run(function, *args)
         except WorkerDied as exc:

@@ -54,11 +54,14 @@ IN_WORKER = False  # True inside a worker process: jobs may then take over its s
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """What one worker may use: address space for its whole life, CPU time per job, and
-    wall-clock time per job (a job blocked on nothing CPU-bound is still bounded)."""
+    wall-clock time per job (a job blocked on nothing CPU-bound is still bounded). A
+    positive `niceness` lowers the worker's CPU priority below the daemon's, for work no
+    request waits on (the search index writer), so that it yields the CPU to requests."""
 
     memory_mb: int = 4096
     cpu_seconds: int = 60
     wall_seconds: float = 120.0
+    niceness: int = 0
 
 
 class _Channel:
@@ -301,6 +304,10 @@ class WorkerPool:
                 [sys.executable, "-m", "levels.workers", str(theirs.fileno()),
                  str(self.limits.memory_mb), str(os.getpid()), *self._preload],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+        if self.limits.niceness:
+            with contextlib.suppress(OSError):  # gone already: its first job will say so
+                os.setpriority(os.PRIO_PROCESS, process.pid,
+                               os.getpriority(os.PRIO_PROCESS, 0) + self.limits.niceness)
         return _Worker(process, _Channel(ours))
 
     def _checkin(self, worker: _Worker) -> None:
