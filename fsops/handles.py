@@ -11,7 +11,7 @@ import dataclasses
 
 from levels.errors import QfsError
 from levels.vfs import Entry, RangeReader
-from levels.vfs.entry import resize
+from levels.vfs.entry import Listing, resize
 
 Path = tuple[str, ...]
 
@@ -95,4 +95,4 @@ class DirHandle:
     """A directory listing snapshot: readdir offsets index it, stable while it is open."""
 
     path: Path
-    entries: list[tuple[str, Entry]] | None  # None: listed at the first readdir
+    entries: Listing | None  # None: listed at the first readdir

@@ -28,6 +28,7 @@ from levels.vfs import Attrs, ChangeClock, Entry
 log = logging.getLogger("qfs.fsops")
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+_DIR = stat.S_IFDIR
 
 
 def _name(raw: bytes) -> str:
@@ -78,23 +79,25 @@ class Operations(pyfuse3.Operations):
             uid, handle.path, len(handle.data), size_after, self.fabric.scratch.bytes_of(uid),
             keep=keep)
 
-    def _attrs(self, ino: int, entry: Entry) -> pyfuse3.EntryAttributes:
-        node: Attrs = entry.attrs
+    def _attrs(self, ino: int, shown: Entry | Attrs) -> pyfuse3.EntryAttributes:
+        """What stat shows of an entry, or of the attributes a listing gave in its place."""
+        node, entry = (shown, None) if isinstance(shown, Attrs) else (shown.attrs, shown)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = ino
         attr.st_mode = node.kind | node.perm
-        attr.st_nlink = 2 if node.kind == stat.S_IFDIR else 1
+        if node.kind == _DIR:  # a new EntryAttributes says 1 link, 4096-byte blocks
+            attr.st_nlink = 2
         attr.st_uid = node.uid
         attr.st_gid = node.gid
         size = node.size
         writers = self._writers.get(ino)
-        if writers and not entry.is_control:  # a control file's writers buffer nothing
+        if writers and not (entry is not None and entry.is_control):  # a ctl buffers nothing
             size = max(len(self._files[fh].data) for fh in writers)
-        attr.st_size = size
-        attr.st_blksize = 4096
-        attr.st_blocks = (size + 511) // 512
+        if size:  # and size 0
+            attr.st_size = size
+            attr.st_blocks = (size + 511) // 512
         mtime = node.mtime_ns
-        if entry.live_content is not None:
+        if entry is not None and entry.live_content is not None:
             mtime = self._clock.mtime(self.inodes.path(ino), entry.live_content)
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
         attr.attr_timeout = node.attr_timeout
@@ -202,11 +205,11 @@ class Operations(pyfuse3.Operations):
                 directory.listed()
                 handle.entries = await directory.list()
             parent = handle.path
-            for index in range(start_id, len(handle.entries)):
-                name, entry = handle.entries[index]
+            for offset, (name, entry) in enumerate(vfs.listed_from(handle.entries, start_id),
+                                                   start_id + 1):
                 ino = self.inodes.ino((*parent, name))
                 if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(ino, entry),
-                                             index + 1):
+                                             offset):
                     return
                 self.inodes.referenced(ino)
 

@@ -5,6 +5,7 @@ errno classes of refusals). Fast: no daemon, no kernel."""
 
 import pathlib
 import re
+import stat
 
 import pytest
 import trio
@@ -19,7 +20,7 @@ from levels.vfs import qubits as q
 from levels.vfs import states as s
 from levels.vfs import tree as t
 from levels.vfs import workflows as w
-from levels.vfs.entry import Live, Scratch, Symlink
+from levels.vfs.entry import Attrs, Live, Scratch, Symlink
 from tests.conftest import BELL, GHZ3
 
 UID = 1000
@@ -224,9 +225,12 @@ def test_search_links_into_circuits(fabric):
     async def main():
         await write(fabric, "/circuits/bell.qasm", BELL.encode())
         query = await vfs.directory_at(fabric, ("search", "bell"))
-        entries = dict(await query.list())
-        assert isinstance(entries["bell"], Symlink)
-        assert entries["bell"].link_target == "../../circuits/bell"
+        shown = dict(await query.list())["bell"]  # a listing shows only the attributes
+        link = await query.lookup("bell")
+        assert isinstance(link, Symlink)
+        assert link.link_target == "../../circuits/bell"
+        assert isinstance(shown, Attrs)
+        assert (shown.kind, shown.size) == (stat.S_IFLNK, len(link.link_target))
 
     run(main)
 

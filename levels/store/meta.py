@@ -93,11 +93,10 @@ class _LmdbTxn:
     def scan(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         cursor = self._txn.cursor(db=self._dbs[table])
         if not cursor.set_range(prefix):
-            return
-        for key, value in cursor:
-            if not key.startswith(prefix):
-                return
-            yield key, value
+            return iter(())
+        if not prefix:  # the whole table: the cursor's own iteration, no check per key
+            return iter(cursor)
+        return itertools.takewhile(lambda row: row[0].startswith(prefix), cursor)
 
     def keys(self, table: str, start: bytes, stop: bytes, limit: int) -> list[bytes]:
         """Read in growing batches (list and islice run in C, the stop is found by bisection)

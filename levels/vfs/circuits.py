@@ -42,6 +42,7 @@ from levels.scratch import is_scratch_name
 from levels.sdkformats import SDK_FORMATS, split_import
 from levels.similar import rank_similar
 from levels.vfs.entry import (
+    DIR,
     FILE,
     KEPT_TIMEOUT,
     STARTED_NS,
@@ -377,11 +378,11 @@ class CircuitsDir(Dir):
         return self.scratch_entry(name)
 
     async def list(self) -> Listing:
-        fabric, path = self.fabric, self.path
+        fabric = self.fabric
 
-        def circuit(name_and_mtime: tuple[str, int]) -> tuple[str, Entry]:
+        def circuit(name_and_mtime: tuple[str, int]) -> tuple[str, Attrs]:
             name, mtime = name_and_mtime
-            return name, CircuitDir(fabric, (*path, name), mtime)
+            return name, circuit_directory(mtime)
 
         return MadeOnDemand(fabric.circuits.names_with_mtime(), circuit,
                             self.scratch_entries())
@@ -480,6 +481,12 @@ class CircuitPart(Dir):
         return self.fabric.circuits.filling(self.name) is not None
 
 
+def circuit_directory(mtime_ns: int) -> Attrs:
+    """A circuit's directory's attributes (kept by the kernel: see KEPT_TIMEOUT); made
+    once per circuit a listing shows, so positionally."""
+    return Attrs(DIR, 0o755, mtime_ns, 0, KEPT_TIMEOUT, KEPT_TIMEOUT)
+
+
 class CircuitDir(CircuitPart):
     """/circuits/<name>/: its versions, views, meta.json, stats.json, errors, results/,
     similar/ and (unlisted) compiled/. Each fabric file keeps its own write rules; rm of
@@ -488,8 +495,7 @@ class CircuitDir(CircuitPart):
     keeps_scratch = True
 
     def __init__(self, fabric: Fabric, path: Path, mtime_ns: int) -> None:
-        super().__init__(fabric, path, directory(mtime_ns, timeout=KEPT_TIMEOUT,
-                                                 entry_timeout=KEPT_TIMEOUT))
+        super().__init__(fabric, path, circuit_directory(mtime_ns))
         self.mtime_ns = mtime_ns
 
     def not_movable(self) -> Exception:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, overload, runtime_checkable
 
 from levels.errors import Invalid, NoAttribute, NotFound, NotSupported, ReadOnly
@@ -55,33 +56,38 @@ class RangeReader(Protocol):
 
 
 Content = bytes | RangeReader
-# What a directory lists (directories have a list() method, which hides the builtin).
-Listing = Sequence[tuple[str, "Entry"]]
-Entries = list[tuple[str, "Entry"]]  # a listing made whole
+# What a directory lists (directories have a list() method, which hides the builtin):
+# entries, or only their attributes where that is all readdir needs (a listing of 10,000
+# circuits made 10,000 directory objects only to read their attributes: half its Python
+# time). Never only the attributes of a file being written or of a live file, whose shown
+# size and mtime need the entry itself.
+Listing = Sequence[tuple[str, "Entry | Attrs"]]
+Entries = list[tuple[str, "Entry | Attrs"]]  # a listing made whole
 Names = list[str]
 
 
 K = TypeVar("K")
 
 
-class MadeOnDemand(Sequence[tuple[str, "Entry"]], Generic[K]):
+class MadeOnDemand(Sequence[tuple[str, "Entry | Attrs"]], Generic[K]):
     """A listing whose entries are made as readdir reaches them, from keys read at opendir
     (a circuit's name and mtime, a search hit), then `rest`. A listing of 10,000 circuits
     or hits then holds 10,000 keys, not entries: making and keeping every entry cost more
     than the kernel's part of the listing and set off the garbage collector."""
 
-    def __init__(self, keys: Sequence[K], make: Callable[[K], tuple[str, Entry]],
-                 rest: Sequence[tuple[str, Entry]] = ()) -> None:
+    def __init__(self, keys: Sequence[K], make: Callable[[K], tuple[str, Entry | Attrs]],
+                 rest: Sequence[tuple[str, Entry | Attrs]] = ()) -> None:
         self._keys, self._make, self._rest = keys, make, rest
 
     def __len__(self) -> int:
         return len(self._keys) + len(self._rest)
 
     @overload
-    def __getitem__(self, index: int) -> tuple[str, Entry]: ...
+    def __getitem__(self, index: int) -> tuple[str, Entry | Attrs]: ...
     @overload
-    def __getitem__(self, index: slice) -> Sequence[tuple[str, Entry]]: ...
-    def __getitem__(self, index: int | slice) -> tuple[str, Entry] | Sequence[tuple[str, Entry]]:
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, Entry | Attrs]]: ...
+    def __getitem__(self, index: int | slice
+                    ) -> tuple[str, Entry | Attrs] | Sequence[tuple[str, Entry | Attrs]]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         if index < 0:
@@ -89,6 +95,20 @@ class MadeOnDemand(Sequence[tuple[str, "Entry"]], Generic[K]):
         if 0 <= index < len(self._keys):
             return self._make(self._keys[index])
         return self._rest[index - len(self._keys)]
+
+    def starting_at(self, start: int) -> Iterator[tuple[str, Entry | Attrs]]:
+        """The entries from `start` on, as readdir resumes a listing: made in C-level
+        iteration, without an index check per entry."""
+        keys = self._keys
+        return itertools.chain(map(self._make, itertools.islice(keys, start, None)),
+                               itertools.islice(self._rest, max(0, start - len(keys)), None))
+
+
+def listed_from(listing: Listing, start: int) -> Iterator[tuple[str, Entry | Attrs]]:
+    """A listing's entries from offset `start` on (readdir's offsets index the listing)."""
+    if isinstance(listing, MadeOnDemand):
+        return listing.starting_at(start)
+    return itertools.islice(listing, start, None)
 
 
 @dataclasses.dataclass(slots=True)
@@ -303,9 +323,12 @@ class Symlink(Entry):
     readable = False
 
     def __init__(self, fabric: Fabric, path: Path, target: str, mtime_ns: int) -> None:
-        super().__init__(fabric, path, Attrs(LINK, 0o777, mtime_ns, size=len(target.encode()),
-                                             entry_timeout=0.0))
+        super().__init__(fabric, path, link(target, mtime_ns))
         self.link_target = target
+
+
+def link(target: str, mtime_ns: int) -> Attrs:
+    return Attrs(LINK, 0o777, mtime_ns, size=len(target.encode()), entry_timeout=0.0)
 
 
 class NewFile(Entry):

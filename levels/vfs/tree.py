@@ -30,6 +30,7 @@ from levels.vfs.entry import (
     Path,
     Symlink,
     directory,
+    link,
 )
 from levels.vfs.qubits import DEVICES, QUBITS, DevicesDir, QubitsDir, other_devices
 from levels.vfs.states import STATES, StatesDir
@@ -98,15 +99,21 @@ class QueryDir(Dir):
         return self._link(name)
 
     async def list(self) -> Listing:
-        return MadeOnDemand(await self.search(), lambda n: (n, self._link(n)))
+        now = time.time_ns()
+        return MadeOnDemand(await self.search(),
+                            lambda n: (n, link(_circuit_link(n), now)))
 
     def _link(self, name: str) -> Entry:
-        return Symlink(self.fabric, self.child(name), f"../../{CIRCUITS}/{name}", time.time_ns())
+        return Symlink(self.fabric, self.child(name), _circuit_link(name), time.time_ns())
 
     async def search(self) -> Names:
         fabric = self.fabric
         with fabric.metrics.search_latency_seconds.time():
             return await trio.to_thread.run_sync(fabric.search.search, self.path[-1])
+
+
+def _circuit_link(name: str) -> str:
+    return f"../../{CIRCUITS}/{name}"
 
 
 class OpsDir(Dir):
