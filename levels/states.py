@@ -323,7 +323,10 @@ class StateStore:
         try:
             with densestate.one_blas_thread():
                 sealed = densestate.seal(source, scan, precision, sealer, writer, threads)
-            meta["decoded_sha256"] = sealed.decoded_sha256
+            # In double precision what is stored is the decoded state; in single precision
+            # the rounded amplitudes, which decode to themselves x the index's scale.
+            meta["decoded_sha256" if precision == np.complex128 else "stored_sha256"] = \
+                sealed.stored_sha256
             meta["fidelity"] = sealed.fidelity
             index, meta["index_sha256"] = sealer.index(sealed.chunks, sealed.info, _aad(meta))
             writer.write(index)
@@ -569,6 +572,8 @@ def _identity(meta: dict[str, Any]) -> bytes:
 def _aad(meta: dict[str, Any]) -> bytes:
     bound = {k: meta[k] for k in ("name", "format", "qubit_count", "created_ns", "parent",
                                   "decoded_sha256")}
+    if "stored_sha256" in meta:  # a single-precision checkpoint's content (older ones lack it)
+        bound["stored_sha256"] = meta["stored_sha256"]
     return json.dumps(bound, sort_keys=True).encode()
 
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import trio
-from qiskit.quantum_info import Statevector, state_fidelity
+from qiskit.quantum_info import Statevector, entropy, partial_trace, state_fidelity
 
 from levels.config import load_config
 from levels.densestate import CHUNK_AMPLITUDES
@@ -62,14 +62,21 @@ def test_chunked_round_trip_fidelity_and_ranges_against_qiskit(tmp_path):
             meta = checkpoint(fabric, "s", state)
             assert meta["chunked"] and meta["precision"] == precision
             _meta, decoded = fabric.states.load("s")
-            assert hashlib.sha256(decoded.tobytes()).hexdigest() == meta["decoded_sha256"]
             qiskit = state_fidelity(Statevector(state), Statevector(decoded))
             assert meta["fidelity"] >= 1 - 1e-12
             assert abs(meta["fidelity"] - qiskit) < 1e-12
+            exact = entropy(partial_trace(Statevector(state), list(range(6, QUBITS))), base=2)
             if precision == "complex64":
                 assert meta["compression_ratio"] <= 0.45
+                # what is stored: the state's amplitudes rounded to single precision
+                stored = state.astype(np.complex64).tobytes()
+                assert meta["stored_sha256"] == hashlib.sha256(stored).hexdigest()
+                assert meta["decoded_sha256"] is None
+                assert meta["entanglement_entropy"] == pytest.approx(exact, abs=1e-5)
             else:
+                assert hashlib.sha256(decoded.tobytes()).hexdigest() == meta["decoded_sha256"]
                 assert np.allclose(decoded, state, rtol=1e-14, atol=0)  # lossless
+                assert meta["entanglement_entropy"] == pytest.approx(exact, abs=1e-9)
             whole = npy_bytes(decoded)
             reader = fabric.states.reader("s")
             assert reader.size == len(whole)
