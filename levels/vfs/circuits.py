@@ -39,10 +39,11 @@ from levels.errors import (
 )
 from levels.qasm import VIEW_FORMATS
 from levels.scratch import is_scratch_name
-from levels.sdkformats import SDK_FORMATS, split_import
+from levels.sdkformats import IMPORTS, SDK_FORMATS, split_import
 from levels.similar import rank_similar
 from levels.vfs.entry import (
     DIR,
+    DIR_TIMEOUT,
     FILE,
     KEPT_TIMEOUT,
     STARTED_NS,
@@ -193,16 +194,19 @@ class Derived(Constant):
 def cached_across_change(name: str) -> list[Path]:
     """The paths whose attributes the kernel keeps (attr_timeout > 0) although a change to
     circuit `name` changes them: the FUSE layer drops them when the circuit changes."""
-    return [("circuits", name), ("circuits", name, "latest.qasm")]
+    return [("circuits", name), ("circuits", name, "latest.qasm"),
+            *(("circuits", f"{name}.{suffix}") for suffix in IMPORTS)]
 
 
 class LatestQasm(CircuitFile):
     """latest.qasm: reads the newest version; a completed write of new content (or a
     rename onto it: editors' atomic saves) is the next version, EINVAL with Qiskit's reason
     when refused, EFBIG/ENOSPC past the write bounds. Also the unlisted /circuits/<name>.qasm
-    alias once imported (entry timeout 0: it may become a scratch name again).
-    Its attributes are cached for a second (stat-heavy walks, cat of every circuit): every
-    change to the circuit drops them (cached_across_change), as does the close of a write."""
+    alias once imported (entry timeout 0: it may become a scratch name again, so every
+    path to it is looked up afresh).
+    Its attributes are kept (KEPT_TIMEOUT; the alias's 1 s, which spares cp's stat after
+    its close a getattr): every change to the circuit drops them (cached_across_change),
+    as does the close of a write."""
 
     writable = commits = True
 
@@ -210,11 +214,10 @@ class LatestQasm(CircuitFile):
         self.written_as = imported_as(path[-1]) if alias else "qasm"
         circuit = fabric.circuits.get(name)
         latest = circuit.latest
-        cached = 0.0 if alias else KEPT_TIMEOUT
         super().__init__(fabric, path, name, Attrs(
             FILE, 0o644, latest.created_ns if latest else circuit.created_ns,
-            size=latest.size if latest else 0, entry_timeout=cached, attr_timeout=cached,
-            pages_follow_attrs=not alias))
+            size=latest.size if latest else 0, entry_timeout=0.0 if alias else KEPT_TIMEOUT,
+            attr_timeout=DIR_TIMEOUT if alias else KEPT_TIMEOUT, pages_follow_attrs=not alias))
 
     async def open(self) -> Content:
         return self.fabric.circuits.source(self.name)
