@@ -17,6 +17,7 @@ that decides; the Rust importer's diagnostics (line:column) are kept for the rea
 """
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -26,7 +27,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from levels import workers
 from levels.errors import Invalid, TooBig, Unexpressible
@@ -153,20 +154,29 @@ def _captured_output(lines: list[str]) -> Iterator[None]:
     if not workers.IN_WORKER:
         yield
         return
-    with tempfile.TemporaryFile() as capture:
-        saved = [os.dup(fd) for fd in (1, 2)]
-        for fd in (1, 2):
-            os.dup2(capture.fileno(), fd)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, original in zip((1, 2), saved, strict=True):
-                os.dup2(original, fd)
-                os.close(original)
-            capture.seek(0)
-            lines.extend(capture.read(64 * 1024).decode("utf-8", "replace").splitlines())
+    capture = _worker_capture_file()
+    capture.seek(0)
+    capture.truncate()
+    saved = [os.dup(fd) for fd in (1, 2)]
+    for fd in (1, 2):
+        os.dup2(capture.fileno(), fd)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, original in zip((1, 2), saved, strict=True):
+            os.dup2(original, fd)
+            os.close(original)
+        capture.seek(0)
+        lines.extend(capture.read(64 * 1024).decode("utf-8", "replace").splitlines())
+
+
+@functools.cache
+def _worker_capture_file() -> IO[bytes]:
+    """The worker's one capture file, kept for its life: a new temporary file per parse
+    cost ~35 us, a quarter of parsing a small OpenQASM 3 program in a worker."""
+    return tempfile.TemporaryFile()
 
 
 def _diagnostic(lines: list[str]) -> str:
