@@ -656,7 +656,7 @@ def targets(report: Json, big_label: str) -> Json:
                                                         0.70, ">=")
     cp = report.get("cp_import", {})
     if "qfs" in cp:
-        out["cp_circuits_per_s"] = target(cp["qfs"]["circuits_per_s"], 500, ">=")
+        out["cp_circuits_per_s"] = target(cp["qfs"]["circuits_per_s"], 1000, ">=")  # issue 15
         out["cp_last_searchable_after_s"] = target(cp["qfs"]["last_searchable_after_cp_s"],
                                                    1.0, "<=")
     big = report.get("search", {}).get(big_label, {})
