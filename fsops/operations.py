@@ -93,7 +93,7 @@ class Operations(pyfuse3.Operations):
         writers = self._writers.get(ino)
         if writers and not (entry is not None and entry.is_control):  # a ctl buffers nothing
             size = max(len(self._files[fh].data) for fh in writers)
-        if size:  # and size 0
+        if size:  # (a new EntryAttributes holds size 0 and 0 blocks)
             attr.st_size = size
             attr.st_blocks = (size + 511) // 512
         mtime = node.mtime_ns

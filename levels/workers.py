@@ -78,8 +78,11 @@ class _Channel:
         self.sock.sendall(self._framed(message))
 
     def poll(self, timeout: float) -> bool:
-        """Whether a message starts arriving within `timeout` seconds."""
-        return bool(select.select([self.sock], [], [], timeout)[0])
+        """Whether a message starts arriving within `timeout` seconds (poll(2), not
+        select(2), which cannot watch a descriptor numbered 1024 or more)."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
 
     def recv(self) -> Any:
         length, = self._LENGTH.unpack(self._recv_exactly(self._LENGTH.size))
