@@ -3,6 +3,7 @@ time, a crash or a cancelled request costs its worker only; messages larger than
 socket's buffer travel whole both ways."""
 
 import os
+import resource
 import time
 
 import pytest
@@ -66,3 +67,16 @@ def test_an_error_in_the_job_reaches_the_caller_and_keeps_the_worker(pool):
             await pool.run_async(int, "not a number")
         assert await pool.run_async(os.getpid) == first
     trio.run(main)
+
+
+def test_a_worker_whose_socket_is_numbered_past_1024_still_answers(pool):
+    """A daemon may hold many descriptors: waiting for a reply must not use select(2)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert pool.run(bytes, b"blocking") == b"blocking"  # its socket opened after `held`
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
