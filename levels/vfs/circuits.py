@@ -381,13 +381,11 @@ class CircuitsDir(Dir):
         return self.scratch_entry(name)
 
     async def list(self) -> Listing:
-        fabric = self.fabric
-
         def circuit(name_and_mtime: tuple[str, int]) -> tuple[str, Attrs]:
             name, mtime = name_and_mtime
             return name, circuit_directory(mtime)
 
-        return MadeOnDemand(fabric.circuits.names_with_mtime(), circuit,
+        return MadeOnDemand(self.fabric.circuits.names_with_mtime(), circuit,
                             self.scratch_entries())
 
     def scratch_entry(self, name: str) -> Entry:
