@@ -80,29 +80,19 @@ class Operations(pyfuse3.Operations):
             keep=keep)
 
     def _attrs(self, ino: int, shown: Entry | Attrs) -> pyfuse3.EntryAttributes:
-        """What stat shows of an entry, or of the attributes a listing gave in its place."""
-        node, entry = (shown, None) if isinstance(shown, Attrs) else (shown.attrs, shown)
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = ino
-        attr.st_mode = node.kind | node.perm
-        if node.kind == _DIR:  # a new EntryAttributes says 1 link, 4096-byte blocks
-            attr.st_nlink = 2
-        attr.st_uid = node.uid
-        attr.st_gid = node.gid
+        """What stat shows of an entry, or of the attributes a listing gave in its place
+        (a directory or a link: never written, never live)."""
+        if isinstance(shown, Attrs):
+            return _entry_attributes(ino, shown, shown.size, shown.mtime_ns)
+        node = shown.attrs
         size = node.size
         writers = self._writers.get(ino)
-        if writers and not (entry is not None and entry.is_control):  # a ctl buffers nothing
+        if writers and not shown.is_control:  # a control file's writers buffer nothing
             size = max(len(self._files[fh].data) for fh in writers)
-        if size:  # (a new EntryAttributes holds size 0 and 0 blocks)
-            attr.st_size = size
-            attr.st_blocks = (size + 511) // 512
         mtime = node.mtime_ns
-        if entry is not None and entry.live_content is not None:
-            mtime = self._clock.mtime(self.inodes.path(ino), entry.live_content)
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime
-        attr.attr_timeout = node.attr_timeout
-        attr.entry_timeout = node.entry_timeout
-        return attr
+        if shown.live_content is not None:
+            mtime = self._clock.mtime(self.inodes.path(ino), shown.live_content)
+        return _entry_attributes(ino, node, size, mtime)
 
     async def _entry(self, ino: int) -> Entry:
         try:
@@ -398,6 +388,23 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         with self._guard("removexattr"):
             await (await self._entry(inode)).removexattr(_name(name))
+
+
+def _entry_attributes(ino: int, node: Attrs, size: int, mtime_ns: int) -> pyfuse3.EntryAttributes:
+    attr = pyfuse3.EntryAttributes()  # says 1 link, size 0, 0 blocks of 4096 bytes
+    attr.st_ino = ino
+    attr.st_mode = node.kind | node.perm
+    if node.kind == _DIR:
+        attr.st_nlink = 2
+    attr.st_uid = node.uid
+    attr.st_gid = node.gid
+    if size:
+        attr.st_size = size
+        attr.st_blocks = (size + 511) // 512
+    attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns
+    attr.attr_timeout = node.attr_timeout
+    attr.entry_timeout = node.entry_timeout
+    return attr
 
 
 def _drop_attrs(ino: int) -> None:
