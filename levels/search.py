@@ -166,7 +166,7 @@ class SearchIndex:
     def __init__(self, path: Path, limit: int, commit_interval: float,
                  facets: MetaStore | None = None, text: bool = True,
                  off_key: str = "circuit_fs.index_types") -> None:
-        self._path = path
+        self._path = path.absolute()  # as the writer process sees it: its cwd is not ours
         self._facets = facets  # the store holding the facets index, when it is used
         self.kept = text  # the Whoosh index is kept (circuit_fs.index_types has `text`)
         self._off_key = off_key  # the setting that turned off what a refused query needs

@@ -47,6 +47,10 @@ from levels.errors import QfsError, WorkerDied
 T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1
+# `python -m` looks in its working directory first: a worker starts in the directory that
+# holds the daemon's own `levels`, so that it runs the daemon's code wherever the daemon
+# was started (a `levels` in the daemon's working directory is never imported instead).
+_CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QISKIT = ("qiskit.qasm2", "qiskit.qasm3")
 IN_WORKER = False  # True inside a worker process: jobs may then take over its stderr
 
@@ -306,7 +310,8 @@ class WorkerPool:
             process = subprocess.Popen(
                 [sys.executable, "-m", "levels.workers", str(theirs.fileno()),
                  str(self.limits.memory_mb), str(os.getpid()), *self._preload],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
+                cwd=_CODE_ROOT)
         if self.limits.niceness:
             with contextlib.suppress(OSError):  # gone already: its first job will say so
                 os.setpriority(os.PRIO_PROCESS, process.pid,

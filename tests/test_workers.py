@@ -80,3 +80,15 @@ def test_a_worker_whose_socket_is_numbered_past_1024_still_answers(pool):
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_worker_runs_the_daemons_code_whatever_its_working_directory(pool, tmp_path,
+                                                                      monkeypatch):
+    """`python -m` imports from the working directory first: another `levels` there (an
+    older checkout a user mounts from) must not become the worker's code."""
+    decoy = tmp_path / "levels"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("")
+    (decoy / "workers.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    assert pool.run(bytes, b"own code") == b"own code"
