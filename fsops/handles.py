@@ -35,7 +35,7 @@ class FileHandle:
     def path(self) -> Path:
         return self.entry.path
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         if self.reader is not None:
             return await self.reader.read(offset, size)
         return bytes(self.data[offset : offset + size])

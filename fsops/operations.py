@@ -401,6 +401,8 @@ def _entry_attributes(ino: int, node: Attrs, size: int, mtime_ns: int) -> pyfuse
     if size:
         attr.st_size = size
         attr.st_blocks = (size + 511) // 512
+    if node.io_size:
+        attr.st_blksize = node.io_size
     attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns
     attr.attr_timeout = node.attr_timeout
     attr.entry_timeout = node.entry_timeout

@@ -267,8 +267,9 @@ def _wake(token: Any, event: Any, _future: concurrent.futures.Future) -> None:
 
 class DenseReader:
     """The decoded state of a chunked checkpoint as a .npy file, read by ranges: a read
-    decodes only the chunks it touches (a few kept for the next reads), and the next two
-    chunks are decoded ahead on the pool's threads, as a sequential reader wants them."""
+    decodes only the chunks it touches (a few kept for the next reads), and the next chunks
+    are decoded ahead on the pool's threads, as a sequential reader wants them. Reads that
+    arrive together (the kernel's read-ahead sends several) wait on one decode per chunk."""
 
     AHEAD = 2
 
@@ -285,7 +286,7 @@ class DenseReader:
         self._threads = threads
         self._keep = keep
         self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()  # decoded bytes
-        self._ahead: dict[int, concurrent.futures.Future] = {}
+        self._decoding: dict[int, concurrent.futures.Future] = {}  # asked for or ahead
         self.size = len(header) + 16 * self._amplitudes
         if len(blob.index.chunks) != len(self._spans):
             raise Corrupt("the blob's chunk index does not cover the state")
@@ -312,29 +313,37 @@ class DenseReader:
         return range(first, min(last, len(self._spans) - 1) + 1) if end > len(self._header) \
             else range(0)
 
-    def _slice(self, offset: int, end: int) -> bytes:
-        """Bytes [offset, end) from the header and the decoded chunks (all present)."""
+    def _slice(self, offset: int, end: int, held: dict[int, np.ndarray]) -> bytes | memoryview:
+        """Bytes [offset, end) from the header and the decoded chunks `held`; a range
+        within one chunk is a view of it (FUSE copies the reply once, and 1 MiB reads made
+        one more copy of every byte)."""
+        header = len(self._header)
+        index, within = divmod(offset - header, self._chunk_bytes)
+        if offset >= header and within + end - offset <= self._chunk_bytes:
+            return held[index][within : within + end - offset].data
         out = io.BytesIO()
-        if offset < len(self._header):
+        if offset < header:
             out.write(self._header[offset:end])
-            offset = min(end, len(self._header))
+            offset = min(end, header)
         while offset < end:
-            index, within = divmod(offset - len(self._header), self._chunk_bytes)
-            piece = self._decoded[index][within : within + end - offset]
+            index, within = divmod(offset - header, self._chunk_bytes)
+            piece = held[index][within : within + end - offset]
             out.write(piece.data)
             offset += piece.size
         return out.getvalue()
 
-    def read_sync(self, offset: int, size: int) -> bytes:
+    def read_sync(self, offset: int, size: int) -> bytes | memoryview:
         end = min(self.size, offset + size)
+        held = {}
         for index in self._chunks(offset, end):
             if index not in self._decoded:
                 self._keep_decoded(index, self._decode(index))
-        return self._slice(offset, end) if offset < end else b""
+            held[index] = self._decoded[index]
+        return self._slice(offset, end, held) if offset < end else b""
 
-    async def read(self, offset: int, size: int) -> bytes:
-        """Chunks already decoded are served on the caller's thread (no hop per 128 KiB
-        FUSE read); a missing one is awaited from the pool."""
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
+        """Chunks already decoded are served on the caller's thread (no hop per FUSE
+        read); a missing one is awaited from the pool, by every read that needs it."""
         import trio
 
         end = min(self.size, offset + size)
@@ -342,22 +351,33 @@ class DenseReader:
             return b""
         needed = self._chunks(offset, end)
         pool = _pool_of(self._threads)
+        held: dict[int, np.ndarray] = {}
         for index in needed:
-            if index in self._decoded:
+            data = self._decoded.get(index)
+            if data is None:
+                future = self._decoding.get(index)
+                if future is None:
+                    future = self._decoding[index] = pool.submit(self._decode, index)
+                if not future.done():
+                    token = trio.lowlevel.current_trio_token()
+                    done = trio.Event()
+                    future.add_done_callback(functools.partial(_wake, token, done))
+                    await done.wait()
+                if self._decoding.get(index) is future:  # the first of its waiters
+                    del self._decoding[index]
+                data = future.result()
+                self._keep_decoded(index, data)
+            else:
                 self._decoded.move_to_end(index)
-                continue
-            future = self._ahead.pop(index, None) or pool.submit(self._decode, index)
-            if not future.done():
-                token = trio.lowlevel.current_trio_token()
-                done = trio.Event()
-                future.add_done_callback(functools.partial(_wake, token, done))
-                await done.wait()
-            self._keep_decoded(index, future.result())
+            held[index] = data
         following = needed.stop if needed else 0
-        for index in range(following, min(following + self.AHEAD, len(self._spans))):
-            if index not in self._decoded and index not in self._ahead:
-                self._ahead[index] = pool.submit(self._decode, index)
-        return self._slice(offset, end)
+        ahead = range(following, min(following + self.AHEAD, len(self._spans)))
+        for index in [i for i, f in self._decoding.items() if f.done() and i not in ahead]:
+            del self._decoding[index]  # decoded ahead of a reader that went elsewhere
+        for index in ahead:
+            if index not in self._decoded and index not in self._decoding:
+                self._decoding[index] = pool.submit(self._decode, index)
+        return self._slice(offset, end, held)
 
     def array(self) -> np.ndarray:
         """The whole decoded state (a restore onto qubits), chunks decoded on threads."""

@@ -25,6 +25,7 @@ from levels.errors import QfsError
 from levels.fabric import Fabric
 from levels.hosts import paths_of
 from levels.oplog import EscapingFormatter
+from qfsmount.readahead import set_read_ahead
 
 log = logging.getLogger("qfs")
 
@@ -55,7 +56,7 @@ def fuse_options(extra: list[str], debug: bool) -> set[str]:
     return options
 
 
-async def _serve(fabric: Fabric, operations: Operations) -> None:
+async def _serve(fabric: Fabric, operations: Operations, mountpoint: Path) -> None:
     # Blocking calls in flight at once (store reads, searches, waits on worker processes):
     # the rest wait their turn rather than pile threads onto the daemon.
     trio.to_thread.current_default_thread_limiter().total_tokens = (
@@ -67,6 +68,7 @@ async def _serve(fabric: Fabric, operations: Operations) -> None:
         if fabric.feed is not None:  # other hosts' changes: drop the kernel's caches
             fabric.feed.subscribe(_forgetting(operations))
         nursery.start_soon(fabric.telemetry.run)
+        nursery.start_soon(_widen_read_ahead, mountpoint, fabric.config.performance.read_ahead_kb)
 
         async def on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -78,6 +80,14 @@ async def _serve(fabric: Fabric, operations: Operations) -> None:
         nursery.start_soon(on_signal)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+
+
+async def _widen_read_ahead(mountpoint: Path, kib: int) -> None:
+    """The read-ahead window (0: the kernel's), once the kernel has had the answer to
+    FUSE's INIT: a stat of the mountpoint, answered by this loop, comes after it."""
+    if kib:
+        device = (await trio.to_thread.run_sync(os.stat, mountpoint)).st_dev
+        log.info("%s", set_read_ahead(device, kib))
 
 
 def _forgetting(operations: Operations) -> Callable[[tuple[str, bytes] | None], None]:
@@ -151,7 +161,7 @@ def run(
     fabric.workers.start_ahead()  # the first cp after a mount then finds its parser ready
     ready(None)
     try:
-        trio.run(_serve, fabric, operations)
+        trio.run(_serve, fabric, operations, mountpoint)
     except BaseException:
         log.exception("the filesystem loop failed; leaving the mountpoint as it is")
         pyfuse3.close(unmount=False)

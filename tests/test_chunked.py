@@ -92,6 +92,50 @@ def test_chunked_round_trip_fidelity_and_ranges_against_qiskit(tmp_path):
             fabric.close()
 
 
+def test_reads_that_arrive_together_share_one_decode_per_chunk(tmp_path):
+    """The kernel's read-ahead sends several 1 MiB reads of one 4 MiB chunk at once: each
+    chunk is decoded once and every read gets its bytes. Chunks decoded ahead of a reader
+    that jumps elsewhere are not kept beyond the next ones."""
+    fabric = fabric_at(tmp_path)
+    try:
+        checkpoint(fabric, "s", random_state(22, 5))  # 16 chunks
+        whole = npy_bytes(fabric.states.load("s")[1])
+        reader = fabric.states.reader("s")
+        decodes: list[int] = []
+        decode = reader._decode
+
+        def counted(index: int) -> np.ndarray:
+            decodes.append(index)
+            return decode(index)
+
+        reader._decode = counted
+        step = 1 << 20
+        offsets = range(0, len(whole), step)
+
+        async def all_at_once() -> dict[int, bytes]:
+            got: dict[int, bytes] = {}
+
+            async def one(offset: int) -> None:
+                got[offset] = bytes(await reader.read(offset, step))
+
+            async with trio.open_nursery() as nursery:
+                for offset in offsets:
+                    nursery.start_soon(one, offset)
+            return got
+
+        got = trio.run(all_at_once)
+        assert b"".join(got[offset] for offset in offsets) == whole
+        assert sorted(decodes) == list(range(16))
+
+        jumping = fabric.states.reader("s")
+        far_apart = [(chunk * CHUNK_AMPLITUDES * 16 + 500, 10) for chunk in range(0, 16, 3)]
+        assert trio.run(read_ranges, jumping, far_apart) == [
+            whole[o : o + n] for o, n in far_apart]
+        assert len(jumping._decoding) <= 2 * jumping.AHEAD
+    finally:
+        fabric.close()
+
+
 def test_single_blob_checkpoints_still_read(tmp_path):
     """A state vector the automatic choice keeps dense is chunked; incremental children
     keep the single-blob format (QFS1), and one of a chunked parent reads back."""

@@ -195,3 +195,25 @@ def test_indexing_off_refuses_every_search(mount_factory, tmp_path):
         os.listdir(qfs.root / "search" / "qubits:2")
     assert caught.value.errno == errno.EOPNOTSUPP
     assert "circuit_fs.indexing_enabled" in (qfs.root / ".qfs" / "log").read_text()
+
+
+def read_ahead_kb(mountpoint: Path) -> int:
+    device = os.stat(mountpoint).st_dev
+    knob = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    return int(knob.read_text())
+
+
+@pytest.mark.fuse
+@pytest.mark.skipif(os.getuid() != 0, reason="the read-ahead window is root's to set")
+def test_read_ahead_window_is_widened_after_the_mount(mount_factory, tmp_path):
+    """The kernel's 128 KiB window would split a checkpoint's read into 128 KiB requests;
+    the daemon widens it once FUSE's INIT is done (INIT would narrow it back)."""
+    default = mount_factory()
+    narrow = mount_with(mount_factory, tmp_path, "performance:\n  read_ahead_kb: 256\n")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (read_ahead_kb(default.root), read_ahead_kb(
+            narrow.root)) != (1024, 256):
+        time.sleep(0.05)
+    assert (read_ahead_kb(default.root), read_ahead_kb(narrow.root)) == (1024, 256)
+    assert "read-ahead 256 KiB" in narrow.daemon_log() or "read-ahead 256 KiB" in (
+        narrow.data / "qfs.log").read_text()

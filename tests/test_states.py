@@ -204,6 +204,26 @@ def test_import_npy_and_refusals(qfs, tmp_path):
     assert np.allclose(npy(qfs, "mixed", "density_matrix"), rho)
 
 
+def test_state_files_ask_tools_for_one_mib_per_request(qfs, tmp_path):
+    """statevector.npy, blob and an import being written say FUSE's 1 MiB request size as
+    st_blksize, so cp and Python buffer by it; a circuit keeps the page size. The import
+    cp then makes still reads back bit for bit."""
+    rng = np.random.default_rng(7)
+    psi = rng.standard_normal(2**12) + 1j * rng.standard_normal(2**12)
+    psi /= np.linalg.norm(psi)
+    np.save(tmp_path / "psi.npy", psi)
+    target = qfs.root / "states" / "big"
+    target.mkdir()
+    with open(target / "statevector.npy", "wb") as importing:
+        assert os.fstat(importing.fileno()).st_blksize == 1 << 20
+        importing.write((tmp_path / "psi.npy").read_bytes())
+    for name in ("statevector.npy", "blob"):
+        assert os.stat(target / name).st_blksize == 1 << 20
+    assert np.array_equal(np.load(target / "statevector.npy"), psi)
+    bell = qfs.write_circuit("bell")
+    assert os.stat(bell / "latest.qasm").st_blksize == 4096
+
+
 def as_nobody(script: str) -> subprocess.CompletedProcess:
     return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                            "bash", "-c", script], capture_output=True, text=True, timeout=60)

@@ -33,6 +33,7 @@ DIR, FILE, LINK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
 # Immutable content may be cached by the kernel for long; mutable files are re-asked.
 IMMUTABLE_TIMEOUT = 300.0
 DIR_TIMEOUT = 1.0
+LARGE_FILE_IO = 1 << 20  # FUSE's largest request (libfuse 3 negotiates 256 pages)
 # A circuit's directory and its latest.qasm: their names change only through this kernel
 # (mkdir, rmdir, rename) or another host (whose changes drop them: the change feed), and
 # every change on this host drops their attributes, so the kernel may keep both for long.
@@ -52,7 +53,7 @@ class RangeReader(Protocol):
 
     size: int
 
-    async def read(self, offset: int, size: int) -> bytes: ...
+    async def read(self, offset: int, size: int) -> bytes | memoryview: ...
 
 
 Content = bytes | RangeReader
@@ -129,6 +130,10 @@ class Attrs:
     # or size, so the kernel drops its pages at the next read (FUSE auto_inval_data): the
     # page cache may keep it between changes.
     pages_follow_attrs: bool = False
+    # st_blksize, the I/O size tools such as cp and Python's open() buffer by; 0 leaves the
+    # kernel's page size. Large files say FUSE's request size, so a copy is one request
+    # per MiB, not per 128 KiB.
+    io_size: int = 0
 
 
 def directory(mtime_ns: int, perm: int = 0o755, timeout: float = DIR_TIMEOUT,
@@ -136,10 +141,10 @@ def directory(mtime_ns: int, perm: int = 0o755, timeout: float = DIR_TIMEOUT,
     return Attrs(DIR, perm, mtime_ns, attr_timeout=timeout, entry_timeout=entry_timeout)
 
 
-def immutable_file(size: int, mtime_ns: int, perm: int = 0o444) -> Attrs:
+def immutable_file(size: int, mtime_ns: int, perm: int = 0o444, io_size: int = 0) -> Attrs:
     """A file whose bytes never change under its name (a version, a view, a stored blob)."""
     return Attrs(FILE, perm, mtime_ns, size=size, attr_timeout=IMMUTABLE_TIMEOUT,
-                 immutable=True)
+                 immutable=True, io_size=io_size)
 
 
 class Entry:
@@ -184,7 +189,7 @@ class Entry:
         content = await self.open()
         if isinstance(content, bytes):
             return content
-        return await content.read(0, content.size)
+        return bytes(await content.read(0, content.size))
 
     async def commit(self, data: bytes, uid: int) -> None:
         raise self.refuse_write()

@@ -27,6 +27,7 @@ from levels.errors import Invalid, NoAttribute, NotFound, QfsError, ReadOnly
 from levels.states import Request, meta_json, npy_size, owner_of
 from levels.vfs.entry import (
     FILE,
+    LARGE_FILE_IO,
     Attrs,
     Constant,
     Content,
@@ -143,7 +144,7 @@ class BlobFile(Entry):
 
     def __init__(self, fabric: Fabric, path: Path, meta: dict) -> None:
         super().__init__(fabric, path, immutable_file(meta["stored_bytes"], meta["created_ns"],
-                                                      0o400))
+                                                      0o400, LARGE_FILE_IO))
         self.name = path[1]
 
     async def open(self) -> Content:
@@ -159,7 +160,8 @@ class StateFile(Entry):
     def __init__(self, fabric: Fabric, path: Path, meta: dict) -> None:
         name = path[1]
         super().__init__(fabric, path, immutable_file(
-            npy_size(fabric.states.decoded_shape(name)), meta["created_ns"], 0o400))
+            npy_size(fabric.states.decoded_shape(name)), meta["created_ns"], 0o400,
+            LARGE_FILE_IO))
         self.name = name
 
     async def open(self) -> Content:
@@ -200,7 +202,8 @@ class ImportFile(Entry):
         rank = IMPORT_FILES.get(path[2])
         if rank is None:
             raise Invalid(f"import as {' or '.join(IMPORT_FILES)}, not {path[2]}")
-        super().__init__(fabric, path, Attrs(FILE, 0o644, 0, entry_timeout=0.0))
+        super().__init__(fabric, path, Attrs(FILE, 0o644, 0, entry_timeout=0.0,
+                                                   io_size=LARGE_FILE_IO))
         self.rank = rank
         self._refused: QfsError | None = None
 
