@@ -374,8 +374,11 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes: the entry's (circuit metadata, pins on versions) ------------
 
     async def getxattr(self, inode, name, ctx):
+        decoded = _name(name)
+        if not vfs.in_xattr_namespace(decoded):  # ls -l asks this of every entry, 3 times
+            raise pyfuse3.FUSEError(errno.ENODATA)
         with self._guard("getxattr"):
-            return await (await self._entry(inode)).getxattr(_name(name))
+            return await (await self._entry(inode)).getxattr(decoded)
 
     async def listxattr(self, inode, ctx):
         with self._guard("listxattr"):

@@ -145,6 +145,27 @@ def test_xattrs(qfs):
     assert json.loads((bell / "meta.json").read_text())["author"] == ""
 
 
+def test_ls_l_gets_no_attribute_outside_user_qfs_without_a_lookup(qfs):
+    """ls -l asks every entry it lists for security.selinux and both POSIX ACLs; they are
+    ENODATA wherever asked, answered without resolving the entry: even on a directory
+    removed while open (resolving it would be ENOENT)."""
+    bell = qfs.write_circuit("bell")
+    listing = subprocess.run(["ls", "-l", str(qfs.circuits)], capture_output=True, text=True,
+                             check=True).stdout
+    assert listing.splitlines()[1].startswith("drwxr-xr-x ")  # no "+": no ACL shown
+    asked = ("security.selinux", "system.posix_acl_access", "system.posix_acl_default")
+    held = os.open(bell, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        subprocess.run(["rm", "-r", str(bell)], check=True)
+        for path in (held, qfs.root / "states", qfs.qubits / "ctl"):
+            for name in asked:
+                with pytest.raises(OSError) as caught:
+                    os.getxattr(path, name)
+                assert caught.value.errno == errno.ENODATA, (path, name)
+    finally:
+        os.close(held)
+
+
 def test_results_files(qfs, tmp_path):
     bell = qfs.write_circuit("bell")
     result = tmp_path / "run-1.json"

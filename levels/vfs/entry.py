@@ -239,6 +239,14 @@ class Entry:
         await self.getxattr(name)
 
 
+def in_xattr_namespace(name: str) -> bool:
+    """Whether an extended attribute name can be held anywhere in the tree (user.qfs.*).
+    Any other name has no value on any entry: `ls -l` asks every entry it lists for three
+    (security.selinux and both POSIX ACLs: the kernel passes the ACL ones on to a daemon
+    that did not ask to handle ACLs), which are answered without resolving the entry."""
+    return name.startswith(XATTR_PREFIX)
+
+
 def field(name: str, missing: type[Exception] = NoAttribute) -> str:
     """The metadata field an xattr name stands for; other names raise `missing`."""
     got = name[len(XATTR_PREFIX):] if name.startswith(XATTR_PREFIX) else ""
