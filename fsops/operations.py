@@ -49,6 +49,7 @@ class Operations(pyfuse3.Operations):
         self._writers: dict[int, set[int]] = {}  # inode -> open write handles
         self._next_fh = 1
         self._clock = ChangeClock()
+        self._xattrs = fabric.config.performance.extended_attributes
 
     def forget_remote(self, path: Path) -> None:
         """Another host changed what `path` names (the fabric's change feed; trio's
@@ -373,7 +374,14 @@ class Operations(pyfuse3.Operations):
 
     # -- extended attributes: the entry's (circuit metadata, pins on versions) ------------
 
+    def _without_xattrs(self) -> None:
+        """With extended attributes off, ENOSYS: the kernel asks no more for the mount's
+        life (getxattr, setxattr and listxattr each), and tools read EOPNOTSUPP."""
+        if not self._xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+
     async def getxattr(self, inode, name, ctx):
+        self._without_xattrs()
         decoded = _name(name)
         if not vfs.in_xattr_namespace(decoded):  # ls -l asks this of every entry, 3 times
             raise pyfuse3.FUSEError(errno.ENODATA)
@@ -381,14 +389,17 @@ class Operations(pyfuse3.Operations):
             return await (await self._entry(inode)).getxattr(decoded)
 
     async def listxattr(self, inode, ctx):
+        self._without_xattrs()
         with self._guard("listxattr"):
             return [n.encode() for n in (await self._entry(inode)).listxattr()]
 
     async def setxattr(self, inode, name, value, ctx):
+        self._without_xattrs()
         with self._guard("setxattr"):
             await (await self._entry(inode)).setxattr(_name(name), value)
 
     async def removexattr(self, inode, name, ctx):
+        self._without_xattrs()
         with self._guard("removexattr"):
             await (await self._entry(inode)).removexattr(_name(name))
 

@@ -185,6 +185,10 @@ class PerformanceConfig(_Section):
     """CPU time one worker job may use."""
     max_buffered_mb_per_user: int = Field(default=2048, ge=16)
     """Memory one user's files being written may hold in the daemon."""
+    extended_attributes: bool = True
+    """false: no xattrs (user.qfs.* metadata and pins only through meta.json), and the
+    kernel stops asking: coreutils' ls -l otherwise sends three getxattr requests per
+    listed entry, and the first write() to a file one."""
     read_ahead_kb: int = Field(default=1024, ge=0, le=65536)
     """The kernel's read-ahead window for the mount (set by root only; 0: the kernel's)."""
 

@@ -79,7 +79,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="qfs-walk-"))
     data = work / "data"
     report: Json = {"circuits": args.circuits, "baseline": args.baseline}
-    samples: dict[str, list[Json]] = {"qfs": [], "baseline": [], "floor": [], "plain": []}
+    samples: dict[str, list[Json]] = {"qfs": [], "qfs_without_xattrs": [], "baseline": [],
+                                      "floor": [], "plain": []}
+    without_xattrs = work / "no-xattrs.yaml"
+    without_xattrs.write_text("performance:\n  extended_attributes: false\n")
     try:
         say(f"walk: {args.circuits} circuits")
         fill(work, data, args.circuits)
@@ -88,9 +91,12 @@ def main() -> int:
         with worktree(args.baseline) as old:
             for round_ in range(args.rounds):
                 say(f"walk: round {round_ + 1}")
-                for label, tree in (("qfs", REPO), ("baseline", old)):
+                for label, tree, extra in (
+                        ("qfs", REPO, ()), ("baseline", old, ()),
+                        ("qfs_without_xattrs", REPO, ("--config", str(without_xattrs)))):
                     mnt = work / label
-                    with mounted(qfs_command(mnt, data), mnt, work / f"{label}.out", cwd=tree):
+                    with mounted(qfs_command(mnt, data, *extra), mnt, work / f"{label}.out",
+                                 cwd=tree):
                         walk(mnt)  # the kernel's caches filled once, as for every tree
                         samples[label].append(walk(mnt))
                 mnt = work / "floor"
@@ -112,6 +118,9 @@ def main() -> int:
             # ACLs: the floor answers ENOSYS once and the kernel stops asking.
             "coreutils ls -l": ratio(report["floor"]["coreutils_ls_l_s"],
                                      report["qfs"]["coreutils_ls_l_s"]),
+            "coreutils ls -l, extended_attributes false": ratio(
+                report["floor"]["coreutils_ls_l_s"],
+                report["qfs_without_xattrs"]["coreutils_ls_l_s"]),
             "baseline coreutils ls -l": ratio(report["floor"]["coreutils_ls_l_s"],
                                               report["baseline"]["coreutils_ls_l_s"]),
             "baseline ls_l": ratio(report["floor"]["ls_l_s"], report["baseline"]["ls_l_s"]),

@@ -5,6 +5,7 @@ import errno
 import itertools
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -217,3 +218,28 @@ def test_read_ahead_window_is_widened_after_the_mount(mount_factory, tmp_path):
     assert (read_ahead_kb(default.root), read_ahead_kb(narrow.root)) == (1024, 256)
     assert "read-ahead 256 KiB" in narrow.daemon_log() or "read-ahead 256 KiB" in (
         narrow.data / "qfs.log").read_text()
+
+
+@pytest.mark.fuse
+def test_extended_attributes_off_leaves_metadata_to_meta_json(mount_factory, tmp_path):
+    """performance.extended_attributes: false answers every xattr request ENOSYS once, so
+    the kernel stops asking (coreutils' ls -l otherwise sends three per entry): tools read
+    EOPNOTSUPP, cp -a copies without them, and meta.json still sets metadata and pins."""
+    qfs = mount_with(mount_factory, tmp_path,
+                     "performance:\n  extended_attributes: false\n")
+    bell = qfs.write_circuit("bell")
+    (bell / "latest.qasm").write_text(BELL + "// v2\n")
+    listing = subprocess.run(["ls", "-l", str(qfs.circuits)], capture_output=True, text=True,
+                             check=True).stdout
+    assert " bell\n" in listing
+    for call, args in ((os.getxattr, ("user.qfs.author",)), (os.listxattr, ()),
+                       (os.setxattr, ("user.qfs.author", b"bob"))):
+        for _ in range(2):  # the second is the kernel's own answer
+            with pytest.raises(OSError) as caught:
+                call(bell, *args)
+            assert caught.value.errno == errno.EOPNOTSUPP
+    (bell / "meta.json").write_text(json.dumps({"author": "alice", "pinned": [1]}))
+    meta = json.loads((bell / "meta.json").read_text())
+    assert meta["author"] == "alice" and meta["pinned"] == [1]
+    subprocess.run(["cp", "-a", str(bell), str(tmp_path / "copy")], check=True)
+    assert (tmp_path / "copy" / "v1.qasm").read_text() == BELL
