@@ -20,7 +20,7 @@ from levels.vfs import qubits as q
 from levels.vfs import states as s
 from levels.vfs import tree as t
 from levels.vfs import workflows as w
-from levels.vfs.entry import Attrs, Live, Scratch, Symlink
+from levels.vfs.entry import Attrs, Live, MadeOnDemand, Scratch, Symlink
 from tests.conftest import BELL, GHZ3
 
 UID = 1000
@@ -233,6 +233,18 @@ def test_search_links_into_circuits(fabric):
         assert (shown.kind, shown.size) == (stat.S_IFLNK, len(link.link_target))
 
     run(main)
+
+
+def test_a_listing_resumes_at_any_offset():
+    """readdir resumes a listing at the offset of its last reply: every entry once, in
+    order, from keys in a list (placed at the offset at once) or in any other sequence."""
+    extra = [("z1", Attrs(stat.S_IFDIR, 0o755, 0)), ("z2", Attrs(stat.S_IFDIR, 0o755, 0))]
+    for keys in (list(range(7)), tuple(range(7))):
+        listing = MadeOnDemand(keys, lambda k: (f"k{k}", Attrs(stat.S_IFDIR, 0o755, k)), extra)
+        whole = [name for name, _ in listing]
+        assert whole == [f"k{k}" for k in range(7)] + ["z1", "z2"]
+        for start in range(len(whole) + 1):
+            assert [name for name, _ in vfs.listed_from(listing, start)] == whole[start:]
 
 
 def test_fsops_tests_no_path_shapes():
