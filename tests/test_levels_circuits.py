@@ -80,6 +80,17 @@ def test_rename_delete_and_results(fabric):
     assert [n for n, _ in store.names_with_mtime()] == ["b"]
 
 
+def test_the_circuit_listing_is_read_again_only_after_a_change(fabric):
+    store = fabric.circuits
+    store.create("a")
+    first = store.names_with_mtime()
+    assert store.names_with_mtime() is first  # the same store snapshot: the same list
+    store.create("b")
+    assert [n for n, _ in store.names_with_mtime()] == ["a", "b"]
+    store.delete("a")
+    assert [n for n, _ in store.names_with_mtime()] == ["b"]
+
+
 def test_meta_validation():
     assert parse_meta(b'{"author": "a", "created": "ignored"}') == {"author": "a"}
     for bad in (b"[]", b'{"x": 1}', b'{"tags": [""]}', b'{"parameters": []}', b"{"):

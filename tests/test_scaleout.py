@@ -138,6 +138,18 @@ def test_store_contract_rows_scans_and_rollback(stores):
         assert txn.keys("names", b"a", b"b", 10) == [b"a", b"ab", b"a\xff", b"a\xff\xff"]
         assert txn.keys("names", b"a", b"b", 2) == [b"a", b"ab"]
         assert txn.get_many("names", [b"ab", b"zz", b"a"]) == [b"vab", None, b"replaced"]
+        before = txn.snapshot()
+    with store.reading() as txn:
+        assert txn.snapshot() == before  # nothing written since
+    with other.writing() as txn:
+        txn.put("circuits", b"z", b"a change")
+    with store.reading() as txn:
+        after = txn.snapshot()
+    # LMDB: the id of the last commit a reader sees; PostgreSQL keeps none
+    if isinstance(store, LmdbMetaStore):
+        assert before is not None and after != before
+    else:
+        assert (before, after) == (None, None)
 
 
 def test_store_writers_take_turns_on_a_read_modify_write(stores):

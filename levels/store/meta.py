@@ -66,6 +66,10 @@ class Txn(Protocol):
     def get_many(self, table: str, keys: list[bytes]) -> list[bytes | None]:
         """The value of each key (None where absent), in the order asked."""
         ...
+    def snapshot(self) -> int | None:
+        """An id two transactions share only when they see the same data (what a reader
+        may key a cache of derived data by), or None where the store keeps none."""
+        ...
 
 
 class MetaStore(Protocol):
@@ -121,6 +125,9 @@ class _LmdbTxn:
     def get_many(self, table: str, keys: list[bytes]) -> list[bytes | None]:
         get, db = self._txn.get, self._dbs[table]
         return [get(key, db=db) for key in keys]
+
+    def snapshot(self) -> int | None:
+        return self._txn.id()  # a read transaction's: the last commit it sees
 
 
 class _Reading:

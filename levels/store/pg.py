@@ -121,6 +121,9 @@ class _PgTxn:
         found = {bytes(k): bytes(v) for k, v in self._cur.fetchall()}
         return [found.get(key) for key in keys]
 
+    def snapshot(self) -> int | None:
+        return None  # other hosts commit without telling this one: nothing to key a cache by
+
 
 def _checked(table: str) -> str:
     if table not in TABLES:
