@@ -4,6 +4,8 @@ import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import time
 
@@ -146,13 +148,21 @@ def test_xattrs(qfs):
 
 
 def test_ls_l_gets_no_attribute_outside_user_qfs_without_a_lookup(qfs):
-    """ls -l asks every entry it lists for security.selinux and both POSIX ACLs; they are
-    ENODATA wherever asked, answered without resolving the entry: even on a directory
-    removed while open (resolving it would be ENOENT)."""
+    """ls -l asks for security.selinux and both POSIX ACLs: they are ENOTSUP wherever
+    asked (so ls stops asking for the rest of the listing; after ENODATA it asked every
+    entry), answered without resolving the entry: even on a directory removed while open
+    (resolving it would be ENOENT)."""
     bell = qfs.write_circuit("bell")
+    for name in ("ghz", "x1", "x2", "x3"):
+        qfs.write_circuit(name, GHZ3)
     listing = subprocess.run(["ls", "-l", str(qfs.circuits)], capture_output=True, text=True,
                              check=True).stdout
-    assert listing.splitlines()[1].startswith("drwxr-xr-x ")  # no "+": no ACL shown
+    assert all(line.startswith("drwxr-xr-x ") for line in listing.splitlines()[1:])  # no "+"
+    if shutil.which("strace"):  # what ls asked: the three names once, not for each entry
+        trace = qfs.root.parent / "ls.trace"
+        subprocess.run(["strace", "-f", "-e", "trace=getxattr,lgetxattr", "-o", str(trace),
+                        "ls", "-l", str(qfs.circuits)], capture_output=True, check=True)
+        assert len(re.findall(r"getxattr\(", trace.read_text())) <= 3
     asked = ("security.selinux", "system.posix_acl_access", "system.posix_acl_default")
     held = os.open(bell, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -161,7 +171,7 @@ def test_ls_l_gets_no_attribute_outside_user_qfs_without_a_lookup(qfs):
             for name in asked:
                 with pytest.raises(OSError) as caught:
                     os.getxattr(path, name)
-                assert caught.value.errno == errno.ENODATA, (path, name)
+                assert caught.value.errno == errno.ENOTSUP, (path, name)
     finally:
         os.close(held)
 

@@ -252,9 +252,9 @@ class Entry:
 
 def in_xattr_namespace(name: str) -> bool:
     """Whether an extended attribute name can be held anywhere in the tree (user.qfs.*).
-    Any other name has no value on any entry: `ls -l` asks every entry it lists for three
-    (security.selinux and both POSIX ACLs: the kernel passes the ACL ones on to a daemon
-    that did not ask to handle ACLs), which are answered without resolving the entry."""
+    Any other name is not supported anywhere, and says so at once, without resolving the
+    entry: `ls -l` asks for three (security.selinux and both POSIX ACLs: the kernel passes
+    ACL names on to a daemon that did not ask to handle ACLs)."""
     return name.startswith(XATTR_PREFIX)
 
 
