@@ -223,8 +223,8 @@ def test_read_ahead_window_is_widened_after_the_mount(mount_factory, tmp_path):
 @pytest.mark.fuse
 def test_extended_attributes_off_leaves_metadata_to_meta_json(mount_factory, tmp_path):
     """performance.extended_attributes: false answers every xattr request ENOSYS once, so
-    the kernel stops asking (coreutils' ls -l otherwise sends three per entry): tools read
-    EOPNOTSUPP, cp -a copies without them, and meta.json still sets metadata and pins."""
+    the kernel stops asking (each write() otherwise asks for security.capability): tools
+    read EOPNOTSUPP, cp -a copies without them, and meta.json still sets metadata and pins."""
     qfs = mount_with(mount_factory, tmp_path,
                      "performance:\n  extended_attributes: false\n")
     bell = qfs.write_circuit("bell")
