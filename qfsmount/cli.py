@@ -12,6 +12,7 @@ from pathlib import Path
 from levels.config import default_data_dir, load_config
 from levels.errors import Invalid, QfsError
 from levels.store.backends import holds_data
+from qfsmount.hugepages import run_again_with_huge_pages
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -163,5 +164,11 @@ def _daemonize(args, mountpoint, data_dir, config, options) -> int:
     os._exit(code)
 
 
+def command() -> int:
+    """The qfsmount command: main() in a process whose malloc maps huge pages."""
+    run_again_with_huge_pages()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

@@ -108,3 +108,28 @@ def test_module_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "qfsmount.cli", "--help"], capture_output=True,
                           text=True)
     assert done.returncode == 0 and "MOUNTPOINT" in done.stdout.upper()
+
+
+def _tunables_after_the_run_again(env: dict[str, str]) -> str:
+    """GLIBC_TUNABLES in a process that ran the command's first step, started with `env`
+    over this environment less the two variables."""
+    code = ("from qfsmount.hugepages import run_again_with_huge_pages as again; again(); "
+            "import os; print(os.getpid(), os.environ.get('GLIBC_TUNABLES', ''))")
+    clean = {k: v for k, v in os.environ.items() if k not in ("QFS_HUGE_PAGES", "GLIBC_TUNABLES")}
+    started = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                               env={**clean, **env})
+    pid, _, tunables = started.communicate(timeout=60)[0].strip().partition(" ")
+    assert int(pid) == started.pid  # the same process, run again in place
+    return tunables
+
+
+def test_the_daemon_runs_again_with_huge_pages_unless_told_not_to(qfs):
+    """glibc's malloc maps the daemon's large buffers with transparent huge pages (a page
+    fault per 4 KiB was 40% of an import's writes); a user's own tunables are kept, and
+    QFS_HUGE_PAGES=0 leaves the process as started."""
+    with open(f"/proc/{qfs.proc.pid}/environ", "rb") as environ:
+        assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in environ.read().split(b"\0")
+    assert _tunables_after_the_run_again({}) == "glibc.malloc.hugetlb=1"
+    assert _tunables_after_the_run_again({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) \
+        == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert _tunables_after_the_run_again({"QFS_HUGE_PAGES": "0"}) == ""
