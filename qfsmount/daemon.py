@@ -85,9 +85,14 @@ async def _serve(fabric: Fabric, operations: Operations, mountpoint: Path) -> No
 async def _widen_read_ahead(mountpoint: Path, kib: int) -> None:
     """The read-ahead window (0: the kernel's), once the kernel has had the answer to
     FUSE's INIT: a stat of the mountpoint, answered by this loop, comes after it."""
-    if kib:
+    if not kib:
+        return
+    try:
         device = (await trio.to_thread.run_sync(os.stat, mountpoint)).st_dev
-        log.info("%s", set_read_ahead(device, kib))
+    except OSError as exc:  # unmounted already: nothing to widen, and never the loop's end
+        log.info("read-ahead not set: %s", exc)
+        return
+    log.info("%s", set_read_ahead(device, kib))
 
 
 def _forgetting(operations: Operations) -> Callable[[tuple[str, bytes] | None], None]:

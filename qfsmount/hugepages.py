@@ -30,4 +30,7 @@ def run_again_with_huge_pages() -> None:
            "GLIBC_TUNABLES": ":".join(filter(None, (tunables, f"{TUNABLE}=1")))}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, env)
+    try:
+        os.execve(sys.executable, sys.orig_argv, env)
+    except OSError:
+        return  # cannot run again (no executable path): carry on with 4 KiB pages
