@@ -338,7 +338,7 @@ class DenseReader:
 
     def read_sync(self, offset: int, size: int) -> bytes | memoryview:
         end = min(self.size, offset + size)
-        held = {}
+        held: dict[int, np.ndarray] = {}
         for index in self._chunks(offset, end):
             if index not in self._decoded:
                 self._keep_decoded(index, self._decode(index))

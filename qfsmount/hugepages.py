@@ -7,8 +7,8 @@ under perf, page faults were 40% of an import's writes. glibc's malloc asks the 
 transparent huge pages on what it maps when its `glibc.malloc.hugetlb` tunable says so
 (glibc >= 2.35; elsewhere the variable is ignored), and tunables are read at process
 start, so the command runs itself again once with it set. Measured on a 26-qubit import
-through the mount (1 GiB, daemons alternating): writes 1.75-3.1 -> 0.75-1.1 s, the seal
-at close 2.6-3.1 -> 1.85-2.0 s. QFS_HUGE_PAGES=0 keeps the process as started.
+through the mount (1 GiB, daemons alternating): writes 1.66-3.1 -> 0.74-1.1 s, the seal
+at close 2.6-3.1 -> 1.85-2.6 s. QFS_HUGE_PAGES=0 keeps the process as started.
 """
 
 from __future__ import annotations

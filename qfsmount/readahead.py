@@ -4,8 +4,7 @@ FUSE asks the daemon for a file's pages in read-ahead windows, and a FUSE connec
 window is 128 KiB: reading a 256 MiB checkpoint is then 2,048 requests, each a round trip
 through Python. The window is the mount's backing device's `read_ahead_kb` in sysfs,
 writable by root only. FUSE's INIT reply can only narrow it, and INIT sets it no wider
-than it was, so it is widened after INIT (other FUSE filesystems, JuiceFS among them, set
-it the same way)."""
+than it was, so it is widened after INIT."""
 
 from __future__ import annotations
 
