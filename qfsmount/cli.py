@@ -164,11 +164,6 @@ def _daemonize(args, mountpoint, data_dir, config, options) -> int:
     os._exit(code)
 
 
-def command() -> int:
-    """The qfsmount command: main() in a process whose malloc maps huge pages."""
+if __name__ == "__main__":  # python -m qfsmount.cli, as the tests run it
     run_again_with_huge_pages()
-    return main()
-
-
-if __name__ == "__main__":
-    sys.exit(command())
+    sys.exit(main())

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import BELL, QFSMOUNT
+from tests.conftest import BELL, QFSMOUNT, assert_consistent
 
 pytestmark = pytest.mark.fuse
 
@@ -36,6 +36,37 @@ def test_backgrounds_like_sshfs_and_fusermount_unmounts(tmp_path):
         subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
     _wait_unmounted(mnt)
     assert "Traceback" not in (data / "qfs.log").read_text()
+
+
+def _daemon_environ(mnt) -> list[bytes]:
+    """The environment of the process serving `mnt` (found by its command line)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if str(mnt).encode() not in cmdline.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                return environ.read().split(b"\0")
+        except OSError:
+            continue
+    raise AssertionError(f"no process serves {mnt}")
+
+
+def test_the_installed_command_mounts_with_huge_pages(tmp_path):
+    """The console script README's commands use runs again with huge pages before it
+    imports the rest of qfs, then backgrounds as -m qfsmount.cli does."""
+    mnt, data = tmp_path / "m", tmp_path / "d"
+    mnt.mkdir()
+    installed = os.path.join(os.path.dirname(sys.executable), "qfsmount")
+    env = {k: v for k, v in os.environ.items() if k not in ("QFS_HUGE_PAGES", "GLIBC_TUNABLES")}
+    done = subprocess.run([installed, str(mnt), "--data", str(data)], timeout=60, env=env)
+    try:
+        assert done.returncode == 0 and os.path.ismount(mnt)
+        assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in _daemon_environ(mnt)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    _wait_unmounted(mnt)
+    assert_consistent(data, [])
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
