@@ -260,7 +260,7 @@ def in_xattr_namespace(name: str) -> bool:
 
 def field(name: str, missing: type[Exception] = NoAttribute) -> str:
     """The metadata field an xattr name stands for; other names raise `missing`."""
-    got = name[len(XATTR_PREFIX):] if name.startswith(XATTR_PREFIX) else ""
+    got = name[len(XATTR_PREFIX):] if in_xattr_namespace(name) else ""
     if got not in (*XATTR_FIELDS, "created"):
         raise missing(f"no attribute {name}")
     return got
