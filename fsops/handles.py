@@ -1,7 +1,9 @@
 """Open files and directories.
 
 A write to a fabric file is buffered in its handle and committed at flush/fsync (so close()
-returns the verdict: EINVAL for a circuit Qiskit refuses) or, failing that, at release.
+returns the verdict: EINVAL for a circuit Qiskit refuses) or, failing that, at release;
+an entry may instead take the writes as they come through a stream once it has judged the
+first bytes (an imported state vector, sealed chunk by chunk).
 Writers never share a buffer, so concurrent `cp`s onto one latest.qasm each become a whole
 version. Scratch files are written in place. Readers hold what open() gave them (a snapshot
 or a range reader), so a circuit deleted under an open reader does not break it.
@@ -9,9 +11,9 @@ or a range reader), so a circuit deleted under an open reader does not break it.
 
 import dataclasses
 
-from levels.errors import QfsError
+from levels.errors import Invalid, QfsError
 from levels.vfs import Entry, RangeReader
-from levels.vfs.entry import Listing, resize
+from levels.vfs.entry import Listing, WriteStream, resize
 
 Path = tuple[str, ...]
 
@@ -30,6 +32,12 @@ class FileHandle:
     reserved: int = 0  # bytes held against the writer's budget (levels/budget.py)
     refused: QfsError | None = None  # a write() refused: nothing commits, close() says why
     unsettled: bool = False  # written since the last close: the kernel's size is the writer's
+    stream: WriteStream | None = None  # takes the writes instead of `data`, once screened
+
+    @property
+    def size(self) -> int:
+        """The bytes written (what stat shows the writer)."""
+        return self.stream.size if self.stream is not None else len(self.data)
 
     @property
     def path(self) -> Path:
@@ -40,7 +48,17 @@ class FileHandle:
             return await self.reader.read(offset, size)
         return bytes(self.data[offset : offset + size])
 
-    def write(self, offset: int, buf: bytes) -> int:
+    async def write(self, offset: int, buf: bytes) -> int:
+        if self.stream is not None:
+            if self.refused is not None:
+                raise self.refused  # nothing after a refusal is taken
+            try:
+                await self.stream.write(offset, buf)
+            except QfsError as exc:
+                self.refused = exc  # the stream's bytes go nowhere: close() says why
+                raise
+            self.dirty = self.written = self.unsettled = True
+            return len(buf)
         data = self.data
         assert isinstance(data, bytearray)
         if offset > len(data):
@@ -51,9 +69,17 @@ class FileHandle:
             self.entry.scratch.touch()
         if self.screening and self.entry.screen(data):
             self.screening = False
+            self.stream = self.entry.stream(data, self.uid)
+            if self.stream is not None:
+                self.data = bytearray()
         return len(buf)
 
     def truncate(self, size: int) -> None:
+        if self.stream is not None:
+            if size != self.stream.size:
+                raise Invalid(f"{'/'.join(self.path)} is taken as it is written, in order: "
+                              f"it cannot be cut to {size} bytes")
+            return
         assert isinstance(self.data, bytearray)
         resize(self.data, size)
         self.dirty = self.unsettled = True
@@ -72,11 +98,22 @@ class FileHandle:
         if not self.dirty or not self.entry.commits or not (self.written or closing):
             return
         self.dirty = False
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            await stream.close()
+            return
         if self.entry.takes_buffer:  # a 4 GiB import is not copied: the entry keeps it
             data, self.data = self.data, bytearray()
             await self.entry.commit(data, self.uid)  # type: ignore[arg-type]
             return
         await self.entry.commit(bytes(self.data), self.uid)
+
+
+    def discard(self) -> None:
+        """At release: drop what a stream took without committing it."""
+        if self.stream is not None:
+            self.stream.abort()
+            self.stream = None
 
 
 def open_handle(ino: int, entry: Entry, content: bytes | RangeReader, writable: bool,

@@ -77,12 +77,13 @@ class Operations(pyfuse3.Operations):
 
     def _reserve(self, handle: FileHandle, size_after: int) -> None:
         """Hold a handle's growth against the file's and the user's bounds (levels/budget.py)
-        before the buffer grows; a scratch file's bytes count as its owner's."""
+        before the buffer grows; a scratch file's bytes count as its owner's, and a stream
+        holds none (each write is still checked against the bounds)."""
         scratch = handle.entry.scratch
         uid, keep = (scratch.uid, False) if scratch is not None else (handle.uid, True)
         handle.reserved += self.fabric.budget.reserve(
-            uid, handle.path, len(handle.data), size_after, self.fabric.scratch.bytes_of(uid),
-            keep=keep)
+            uid, handle.path, handle.size, size_after, self.fabric.scratch.bytes_of(uid),
+            keep=keep and handle.stream is None)
 
     def _attrs(self, ino: int, shown: Entry | Attrs) -> pyfuse3.EntryAttributes:
         """What stat shows of an entry, or of the attributes a listing gave in its place
@@ -93,7 +94,7 @@ class Operations(pyfuse3.Operations):
         size = node.size
         writers = self._writers.get(ino)
         if writers and not shown.is_control:  # a control file's writers buffer nothing
-            size = max(len(self._files[fh].data) for fh in writers)
+            size = max(self._files[fh].size for fh in writers)
         mtime = node.mtime_ns
         if shown.live_content is not None:
             mtime = self._clock.mtime(self.inodes.path(ino), shown.live_content)
@@ -315,11 +316,11 @@ class Operations(pyfuse3.Operations):
             return await self._control(handle, buf)
         with self._guard("write", handle.path, handle.entry.subject):
             try:
-                self._reserve(handle, max(len(handle.data), off + len(buf)))
+                self._reserve(handle, max(handle.size, off + len(buf)))
             except QfsError as exc:
                 handle.refused = exc  # a refused write changes nothing, even at close
                 raise
-            return handle.write(off, buf)
+            return await handle.write(off, buf)
 
     async def _control(self, handle: FileHandle, buf: bytes) -> int:
         """One command per write(): its errno is the write's, its reply the file's content."""
@@ -369,6 +370,8 @@ class Operations(pyfuse3.Operations):
                     await handle.commit_if_dirty(closing=True)
         except pyfuse3.FUSEError:
             pass  # release errors never reach the caller; the reason is in the log
+        finally:
+            handle.discard()
         if handle.writable:
             await _forget_written(handle)
         scratch = handle.entry.scratch

@@ -46,6 +46,7 @@ from levels.errors import (
 )
 from levels.lru import LRU
 from levels.store.blobs import BlobWriter, is_key
+from levels.store.chunked import ChunkSealer
 from levels.store.meta import MetaStore
 from levels.store.sealed import Binding, SealedBlobStore
 
@@ -87,6 +88,46 @@ class Prepared:
         """Drop a written blob that will not be committed."""
         if not isinstance(self.blob, bytes):
             self.blob.abort()
+
+
+@dataclasses.dataclass
+class ChunkedCheckpoint:
+    """A state vector being sealed chunk by chunk (StateStore.begin_import, or a state
+    held in memory): its record so far, and the blob it is written into."""
+
+    meta: dict[str, Any]
+    sealer: ChunkSealer
+    writer: BlobWriter
+    sealing: densestate.Sealing
+    started: float  # perf_counter at the first chunk
+    limit: int  # max_checkpoint_size_mb in bytes
+
+    def complete(self) -> Prepared:
+        """Wait for the last chunks, then close the blob with its index (blocking)."""
+        meta, writer = self.meta, self.writer
+        try:
+            sealed = self.sealing.finish()
+            meta["stored_sha256"] = sealed.stored_sha256
+            meta["fidelity"] = sealed.fidelity
+            meta.update(stateformats.entanglement(sealed.spectrum))
+            index, meta["index_sha256"] = self.sealer.index(sealed.chunks, sealed.info,
+                                                            _aad(meta))
+            writer.write(index)
+            meta["stored_bytes"] = writer.size
+            meta["compression_ratio"] = writer.size / meta["raw_bytes"]
+            meta["serialization_seconds"] = time.perf_counter() - self.started
+            if writer.size > self.limit:
+                raise TooBig(f"checkpoint is {writer.size >> 20} MiB stored, over the limit")
+            meta_json(meta)
+        except BaseException:
+            writer.abort()
+            raise
+        return Prepared(meta, writer)
+
+    def abort(self) -> None:
+        """Give up (the import's writer went away or was refused): nothing stays."""
+        self.sealing.abort()
+        self.writer.abort()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -294,52 +335,59 @@ class StateStore:
 
     def _prepare_chunked(self, request: Request, source: densestate.Source, owner: int,
                          retention: float, reason: str) -> Prepared:
-        """Scan, then seal chunk by chunk straight into the blob store's writer: the state
-        is never copied whole, decoded whole to be checked, or hashed twice."""
-        n = self.screen((source.size,))
-        started = time.perf_counter()
+        """A state held in memory sealed chunk by chunk straight into the blob store's
+        writer: never copied whole, decoded whole to be checked, or hashed twice."""
+        chunked = self._begin_chunked(request, source.size, owner, retention, reason)
+        try:
+            densestate.submit_all(source, chunked.sealing)
+        except BaseException:
+            chunked.abort()
+            raise
+        return chunked.complete()
+
+    def begin_import(self, request: Request, amplitudes: int) -> "ChunkedCheckpoint":
+        """A state vector imported in the statevector format, sealed as it is written (the
+        caller submits its chunks to `sealing`, then calls finish or abort)."""
+        validate_name(request.name, "checkpoint name")
+        return self._begin_chunked(request, amplitudes, self._owner(request),
+                                   self._retention, "the configured default")
+
+    def imports_stream(self, rank: int) -> bool:
+        """Whether an import of this rank is sealed as it is written: a state vector, when
+        the configured default format is the state vector (`auto` must see the whole state
+        to choose)."""
+        return rank == 1 and _format_name(self._config.default_serialization_format) \
+            == "statevector"
+
+    def _begin_chunked(self, request: Request, size: int, owner: int, retention: float,
+                       reason: str) -> "ChunkedCheckpoint":
+        n = self.screen((size,))
         precision = np.dtype(np.complex64 if self.options.complex64 else np.complex128)
-        threads = self._blobs.threads
-        with densestate.one_blas_thread():
-            scan = densestate.scan(source, precision, threads)
         created = time.time_ns()
         encrypt = self._config.encryption_enabled if request.encrypt is None else request.encrypt
         meta: dict[str, Any] = {
             **self._lineage(request),
             "name": request.name, "task": request.task, "stage": request.stage,
             "format": "statevector", "format_reason": reason, "decodes_to": "statevector",
-            "qubit_count": n, "fidelity": None, **stateformats.entanglement(scan.spectrum),
-            "projection_trace_distance": 0.0, "raw_bytes": source.size * 16,
-            "payload_bytes": source.size * precision.itemsize, "encrypted": encrypt,
+            "qubit_count": n, "fidelity": None, **stateformats.entanglement(None),
+            "projection_trace_distance": 0.0, "raw_bytes": size * 16,
+            "payload_bytes": size * precision.itemsize, "encrypted": encrypt,
             "parent": None, "owner": owner, "created_ns": created,
             "expires_ns": created + int(retention * 1e9), "decoded_sha256": None,
             "chunked": True, "precision": precision.name,
         }
         level = compression_level(self._config.compression_level) \
             if self._config.compression_enabled else None
-        sealer = self._blobs.chunk_sealer(_identity(meta), len(densestate.spans(source.size)),
+        sealer = self._blobs.chunk_sealer(_identity(meta), len(densestate.spans(size)),
                                           encrypt, level)
         writer = self._blobs.writer()
         try:
-            with densestate.one_blas_thread():
-                sealed = densestate.seal(source, scan, precision, sealer, writer, threads)
-            # In double precision what is stored is the decoded state; in single precision
-            # the rounded amplitudes, which decode to themselves x the index's scale.
-            meta["decoded_sha256" if precision == np.complex128 else "stored_sha256"] = \
-                sealed.stored_sha256
-            meta["fidelity"] = sealed.fidelity
-            index, meta["index_sha256"] = sealer.index(sealed.chunks, sealed.info, _aad(meta))
-            writer.write(index)
-            meta["stored_bytes"] = writer.size
-            meta["compression_ratio"] = writer.size / meta["raw_bytes"]
-            meta["serialization_seconds"] = time.perf_counter() - started
-            if writer.size > self._config.max_checkpoint_size_mb << 20:
-                raise TooBig(f"checkpoint is {writer.size >> 20} MiB stored, over the limit")
-            meta_json(meta)
+            sealing = densestate.Sealing(size, precision, sealer, writer, self._blobs.threads)
         except BaseException:
             writer.abort()
             raise
-        return Prepared(meta, writer)
+        return ChunkedCheckpoint(meta, sealer, writer, sealing, time.perf_counter(),
+                                 self._config.max_checkpoint_size_mb << 20)
 
     def _lineage(self, request: Request) -> dict[str, Any]:
         """Provenance, the parent chain back to the first full checkpoint, and `pinned`

@@ -57,6 +57,22 @@ class RangeReader(Protocol):
 
 
 Content = bytes | RangeReader
+
+
+class WriteStream(Protocol):
+    """A file's content taken as its writer writes it, in order, instead of buffered whole
+    until close (an imported state vector is sealed chunk by chunk as it arrives)."""
+
+    size: int  # bytes written so far
+
+    async def write(self, offset: int, data: bytes) -> None:
+        """Take the next bytes; a refusal raises (and nothing will commit)."""
+
+    async def close(self) -> None:
+        """Commit what was written, or raise the refusal (close()'s verdict)."""
+
+    def abort(self) -> None:
+        """Drop what was written: its writer went away without a commit."""
 # What a directory lists (directories have a list() method, which hides the builtin):
 # entries, or only their attributes where that is all readdir needs (a listing of 10,000
 # circuits made 10,000 directory objects only to read their attributes: half its Python
@@ -209,6 +225,11 @@ class Entry:
         """Judge the bytes written so far, before close: True once satisfied, False while
         more are needed; raising a refusal fails that write()."""
         return True
+
+    def stream(self, data: bytearray, uid: int) -> WriteStream | None:
+        """Once screen() is satisfied: a stream to take the rest of the writes (given the
+        bytes so far), or None to buffer them until close."""
+        return None
 
     async def control(self, line: str, uid: int) -> str:
         raise self.refuse_write()

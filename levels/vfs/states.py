@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import io
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import trio
 
 from levels import densestate, native
 from levels.errors import Invalid, NoAttribute, NotFound, QfsError, ReadOnly
-from levels.states import Request, meta_json, npy_size, owner_of
+from levels.states import Prepared, Request, meta_json, npy_size, owner_of
 from levels.vfs.entry import (
     FILE,
     LARGE_FILE_IO,
@@ -38,6 +39,7 @@ from levels.vfs.entry import (
     directory,
     immutable_file,
 )
+from levels.vfs.importstream import ImportStream
 
 if TYPE_CHECKING:
     from levels.fabric import Fabric
@@ -206,13 +208,26 @@ class ImportFile(Entry):
                                                    io_size=LARGE_FILE_IO))
         self.rank = rank
         self._refused: QfsError | None = None
+        self._header: NpyHeader | None = None
 
     def screen(self, data: bytearray) -> bool:
         try:
-            return _header_passes(self.fabric, self.path[2], self.rank, data)
+            self._header = _acceptable_header(self.fabric, self.path[2], self.rank, data)
         except QfsError as exc:
             self._refused = exc
             raise
+        return self._header is not None
+
+    def stream(self, data: bytearray, uid: int) -> ImportStream | None:
+        """A state vector in the statevector format is sealed as it is written."""
+        states, header = self.fabric.states, self._header
+        if header is None or not states.imports_stream(self.rank):
+            return None
+        name = self.path[1]
+        checkpoint = states.begin_import(Request(name, owner=states.pending.get(name, uid)),
+                                         header.shape[0])
+        return ImportStream(checkpoint, data, header.size, header.dtype, header.shape[0],
+                            self._store)
 
     async def commit(self, data: bytes, uid: int) -> None:
         if self._refused is not None:
@@ -229,30 +244,37 @@ class ImportFile(Entry):
                 raise Invalid(f"{filename} must be a {rank}-D array, not {array.ndim}-D")
             return fabric.states.prepare(Request(name, owner=owner), array)
 
-        prepared = await native.run_sync(prepare)  # Qiskit measures the fidelity
-        await trio.to_thread.run_sync(fabric.states.commit, prepared)  # hashes and fsyncs
-        fabric.states.pending.pop(name, None)
+        await self._store(await native.run_sync(prepare))  # Qiskit measures the fidelity
+
+    async def _store(self, prepared: Prepared) -> None:
+        await trio.to_thread.run_sync(self.fabric.states.commit, prepared)  # hashes, fsyncs
+        self.fabric.states.pending.pop(self.path[1], None)
 
     async def truncate(self, size: int, uid: int) -> None:
         raise self.refuse_write()
 
 
-def _header_passes(fabric: Fabric, name: str, rank: int, data: bytearray) -> bool:
-    """True once the whole .npy header is written and acceptable, False while it is not
-    all there; a refusal when it cannot be."""
-    import numpy as np
+class NpyHeader(NamedTuple):
+    size: int  # bytes, magic included: where the array's bytes begin
+    dtype: np.dtype
+    shape: tuple[int, ...]
 
+
+def _acceptable_header(fabric: Fabric, name: str, rank: int,
+                       data: bytearray) -> NpyHeader | None:
+    """The .npy header once it is all written and acceptable, None while it is not all
+    there; a refusal when it cannot be."""
     head = bytes(data[:12])
     if head[: len(NPY_MAGIC)] != NPY_MAGIC[: len(head)]:
         raise Invalid(f"{name} is not a .npy file (it does not start with {NPY_MAGIC!r})")
     if len(head) < 12:
-        return False
+        return None
     length_bytes = 2 if head[6] == 1 else 4
     total = 8 + length_bytes + int.from_bytes(head[8 : 8 + length_bytes], "little")
     if total > NPY_HEADER_MAX:
         raise Invalid(f"{name} has a {total}-byte .npy header; numpy reads {NPY_HEADER_MAX}")
     if len(data) < total:
-        return False
+        return None
     header = io.BytesIO(bytes(data[:total]))
     try:
         version = np.lib.format.read_magic(header)
@@ -266,4 +288,4 @@ def _header_passes(fabric: Fabric, name: str, rank: int, data: bytearray) -> boo
     if len(shape) != rank:
         raise Invalid(f"{name} must be a {rank}-D array, not {len(shape)}-D")
     fabric.states.screen(shape)
-    return True
+    return NpyHeader(total, dtype, shape)

@@ -1,0 +1,129 @@
+"""An imported statevector.npy sealed as it is written (levels/vfs/importstream.py),
+through the mount: chunks reach the blob store before close, the decoded state is checked
+against Qiskit, and a write out of order, a cut-short file or a state that is not
+normalised commits nothing and leaves no staged blob."""
+
+import errno
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qiskit.quantum_info import Statevector, random_statevector, state_fidelity
+
+MIB = 1 << 20
+STATEVECTOR_DEFAULT = "state_store:\n  default_serialization_format: statevector\n"
+
+
+def streaming_mount(mount_factory, tmp_path: Path, extra: str = ""):
+    config = tmp_path / "qfs.yaml"
+    config.write_text(STATEVECTOR_DEFAULT + extra)
+    return mount_factory(extra=["--config", str(config)])
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def staged_bytes(qfs) -> int:
+    """Bytes in blobs being written (the blob store's staging files)."""
+    return sum(p.stat().st_size for p in (qfs.data / "blobs").glob(".stage-*.tmp"))
+
+
+def write_all(fd: int, data: bytes, start: int = 0, piece: int = MIB) -> None:
+    for offset in range(start, len(data), piece):
+        os.write(fd, data[offset : offset + piece])
+
+
+def off_unit_state(qubits: int, seed: int) -> np.ndarray:
+    """A random state whose norm² is 1 + 3e-7: within the tolerance, so normalised at
+    decode."""
+    return np.asarray(random_statevector(2**qubits, seed=seed).data) * math.sqrt(1 + 3e-7)
+
+
+@pytest.mark.parametrize("precision", ["complex128", "complex64"])
+def test_an_import_is_sealed_as_it_is_written(mount_factory, tmp_path, precision):
+    qfs = streaming_mount(mount_factory, tmp_path, f"  amplitude_precision: {precision}\n")
+    psi = off_unit_state(20, seed=7)  # 16 MiB: four chunks
+    data = npy_bytes(psi)
+    (qfs.root / "states" / "s").mkdir()
+    target = qfs.root / "states" / "s" / "statevector.npy"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+    try:
+        three_chunks = len(data) - 4 * MIB
+        write_all(fd, data[:three_chunks])
+        deadline = time.monotonic() + 10
+        while staged_bytes(qfs) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert staged_bytes(qfs) > 0, "no chunk was sealed before close"
+        assert os.fstat(fd).st_size == three_chunks
+        write_all(fd, data, start=three_chunks)
+    finally:
+        os.close(fd)
+    meta = json.loads((qfs.root / "states" / "s" / "meta.json").read_text())
+    assert meta["format"] == "statevector" and meta["precision"] == precision
+    assert meta["format_reason"] == "the configured default" and meta["qubit_count"] == 20
+    decoded = np.load(target)
+    unit = psi / np.linalg.norm(psi)
+    qiskit = state_fidelity(Statevector(unit), Statevector(decoded), validate=False)
+    assert meta["fidelity"] >= 1 - 1e-12
+    assert abs(meta["fidelity"] - qiskit) < 1e-12
+    assert abs(np.vdot(decoded, decoded).real - 1) < 1e-12  # normalised at decode
+    if precision == "complex128":
+        assert meta["fidelity"] == 1.0
+        assert np.allclose(decoded, unit, rtol=1e-15, atol=0)
+    assert staged_bytes(qfs) == 0
+
+
+def test_an_import_written_out_of_order_or_cut_short_commits_nothing(mount_factory,
+                                                                     tmp_path):
+    qfs = streaming_mount(mount_factory, tmp_path)
+    psi = np.asarray(random_statevector(2**19, seed=3).data)  # 8 MiB: two chunks
+    data = npy_bytes(psi)
+    states = qfs.root / "states"
+    (states / "x").mkdir()
+    target = states / "x" / "statevector.npy"
+
+    def refused(write) -> None:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            write_all(fd, data[: 5 * MIB])
+            with pytest.raises(OSError) as caught:
+                write(fd)
+            assert caught.value.errno == errno.EINVAL
+        finally:
+            with pytest.raises(OSError) as caught:
+                os.close(fd)  # close() repeats the refusal: nothing commits
+            assert caught.value.errno == errno.EINVAL
+        assert os.listdir(states / "x") == []
+        assert staged_bytes(qfs) == 0
+
+    refused(lambda fd: os.pwrite(fd, data[:MIB], 0))  # back over sealed bytes
+    refused(lambda fd: os.pwrite(fd, data[:MIB], 6 * MIB))  # past the next byte
+    refused(lambda fd: os.ftruncate(fd, MIB))
+    refused(lambda fd: (write_all(fd, data, start=5 * MIB), os.write(fd, b"\0")))  # too long
+    log = (qfs.root / ".qfs" / "log").read_text()
+    assert "start to end" in log and "cannot be cut" in log and "header gives" in log
+
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    write_all(fd, data[: 6 * MIB])
+    with pytest.raises(OSError) as caught:
+        os.close(fd)
+    assert caught.value.errno == errno.EINVAL
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    write_all(fd, npy_bytes(psi * 1.01))
+    with pytest.raises(OSError) as caught:
+        os.close(fd)  # the norm is known at the end: close() refuses (np.save cannot see it)
+    assert caught.value.errno == errno.EINVAL
+    log = (qfs.root / ".qfs" / "log").read_text()
+    assert "cut short" in log and "not normalised" in log
+    assert os.listdir(states / "x") == [] and staged_bytes(qfs) == 0
+
+    np.save(target, psi)  # the directory still takes a good import
+    assert np.array_equal(np.load(target), psi / math.sqrt(np.vdot(psi, psi).real))
