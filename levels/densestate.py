@@ -250,10 +250,13 @@ class Sealing:
     def room(self) -> concurrent.futures.Future | None:
         """None when another chunk may be submitted; else a future to wait for first.
         Raises what a finished chunk raised."""
-        while self._flight and all(f.done() for f in self._flight[0]):
+        while self._flight:
+            pending = next((f for f in self._flight[0] if not f.done()), None)
+            if pending is not None:
+                return pending if len(self._flight) >= self._limit else None
             for future in self._flight.popleft():
                 future.result()
-        return self._flight[0][-1] if len(self._flight) >= self._limit else None
+        return None
 
     def _seal_one(self, index: int, amplitudes: Callable[[], np.ndarray]
                   ) -> tuple[bytes, str, np.ndarray, _Measured]:
