@@ -235,9 +235,9 @@ class Sealing:
         self._digest = hashlib.sha256()
         self._total = _Measured(True, 0.0, 0.0, 0.0, 0.0, np.zeros((2 ** (self._cut + 1),) * 2))
         self._submitted = 0
+        writer.write(sealer.head)
         self._open = True
         _blas_limit.acquire()
-        writer.write(sealer.head)
 
     def submit(self, amplitudes: Callable[[], np.ndarray]) -> None:
         """The next chunk (CHUNK_AMPLITUDES amplitudes, fewer at the end), as a function

@@ -127,3 +127,7 @@ def test_an_import_written_out_of_order_or_cut_short_commits_nothing(mount_facto
 
     np.save(target, psi)  # the directory still takes a good import
     assert np.array_equal(np.load(target), psi / math.sqrt(np.vdot(psi, psi).real))
+    small = np.asarray(random_statevector(8, seed=1).data)  # one write: header and all
+    (states / "small").mkdir()
+    np.save(states / "small" / "statevector.npy", small)
+    assert np.allclose(np.load(states / "small" / "statevector.npy"), small, rtol=1e-15, atol=0)
