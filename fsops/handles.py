@@ -10,8 +10,9 @@ or a range reader), so a circuit deleted under an open reader does not break it.
 """
 
 import dataclasses
+from collections.abc import Awaitable
 
-from levels.errors import Invalid, QfsError
+from levels.errors import QfsError
 from levels.vfs import Entry, RangeReader
 from levels.vfs.entry import Listing, WriteStream, resize
 
@@ -50,14 +51,7 @@ class FileHandle:
 
     async def write(self, offset: int, buf: bytes) -> int:
         if self.stream is not None:
-            if self.refused is not None:
-                raise self.refused  # nothing after a refusal is taken
-            try:
-                await self.stream.write(offset, buf)
-            except QfsError as exc:
-                self.refused = exc  # the stream's bytes go nowhere: close() says why
-                raise
-            self.dirty = self.written = self.unsettled = True
+            await self._taken(self._open_stream().write(offset, buf))
             return len(buf)
         data = self.data
         assert isinstance(data, bytearray)
@@ -74,11 +68,9 @@ class FileHandle:
                 self.data = bytearray()
         return len(buf)
 
-    def truncate(self, size: int) -> None:
+    async def truncate(self, size: int) -> None:
         if self.stream is not None:
-            if size != self.stream.size:
-                raise Invalid(f"{'/'.join(self.path)} is taken as it is written, in order: "
-                              f"it cannot be cut to {size} bytes")
+            await self._taken(self._open_stream().truncate(size))
             return
         assert isinstance(self.data, bytearray)
         resize(self.data, size)
@@ -108,6 +100,22 @@ class FileHandle:
             return
         await self.entry.commit(bytes(self.data), self.uid)
 
+
+    def _open_stream(self) -> WriteStream:
+        """The stream, unless a refusal closed it to more bytes (close() says why)."""
+        if self.refused is not None:
+            raise self.refused
+        assert self.stream is not None
+        return self.stream
+
+    async def _taken(self, change: Awaitable[None]) -> None:
+        """A write or truncate the stream takes; its refusal stands for the handle."""
+        try:
+            await change
+        except QfsError as exc:
+            self.refused = exc
+            raise
+        self.dirty = self.written = self.unsettled = True
 
     def discard(self) -> None:
         """At release: drop what a stream took without committing it."""

@@ -155,7 +155,7 @@ class Operations(pyfuse3.Operations):
                 handle = self._files.get(fh) if fh is not None else None
                 if handle is not None and handle.writable:
                     self._reserve(handle, attr.st_size)
-                    handle.truncate(attr.st_size)
+                    await handle.truncate(attr.st_size)
                 else:
                     await entry.truncate(attr.st_size, ctx.uid)
             entry.set_attrs(
@@ -288,7 +288,7 @@ class Operations(pyfuse3.Operations):
                 content.watch(ctx.pid)  # its reads end when this process is interrupted
             handle = open_handle(inode, entry, content, writable, ctx.uid)
             if truncate:
-                handle.truncate(0)
+                await handle.truncate(0)
             return self._file_info(self._register(handle), entry)
 
     async def create(self, parent_inode, name, mode, flags, ctx):

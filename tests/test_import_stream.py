@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -105,9 +106,9 @@ def test_an_import_written_out_of_order_or_cut_short_commits_nothing(mount_facto
         assert staged_bytes(qfs) == 0
 
     refused(lambda fd: os.pwrite(fd, data[:MIB], 0))  # back over sealed bytes
-    refused(lambda fd: os.pwrite(fd, data[:MIB], 6 * MIB))  # past the next byte
     refused(lambda fd: os.ftruncate(fd, MIB))
     refused(lambda fd: (write_all(fd, data, start=5 * MIB), os.write(fd, b"\0")))  # too long
+    refused(lambda fd: os.ftruncate(fd, len(data) + 1))
     log = (qfs.root / ".qfs" / "log").read_text()
     assert "start to end" in log and "cannot be cut" in log and "header gives" in log
 
@@ -131,3 +132,28 @@ def test_an_import_written_out_of_order_or_cut_short_commits_nothing(mount_facto
     (states / "small").mkdir()
     np.save(states / "small" / "statevector.npy", small)
     assert np.allclose(np.load(states / "small" / "statevector.npy"), small, rtol=1e-15, atol=0)
+
+
+def test_holes_in_an_import_read_as_zeros(mount_factory, tmp_path):
+    """cp --sparse=always seeks over runs of zeros and ends with a truncate: the holes it
+    leaves are zeros, as in any file, and the state imports whole."""
+    qfs = streaming_mount(mount_factory, tmp_path)
+    psi = np.zeros(2**20, dtype=complex)  # 16 MiB, the middle half and the end zeros
+    psi[: 2**18] = random_statevector(2**18, seed=9).data
+    psi[2**19 : 2**19 + 2**17] = random_statevector(2**17, seed=10).data
+    psi /= np.linalg.norm(psi)
+    np.save(tmp_path / "psi.npy", psi)
+    (qfs.root / "states" / "holes").mkdir()
+    target = qfs.root / "states" / "holes" / "statevector.npy"
+    subprocess.run(["cp", "--sparse=always", str(tmp_path / "psi.npy"), str(target)],
+                   check=True)
+    assert np.array_equal(np.load(target), psi / math.sqrt(np.vdot(psi, psi).real))
+    (qfs.root / "states" / "seek").mkdir()
+    data = npy_bytes(psi)
+    fd = os.open(qfs.root / "states" / "seek" / "statevector.npy", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, data[: 5 * MIB])
+    os.pwrite(fd, data[8 * MIB + 128 : 10 * MIB + 128], 8 * MIB + 128)  # zeros skipped
+    os.ftruncate(fd, len(data))
+    os.close(fd)
+    assert np.array_equal(np.load(qfs.root / "states" / "seek" / "statevector.npy"),
+                          np.load(target))

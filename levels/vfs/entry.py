@@ -68,6 +68,9 @@ class WriteStream(Protocol):
     async def write(self, offset: int, data: bytes) -> None:
         """Take the next bytes; a refusal raises (and nothing will commit)."""
 
+    async def truncate(self, size: int) -> None:
+        """ftruncate(): lengthen or refuse; a refusal raises (and nothing will commit)."""
+
     async def close(self) -> None:
         """Commit what was written, or raise the refusal (close()'s verdict)."""
 

@@ -9,7 +9,10 @@ known only at the end: a state that is not normalised, or holds NaN, is refused 
 close and its sealed chunks are dropped.
 
 The writes must come in order, start to end, as cp, dd, tar and np.save write; a write
-elsewhere, or past the size the header gives, is refused (EINVAL), and nothing commits.
+that skips ahead, or a truncate that lengthens the file (`cp --sparse=always`, `dd seek=`),
+leaves a hole, which reads as zeros as in any file. A write before the next byte due (into
+bytes already sealed), a truncate that shortens the file, or a write past the size the
+header gives is refused (EINVAL), and nothing commits.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 from levels import densestate, native
 from levels.errors import Invalid
 from levels.states import ChunkedCheckpoint, Prepared
+
+_ZEROS = memoryview(bytes(1 << 20))
 
 
 class ImportStream:
@@ -56,13 +61,33 @@ class ImportStream:
             lambda: np.frombuffer(chunk, dtype=dtype).astype(np.complex128, copy=False))
 
     async def write(self, offset: int, data: bytes) -> None:
-        if offset != self.size:
+        if offset < self.size:
             raise Invalid(f"an import is taken as it is written, start to end: this write is "
-                          f"at byte {offset}, the next byte due is {self.size}")
-        if offset + len(data) > self._end:
-            raise Invalid(f"the .npy header gives {self._end} bytes in all; this write would "
-                          f"make {offset + len(data)}")
+                          f"at byte {offset}, before {self.size}, which are sealed")
+        self._within_header_size(offset + len(data))
+        await self._zeros_up_to(offset)
         self._take(memoryview(data))
+        await self._room()
+
+    async def truncate(self, size: int) -> None:
+        if size < self.size:
+            raise Invalid(f"an import is taken as it is written: its {self.size} bytes "
+                          f"cannot be cut to {size}")
+        self._within_header_size(size)
+        await self._zeros_up_to(size)
+
+    def _within_header_size(self, size: int) -> None:
+        if size > self._end:
+            raise Invalid(f"the .npy header gives {self._end} bytes in all; this would make "
+                          f"{size}")
+
+    async def _zeros_up_to(self, offset: int) -> None:
+        """A hole up to `offset` (cp --sparse, dd seek=): zeros, as a file's hole reads."""
+        while self.size < offset:
+            self._take(_ZEROS[: min(len(_ZEROS), offset - self.size)])
+            await self._room()
+
+    async def _room(self) -> None:
         while (wait := self._sealing.room()) is not None:
             await densestate.wait_for(wait)
 
