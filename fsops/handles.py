@@ -100,7 +100,6 @@ class FileHandle:
             return
         await self.entry.commit(bytes(self.data), self.uid)
 
-
     def _open_stream(self) -> WriteStream:
         """The stream, unless a refusal closed it to more bytes (close() says why)."""
         if self.refused is not None:
