@@ -122,8 +122,15 @@ def test_an_import_written_out_of_order_or_cut_short_commits_nothing(mount_facto
     with pytest.raises(OSError) as caught:
         os.close(fd)  # the norm is known at the end: close() refuses (np.save cannot see it)
     assert caught.value.errno == errno.EINVAL
+    nan = psi.copy()
+    nan[-1] = np.nan
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    write_all(fd, npy_bytes(nan))
+    with pytest.raises(OSError) as caught:
+        os.close(fd)
+    assert caught.value.errno == errno.EINVAL
     log = (qfs.root / ".qfs" / "log").read_text()
-    assert "cut short" in log and "not normalised" in log
+    assert "cut short" in log and "not normalised" in log and "NaN" in log
     assert os.listdir(states / "x") == [] and staged_bytes(qfs) == 0
 
     np.save(target, psi)  # the directory still takes a good import
@@ -157,3 +164,21 @@ def test_holes_in_an_import_read_as_zeros(mount_factory, tmp_path):
     os.close(fd)
     assert np.array_equal(np.load(qfs.root / "states" / "seek" / "statevector.npy"),
                           np.load(target))
+
+
+def test_a_streamed_import_holds_no_write_budget(mount_factory, tmp_path):
+    """The per-user bound on bytes held in files being written does not count a streamed
+    import, which holds a few chunks, not its bytes: a 64 MiB state imports under a 16 MiB
+    bound, and a file that is buffered is still refused over it."""
+    qfs = streaming_mount(mount_factory, tmp_path,
+                          "performance:\n  max_buffered_mb_per_user: 16\n")
+    psi = np.asarray(random_statevector(2**22, seed=11).data)  # 64 MiB
+    (qfs.root / "states" / "big").mkdir()
+    np.save(qfs.root / "states" / "big" / "statevector.npy", psi)
+    assert np.allclose(np.load(qfs.root / "states" / "big" / "statevector.npy"), psi,
+                       rtol=1e-14, atol=0)
+    (qfs.root / "states" / "mixed").mkdir()
+    rho = np.eye(2**11) / 2**11  # 64 MiB density matrix: held until close
+    with pytest.raises(OSError) as caught:
+        np.save(qfs.root / "states" / "mixed" / "density_matrix.npy", rho)
+    assert caught.value.errno == errno.ENOSPC
