@@ -194,7 +194,9 @@ class ImportFile(Entry):
     (magic, a numeric dtype, the rank the file name asks for, a power-of-two shape,
     max_checkpoint_size_mb) fails the write() that completes the header (EINVAL, EFBIG),
     and close() gives the same refusal. The values (finite, normalised, Hermitian,
-    positive, unit trace) are checked at close, when all of them are there."""
+    positive, unit trace) are checked at close, when all of them are there. With the
+    statevector default format a state vector is sealed as it is written
+    (levels/vfs/importstream.py); otherwise the handle holds the file until close."""
 
     readable = False
     writable = commits = True
