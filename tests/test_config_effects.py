@@ -211,13 +211,17 @@ def test_read_ahead_window_is_widened_after_the_mount(mount_factory, tmp_path):
     the daemon widens it once FUSE's INIT is done (INIT would narrow it back)."""
     default = mount_factory()
     narrow = mount_with(mount_factory, tmp_path, "performance:\n  read_ahead_kb: 256\n")
+
+    def logged() -> bool:  # the daemon logs the window just after setting it
+        return "read-ahead 256 KiB" in narrow.daemon_log() or "read-ahead 256 KiB" in (
+            narrow.data / "qfs.log").read_text()
+
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (read_ahead_kb(default.root), read_ahead_kb(
-            narrow.root)) != (1024, 256):
+    while time.monotonic() < deadline and ((read_ahead_kb(default.root), read_ahead_kb(
+            narrow.root)) != (1024, 256) or not logged()):
         time.sleep(0.05)
     assert (read_ahead_kb(default.root), read_ahead_kb(narrow.root)) == (1024, 256)
-    assert "read-ahead 256 KiB" in narrow.daemon_log() or "read-ahead 256 KiB" in (
-        narrow.data / "qfs.log").read_text()
+    assert logged()
 
 
 @pytest.mark.fuse
