@@ -9,10 +9,13 @@ version. Scratch files are written in place. Readers hold what open() gave them 
 or a range reader), so a circuit deleted under an open reader does not break it.
 """
 
+import contextlib
 import dataclasses
-from collections.abc import Awaitable
+from collections.abc import Iterator
 
-from levels.errors import QfsError
+import trio
+
+from levels.errors import Corrupt, QfsError
 from levels.vfs import Entry, RangeReader
 from levels.vfs.entry import Listing, WriteStream, resize
 
@@ -51,7 +54,10 @@ class FileHandle:
 
     async def write(self, offset: int, buf: bytes) -> int:
         if self.stream is not None:
-            await self._taken(self._open_stream().write(offset, buf))
+            stream = self._open_stream()
+            with self._failure_sticks():
+                await stream.write(offset, buf)
+            self.dirty = self.written = self.unsettled = True
             return len(buf)
         data = self.data
         assert isinstance(data, bytearray)
@@ -63,14 +69,18 @@ class FileHandle:
             self.entry.scratch.touch()
         if self.screening and self.entry.screen(data):
             self.screening = False
-            self.stream = self.entry.stream(data, self.uid)
+            with self._failure_sticks():
+                self.stream = self.entry.stream(data, self.uid)
             if self.stream is not None:
                 self.data = bytearray()
         return len(buf)
 
     async def truncate(self, size: int) -> None:
         if self.stream is not None:
-            await self._taken(self._open_stream().truncate(size))
+            stream = self._open_stream()
+            with self._failure_sticks():
+                await stream.truncate(size)
+            self.dirty = self.unsettled = True
             return
         assert isinstance(self.data, bytearray)
         resize(self.data, size)
@@ -86,6 +96,7 @@ class FileHandle:
         Before any write() only the last close commits: a shell redirection opens the file,
         dup2()s and closes the first descriptor (a flush) before the command writes."""
         if self.refused is not None:
+            await self.discard()  # a refused stream's chunks go before close() returns
             raise self.refused
         if not self.dirty or not self.entry.commits or not (self.written or closing):
             return
@@ -107,20 +118,25 @@ class FileHandle:
         assert self.stream is not None
         return self.stream
 
-    async def _taken(self, change: Awaitable[None]) -> None:
-        """A write or truncate the stream takes; its refusal stands for the handle."""
+    @contextlib.contextmanager
+    def _failure_sticks(self) -> Iterator[None]:
+        """A failure of what a stream takes (a write, a truncate, its start) stands for the
+        handle: nothing commits, and close() says why (an unexpected error as EIO)."""
         try:
-            await change
+            yield
         except QfsError as exc:
             self.refused = exc
             raise
-        self.dirty = self.written = self.unsettled = True
+        except Exception as exc:
+            self.refused = Corrupt(f"the import stopped on an internal error: {exc!r}")
+            raise
 
-    def discard(self) -> None:
-        """At release: drop what a stream took without committing it."""
+    async def discard(self) -> None:
+        """Drop what a stream took without committing it (off trio's thread: the abort
+        waits for the chunks in flight)."""
         if self.stream is not None:
-            self.stream.abort()
-            self.stream = None
+            stream, self.stream = self.stream, None
+            await trio.to_thread.run_sync(stream.abort)
 
 
 def open_handle(ino: int, entry: Entry, content: bytes | RangeReader, writable: bool,

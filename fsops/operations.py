@@ -371,7 +371,7 @@ class Operations(pyfuse3.Operations):
         except pyfuse3.FUSEError:
             pass  # release errors never reach the caller; the reason is in the log
         finally:
-            handle.discard()
+            await handle.discard()  # a stream not committed
         if handle.writable:
             await _forget_written(handle)
         scratch = handle.entry.scratch

@@ -254,8 +254,9 @@ class Sealing:
             pending = next((f for f in self._flight[0] if not f.done()), None)
             if pending is not None:
                 return pending if len(self._flight) >= self._limit else None
-            for future in self._flight.popleft():
-                future.result()
+            for future in self._flight[0]:
+                future.result()  # raises, leaving the chunk in flight: finish() raises too
+            self._flight.popleft()
         return None
 
     def _seal_one(self, index: int, amplitudes: Callable[[], np.ndarray]

@@ -99,7 +99,7 @@ class ChunkedCheckpoint:
     sealer: ChunkSealer
     writer: BlobWriter
     sealing: densestate.Sealing
-    started: float  # perf_counter at the first chunk
+    started: float  # perf_counter when it began (an import: its header's write)
     limit: int  # max_checkpoint_size_mb in bytes
 
     def complete(self) -> Prepared:

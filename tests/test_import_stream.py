@@ -135,6 +135,15 @@ def test_an_import_written_out_of_order_or_cut_short_commits_nothing(mount_facto
 
     np.save(target, psi)  # the directory still takes a good import
     assert np.array_equal(np.load(target), psi / math.sqrt(np.vdot(psi, psi).real))
+    (states / "padded").mkdir()  # header, state and 16 bytes more in one write
+    fd = os.open(states / "padded" / "statevector.npy", os.O_WRONLY | os.O_CREAT)
+    with pytest.raises(OSError) as caught:
+        os.write(fd, npy_bytes(np.array([1, 0], dtype=complex)) + bytes(16))
+    assert caught.value.errno == errno.EINVAL
+    with pytest.raises(OSError):
+        os.close(fd)
+    assert os.listdir(states / "padded") == [] and staged_bytes(qfs) == 0
+
     small = np.asarray(random_statevector(8, seed=1).data)  # one write: header and all
     (states / "small").mkdir()
     np.save(states / "small" / "statevector.npy", small)
@@ -163,6 +172,16 @@ def test_holes_in_an_import_read_as_zeros(mount_factory, tmp_path):
     os.ftruncate(fd, len(data))
     os.close(fd)
     assert np.array_equal(np.load(qfs.root / "states" / "seek" / "statevector.npy"),
+                          np.load(target))
+    # A preallocating writer makes the file long first, then writes from the start: such
+    # a file is held until close, as before streaming, and imports.
+    (qfs.root / "states" / "preallocated").mkdir()
+    fd = os.open(qfs.root / "states" / "preallocated" / "statevector.npy",
+                 os.O_WRONLY | os.O_CREAT)
+    os.ftruncate(fd, len(data))
+    write_all(fd, data)
+    os.close(fd)
+    assert np.array_equal(np.load(qfs.root / "states" / "preallocated" / "statevector.npy"),
                           np.load(target))
 
 

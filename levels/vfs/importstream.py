@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import numpy as np
+import trio
 
 from levels import densestate, native
 from levels.errors import Invalid
@@ -42,6 +43,7 @@ class ImportStream:
         self._commit = commit
         self._chunk = bytearray()  # the chunk being filled
         self.size = header_bytes
+        self._within_header_size(len(head))
         self._take(memoryview(head)[header_bytes:])
 
     def _take(self, data: memoryview) -> None:
@@ -93,7 +95,7 @@ class ImportStream:
 
     async def close(self) -> None:
         if self.size < self._end:
-            self.abort()
+            await trio.to_thread.run_sync(self.abort)  # waits for the chunks in flight
             raise Invalid(f"the file is cut short: its .npy header gives {self._end} bytes, "
                           f"{self.size} were written")
         if self._chunk:

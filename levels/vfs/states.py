@@ -221,15 +221,24 @@ class ImportFile(Entry):
         return self._header is not None
 
     def stream(self, data: bytearray, uid: int) -> ImportStream | None:
-        """A state vector in the statevector format is sealed as it is written."""
+        """A state vector in the statevector format is sealed as it is written, when its
+        writer writes in order: a file made long first (a truncate before the header, as
+        a preallocating writer does) is held until close, as before."""
         states, header = self.fabric.states, self._header
         if header is None or not states.imports_stream(self.rank):
+            return None
+        chunk_bytes = densestate.CHUNK_AMPLITUDES * header.dtype.itemsize
+        if len(data) > header.size + chunk_bytes:
             return None
         name = self.path[1]
         checkpoint = states.begin_import(Request(name, owner=states.pending.get(name, uid)),
                                          header.shape[0])
-        return ImportStream(checkpoint, data, header.size, header.dtype, header.shape[0],
-                            self._store)
+        try:
+            return ImportStream(checkpoint, data, header.size, header.dtype, header.shape[0],
+                                self._store)
+        except BaseException:
+            checkpoint.abort()
+            raise
 
     async def commit(self, data: bytes, uid: int) -> None:
         if self._refused is not None:
