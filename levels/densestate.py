@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from levels import native
 from levels.errors import Corrupt, Invalid
 from levels.store.blobs import BlobWriter
 from levels.store.chunked import HEAD_BYTES, ChunkedBlob, ChunkSealer
@@ -301,11 +302,8 @@ class Sealing:
     def finish(self) -> Sealed:
         """Wait for every chunk; Invalid unless every chunk was given, every amplitude
         was finite and the norm is 1 (within NORM_TOLERANCE)."""
-        concurrent.futures.wait([f for futures in self._flight for f in futures])
-        self._close()
-        for futures in self._flight:
-            for future in futures:
-                future.result()
+        for future in self._stopped():
+            future.result()
         if self._submitted != len(spans(self._size)):
             raise Invalid(f"the state has {self._size} amplitudes; only "
                           f"{min(self._size, self._submitted * CHUNK_AMPLITUDES)} were given")
@@ -315,8 +313,14 @@ class Sealing:
         """Stop: nothing is left running (the caller then drops the blob)."""
         for sealing, *_ in self._flight:
             sealing.cancel()
-        concurrent.futures.wait([f for futures in self._flight for f in futures])
+        self._stopped()
+
+    def _stopped(self) -> list[concurrent.futures.Future]:
+        """Every future in flight, once all are done; the BLAS limit lifted."""
+        futures = [f for chunk in self._flight for f in chunk]
+        concurrent.futures.wait(futures)
         self._close()
+        return futures
 
     def _close(self) -> None:
         if self._open:
@@ -360,22 +364,6 @@ def submit_all(source: Source, sealing: Sealing) -> None:
         while (wait := sealing.room()) is not None:
             concurrent.futures.wait([wait])
         sealing.submit(functools.partial(source.chunk, start, stop))
-
-
-async def wait_for(future: concurrent.futures.Future) -> None:
-    """Await a pool's future from trio's thread without blocking it."""
-    import trio
-
-    if not future.done():
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        future.add_done_callback(functools.partial(_wake, token, done))
-        await done.wait()
-
-
-def _wake(token: Any, event: Any, _future: concurrent.futures.Future) -> None:
-    """A pool future's callback: set a trio event from the pool's thread."""
-    token.run_sync_soon(event.set)
 
 
 class DenseReader:
@@ -469,7 +457,7 @@ class DenseReader:
                 future = self._decoding.get(index)
                 if future is None:
                     future = self._decoding[index] = pool.submit(self._decode, index)
-                await wait_for(future)
+                await native.wait_for(future)
                 if self._decoding.get(index) is future:  # the first of its waiters
                     del self._decoding[index]
                 data = future.result()

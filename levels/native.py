@@ -31,9 +31,15 @@ def configure(threads: int) -> None:
 
 async def run_sync(function: Callable[..., T], *args: object) -> T:
     """`function(*args)` on a long-lived thread, awaited without blocking the trio loop."""
-    token = trio.lowlevel.current_trio_token()
-    done = trio.Event()
     future = _threads.submit(function, *args)
-    future.add_done_callback(lambda _: token.run_sync_soon(done.set))
-    await done.wait()
+    await wait_for(future)
     return future.result()
+
+
+async def wait_for(future: concurrent.futures.Future) -> None:
+    """Await any pool's future from trio's thread without blocking it."""
+    if not future.done():
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+        await done.wait()

@@ -91,7 +91,7 @@ class ImportStream:
 
     async def _room(self) -> None:
         while (wait := self._sealing.room()) is not None:
-            await densestate.wait_for(wait)
+            await native.wait_for(wait)
 
     async def close(self) -> None:
         if self.size < self._end:
