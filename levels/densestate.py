@@ -7,7 +7,9 @@ and SHA-256 release the GIL). Each chunk is
 
   measured  every value finite, its part of the norm, of the reduced density matrix of the
             lowest qubits (meta.json's entanglement entropy; in single precision, of the
-            rounded amplitudes) and of the distance between the state and what is stored;
+            rounded amplitudes), of the distance between the state and what is stored,
+            and its count of non-zeros (with the spectrum, what settles an import's
+            automatic format: stateformats.dense_reason);
   sealed    stored in the chosen precision as given (not normalised: the norm is known
             only after the last chunk), its bytes shuffled (byte k of every float together,
             as Blosc does: zstd is then ~3x faster), compressed and sealed
@@ -37,13 +39,16 @@ import numpy as np
 
 from levels import native
 from levels.errors import Corrupt, Invalid
+from levels.stateformats import ENTROPY_CUT_MAX, NONZERO
 from levels.store.blobs import BlobWriter
 from levels.store.chunked import HEAD_BYTES, ChunkedBlob, ChunkSealer
 
 CHUNK_AMPLITUDES = 1 << 18  # 4 MiB of complex128 per chunk
-ENTROPY_CUT_MAX = 6  # as stateformats.schmidt_spectrum: qubits 0..k-1, k = min(n // 2, 6)
 IN_FLIGHT = 2  # chunks queued per thread: bounds memory at a few chunks per thread
 NORM_TOLERANCE = 1e-6
+# Bounds how far a complex128 sealing's spectrum (summed chunk by chunk) is from that of
+# the state's one product: the worst-case rounding of those sums is ~1e-10 at 30 qubits.
+SPECTRUM_ERROR = 1e-9
 NPY_HEADER_MAX = 10_000 + 12  # numpy's own limit on a header, plus magic and length
 
 
@@ -154,6 +159,7 @@ class _Measured:
     difference2: float  # |psi - s|^2
     cross: float  # Re <psi - s, s>
     gram: np.ndarray  # M^T M of the chunk's floats, M = rows of 2^cut amplitudes
+    nonzero: int  # amplitudes over NONZERO x (1 + NORM_TOLERANCE), as given
 
     def __iadd__(self, other: "_Measured") -> "_Measured":
         self.finite = self.finite and other.finite
@@ -162,6 +168,7 @@ class _Measured:
         self.difference2 += other.difference2
         self.cross += other.cross
         self.gram += other.gram
+        self.nonzero += other.nonzero
         return self
 
 
@@ -175,6 +182,9 @@ class Sealed:
     stored_sha256: str
     fidelity: float
     spectrum: tuple[int, np.ndarray]  # the entropy's cut and the reduced state's spectrum
+    # Amplitudes over NONZERO x (1 + NORM_TOLERANCE) as given: never more than the
+    # normalised state has over NONZERO, whatever its norm within the tolerance.
+    nonzero: int
     info: dict[str, Any]
 
 
@@ -234,7 +244,8 @@ class Sealing:
         self._chunks: list[tuple[int, int, str]] = []
         self._offset = HEAD_BYTES
         self._digest = hashlib.sha256()
-        self._total = _Measured(True, 0.0, 0.0, 0.0, 0.0, np.zeros((2 ** (self._cut + 1),) * 2))
+        width = 2 ** (self._cut + 1)
+        self._total = _Measured(True, 0.0, 0.0, 0.0, 0.0, np.zeros((width, width)), 0)
         self._submitted = 0
         writer.write(sealer.head)
         self._open = True
@@ -267,12 +278,13 @@ class Sealing:
         # NaN and infinities make the norm so; only then is each value looked at (a finite
         # norm too large to hold is refused as not normalised).
         finite = math.isfinite(norm2) or bool(np.isfinite(psi.view(np.float64)).all())
+        nonzero = int(np.count_nonzero(np.abs(psi) > NONZERO * (1 + NORM_TOLERANCE)))
         width = 2 ** (self._cut + 1)
         if self._dtype == np.complex128:
             # M^T M in real arithmetic (one BLAS product; the complex one is twice as slow
             # with this machine's BLAS kernel).
             real = psi.view(np.float64).reshape(-1, width)
-            measured = _Measured(finite, norm2, norm2, 0.0, 0.0, real.T @ real)
+            measured = _Measured(finite, norm2, norm2, 0.0, 0.0, real.T @ real, nonzero)
             stored = psi
         else:
             stored = psi.astype(self._dtype)
@@ -284,7 +296,7 @@ class Sealing:
             measured = _Measured(finite, norm2, float(np.vdot(widened, widened).real),
                                  float(np.vdot(difference, difference).real),
                                  float(np.vdot(difference, widened).real),
-                                 (real32.T @ real32).astype(np.float64))
+                                 (real32.T @ real32).astype(np.float64), nonzero)
         sealed, tag = self._sealer.seal(index, shuffle(stored).data)
         return sealed, tag, stored, measured
 
@@ -355,7 +367,7 @@ class Sealing:
                 "amplitudes": self._size, "chunk_amplitudes": CHUNK_AMPLITUDES,
                 "shuffle": "float-bytes"}
         return Sealed(self._chunks, self._digest.hexdigest(), fidelity,
-                      (self._cut, spectrum), info)
+                      (self._cut, spectrum), total.nonzero, info)
 
 
 def submit_all(source: Source, sealing: Sealing) -> None:

@@ -28,6 +28,7 @@ DECODES_TO = {"statevector": "statevector", "mps": "statevector", "stabilizer": 
 MAX_DENSITY_QUBITS = 12
 MAX_SHADOW_QUBITS = 8
 STABILIZER_SUPPORT_MAX = 20  # the stabilizer test holds 2^k x k bits for a support of 2^k
+NONZERO = 1e-12  # a normalised amplitude at most this is zero to the sparse choice
 SCHMIDT_ZERO = 1e-12  # squared Schmidt coefficients below this are the arithmetic's
 
 
@@ -506,10 +507,10 @@ def choose_format(state: np.ndarray, options: FormatOptions,
     """(format, why) from the state: Clifford -> stabilizer, few non-zeros -> sparse, low
     entanglement -> MPS, mixed -> low rank or density matrix, else state vector.
 
-    At any size, on cheap evidence first: the Schmidt spectrum across the entropy's cut
-    (computed for meta.json anyway; `spectrum` passes it in) is flat for every stabilizer
-    state and has rank at most the bond dimension for every exact MPS, so a dense entangled
-    state is sent to the state vector without an SVD or a stabilizer test."""
+    At any size, on cheap evidence first (dense_reason): the Schmidt spectrum across the
+    entropy's cut (computed for meta.json anyway; `spectrum` passes it in) and the count
+    of non-zeros send a dense entangled state to the state vector without an SVD or a
+    stabilizer test."""
     n = num_qubits_of(state)
     if state.ndim == 2:
         rank = int((np.linalg.eigvalsh(state) > 1e-10).sum())
@@ -517,23 +518,63 @@ def choose_format(state: np.ndarray, options: FormatOptions,
             return "low_rank", f"mixed state of rank {rank} <= {options.low_rank_k}"
         return "density_matrix", f"mixed state of rank {rank}"
     cut, values = spectrum if spectrum is not None else schmidt_spectrum(state)
+    nonzero = int(np.count_nonzero(np.abs(state) > NONZERO))
+    reason = dense_reason(n, (cut, values), nonzero, options)
+    if reason is not None:
+        return "statevector", reason
     schmidt = values[values > SCHMIDT_ZERO]
     rank = schmidt.size
-    nonzero = int(np.count_nonzero(np.abs(state) > 1e-12))
+    # Every stabilizer state's spectrum is flat, over a power-of-two rank.
     flat = (rank & (rank - 1)) == 0 and np.allclose(schmidt, 1 / rank, atol=1e-9)
     if flat and nonzero <= 2**STABILIZER_SUPPORT_MAX and stabilizer_circuit(state) is not None:
         return "stabilizer", "a stabilizer (Clifford) state"
     if nonzero * 8 <= state.size:
         return "sparse", f"{nonzero} of {state.size} amplitudes are non-zero"
-    bound = min(options.mps_max_bond, 2 ** (n // 4))
-    if n >= 4 and rank <= bound and rank < 2**cut:
+    if _may_be_mps(n, cut, rank, options):
+        bound = _mps_bound(n, options)
         bond = mps_bond(state, bound, options.mps_cutoff)
         if bond is not None:
             return "mps", f"low entanglement: bond dimension {bond} is exact"
         return "statevector", (f"dense; Schmidt rank {rank} across qubits 0..{cut - 1}, but "
                                f"an exact MPS needs a bond over {bound}")
-    return "statevector", (f"dense and entangled: Schmidt rank {rank} across qubits "
-                           f"0..{cut - 1}" if cut else "one qubit")
+    return "statevector", _entangled(rank, cut)
+
+
+def dense_reason(qubits: int, spectrum: tuple[int, np.ndarray], nonzero: int,
+                 options: FormatOptions, error: float = 0.0) -> str | None:
+    """Why a pure state is stored as a state vector, when the evidence alone rules out
+    every other format; None when a probe must look at the state itself.
+
+    Settled: more than 2^STABILIZER_SUPPORT_MAX amplitudes over NONZERO (no stabilizer
+    test), more than an eighth of them (not sparse), and a Schmidt rank across the cut
+    that no exact MPS within the bond limit has. The evidence may be bounds (an import's,
+    gathered chunk by chunk as it is written): `nonzero` no more than the true count and
+    each of `spectrum`'s values within `error` of the true one. A state is then settled
+    only where the bounds settle it, so the choice is the one choose_format makes."""
+    cut, values = spectrum
+    rank = int((values > SCHMIDT_ZERO + error).sum())
+    if nonzero <= 2**STABILIZER_SUPPORT_MAX or nonzero * 8 <= 2**qubits:
+        return None
+    if _may_be_mps(qubits, cut, rank, options):
+        return None
+    return _entangled(rank, cut)
+
+
+def _mps_bound(qubits: int, options: FormatOptions) -> int:
+    return min(options.mps_max_bond, 2 ** (qubits // 4))
+
+
+def _may_be_mps(qubits: int, cut: int, rank: int, options: FormatOptions) -> bool:
+    """Whether the MPS probe runs: an exact MPS within the bond limit has a Schmidt rank
+    within it across every cut (a full rank, 2^cut, is taken for an entangled state
+    without the probe's SVDs)."""
+    return qubits >= 4 and rank <= _mps_bound(qubits, options) and rank < 2**cut
+
+
+def _entangled(rank: int, cut: int) -> str:
+    if not cut:
+        return "one qubit"
+    return f"dense and entangled: Schmidt rank {rank} across qubits 0..{cut - 1}"
 
 
 def mps_bond(vector: np.ndarray, bound: int, cutoff: float) -> int | None:

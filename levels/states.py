@@ -101,22 +101,30 @@ class ChunkedCheckpoint:
     sealing: densestate.Sealing
     started: float  # perf_counter when it began (an import: its header's write)
     limit: int  # max_checkpoint_size_mb in bytes
+    options: stateformats.FormatOptions
 
     def complete(self) -> Prepared:
-        """Wait for the last chunks, then close the blob with its index (blocking)."""
+        """Wait for the last chunks, then close the blob with its index (blocking). An
+        import under `auto` (its format_reason still None) gets its reason from the
+        evidence its chunks gave, or keeps None when they leave the format open
+        (StateStore.finish_import then probes the state)."""
         meta, writer = self.meta, self.writer
         try:
             sealed = self.sealing.finish()
             meta["stored_sha256"] = sealed.stored_sha256
             meta["fidelity"] = sealed.fidelity
             meta.update(stateformats.entanglement(sealed.spectrum))
+            if meta["format_reason"] is None:
+                meta["format_reason"] = stateformats.dense_reason(
+                    meta["qubit_count"], sealed.spectrum, sealed.nonzero, self.options,
+                    densestate.SPECTRUM_ERROR)
             index, meta["index_sha256"] = self.sealer.index(sealed.chunks, sealed.info,
                                                             _aad(meta))
             writer.write(index)
             meta["stored_bytes"] = writer.size
             meta["compression_ratio"] = writer.size / meta["raw_bytes"]
             meta["serialization_seconds"] = time.perf_counter() - self.started
-            if writer.size > self.limit:
+            if writer.size > self.limit and meta["format_reason"] is not None:
                 raise TooBig(f"checkpoint is {writer.size >> 20} MiB stored, over the limit")
             meta_json(meta)
         except BaseException:
@@ -346,21 +354,50 @@ class StateStore:
         return chunked.complete()
 
     def begin_import(self, request: Request, amplitudes: int) -> "ChunkedCheckpoint":
-        """A state vector imported in the statevector format, sealed as it is written (the
-        caller submits its chunks to `sealing`, then calls finish or abort)."""
+        """A state vector imported as a state vector, sealed as it is written (the caller
+        submits its chunks to `sealing`, then calls finish_import or abort). Under `auto`
+        that is a guess, which the chunks' evidence confirms for a dense entangled state."""
         validate_name(request.name, "checkpoint name")
+        fixed = self._default_format() == "statevector"
         return self._begin_chunked(request, amplitudes, self._owner(request),
-                                   self._retention, "the configured default")
+                                   self._retention, "the configured default" if fixed else None)
 
-    def imports_stream(self, rank: int) -> bool:
-        """Whether an import of this rank is sealed as it is written: a state vector, when
-        the configured default format is the state vector (`auto` must see the whole state
-        to choose)."""
-        return rank == 1 and _format_name(self._config.default_serialization_format) \
-            == "statevector"
+    def imports_stream(self, rank: int, amplitudes: int) -> bool:
+        """Whether an import is sealed as it is written: a state vector under the
+        statevector default format; under `auto`, one in double precision that its
+        evidence may settle as a state vector (dense_reason: over 2^STABILIZER_SUPPORT_MAX
+        amplitudes, 32 MiB). A smaller one, any single-precision one (its probes must see
+        the amplitudes as given, not rounded) and a density matrix are held until close."""
+        if rank != 1:
+            return False
+        chosen = self._default_format()
+        return chosen == "statevector" or (
+            chosen == "auto" and not self.options.complex64
+            and amplitudes > 2**stateformats.STABILIZER_SUPPORT_MAX)
+
+    def finish_import(self, checkpoint: "ChunkedCheckpoint") -> Prepared:
+        """A streamed import's checkpoint once its last chunk is given (blocking). A state
+        its evidence leaves open under `auto` (it may be sparse, a stabilizer state or an
+        exact MPS) is read back from its sealed chunks and chosen for whole, as a state
+        held in memory is; its speculative blob is dropped."""
+        prepared = checkpoint.complete()
+        meta = prepared.meta
+        if meta["format_reason"] is not None:
+            return prepared
+        try:
+            blob = self._blobs.open_staged(checkpoint.writer, _identity(meta), _aad(meta),
+                                           meta.get("index_sha256"))
+            state = densestate.DenseReader(blob, npy_header((2 ** meta["qubit_count"],)),
+                                           self._blobs.threads).array()
+        finally:
+            prepared.abort()
+        return self.prepare(Request(meta["name"], owner=meta["owner"]), state)
+
+    def _default_format(self) -> str:
+        return _format_name(self._config.default_serialization_format)
 
     def _begin_chunked(self, request: Request, size: int, owner: int, retention: float,
-                       reason: str) -> "ChunkedCheckpoint":
+                       reason: str | None) -> "ChunkedCheckpoint":
         n = self.screen((size,))
         precision = np.dtype(np.complex64 if self.options.complex64 else np.complex128)
         created = time.time_ns()
@@ -387,7 +424,7 @@ class StateStore:
             writer.abort()
             raise
         return ChunkedCheckpoint(meta, sealer, writer, sealing, time.perf_counter(),
-                                 self._config.max_checkpoint_size_mb << 20)
+                                 self._config.max_checkpoint_size_mb << 20, self.options)
 
     def _lineage(self, request: Request) -> dict[str, Any]:
         """Provenance, the parent chain back to the first full checkpoint, and `pinned`
@@ -463,7 +500,7 @@ class StateStore:
         if request.format:
             return stateformats.encode(state, _format_name(request.format), self.options), \
                 "asked for"
-        default = _format_name(self._config.default_serialization_format)
+        default = self._default_format()
         passed_over = ""
         if default != "auto":
             try:

@@ -16,7 +16,9 @@ measured in the same run.
   profile     cProfile of StateStore.prepare + commit in process, top lines
   scale       (--scale N) a .npy of N qubits written to disk by chunks, imported with cp
               through a fresh mount, then np.load of its statevector.npy through the mount
-              against np.load of the plain file, the daemon's VmHWM after each step
+              against np.load of the plain file, the daemon's VmHWM after each step; then
+              imported again under the default `auto` format (its evidence settles a
+              random state as a state vector as it is written)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -310,5 +313,31 @@ def _scale(base: Path, n: int, floor_s_per_byte: float, helpers: Any) -> Json:
         loaded = np.load(mnt / "states" / "big" / "statevector.npy")
         out["restore_by_a_fresh_daemon_np_load_s"] = round(time.perf_counter() - started, 3)
         del loaded
+    shutil.rmtree(scale_base)
+    out["auto"] = _import_under_auto(base, path, raw, helpers)
     path.unlink()
+    return out
+
+
+def _import_under_auto(base: Path, path: Path, raw: int, helpers: Any) -> Json:
+    """cp of the same state into a mount whose default format is `auto` (the embedded
+    default), its time, the daemon's VmHWM and the reason recorded."""
+    config = base / "auto.yaml"
+    config.write_text(STREAM_CONFIG.replace("default_serialization_format: statevector",
+                                            "default_serialization_format: auto"))
+    auto_base = base / "auto"
+    auto_base.mkdir()
+    out: Json = {}
+    with helpers.qfs_at(auto_base, config) as (mnt, proc, _log):
+        (mnt / "states" / "big").mkdir()
+        say("scale: cp into /states/big under the auto format")
+        out["import_cp_s"] = round(helpers.run_cp(path, mnt / "states" / "big"
+                                                  / "statevector.npy"), 3)
+        peak = helpers.process_memory_mib(proc.pid).get("VmHWM_MiB")
+        out["daemon_VmHWM_MiB"] = peak
+        out["peak_rss_within_goal"] = peak is not None \
+            and peak <= (1.25 * raw + (256 << 20)) / 2**20
+        meta = json.loads((mnt / "states" / "big" / "meta.json").read_text())
+        out["meta"] = {k: meta[k] for k in ("format", "format_reason", "fidelity")}
+    shutil.rmtree(auto_base)
     return out

@@ -48,25 +48,39 @@ def off_unit_state(qubits: int, seed: int) -> np.ndarray:
     return np.asarray(random_statevector(2**qubits, seed=seed).data) * math.sqrt(1 + 3e-7)
 
 
+def staged_files(qfs) -> int:
+    """Blobs being written: a streamed import's from its header on (a highly compressible
+    state's first chunks may still sit in the writer's buffer)."""
+    return len(list((qfs.data / "blobs").glob(".stage-*.tmp")))
+
+
+def import_watching_the_stage(qfs, name: str, data: bytes, staged=staged_bytes) -> bool:
+    """Import `data` as /states/<name>/statevector.npy, its last 4 MiB held back until
+    `staged` (bytes, or files) is non-zero or 10 s have passed: whether the blob was being
+    written before close."""
+    (qfs.root / "states" / name).mkdir()
+    fd = os.open(qfs.root / "states" / name / "statevector.npy", os.O_WRONLY | os.O_CREAT)
+    try:
+        all_but_a_chunk = len(data) - 4 * MIB
+        write_all(fd, data[:all_but_a_chunk])
+        deadline = time.monotonic() + 10
+        while staged(qfs) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen = staged(qfs) > 0
+        assert os.fstat(fd).st_size == all_but_a_chunk
+        write_all(fd, data, start=all_but_a_chunk)
+    finally:
+        os.close(fd)
+    return seen
+
+
 @pytest.mark.parametrize("precision", ["complex128", "complex64"])
 def test_an_import_is_sealed_as_it_is_written(mount_factory, tmp_path, precision):
     qfs = streaming_mount(mount_factory, tmp_path, f"  amplitude_precision: {precision}\n")
     psi = off_unit_state(20, seed=7)  # 16 MiB: four chunks
-    data = npy_bytes(psi)
-    (qfs.root / "states" / "s").mkdir()
+    assert import_watching_the_stage(qfs, "s", npy_bytes(psi)), \
+        "no chunk was sealed before close"
     target = qfs.root / "states" / "s" / "statevector.npy"
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
-    try:
-        three_chunks = len(data) - 4 * MIB
-        write_all(fd, data[:three_chunks])
-        deadline = time.monotonic() + 10
-        while staged_bytes(qfs) == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert staged_bytes(qfs) > 0, "no chunk was sealed before close"
-        assert os.fstat(fd).st_size == three_chunks
-        write_all(fd, data, start=three_chunks)
-    finally:
-        os.close(fd)
     meta = json.loads((qfs.root / "states" / "s" / "meta.json").read_text())
     assert meta["format"] == "statevector" and meta["precision"] == precision
     assert meta["format_reason"] == "the configured default" and meta["qubit_count"] == 20
@@ -201,3 +215,74 @@ def test_a_streamed_import_holds_no_write_budget(mount_factory, tmp_path):
     with pytest.raises(OSError) as caught:
         np.save(qfs.root / "states" / "mixed" / "density_matrix.npy", rho)
     assert caught.value.errno == errno.ENOSPC
+
+
+def qiskit_fidelity(given: np.ndarray, path: Path) -> float:
+    unit = given / np.linalg.norm(given)
+    return state_fidelity(Statevector(unit), Statevector(np.load(path)), validate=False)
+
+
+def test_an_auto_import_of_a_dense_state_is_sealed_as_it_is_written(mount_factory):
+    """Under the default `auto` format a dense entangled state is settled as a state
+    vector by the evidence its chunks give (more than 2^20 non-zeros, more than an eighth,
+    full Schmidt rank across qubits 0..5), so it is sealed as written, like the
+    statevector default; a state of 2^20 amplitudes or fewer is held until close."""
+    qfs = mount_factory()
+    psi = off_unit_state(21, seed=21)  # 32 MiB
+    assert import_watching_the_stage(qfs, "dense", npy_bytes(psi))
+    meta = json.loads((qfs.root / "states" / "dense" / "meta.json").read_text())
+    assert meta["format"] == "statevector" and meta["chunked"]
+    assert meta["format_reason"] == "dense and entangled: Schmidt rank 64 across qubits 0..5"
+    assert meta["fidelity"] == 1.0
+    assert qiskit_fidelity(psi, qfs.root / "states" / "dense" / "statevector.npy") \
+        == pytest.approx(1, abs=1e-12)
+    small = off_unit_state(20, seed=20)  # 16 MiB
+    assert not import_watching_the_stage(qfs, "small", npy_bytes(small), staged_files)
+    meta = json.loads((qfs.root / "states" / "small" / "meta.json").read_text())
+    assert meta["format"] == "statevector"
+    assert meta["format_reason"] == "dense and entangled: Schmidt rank 64 across qubits 0..5"
+    assert staged_bytes(qfs) == 0
+
+
+def sparse_state(qubits: int, seed: int) -> np.ndarray:
+    """Random amplitudes on a sixteenth of the basis states."""
+    rng = np.random.default_rng(seed)
+    psi = np.zeros(2**qubits, dtype=complex)
+    support = rng.choice(2**qubits, 2**qubits // 16, replace=False)
+    psi[support] = rng.normal(size=support.size) + 1j * rng.normal(size=support.size)
+    return psi / np.linalg.norm(psi)
+
+
+def ghz_state(qubits: int) -> np.ndarray:
+    psi = np.zeros(2**qubits, dtype=complex)
+    psi[0] = psi[-1] = 1 / math.sqrt(2)
+    return psi
+
+
+def product_state(qubits: int, seed: int) -> np.ndarray:
+    """A random single-qubit state on each qubit: dense, yet a bond-1 MPS."""
+    psi = np.ones(1, dtype=complex)
+    for q in range(qubits):
+        psi = np.kron(np.asarray(random_statevector(2, seed=seed + q).data), psi)
+    return psi
+
+
+@pytest.mark.parametrize(("state", "chosen", "reason"), [
+    (sparse_state(21, seed=4), "sparse", "131072 of 2097152 amplitudes are non-zero"),
+    (ghz_state(21), "stabilizer", "a stabilizer (Clifford) state"),
+    (product_state(21, seed=5), "mps", "low entanglement: bond dimension 1 is exact"),
+], ids=["sparse", "ghz", "product"])
+def test_an_auto_import_its_evidence_leaves_open_is_chosen_for_whole(
+        mount_factory, state, chosen, reason):
+    """A state the streamed evidence cannot settle (few non-zeros, or a Schmidt rank an
+    exact MPS may have) is still sealed as written, then read back from its chunks at
+    close and chosen for as a state held whole; the speculative blob is dropped."""
+    qfs = mount_factory()
+    assert import_watching_the_stage(qfs, "s", npy_bytes(state), staged_files)
+    meta = json.loads((qfs.root / "states" / "s" / "meta.json").read_text())
+    assert (meta["format"], meta["format_reason"]) == (chosen, reason)
+    assert not meta.get("chunked")
+    assert qiskit_fidelity(state, qfs.root / "states" / "s" / "statevector.npy") \
+        == pytest.approx(1, abs=1e-12)
+    assert staged_bytes(qfs) == 0
+    assert len(list((qfs.data / "blobs").glob("??/*"))) == 1  # the speculative one went

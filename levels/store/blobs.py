@@ -66,6 +66,9 @@ class BlobWriter(Protocol):
     size: int
 
     def write(self, data: bytes) -> None: ...
+    def read(self, offset: int, size: int) -> bytes:
+        """Written bytes read back before commit (an import whose format is chosen
+        after its chunks are sealed), as get_range reads them."""
     def commit(self) -> str: ...
     def abort(self) -> None: ...
 
@@ -82,6 +85,11 @@ class JoinedWriter:
     def write(self, data: bytes) -> None:
         self._parts.append(bytes(data))
         self.size += len(data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        if len(self._parts) > 1:
+            self._parts = [b"".join(self._parts)]  # once: a read back reads it all
+        return self._parts[0][offset : offset + size] if self._parts else b""
 
     def commit(self) -> str:
         key = self._store.put(b"".join(self._parts))
@@ -200,7 +208,7 @@ class DirectoryBlobWriter:
     def __init__(self, store: DirectoryBlobStore) -> None:
         self._store = store
         self._temp = store._root / f".stage-{uuid.uuid4().hex}.{os.getpid()}.tmp"
-        self._file = open(self._temp, "wb")  # noqa: SIM115 (closed by commit or abort)
+        self._file = open(self._temp, "w+b")  # noqa: SIM115 (closed by commit or abort)
         self._hash = hashlib.sha256()
         self.size = 0
         self._room = 0  # bytes known to fit since the last statvfs
@@ -217,6 +225,10 @@ class DirectoryBlobWriter:
             raise _no_space(exc) from exc
         self._hash.update(data)
         self.size += len(data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        self._file.flush()
+        return os.pread(self._file.fileno(), size, offset)
 
     def commit(self) -> str:
         key = self._hash.hexdigest()

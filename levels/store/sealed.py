@@ -172,6 +172,11 @@ class SealedBlobStore:
         return self._sealer.chunked(lambda offset, n: self._inner.get_range(key, offset, n),
                                     size, identity, aad, index_sha256)
 
+    def open_staged(self, writer: BlobWriter, identity: bytes, aad: bytes,
+                    index_sha256: str | None) -> ChunkedBlob:
+        """A chunked blob still being written, read back before it is committed."""
+        return self._sealer.chunked(writer.read, writer.size, identity, aad, index_sha256)
+
     def get_range(self, key: str, offset: int, size: int) -> bytes:
         return self._inner.get_range(key, offset, size)
 

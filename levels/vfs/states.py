@@ -194,9 +194,9 @@ class ImportFile(Entry):
     (magic, a numeric dtype, the rank the file name asks for, a power-of-two shape,
     max_checkpoint_size_mb) fails the write() that completes the header (EINVAL, EFBIG),
     and close() gives the same refusal. The values (finite, normalised, Hermitian,
-    positive, unit trace) are checked at close, when all of them are there. With the
-    statevector default format a state vector is sealed as it is written
-    (levels/vfs/importstream.py); otherwise the handle holds the file until close."""
+    positive, unit trace) are checked at close, when all of them are there. A state
+    vector is sealed as it is written (levels/vfs/importstream.py) where
+    StateStore.imports_stream says so; otherwise the handle holds the file until close."""
 
     readable = False
     writable = commits = True
@@ -221,11 +221,11 @@ class ImportFile(Entry):
         return self._header is not None
 
     def stream(self, data: bytearray, uid: int) -> ImportStream | None:
-        """A state vector in the statevector format is sealed as it is written, when its
+        """A state vector is sealed as it is written (StateStore.imports_stream), when its
         writer writes in order: a file made long first (a truncate before the header, as
         a preallocating writer does) is held until close, as before."""
         states, header = self.fabric.states, self._header
-        if header is None or not states.imports_stream(self.rank):
+        if header is None or not states.imports_stream(self.rank, header.shape[0]):
             return None
         chunk_bytes = densestate.CHUNK_AMPLITUDES * header.dtype.itemsize
         if len(data) > header.size + chunk_bytes:
@@ -235,7 +235,7 @@ class ImportFile(Entry):
                                          header.shape[0])
         try:
             return ImportStream(checkpoint, data, header.size, header.dtype, header.shape[0],
-                                self._store)
+                                states.finish_import, self._store)
         except BaseException:
             checkpoint.abort()
             raise
