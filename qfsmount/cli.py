@@ -12,7 +12,7 @@ from pathlib import Path
 from levels.config import default_data_dir, load_config
 from levels.errors import Invalid, QfsError
 from levels.store.backends import holds_data
-from qfsmount.hugepages import run_again_with_huge_pages
+from qfsmount.mallocsettings import apply_malloc_settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -165,5 +165,5 @@ def _daemonize(args, mountpoint, data_dir, config, options) -> int:
 
 
 if __name__ == "__main__":  # python -m qfsmount.cli, as the tests run it
-    run_again_with_huge_pages()
+    apply_malloc_settings()
     sys.exit(main())

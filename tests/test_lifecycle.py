@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import BELL, QFSMOUNT, assert_consistent
 
+MARK = "QFS_MALLOC_TUNABLES"
+
 pytestmark = pytest.mark.fuse
 
 
@@ -52,13 +54,13 @@ def _daemon_environ(mnt) -> list[bytes]:
     raise AssertionError(f"no process serves {mnt}")
 
 
-def test_the_installed_command_mounts_with_huge_pages(tmp_path):
-    """The console script README's commands use runs again with huge pages before it
-    imports the rest of qfs, then backgrounds as -m qfsmount.cli does."""
+def test_the_installed_command_mounts_with_its_malloc_tunables(tmp_path):
+    """The console script README's commands use runs again with its malloc tunables
+    before it imports the rest of qfs, then backgrounds as -m qfsmount.cli does."""
     mnt, data = tmp_path / "m", tmp_path / "d"
     mnt.mkdir()
     installed = os.path.join(os.path.dirname(sys.executable), "qfsmount")
-    env = {k: v for k, v in os.environ.items() if k not in ("QFS_HUGE_PAGES", "GLIBC_TUNABLES")}
+    env = {k: v for k, v in os.environ.items() if k not in (MARK, "GLIBC_TUNABLES")}
     done = subprocess.run([installed, str(mnt), "--data", str(data)], timeout=60, env=env)
     try:
         assert done.returncode == 0 and os.path.ismount(mnt)
@@ -141,26 +143,44 @@ def test_module_entry_point_runs():
     assert done.returncode == 0 and "MOUNTPOINT" in done.stdout.upper()
 
 
-def _tunables_after_the_run_again(env: dict[str, str]) -> str:
-    """GLIBC_TUNABLES in a process that ran the command's first step, started with `env`
-    over this environment less the two variables."""
-    code = ("from qfsmount.hugepages import run_again_with_huge_pages as again; again(); "
-            "import os; print(os.getpid(), os.environ.get('GLIBC_TUNABLES', ''))")
-    clean = {k: v for k, v in os.environ.items() if k not in ("QFS_HUGE_PAGES", "GLIBC_TUNABLES")}
-    started = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                               env={**clean, **env})
-    pid, _, tunables = started.communicate(timeout=60)[0].strip().partition(" ")
+# After the command's first step: the process's pid, its GLIBC_TUNABLES, and the bytes
+# glibc's malloc mapped on its own for a 6 MiB buffer (mallinfo2's hblkhd).
+FIRST_STEP = """
+import ctypes, os
+from qfsmount.mallocsettings import apply_malloc_settings
+apply_malloc_settings()
+class Info(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in ("arena ordblks smblks hblks hblkhd usmblks "
+                                               "fsmblks uordblks fordblks keepcost").split()]
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = Info
+before = mallinfo2().hblkhd
+buffer = bytearray(6 << 20)
+print(os.getpid(), mallinfo2().hblkhd - before, os.environ.get("GLIBC_TUNABLES", ""))
+"""
+
+
+def _after_the_first_step(env: dict[str, str]) -> tuple[str, int]:
+    """(GLIBC_TUNABLES, bytes mapped for a 6 MiB buffer) in a process that ran the
+    command's first step, started with `env` over this environment less the two
+    variables."""
+    clean = {k: v for k, v in os.environ.items() if k not in (MARK, "GLIBC_TUNABLES")}
+    started = subprocess.Popen([sys.executable, "-c", FIRST_STEP], stdout=subprocess.PIPE,
+                               text=True, env={**clean, **env})
+    pid, mapped, tunables = (started.communicate(timeout=60)[0].strip() + " ").split(" ", 2)
     assert int(pid) == started.pid  # the same process, run again in place
-    return tunables
+    return tunables.strip(), int(mapped)
 
 
-def test_the_daemon_runs_again_with_huge_pages_unless_told_not_to(qfs):
-    """glibc's malloc maps the daemon's large buffers with transparent huge pages (a page
-    fault per 4 KiB was 40% of an import's writes); a user's own tunables are kept, and
-    QFS_HUGE_PAGES=0 leaves the process as started."""
+def test_the_daemon_runs_again_with_its_malloc_tunables_unless_told_not_to(qfs):
+    """glibc's malloc maps the daemon's large buffers with transparent huge pages and
+    serves chunk-sized ones from its arenas (a page fault per 4 KiB was 40% of an
+    import's writes); a user's own tunables are kept, and QFS_MALLOC_TUNABLES=0 leaves
+    the process as started."""
     with open(f"/proc/{qfs.proc.pid}/environ", "rb") as environ:
         assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in environ.read().split(b"\0")
-    assert _tunables_after_the_run_again({}) == "glibc.malloc.hugetlb=1"
-    assert _tunables_after_the_run_again({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) \
-        == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
-    assert _tunables_after_the_run_again({"QFS_HUGE_PAGES": "0"}) == ""
+    assert _after_the_first_step({}) == ("glibc.malloc.hugetlb=1", 0)
+    assert _after_the_first_step({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) \
+        == ("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", 0)
+    tunables, mapped = _after_the_first_step({MARK: "0"})
+    assert tunables == "" and mapped >= 6 << 20  # as started: glibc maps it afresh

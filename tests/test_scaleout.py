@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from levels.errors import Corrupt, NotFound, Unavailable
-from levels.store.blobs import DirectoryBlobStore
+from levels.store.blobs import DirectoryBlobStore, writer_for
 from levels.store.meta import LmdbMetaStore
 from qfsmount.cli import main as qfsmount_main
 from tests.conftest import BELL, GHZ3, QFSMOUNT, Mount
@@ -229,6 +229,16 @@ def test_blob_store_contract_with_ranges(blobs):
             read()
     with pytest.raises(Corrupt):
         blobs.get("../../etc/passwd")
+    # Written in parts and read back before commit (an `auto` import left open by its
+    # evidence is decoded from its staged chunks), then named as `put` names it.
+    writer = writer_for(blobs)
+    for part in (data[:3000], data[3000:7000], data[7000:]):
+        writer.write(part)
+    assert writer.read(2990, 20) == data[2990:3010]  # across two parts
+    assert writer.read(len(data) - 4, 100) == data[-4:]
+    writer.write(b"!")
+    assert writer.read(len(data), 10) == b"!"
+    assert writer.commit() == blobs.put(data + b"!")
 
 
 def test_circuit_storage_backend_s3_puts_the_blobs_in_s3(shared, tmp_path):
