@@ -13,21 +13,22 @@ and SHA-256 release the GIL). Each chunk is
   sealed    stored in the chosen precision as given (not normalised: the norm is known
             only after the last chunk), its bytes shuffled (byte k of every float together,
             as Blosc does: zstd is then ~3x faster), compressed and sealed
-            (levels/store/chunked.py), written, and its stored amplitudes hashed in order.
+            (levels/store/chunked.py), and written in order.
 
 At the end the norm must be 1 (within NORM_TOLERANCE), the index records the scale that
 normalises the stored amplitudes, and the fidelity of the decoded state (stored x scale)
 is bounded below by its distance from the normalised state (exactly 1 in double
-precision, where the decoded state is the normalised state bit for bit). The hash is of
-the stored amplitudes (stored_sha256). Decoding is the same function on both sides
-(`decode_chunk`); reads decode only the chunks they touch.
+precision, where the decoded state is the normalised state bit for bit). No hash of the
+amplitudes is kept: each chunk is authenticated as sealed, and the blob's key is its own
+SHA-256 (a second hash was 19% of a complex64 chunk's CPU, measured alone). Decoding is
+the same function on both sides (`decode_chunk`); reads decode only the chunks they
+touch.
 """
 
 import collections
 import concurrent.futures
 import dataclasses
 import functools
-import hashlib
 import io
 import math
 import threading
@@ -175,11 +176,6 @@ class _Measured:
 @dataclasses.dataclass
 class Sealed:
     chunks: list[tuple[int, int, str]]
-    # SHA-256 of the stored amplitudes in order: in double precision the amplitudes as
-    # given, in single precision the rounded ones; both decode to themselves x
-    # info["scale"] (hashing those, not the decoded bytes, was 15% of a complex64
-    # checkpoint's time, and an import is hashed as it is written).
-    stored_sha256: str
     fidelity: float
     spectrum: tuple[int, np.ndarray]  # the entropy's cut and the reduced state's spectrum
     # Amplitudes over NONZERO x (1 + NORM_TOLERANCE) as given: never more than the
@@ -216,14 +212,13 @@ class _BlasLimit:
 
 
 _blas_limit = _BlasLimit()
-_HASHER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qfs-state-hasher")
 
 
 class Sealing:
     """One pass over a state's amplitudes, chunk by chunk, in order, as they come (a state
     held in memory, or an import as its writer writes it): each chunk is measured and
-    sealed on the pool's threads, then written to the blob on the writer's thread and
-    hashed and added up on the hasher's, both in order. The state's norm is known only at
+    sealed on the pool's threads, then written to the blob and added up on the writer's
+    thread, in order. The state's norm is known only at
     the end, so what is stored is never normalised: the index's scale does that at decode.
 
     The caller keeps `room()` between submissions (a bounded number of chunks in flight),
@@ -238,12 +233,11 @@ class Sealing:
         self._writer = writer
         self._pool = _pool_of(threads)
         self._limit = IN_FLIGHT * threads
-        # Per chunk: sealing, written, hashed.
+        # Per chunk: sealing, written.
         self._flight: collections.deque[tuple[concurrent.futures.Future, ...]] = \
             collections.deque()
         self._chunks: list[tuple[int, int, str]] = []
         self._offset = HEAD_BYTES
-        self._digest = hashlib.sha256()
         width = 2 ** (self._cut + 1)
         self._total = _Measured(True, 0.0, 0.0, 0.0, 0.0, np.zeros((width, width)), 0)
         self._submitted = 0
@@ -256,8 +250,7 @@ class Sealing:
         that gives them as complex128, run on the pool."""
         sealing = self._pool.submit(self._seal_one, self._submitted, amplitudes)
         self._submitted += 1
-        self._flight.append((sealing, _WRITER.submit(self._write, sealing),
-                             _HASHER.submit(self._add, sealing)))
+        self._flight.append((sealing, _WRITER.submit(self._write, sealing)))
 
     def room(self) -> concurrent.futures.Future | None:
         """None when another chunk may be submitted; else a future to wait for first.
@@ -272,7 +265,7 @@ class Sealing:
         return None
 
     def _seal_one(self, index: int, amplitudes: Callable[[], np.ndarray]
-                  ) -> tuple[bytes, str, np.ndarray, _Measured]:
+                  ) -> tuple[bytes, str, _Measured]:
         psi = amplitudes()
         norm2 = float(np.vdot(psi, psi).real)
         # NaN and infinities make the norm so; only then is each value looked at (a finite
@@ -298,17 +291,13 @@ class Sealing:
                                  float(np.vdot(difference, widened).real),
                                  (real32.T @ real32).astype(np.float64), nonzero)
         sealed, tag = self._sealer.seal(index, shuffle(stored).data)
-        return sealed, tag, stored, measured
+        return sealed, tag, measured
 
     def _write(self, sealing: concurrent.futures.Future) -> None:
-        sealed, tag, _stored, _measured = sealing.result()
+        sealed, tag, measured = sealing.result()
         self._writer.write(sealed)
         self._chunks.append((self._offset, len(sealed), tag))
         self._offset += len(sealed)
-
-    def _add(self, sealing: concurrent.futures.Future) -> None:
-        _sealed, _tag, stored, measured = sealing.result()
-        self._digest.update(stored)
         self._total += measured
 
     def finish(self) -> Sealed:
@@ -366,7 +355,7 @@ class Sealing:
         info = {"dtype": self._dtype.str, "scale": 1 / math.sqrt(total.stored2),
                 "amplitudes": self._size, "chunk_amplitudes": CHUNK_AMPLITUDES,
                 "shuffle": "float-bytes"}
-        return Sealed(self._chunks, self._digest.hexdigest(), fidelity,
+        return Sealed(self._chunks, fidelity,
                       (self._cut, spectrum), total.nonzero, info)
 
 

@@ -111,7 +111,6 @@ class ChunkedCheckpoint:
         meta, writer = self.meta, self.writer
         try:
             sealed = self.sealing.finish()
-            meta["stored_sha256"] = sealed.stored_sha256
             meta["fidelity"] = sealed.fidelity
             meta.update(stateformats.entanglement(sealed.spectrum))
             if meta["format_reason"] is None:
@@ -657,7 +656,7 @@ def _identity(meta: dict[str, Any]) -> bytes:
 def _aad(meta: dict[str, Any]) -> bytes:
     bound = {k: meta[k] for k in ("name", "format", "qubit_count", "created_ns", "parent",
                                   "decoded_sha256")}
-    if "stored_sha256" in meta:  # a single-precision checkpoint's content (older ones lack it)
+    if "stored_sha256" in meta:  # chunked checkpoints sealed on 2026-12-06 and 07 keep it
         bound["stored_sha256"] = meta["stored_sha256"]
     return json.dumps(bound, sort_keys=True).encode()
 

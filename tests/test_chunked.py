@@ -69,10 +69,7 @@ def test_chunked_round_trip_fidelity_and_ranges_against_qiskit(tmp_path):
             assert meta["fidelity"] >= 1 - 1e-12
             assert abs(meta["fidelity"] - qiskit) < 1e-12
             exact = entropy(partial_trace(Statevector(state), list(range(6, QUBITS))), base=2)
-            # what is stored: the amplitudes as given, or rounded to single precision
-            stored = state.astype(precision).tobytes()
-            assert meta["stored_sha256"] == hashlib.sha256(stored).hexdigest()
-            assert meta["decoded_sha256"] is None
+            assert meta["decoded_sha256"] is None and "stored_sha256" not in meta
             if precision == "complex64":
                 assert meta["compression_ratio"] <= 0.45
                 assert meta["entanglement_entropy"] == pytest.approx(exact, abs=1e-5)
