@@ -47,9 +47,6 @@ from levels.store.chunked import HEAD_BYTES, ChunkedBlob, ChunkSealer
 CHUNK_AMPLITUDES = 1 << 18  # 4 MiB of complex128 per chunk
 IN_FLIGHT = 2  # chunks queued per thread: bounds memory at a few chunks per thread
 NORM_TOLERANCE = 1e-6
-# Bounds how far a complex128 sealing's spectrum (summed chunk by chunk) is from that of
-# the state's one product: the worst-case rounding of those sums is ~1e-10 at 30 qubits.
-SPECTRUM_ERROR = 1e-9
 NPY_HEADER_MAX = 10_000 + 12  # numpy's own limit on a header, plus magic and length
 
 
@@ -178,6 +175,11 @@ class Sealed:
     chunks: list[tuple[int, int, str]]
     fidelity: float
     spectrum: tuple[int, np.ndarray]  # the entropy's cut and the reduced state's spectrum
+    # Bounds how far each value of `spectrum` may be from that of the whole state's one
+    # product (stateformats.schmidt_spectrum): each sums 2^(n - cut) rows, whose
+    # worst-case rounding is that many machine epsilons (7.5e-9 for both at 30 qubits;
+    # typically ~1e-13). Used in double precision only.
+    spectrum_error: float
     # Amplitudes over NONZERO x (1 + NORM_TOLERANCE) as given: never more than the
     # normalised state has over NONZERO, whatever its norm within the tolerance.
     nonzero: int
@@ -355,8 +357,9 @@ class Sealing:
         info = {"dtype": self._dtype.str, "scale": 1 / math.sqrt(total.stored2),
                 "amplitudes": self._size, "chunk_amplitudes": CHUNK_AMPLITUDES,
                 "shuffle": "float-bytes"}
-        return Sealed(self._chunks, fidelity,
-                      (self._cut, spectrum), total.nonzero, info)
+        rows = self._size >> self._cut
+        return Sealed(self._chunks, fidelity, (self._cut, spectrum),
+                      2 * rows * float(np.finfo(np.float64).eps), total.nonzero, info)
 
 
 def submit_all(source: Source, sealing: Sealing) -> None:

@@ -74,7 +74,7 @@ def validate_state(state: np.ndarray, tolerance: float = 1e-6) -> tuple[np.ndarr
     array = np.asarray(state)
     if not np.issubdtype(array.dtype, np.number):
         raise Invalid(f"a state holds numbers, not {array.dtype}")
-    array = array.astype(np.complex128)
+    array = np.asarray(array, dtype=np.complex128)  # read only here: no copy when it is one
     num_qubits_of(array)
     if not np.all(np.isfinite(array)):
         raise Invalid("the state holds NaN or infinite values")
@@ -552,12 +552,11 @@ def dense_reason(qubits: int, spectrum: tuple[int, np.ndarray], nonzero: int,
     each of `spectrum`'s values within `error` of the true one. A state is then settled
     only where the bounds settle it, so the choice is the one choose_format makes."""
     cut, values = spectrum
-    rank = int((values > SCHMIDT_ZERO + error).sum())
     if nonzero <= 2**STABILIZER_SUPPORT_MAX or nonzero * 8 <= 2**qubits:
         return None
-    if _may_be_mps(qubits, cut, rank, options):
+    if _may_be_mps(qubits, cut, int((values > SCHMIDT_ZERO + error).sum()), options):
         return None
-    return _entangled(rank, cut)
+    return _entangled(int((values > SCHMIDT_ZERO).sum()), cut)
 
 
 def _mps_bound(qubits: int, options: FormatOptions) -> int:

@@ -84,6 +84,12 @@ class Prepared:
     meta: dict[str, Any]
     blob: bytes | BlobWriter  # a chunked blob is already written: commit names it
 
+    @property
+    def unsettled(self) -> bool:
+        """An `auto` import whose format its streamed evidence left open: not to be
+        committed before StateStore.choose_whole."""
+        return self.meta["format_reason"] is None
+
     def abort(self) -> None:
         """Drop a written blob that will not be committed."""
         if not isinstance(self.blob, bytes):
@@ -106,8 +112,8 @@ class ChunkedCheckpoint:
     def complete(self) -> Prepared:
         """Wait for the last chunks, then close the blob with its index (blocking). An
         import under `auto` (its format_reason still None) gets its reason from the
-        evidence its chunks gave, or keeps None when they leave the format open
-        (StateStore.finish_import then probes the state)."""
+        evidence its chunks gave, or keeps None when they leave the format open (the
+        Prepared is then `unsettled`: StateStore.choose_whole probes the state)."""
         meta, writer = self.meta, self.writer
         try:
             sealed = self.sealing.finish()
@@ -116,7 +122,7 @@ class ChunkedCheckpoint:
             if meta["format_reason"] is None:
                 meta["format_reason"] = stateformats.dense_reason(
                     meta["qubit_count"], sealed.spectrum, sealed.nonzero, self.options,
-                    densestate.SPECTRUM_ERROR)
+                    sealed.spectrum_error)
             index, meta["index_sha256"] = self.sealer.index(sealed.chunks, sealed.info,
                                                             _aad(meta))
             writer.write(index)
@@ -354,8 +360,9 @@ class StateStore:
 
     def begin_import(self, request: Request, amplitudes: int) -> "ChunkedCheckpoint":
         """A state vector imported as a state vector, sealed as it is written (the caller
-        submits its chunks to `sealing`, then calls finish_import or abort). Under `auto`
-        that is a guess, which the chunks' evidence confirms for a dense entangled state."""
+        submits its chunks to `sealing`, then calls complete or abort). Under `auto` that is
+        a guess, which the chunks' evidence confirms for a dense entangled state; else the
+        completed import is `unsettled`, for choose_whole."""
         validate_name(request.name, "checkpoint name")
         fixed = self._default_format() == "statevector"
         return self._begin_chunked(request, amplitudes, self._owner(request),
@@ -374,17 +381,15 @@ class StateStore:
             chosen == "auto" and not self.options.complex64
             and amplitudes > 2**stateformats.STABILIZER_SUPPORT_MAX)
 
-    def finish_import(self, checkpoint: "ChunkedCheckpoint") -> Prepared:
-        """A streamed import's checkpoint once its last chunk is given (blocking). A state
-        its evidence leaves open under `auto` (it may be sparse, a stabilizer state or an
-        exact MPS) is read back from its sealed chunks and chosen for whole, as a state
-        held in memory is; its speculative blob is dropped."""
-        prepared = checkpoint.complete()
-        meta = prepared.meta
-        if meta["format_reason"] is not None:
-            return prepared
+    def choose_whole(self, prepared: Prepared) -> Prepared:
+        """A streamed import its evidence left open under `auto` (`Prepared.unsettled`: it
+        may be sparse, a stabilizer state or an exact MPS), read back from its sealed
+        chunks and chosen for whole, as a state held in memory is; its speculative blob is
+        dropped (blocking; the whole state is in the daemon's memory meanwhile)."""
+        meta, writer = prepared.meta, prepared.blob
+        assert not isinstance(writer, bytes), "only a chunked import is left unsettled"
         try:
-            blob = self._blobs.open_staged(checkpoint.writer, _identity(meta), _aad(meta),
+            blob = self._blobs.open_staged(writer, _identity(meta), _aad(meta),
                                            meta.get("index_sha256"))
             state = densestate.DenseReader(blob, npy_header((2 ** meta["qubit_count"],)),
                                            self._blobs.threads).array()
@@ -523,6 +528,9 @@ class StateStore:
 
     def commit(self, prepared: Prepared) -> dict[str, Any]:
         """Store the blob, then the record (hashes and syncs: call from a worker thread)."""
+        if prepared.unsettled:
+            prepared.abort()
+            raise Invalid(f"checkpoint {prepared.meta['name']}: its format was never chosen")
         meta = dict(prepared.meta)
         name = meta["name"]
         with self._meta.reading() as txn:

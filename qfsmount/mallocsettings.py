@@ -10,8 +10,10 @@ costs more than the copy that causes it, so the daemon asks glibc to
   GLIBC_TUNABLES (a user's own setting is kept; glibc < 2.35 ignores it). Under perf,
   4 KiB faults were 40% of an import's writes; 26-qubit import: writes 1.66-3.1 ->
   0.74-1.1 s, the seal at close 2.6-3.1 -> 1.85-2.6 s.
-- serve chunk-sized buffers from its arenas and keep up to 256 MiB freed at an arena's
-  top (mallopt, at start), so the next chunk's buffers reuse pages already faulted in.
+- serve chunk-sized buffers from its arenas and trim the main arena only past 256 MiB
+  freed at its top (mallopt, at start), so the next chunk's buffers reuse pages already
+  faulted in. Threads' arenas (heaps of at most 64 MiB) are then never trimmed: each
+  keeps what it grew to (the daemon holds ~50 MiB more after a 28-qubit import).
   With glibc's dynamic thresholds a 4 MiB free set the trim at 8 MiB, and the pipeline's
   few chunks in flight were given back and faulted in again: 28-qubit import 11.3-12.0
   -> 10.5-11.6 s, daemons alternating. (As tunables these two would not do: glibc 2.36

@@ -286,3 +286,29 @@ def test_an_auto_import_its_evidence_leaves_open_is_chosen_for_whole(
         == pytest.approx(1, abs=1e-12)
     assert staged_bytes(qfs) == 0
     assert len(list((qfs.data / "blobs").glob("??/*"))) == 1  # the speculative one went
+
+
+def test_an_auto_import_chosen_for_whole_holds_the_write_budget(mount_factory, tmp_path):
+    """The read-back of an import its evidence left open puts the whole state in the
+    daemon's memory: it holds the importer's write budget meanwhile, so over
+    max_buffered_mb_per_user close() is ENOSPC and nothing is stored, as the file held
+    until close would have been refused at its writes; a dense state, settled as it
+    streams, holds none."""
+    config = tmp_path / "qfs.yaml"
+    config.write_text("performance:\n  max_buffered_mb_per_user: 16\n")
+    qfs = mount_factory(extra=["--config", str(config)])
+    states = qfs.root / "states"
+    (states / "sparse").mkdir()
+    fd = os.open(states / "sparse" / "statevector.npy", os.O_WRONLY | os.O_CREAT)
+    write_all(fd, npy_bytes(sparse_state(21, seed=6)))  # 32 MiB, streamed
+    with pytest.raises(OSError) as caught:
+        os.close(fd)  # (np.save would not see this: it ignores close())
+    assert caught.value.errno == errno.ENOSPC
+    assert "performance.max_buffered_mb_per_user" in (qfs.root / ".qfs" / "log").read_text()
+    assert os.listdir(states / "sparse") == [] and staged_files(qfs) == 0
+    assert list((qfs.data / "blobs").glob("??/*")) == []
+    (states / "dense").mkdir()
+    psi = off_unit_state(21, seed=8)
+    np.save(states / "dense" / "statevector.npy", psi)
+    assert qiskit_fidelity(psi, states / "dense" / "statevector.npy") \
+        == pytest.approx(1, abs=1e-12)

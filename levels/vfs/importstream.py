@@ -8,7 +8,8 @@ the daemon holds a few chunks, and close() waits only for the last ones. The nor
 known only at the end: a state that is not normalised, or holds NaN, is refused at
 close and its sealed chunks are dropped. Under the `auto` format the chunks' evidence
 settles a dense entangled state as a state vector at close; any other state is read back
-from its chunks and chosen for whole (StateStore.finish_import).
+from its chunks and chosen for whole (StateStore.choose_whole), holding the importer's
+write budget meanwhile, as a state held until close would have.
 
 The writes must come in order, start to end, as cp, dd, tar and np.save write; a write
 that skips ahead, or a truncate that lengthens the file (`cp --sparse=always`, `dd seek=`),
@@ -36,10 +37,10 @@ class ImportStream:
 
     def __init__(self, checkpoint: ChunkedCheckpoint, head: bytearray, header_bytes: int,
                  dtype: np.dtype, amplitudes: int,
-                 finish: Callable[[ChunkedCheckpoint], Prepared],
+                 choose_whole: Callable[[Prepared], Awaitable[Prepared]],
                  commit: Callable[[Prepared], Awaitable[None]]) -> None:
         self._checkpoint = checkpoint
-        self._finish = finish
+        self._choose_whole = choose_whole
         self._sealing = checkpoint.sealing
         self._dtype = dtype
         self._chunk_bytes = densestate.CHUNK_AMPLITUDES * dtype.itemsize
@@ -104,7 +105,9 @@ class ImportStream:
                           f"{self.size} were written")
         if self._chunk:
             self._submit()  # the last, shorter chunk
-        prepared = await native.run_sync(self._finish, self._checkpoint)
+        prepared = await native.run_sync(self._checkpoint.complete)
+        if prepared.unsettled:
+            prepared = await self._choose_whole(prepared)
         await self._commit(prepared)
 
     def abort(self) -> None:

@@ -16,6 +16,7 @@ decoded state are 0400, since a state is its owner's data; meta.json is 0444.
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from typing import TYPE_CHECKING, NamedTuple
@@ -235,7 +236,7 @@ class ImportFile(Entry):
                                          header.shape[0])
         try:
             return ImportStream(checkpoint, data, header.size, header.dtype, header.shape[0],
-                                states.finish_import, self._store)
+                                functools.partial(self._choose_whole, uid), self._store)
         except BaseException:
             checkpoint.abort()
             raise
@@ -256,6 +257,21 @@ class ImportFile(Entry):
             return fabric.states.prepare(Request(name, owner=owner), array)
 
         await self._store(await native.run_sync(prepare))  # Qiskit measures the fidelity
+
+    async def _choose_whole(self, uid: int, prepared: Prepared) -> Prepared:
+        """An `auto` import its evidence left open, chosen for as a state held whole:
+        the state is then in the daemon's memory, so it holds the importer's write budget
+        meanwhile (ENOSPC over it, at close), as the file held until close would have."""
+        budget = self.fabric.budget
+        try:
+            held = budget.reserve(uid, self.path, 0, prepared.meta["raw_bytes"], 0)
+        except BaseException:
+            await trio.to_thread.run_sync(prepared.abort)
+            raise
+        try:
+            return await native.run_sync(self.fabric.states.choose_whole, prepared)
+        finally:
+            budget.give_back(uid, held)
 
     async def _store(self, prepared: Prepared) -> None:
         await trio.to_thread.run_sync(self.fabric.states.commit, prepared)  # hashes, fsyncs
