@@ -8,8 +8,8 @@ and SHA-256 release the GIL). Each chunk is
   measured  every value finite, its part of the norm, of the reduced density matrix of the
             lowest qubits (meta.json's entanglement entropy; in single precision, of the
             rounded amplitudes), of the distance between the state and what is stored,
-            and its count of non-zeros (with the spectrum, what settles an import's
-            automatic format: stateformats.dense_reason);
+            and, for an import under `auto`, its count of non-zeros (with the spectrum,
+            what settles its format: stateformats.dense_reason);
   sealed    stored in the chosen precision as given (not normalised: the norm is known
             only after the last chunk), its bytes shuffled (byte k of every float together,
             as Blosc does: zstd is then ~3x faster), compressed and sealed
@@ -157,7 +157,7 @@ class _Measured:
     difference2: float  # |psi - s|^2
     cross: float  # Re <psi - s, s>
     gram: np.ndarray  # M^T M of the chunk's floats, M = rows of 2^cut amplitudes
-    nonzero: int  # amplitudes over NONZERO x (1 + NORM_TOLERANCE), as given
+    nonzero: int  # amplitudes over NONZERO x (1 + NORM_TOLERANCE), as given, if counted
 
     def __iadd__(self, other: "_Measured") -> "_Measured":
         self.finite = self.finite and other.finite
@@ -181,8 +181,9 @@ class Sealed:
     # typically ~1e-13). Used in double precision only.
     spectrum_error: float
     # Amplitudes over NONZERO x (1 + NORM_TOLERANCE) as given: never more than the
-    # normalised state has over NONZERO, whatever its norm within the tolerance.
-    nonzero: int
+    # normalised state has over NONZERO, whatever its norm within the tolerance. None
+    # unless asked for (only an import under `auto` needs it).
+    nonzero: int | None
     info: dict[str, Any]
 
 
@@ -227,8 +228,9 @@ class Sealing:
     then calls finish(), or abort() if it gives up."""
 
     def __init__(self, size: int, precision: np.dtype, sealer: ChunkSealer,
-                 writer: BlobWriter, threads: int) -> None:
+                 writer: BlobWriter, threads: int, count_nonzero: bool = False) -> None:
         self._size = size
+        self._count_nonzero = count_nonzero
         self._dtype = np.dtype(precision)
         self._cut = min((size.bit_length() - 1) // 2, ENTROPY_CUT_MAX)
         self._sealer = sealer
@@ -273,7 +275,8 @@ class Sealing:
         # NaN and infinities make the norm so; only then is each value looked at (a finite
         # norm too large to hold is refused as not normalised).
         finite = math.isfinite(norm2) or bool(np.isfinite(psi.view(np.float64)).all())
-        nonzero = int(np.count_nonzero(np.abs(psi) > NONZERO * (1 + NORM_TOLERANCE)))
+        nonzero = int(np.count_nonzero(np.abs(psi) > NONZERO * (1 + NORM_TOLERANCE))) \
+            if self._count_nonzero else 0
         width = 2 ** (self._cut + 1)
         if self._dtype == np.complex128:
             # M^T M in real arithmetic (one BLAS product; the complex one is twice as slow
@@ -359,7 +362,8 @@ class Sealing:
                 "shuffle": "float-bytes"}
         rows = self._size >> self._cut
         return Sealed(self._chunks, fidelity, (self._cut, spectrum),
-                      2 * rows * float(np.finfo(np.float64).eps), total.nonzero, info)
+                      2 * rows * float(np.finfo(np.float64).eps),
+                      total.nonzero if self._count_nonzero else None, info)
 
 
 def submit_all(source: Source, sealing: Sealing) -> None:

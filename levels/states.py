@@ -119,7 +119,7 @@ class ChunkedCheckpoint:
             sealed = self.sealing.finish()
             meta["fidelity"] = sealed.fidelity
             meta.update(stateformats.entanglement(sealed.spectrum))
-            if meta["format_reason"] is None:
+            if sealed.nonzero is not None:  # counted for `auto`, whose reason is still None
                 meta["format_reason"] = stateformats.dense_reason(
                     meta["qubit_count"], sealed.spectrum, sealed.nonzero, self.options,
                     sealed.spectrum_error)
@@ -423,7 +423,8 @@ class StateStore:
                                           encrypt, level)
         writer = self._blobs.writer()
         try:
-            sealing = densestate.Sealing(size, precision, sealer, writer, self._blobs.threads)
+            sealing = densestate.Sealing(size, precision, sealer, writer, self._blobs.threads,
+                                         count_nonzero=reason is None)
         except BaseException:
             writer.abort()
             raise
