@@ -33,13 +33,33 @@ class InodeTable:
         """The inode of a path, assigning one if needed (no lookup reference taken)."""
         ino = self._ino_of.get(path)
         if ino is None:
-            ino = self._next
-            self._next += 1
-            self._ino_of[path] = ino
-            self._path_of[ino] = path
+            ino = self._assign(path)
             if path:
-                self._children.setdefault(path[:-1], set()).add(path[-1])
+                self._add_child(path[:-1], path[-1])
         return ino
+
+    def child_ino(self, parent: Path, name: str) -> int:
+        """ino() of `name` in `parent`, for each entry of a listing: a new child's parent
+        is not sliced back out of its path."""
+        path = (*parent, name)
+        ino = self._ino_of.get(path)
+        if ino is None:
+            ino = self._assign(path)
+            self._add_child(parent, name)
+        return ino
+
+    def _assign(self, path: Path) -> int:
+        ino = self._next
+        self._next += 1
+        self._ino_of[path] = ino
+        self._path_of[ino] = path
+        return ino
+
+    def _add_child(self, parent: Path, name: str) -> None:
+        siblings = self._children.get(parent)
+        if siblings is None:
+            siblings = self._children[parent] = set()
+        siblings.add(name)
 
     def known(self, path: Path) -> int | None:
         """The inode of a path the kernel may have been given, or None."""
@@ -96,7 +116,7 @@ class InodeTable:
         if ino is not None:
             self._ino_of[new] = ino
             self._path_of[ino] = new
-            self._children.setdefault(new[:-1], set()).add(new[-1])
+            self._add_child(new[:-1], new[-1])
 
     def __len__(self) -> int:
         return len(self._path_of)

@@ -200,18 +200,45 @@ class Operations(pyfuse3.Operations):
                 directory = await vfs.directory_at(self.fabric, handle.path)
                 directory.listed()
                 handle.entries = await directory.list()
+            entries = handle.entries
+            if isinstance(entries, vfs.Uniform):
+                if not self._reply_stamped(token, handle.path, entries, start_id):
+                    return
+                rest = entries.rest_from(start_id)
+                start_id = max(start_id, len(entries.stamps))
+            else:
+                rest = vfs.listed_from(entries, start_id)
             parent, inodes = handle.path, self.inodes
-            for offset, (name, entry) in enumerate(vfs.listed_from(handle.entries, start_id),
-                                                   start_id + 1):
-                ino = inodes.ino((*parent, name))
-                # A listing's Attrs straight to their reply (most of /circuits and /search):
-                # a call less per entry of a 10,000-name listing.
+            for offset, (name, entry) in enumerate(rest, start_id + 1):
+                ino = inodes.child_ino(parent, name)
                 attrs = _entry_attributes(ino, entry, entry.size, entry.mtime_ns) \
                     if type(entry) is Attrs else self._attrs(ino, entry)
                 if not pyfuse3.readdir_reply(token, name.encode(_FS_ENCODING, _FS_ERRORS),
                                              attrs, offset):
                     return
                 inodes.referenced(ino)
+
+    def _reply_stamped(self, token: pyfuse3.ReaddirToken, parent: Path, listing: vfs.Uniform,
+                       start: int) -> bool:
+        """readdir's replies for the pairs of a Uniform listing (most of /circuits and
+        /search): one set of attributes, restamped per entry with its inode, times and size
+        where sizes differ (readdir_reply copies them). False once the reply is full."""
+        shape, size_of, inodes = listing.shape, listing.size_of, self.inodes
+        attrs = _entry_attributes(0, shape, shape.size, 0)
+        stamped_mtime, stamped_size = 0, shape.size  # each set again only when it differs
+        for offset, (name, mtime) in enumerate(listing.stamps_from(start), start + 1):
+            ino = inodes.child_ino(parent, name)
+            attrs.st_ino = ino
+            if mtime != stamped_mtime:
+                attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = stamped_mtime = mtime
+            if size_of is not None and (size := size_of(name)) != stamped_size:
+                attrs.st_size = stamped_size = size
+                attrs.st_blocks = (size + 511) // 512
+            if not pyfuse3.readdir_reply(token, name.encode(_FS_ENCODING, _FS_ERRORS),
+                                         attrs, offset):
+                return False
+            inodes.referenced(ino)
+        return True
 
     async def releasedir(self, fh):
         self._dirs.pop(fh, None)

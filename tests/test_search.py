@@ -183,3 +183,40 @@ def test_the_log_formatter_keeps_each_record_on_its_own_lines():
     lines = formatter.format(record).split("\n")
     assert lines[0] == "WARNING qfs: refused x\\n<fake line>\\x1b[2K"
     assert len(lines) > 2 and all(line.startswith("    ") for line in lines[1:])
+
+
+def test_long_listings_show_each_entry_once_with_its_own_attributes(qfs, tmp_path):
+    """/circuits and /search/<query> list many entries over several readdir replies, all
+    alike but for name, mtime and (links) size: each entry once, each circuit's mtime that
+    of its latest version, each link's size the length of its target, and /circuits'
+    scratch files after the circuits with their own attributes."""
+    sources = tmp_path / "src"
+    sources.mkdir()
+    names = [f"c{i}" for i in range(1, 700, 2)]  # names of 2 to 4 characters
+    for name in names:
+        (sources / f"{name}.qasm").write_text(GHZ3 + f"// {name}\n")
+    subprocess.run(["cp", "-t", str(qfs.circuits), *sorted(os.listdir(sources))],
+                   cwd=sources, check=True)
+    scratch = qfs.circuits / ".notes.txt~"
+    scratch.write_bytes(b"x" * 123)
+
+    listed = os.listdir(qfs.circuits)
+    assert sorted(listed) == sorted([*names, scratch.name])
+    with os.scandir(qfs.circuits) as entries:  # the attributes readdir gave, as ls -l sees
+        shown = {entry.name: entry.stat(follow_symlinks=False) for entry in entries}
+    assert shown[scratch.name].st_size == 123
+    for name in names:
+        latest = os.stat(qfs.circuits / name / "latest.qasm")
+        assert shown[name].st_mtime_ns == latest.st_mtime_ns, name
+        assert shown[name].st_size == 0 and shown[name].st_ino != shown[scratch.name].st_ino
+    assert len({shown[name].st_mtime_ns for name in names}) > 1
+
+    query = qfs.root / "search" / "qubits:3"
+    assert sorted(os.listdir(query)) == sorted(names)
+    with os.scandir(query) as entries:
+        links = {entry.name: entry.stat(follow_symlinks=False) for entry in entries}
+    for name, attrs in links.items():
+        target = os.readlink(query / name)
+        assert target == f"../../circuits/{name}"
+        assert attrs.st_size == len(target.encode()), name
+        assert (query / name / "latest.qasm").read_text().endswith(f"// {name}\n")

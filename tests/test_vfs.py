@@ -20,7 +20,7 @@ from levels.vfs import qubits as q
 from levels.vfs import states as s
 from levels.vfs import tree as t
 from levels.vfs import workflows as w
-from levels.vfs.entry import Attrs, Live, MadeOnDemand, Scratch, Symlink
+from levels.vfs.entry import Attrs, Live, Scratch, Symlink, Uniform
 from tests.conftest import BELL, GHZ3
 
 UID = 1000
@@ -237,14 +237,22 @@ def test_search_links_into_circuits(fabric):
 
 def test_a_listing_resumes_at_any_offset():
     """readdir resumes a listing at the offset of its last reply: every entry once, in
-    order, from keys in a list (placed at the offset at once) or in any other sequence."""
+    order, from pairs in a list (placed at the offset at once) or in any other sequence,
+    each with its own mtime (and size, where the listing gives sizes)."""
     extra = [("z1", Attrs(stat.S_IFDIR, 0o755, 0)), ("z2", Attrs(stat.S_IFDIR, 0o755, 0))]
-    for keys in (list(range(7)), tuple(range(7))):
-        listing = MadeOnDemand(keys, lambda k: (f"k{k}", Attrs(stat.S_IFDIR, 0o755, k)), extra)
-        whole = [name for name, _ in listing]
-        assert whole == [f"k{k}" for k in range(7)] + ["z1", "z2"]
-        for start in range(len(whole) + 1):
-            assert [name for name, _ in vfs.listed_from(listing, start)] == whole[start:]
+    shape = Attrs(stat.S_IFLNK, 0o777, 0, size=1)
+    for pairs in ([(f"k{k}", k) for k in range(7)], tuple((f"k{k}", k) for k in range(7))):
+        for size_of in (None, len):
+            listing = Uniform(pairs, shape, size_of, extra)
+            whole = list(listing)
+            assert [name for name, _ in whole] == [f"k{k}" for k in range(7)] + ["z1", "z2"]
+            assert [(a.kind, a.mtime_ns, a.size) for _, a in whole[:7]] == [
+                (stat.S_IFLNK, k, 1 if size_of is None else 2) for k in range(7)]
+            for start in range(len(whole) + 1):
+                assert list(vfs.listed_from(listing, start)) == whole[start:]
+                stamped = [name for name, _ in listing.stamps_from(start)]
+                assert stamped + [name for name, _ in listing.rest_from(start)] == \
+                    [name for name, _ in whole[start:]]
 
 
 def test_fsops_tests_no_path_shapes():

@@ -11,11 +11,12 @@ from levels.vfs.entry import (
     Entry,
     NewFile,
     RangeReader,
+    Uniform,
     in_xattr_namespace,
     listed_from,
 )
 from levels.vfs.tree import directory_at, rename, resolve, subject_of
 
 __all__ = ["Attrs", "ChangeClock", "Content", "Dir", "Entry", "NewFile", "RangeReader",
-           "cached_across_change", "directory_at", "in_xattr_namespace", "listed_from",
-           "rename", "resolve", "subject_of"]
+           "Uniform", "cached_across_change", "directory_at", "in_xattr_namespace",
+           "listed_from", "rename", "resolve", "subject_of"]

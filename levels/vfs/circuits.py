@@ -57,12 +57,12 @@ from levels.vfs.entry import (
     Entry,
     Listing,
     Live,
-    MadeOnDemand,
     Names,
     NewFile,
     Path,
     Scratch,
     Symlink,
+    Uniform,
     directory,
     field,
     immutable_file,
@@ -381,12 +381,8 @@ class CircuitsDir(Dir):
         return self.scratch_entry(name)
 
     async def list(self) -> Listing:
-        def circuit(name_and_mtime: tuple[str, int]) -> tuple[str, Attrs]:
-            name, mtime = name_and_mtime
-            return name, circuit_directory(mtime)
-
-        return MadeOnDemand(self.fabric.circuits.names_with_mtime(), circuit,
-                            self.scratch_entries())
+        return Uniform(self.fabric.circuits.names_with_mtime(), circuit_directory(0),
+                       rest=self.scratch_entries())
 
     def scratch_entry(self, name: str) -> Entry:
         file = self.fabric.scratch.get(self.path, name)
@@ -483,8 +479,7 @@ class CircuitPart(Dir):
 
 
 def circuit_directory(mtime_ns: int) -> Attrs:
-    """A circuit's directory's attributes (kept by the kernel: see KEPT_TIMEOUT); made
-    once per circuit a listing shows, so positionally."""
+    """A circuit's directory's attributes (kept by the kernel: see KEPT_TIMEOUT)."""
     return Attrs(DIR, 0o755, mtime_ns, 0, KEPT_TIMEOUT, KEPT_TIMEOUT)
 
 

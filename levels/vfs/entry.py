@@ -20,7 +20,7 @@ import os
 import stat
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, overload, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, overload, runtime_checkable
 
 from levels.errors import Invalid, NoAttribute, NotFound, NotSupported, ReadOnly
 from levels.scratch import ScratchFile, is_scratch_name
@@ -89,18 +89,20 @@ Names = list[str]
 K = TypeVar("K")
 
 
-class MadeOnDemand(Sequence[tuple[str, "Entry | Attrs"]], Generic[K]):
-    """A listing whose entries are made as readdir reaches them, from keys read at opendir
-    (a circuit's name and mtime, a search hit), then `rest`. A listing of 10,000 circuits
-    or hits then holds 10,000 keys, not entries: making and keeping every entry cost more
-    than the kernel's part of the listing and set off the garbage collector."""
+class Uniform(Sequence[tuple[str, "Entry | Attrs"]]):
+    """A listing of entries alike but for their names and mtimes (and sizes, where
+    `size_of` gives them): every circuit's directory, every search hit's link. It holds
+    (name, mtime) pairs read at opendir, then `rest`, never an entry per pair: making and
+    keeping 10,000 entries cost more than the kernel's part of the listing and set off the
+    garbage collector. readdir replies with one set of attributes, restamped per entry."""
 
-    def __init__(self, keys: Sequence[K], make: Callable[[K], tuple[str, Entry | Attrs]],
+    def __init__(self, stamps: Sequence[tuple[str, int]], shape: Attrs,
+                 size_of: Callable[[str], int] | None = None,
                  rest: Sequence[tuple[str, Entry | Attrs]] = ()) -> None:
-        self._keys, self._make, self._rest = keys, make, rest
+        self.stamps, self.shape, self.size_of, self._rest = stamps, shape, size_of, rest
 
     def __len__(self) -> int:
-        return len(self._keys) + len(self._rest)
+        return len(self.stamps) + len(self._rest)
 
     @overload
     def __getitem__(self, index: int) -> tuple[str, Entry | Attrs]: ...
@@ -112,16 +114,22 @@ class MadeOnDemand(Sequence[tuple[str, "Entry | Attrs"]], Generic[K]):
             return [self[i] for i in range(*index.indices(len(self)))]
         if index < 0:
             index += len(self)
-        if 0 <= index < len(self._keys):
-            return self._make(self._keys[index])
-        return self._rest[index - len(self._keys)]
+        if 0 <= index < len(self.stamps):
+            return self._entry(self.stamps[index])
+        return self._rest[index - len(self.stamps)]
 
-    def starting_at(self, start: int) -> Iterator[tuple[str, Entry | Attrs]]:
-        """The entries from `start` on, as readdir resumes a listing: made in C-level
-        iteration, without an index check per entry."""
-        keys = self._keys
-        return itertools.chain(map(self._make, _from_index(keys, start)),
-                               itertools.islice(self._rest, max(0, start - len(keys)), None))
+    def _entry(self, stamp: tuple[str, int]) -> tuple[str, Attrs]:
+        name, mtime_ns = stamp
+        size = self.shape.size if self.size_of is None else self.size_of(name)
+        return name, dataclasses.replace(self.shape, mtime_ns=mtime_ns, size=size)
+
+    def stamps_from(self, start: int) -> Iterator[tuple[str, int]]:
+        """The (name, mtime) pairs from offset `start` on, as readdir resumes a listing."""
+        return _from_index(self.stamps, start)
+
+    def rest_from(self, start: int) -> Iterator[tuple[str, Entry | Attrs]]:
+        """The entries after the pairs, from offset `start` of the whole listing on."""
+        return itertools.islice(self._rest, max(0, start - len(self.stamps)), None)
 
 
 def _from_index(items: Sequence[K], start: int) -> Iterator[K]:
@@ -137,8 +145,9 @@ def _from_index(items: Sequence[K], start: int) -> Iterator[K]:
 
 def listed_from(listing: Listing, start: int) -> Iterator[tuple[str, Entry | Attrs]]:
     """A listing's entries from offset `start` on (readdir's offsets index the listing)."""
-    if isinstance(listing, MadeOnDemand):
-        return listing.starting_at(start)
+    if isinstance(listing, Uniform):
+        return itertools.chain(map(listing._entry, listing.stamps_from(start)),
+                               listing.rest_from(start))
     return itertools.islice(listing, start, None)
 
 

@@ -25,10 +25,10 @@ from levels.vfs.entry import (
     Entry,
     Listing,
     Live,
-    MadeOnDemand,
     Names,
     Path,
     Symlink,
+    Uniform,
     directory,
     link,
 )
@@ -100,8 +100,8 @@ class QueryDir(Dir):
 
     async def list(self) -> Listing:
         now = time.time_ns()
-        return MadeOnDemand(await self.search(),
-                            lambda n: (n, link(_circuit_link(n), now)))
+        return Uniform([(name, now) for name in await self.search()], link(_circuit_link(""), now),
+                       size_of=lambda name: _LINK_BYTES + len(name.encode()))
 
     def _link(self, name: str) -> Entry:
         return Symlink(self.fabric, self.child(name), _circuit_link(name), time.time_ns())
@@ -114,6 +114,9 @@ class QueryDir(Dir):
 
 def _circuit_link(name: str) -> str:
     return f"../../{CIRCUITS}/{name}"
+
+
+_LINK_BYTES = len(_circuit_link("").encode())  # a hit's link is these and its name's
 
 
 class OpsDir(Dir):
