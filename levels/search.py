@@ -17,6 +17,7 @@ and retried with backoff, so the index catches up by itself once the cause is go
 """
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import re
@@ -160,6 +161,16 @@ def _runnable(text: str, parsed: query.Query) -> query.Query:
     return parsed.accept(adapt).normalize()
 
 
+@dataclasses.dataclass
+class _Results:
+    """A query's names as of the `generation`-th change submitted; as a set once looked
+    up by name."""
+
+    generation: int
+    names: list[str]
+    members: frozenset[str] | None = None
+
+
 class SearchIndex:
     """Batched writer thread plus a shared, refreshed searcher."""
 
@@ -193,7 +204,7 @@ class SearchIndex:
         self._searcher_commits = -1
         self._commits = 0  # index commits so far, to know when the searcher is stale
         self._search_lock = threading.Lock()
-        self._results: dict[str, tuple[int, list[str]]] = {}  # query -> (generation, names)
+        self._results: dict[str, _Results] = {}  # by query
         self._parsed: dict[str, query.Query] = {}  # query -> parsed, for the lookup's twin
         self._parser = qparser.MultifieldParser(DEFAULT_FIELDS, SCHEMA)
         self._parser.add_plugin(FieldAliasPlugin(ALIASES))
@@ -231,8 +242,8 @@ class SearchIndex:
         parsed = self._parse(text)
         with self._cond:
             cached = self._results.get(text)
-            if cached is not None and cached[0] == self._submitted:
-                return cached[1]
+            if cached is not None and cached.generation == self._submitted:
+                return cached.names
             submitted = self._submitted
         structured = facetquery.plan(parsed, SCHEMA) if self._facets is not None else None
         if structured is not None:
@@ -271,7 +282,19 @@ class SearchIndex:
         with self._cond:
             if len(self._results) >= 256:
                 self._results.clear()
-            self._results[text] = (generation, names)
+            self._results[text] = _Results(generation, names)
+
+    def cached_hit(self, text: str, name: str) -> bool | None:
+        """Whether `name` is among the results of `text` cached since the last change, or
+        None when there are none (then search()). `ls -l` of a query directory looks up
+        and reads the link of every hit: each is then a set lookup, not a search."""
+        with self._cond:
+            cached = self._results.get(text)
+            if cached is None or cached.generation != self._submitted:
+                return None
+            if cached.members is None:
+                cached.members = frozenset(cached.names)
+            return name in cached.members
 
     def validate(self, text: str) -> None:
         """Refuse a malformed query without running it, and any query when both indexes

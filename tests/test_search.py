@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from whoosh import fields, index
 
 from levels.oplog import EscapingFormatter
-from tests.conftest import GHZ3
+from tests.conftest import BELL, GHZ3
 
 pytestmark = pytest.mark.fuse
 
@@ -220,3 +220,14 @@ def test_long_listings_show_each_entry_once_with_its_own_attributes(qfs, tmp_pat
         assert target == f"../../circuits/{name}"
         assert attrs.st_size == len(target.encode()), name
         assert (query / name / "latest.qasm").read_text().endswith(f"// {name}\n")
+    # ls -l: every hit a link to its circuit, with the size of its target
+    lines = subprocess.run(["ls", "-l", str(query)], capture_output=True, text=True,
+                           check=True).stdout.splitlines()[1:]
+    shown_links = {line.split()[-3]: (line[0], int(line.split()[4]), line.split()[-1])
+                   for line in lines}
+    assert shown_links == {name: ("l", len(f"../../circuits/{name}"), f"../../circuits/{name}")
+                           for name in names}
+    # A hit that stops matching is gone from the next listing at once.
+    subprocess.run(["rm", "-r", str(qfs.circuits / names[0])], check=True)
+    (qfs.circuits / names[1] / "latest.qasm").write_text(BELL)  # 2 qubits now
+    assert sorted(os.listdir(query)) == sorted(names[2:])

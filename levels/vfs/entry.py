@@ -379,13 +379,17 @@ class ControlFile(Live):
 class Symlink(Entry):
     readable = False
 
-    def __init__(self, fabric: Fabric, path: Path, target: str, mtime_ns: int) -> None:
-        super().__init__(fabric, path, link(target, mtime_ns))
+    def __init__(self, fabric: Fabric, path: Path, target: str, mtime_ns: int,
+                 timeout: float = 0.0) -> None:
+        super().__init__(fabric, path, link(target, mtime_ns, timeout))
         self.link_target = target
 
 
-def link(target: str, mtime_ns: int) -> Attrs:
-    return Attrs(LINK, 0o777, mtime_ns, size=len(target.encode()), entry_timeout=0.0)
+def link(target: str, mtime_ns: int, timeout: float = 0.0) -> Attrs:
+    """A symbolic link's attributes; `timeout`: how long the kernel may keep its name and
+    attributes (0 for a link that may vanish behind its back)."""
+    return Attrs(LINK, 0o777, mtime_ns, size=len(target.encode()), attr_timeout=timeout,
+                 entry_timeout=timeout)
 
 
 class NewFile(Entry):

@@ -20,6 +20,7 @@ from levels import check, tuning
 from levels.errors import NotFound
 from levels.vfs.circuits import CIRCUITS, CircuitsDir
 from levels.vfs.entry import (
+    DIR_TIMEOUT,
     STARTED_NS,
     Dir,
     Entry,
@@ -86,25 +87,30 @@ class SearchDir(Dir):
 
     async def lookup(self, name: str) -> Entry:
         self.fabric.search.validate(name)  # the search itself runs at opendir
-        return QueryDir(self.fabric, self.child(name),
-                        directory(time.time_ns(), perm=0o555, timeout=0.0))
+        return QueryDir(self.fabric, self.child(name), directory(time.time_ns(), perm=0o555))
 
 
 class QueryDir(Dir):
-    """/search/<query>/<name> -> ../../circuits/<name>, a snapshot taken at opendir."""
+    """/search/<query>/<name> -> ../../circuits/<name>, a snapshot taken at opendir. The
+    kernel keeps each hit's name and attributes for a second (`ls -l` of 10,000 hits then
+    sends a READLINK per hit and no LOOKUP or GETATTR): a name that stops matching is
+    gone from the next listing at once, and from a lookup within that second."""
 
     async def lookup(self, name: str) -> Entry:
-        if name not in await self.search():
+        hit = self.fabric.search.cached_hit(self.path[-1], name)
+        if not (name in await self.search() if hit is None else hit):
             raise NotFound(f"{self.where()}/{name}")
         return self._link(name)
 
     async def list(self) -> Listing:
         now = time.time_ns()
-        return Uniform([(name, now) for name in await self.search()], link(_circuit_link(""), now),
+        return Uniform([(name, now) for name in await self.search()],
+                       link(_circuit_link(""), now, DIR_TIMEOUT),
                        size_of=lambda name: _LINK_BYTES + len(name.encode()))
 
     def _link(self, name: str) -> Entry:
-        return Symlink(self.fabric, self.child(name), _circuit_link(name), time.time_ns())
+        return Symlink(self.fabric, self.child(name), _circuit_link(name), time.time_ns(),
+                       DIR_TIMEOUT)
 
     async def search(self) -> Names:
         fabric = self.fabric
