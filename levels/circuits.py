@@ -45,6 +45,7 @@ from levels.qasm import VIEW_FORMATS, CircuitStats, ProgramLimits, parse_program
 from levels.sdkformats import SDK_FORMATS
 from levels.sdkformats import prepare as prepare_written
 from levels.sdkformats import render_view as render_sdk_view
+from levels.similar import ShapeIndex
 from levels.store.meta import MetaStore, Txn
 from levels.workers import WorkerPool
 
@@ -222,6 +223,7 @@ class CircuitStore:
         self._workers = workers
         # names_with_mtime's last answer and the store snapshot it was read from
         self._listed: tuple[int | None, Sequence[tuple[str, int]]] = (None, ())
+        self._shapes: tuple[int | None, ShapeIndex | None] = (None, None)
         # Retention: with versioning off a circuit is its latest version alone.
         self._kept_versions = config.max_versions_per_artifact if config.versioning_enabled else 1
         self._max_age_s = parse_retention(config.retention_policy)
@@ -281,6 +283,24 @@ class CircuitStore:
         if snapshot is not None:
             self._listed = (snapshot, names)
         return names
+
+    def similar_to(self, name: str, limit: int) -> list[tuple[str, float]]:
+        """(name, cosine) of the circuits shaped most like `name`'s latest version, best
+        first (levels/similar.py), from an index of every circuit's latest shape kept
+        while the store holds the same data (blocking: use a thread)."""
+        with self._meta.reading() as txn:
+            snapshot, kept = txn.snapshot(), self._shapes
+            target = self._shared(txn, name).latest
+            if target is None:
+                return []
+            index = kept[1] if snapshot is not None and kept[0] == snapshot else None
+            if index is None:
+                index = ShapeIndex((c.name, c.latest.stats) for c in (
+                    Circuit.from_json(k.decode(), raw) for k, raw in txn.scan("circuits"))
+                    if c.latest is not None)
+        if snapshot is not None:
+            self._shapes = (snapshot, index)
+        return index.rank_kept(name, target.stats, limit)
 
     def count(self) -> int:
         with self._meta.reading() as txn:

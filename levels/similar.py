@@ -19,28 +19,51 @@ def _features(stats: dict[str, Any]) -> dict[str, float]:
     return features
 
 
-def rank_similar(
-    target: dict[str, Any], candidates: Iterable[tuple[str, dict[str, Any]]], limit: int
-) -> list[tuple[str, float]]:
-    """(name, cosine) of the `limit` candidates whose shape is closest to `target`'s stats."""
-    names: list[str] = []
-    rows: list[dict[str, float]] = []
-    for name, stats in candidates:
-        names.append(name)
-        rows.append(_features(stats))
-    if not names:
-        return []
-    query = _features(target)
-    vocabulary = sorted(set(query).union(*rows))
-    column = {feature: i for i, feature in enumerate(vocabulary)}
-    matrix = np.zeros((len(rows), len(vocabulary)))
-    for i, row in enumerate(rows):
-        for feature, value in row.items():
-            matrix[i, column[feature]] = value
-    vector = np.zeros(len(vocabulary))
-    for feature, value in query.items():
-        vector[column[feature]] = value
-    norms = np.linalg.norm(matrix, axis=1) * (np.linalg.norm(vector) or 1.0)
-    scores = np.divide(matrix @ vector, norms, out=np.zeros(len(rows)), where=norms > 0)
-    order = np.argsort(-scores, kind="stable")[:limit]
-    return [(names[i], float(scores[i])) for i in order if scores[i] > 0]
+class ShapeIndex:
+    """Every candidate's shape vector, as one matrix: ranking a circuit against them all is
+    then one product. CircuitStore keeps one while the store holds the same data, with the
+    rankings made from it, so that `ls -l similar/` (a lookup and a readlink per link) and
+    `ls -lR /circuits` rank each circuit once."""
+
+    def __init__(self, candidates: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        self.names: list[str] = []
+        rows: list[dict[str, float]] = []
+        for name, stats in candidates:
+            self.names.append(name)
+            rows.append(_features(stats))
+        self._column = {feature: i for i, feature in enumerate(sorted(set().union(*rows)))}
+        self._matrix = np.zeros((len(rows), len(self._column)))
+        for i, row in enumerate(rows):
+            for feature, value in row.items():
+                self._matrix[i, self._column[feature]] = value
+        self._norms = np.linalg.norm(self._matrix, axis=1)
+        self._ranked: dict[tuple[str, int], list[tuple[str, float]]] = {}
+
+    def rank(self, target: dict[str, Any], limit: int, exclude: str = "",
+             ) -> list[tuple[str, float]]:
+        """(name, cosine) of the `limit` candidates other than `exclude` whose shape is
+        closest to `target`'s stats, best first (candidates' order breaks ties)."""
+        query = _features(target)
+        vector = np.zeros(len(self._column))
+        for feature, value in query.items():
+            if feature in self._column:
+                vector[self._column[feature]] = value
+        norms = self._norms * (float(np.linalg.norm(list(query.values()))) or 1.0)
+        scores = np.divide(self._matrix @ vector, norms, out=np.zeros(len(self.names)),
+                           where=norms > 0)
+        ranked: list[tuple[str, float]] = []
+        for i in np.argsort(-scores, kind="stable"):
+            if len(ranked) == limit or scores[i] <= 0:
+                break
+            if self.names[i] != exclude:
+                ranked.append((self.names[i], float(scores[i])))
+        return ranked
+
+    def rank_kept(self, name: str, target: dict[str, Any], limit: int,
+                  ) -> list[tuple[str, float]]:
+        """rank(target, limit, exclude=name), made once per name for this index."""
+        key = (name, limit)
+        ranked = self._ranked.get(key)
+        if ranked is None:
+            ranked = self._ranked[key] = self.rank(target, limit, exclude=name)
+        return ranked

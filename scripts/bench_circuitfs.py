@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -76,6 +77,7 @@ class Sizes:
     broad_reps: int = 20
     lmdb_puts: int = 2000
     lmdb_gets: int = 100_000
+    similar_samples: int = 10
 
 
 # -- circuits --------------------------------------------------------------------------------
@@ -403,6 +405,27 @@ def bench_cp_import(work: Path, sizes: Sizes) -> Json:
     return result
 
 
+def bench_similar(work: Path, data: Path, count: int, samples: int) -> Json:
+    """coreutils' `ls -l` of the similar/ directories of `samples` circuits spread over the
+    corpus: a listing, then a lookup and a readlink of each link, each ranking the circuit
+    against every other."""
+    mnt = work / "mnt_similar"
+    times: list[float] = []
+    links = 0
+    with qfs_mount(data, mnt):
+        for i in range(0, count, max(1, count // samples)):
+            argv = ["ls", "-l", str(mnt / "circuits" / name_of(i) / "similar")]
+            elapsed, done = timed(functools.partial(subprocess.run, argv, check=True,
+                                                    capture_output=True, text=True))
+            times.append(elapsed)
+            links = len(done.stdout.splitlines()) - 1
+    say(f"similar {count}: first ls -l {times[0] * 1e3:.1f} ms, then p50 "
+        f"{statistics.median(times[1:]) * 1e3:.1f} ms ({links} links)")
+    return {"circuits": count, "links_per_directory": links, "first_ls_l_s": round(times[0], 4),
+            "ls_l_after_the_first": latency(times[1:]),
+            "notes": "the first listing after mounting builds the shape index"}
+
+
 # -- (c) search ------------------------------------------------------------------------------
 
 
@@ -702,6 +725,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="also write the JSON document to this file")
     parser.add_argument("--search-only", action="store_true",
                         help="only load the big corpus and time its searches")
+    parser.add_argument("--similar-only", action="store_true",
+                        help="only load the small corpus and time ls -l of similar/")
     parser.add_argument("--keep", action="store_true",
                         help="keep the scratch tree under /tmp (its path goes to stderr)")
     return parser.parse_args(argv)
@@ -746,19 +771,24 @@ def main(argv: list[str] | None = None) -> int:
         loads: Json = {}
         search: Json = {}
         if not args.search_only:
-            report["lmdb_floor"] = section("lmdb_floor", lambda: bench_lmdb(work, sizes))
+            if not args.similar_only:
+                report["lmdb_floor"] = section("lmdb_floor", lambda: bench_lmdb(work, sizes))
             say(f"bulk loading {sizes.circuits} circuits")
             loads[label(sizes.circuits)] = section("load",
                                                    lambda: bulk_load(small, sizes.circuits))
+            report["similar"] = section("similar", lambda: bench_similar(
+                work, small, sizes.circuits, sizes.similar_samples))
+        if not (args.search_only or args.similar_only):
             report["readdir_stat"] = section("readdir_stat",
                                              lambda: bench_readdir_stat(work, small, sizes))
             report["cp_import"] = section("cp_import", lambda: bench_cp_import(work, sizes))
             search[label(sizes.circuits)] = section(
                 "search small", lambda: bench_search(work, small, sizes.circuits, sizes))
-        say(f"bulk loading {sizes.big} circuits")
-        loads[label(sizes.big)] = section("load big", lambda: bulk_load(big, sizes.big))
-        search[label(sizes.big)] = section(
-            "search big", lambda: bench_search(work, big, sizes.big, sizes))
+        if not args.similar_only:
+            say(f"bulk loading {sizes.big} circuits")
+            loads[label(sizes.big)] = section("load big", lambda: bulk_load(big, sizes.big))
+            search[label(sizes.big)] = section(
+                "search big", lambda: bench_search(work, big, sizes.big, sizes))
         report["search"] = search
         report["bulk_load"] = loads
         report["targets"] = targets(report, label(sizes.big))

@@ -230,14 +230,27 @@ def test_similar_ranks_by_structure(qfs):
     qfs.write_circuit("bell")
     qfs.write_circuit("bell_copy", BELL + "// same shape\n")
     qfs.write_circuit("ghz", GHZ3)
-    qfs.write_circuit("only_x", "OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[5];\n"
-                      "x q[0];\nx q[1];\nx q[2];\nx q[3];\n")
+    only_x = ("OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[5];\n"
+              "x q[0];\nx q[1];\nx q[2];\nx q[3];\n")
+    qfs.write_circuit("only_x", only_x)
     similar = sorted(os.listdir(qfs.circuits / "bell" / "similar"))
     assert similar[0] == "01-bell_copy"
     assert similar[-1].endswith("-only_x") or "only_x" not in "".join(similar)
     target = qfs.circuits / "bell" / "similar" / "01-bell_copy"
     assert os.readlink(target) == "../../bell_copy/latest.qasm"
     assert target.read_text() == BELL + "// same shape\n"
+    # Rankings are kept while nothing changes; each change shows in the next listing.
+    lines = subprocess.run(["ls", "-l", str(qfs.circuits / "bell" / "similar")],
+                           capture_output=True, text=True, check=True).stdout.splitlines()[1:]
+    assert {line.split()[-3]: line.split()[-1] for line in lines} == {
+        entry: f"../../{entry.split('-', 1)[1]}/latest.qasm" for entry in similar}
+    (qfs.circuits / "bell_copy" / "latest.qasm").write_text(only_x + "// x\n")  # not a twin
+    assert sorted(os.listdir(qfs.circuits / "bell" / "similar"))[0] == "01-ghz"
+    os.rename(qfs.circuits / "ghz", qfs.circuits / "ghz_renamed")
+    (qfs.circuits / "twin.qasm").write_text(BELL + "// the twin now\n")
+    relisted = sorted(os.listdir(qfs.circuits / "bell" / "similar"))
+    assert relisted[0] == "01-twin" and not any(e.endswith("-ghz") for e in relisted)
+    assert any(e.endswith("-ghz_renamed") for e in relisted)
 
 
 def test_pictures_of_circuits_and_results(qfs):

@@ -8,7 +8,7 @@ from levels.config import load_config
 from levels.errors import Exists, Invalid, NameTooLong, NotEmpty, NotFound
 from levels.fabric import Fabric
 from levels.qasm import parse_program, qasm_major_version
-from levels.similar import rank_similar
+from levels.similar import ShapeIndex
 from tests.conftest import BELL, GHZ3
 
 
@@ -114,13 +114,17 @@ def test_search_sees_every_change_before_it(fabric):
 
 def test_similarity_prefers_same_shape():
     bell = {"gate_counts": {"h": 1, "cx": 1, "measure": 2}, "num_qubits": 2, "depth": 3}
-    ranked = rank_similar(bell, [
+    index = ShapeIndex([
         ("xs", {"gate_counts": {"x": 40}, "num_qubits": 20, "depth": 2}),
         ("twin", dict(bell)),
+        ("bell", dict(bell)),
         ("ghz", {"gate_counts": {"h": 1, "cx": 2, "measure": 3}, "num_qubits": 3, "depth": 4}),
-    ], limit=10)
+    ])
+    ranked = index.rank(bell, limit=10, exclude="bell")
     assert [n for n, _ in ranked][:2] == ["twin", "ghz"]
     assert ranked[0][1] == pytest.approx(1.0)
+    assert [n for n, _ in index.rank(bell, limit=2)] == ["twin", "bell"]  # ties: in order
+    assert index.rank_kept("bell", bell, 1) == ranked[:1]
 
 
 def test_empty_index_searches_and_reopens(tmp_path):

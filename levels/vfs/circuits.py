@@ -40,7 +40,6 @@ from levels.errors import (
 from levels.qasm import VIEW_FORMATS
 from levels.scratch import is_scratch_name
 from levels.sdkformats import IMPORTS, SDK_FORMATS, split_import
-from levels.similar import rank_similar
 from levels.vfs.entry import (
     DIR,
     DIR_TIMEOUT,
@@ -514,7 +513,7 @@ class CircuitDir(CircuitPart):
         if leaf == "results":
             return ResultsDir(fabric, path, directory(self.mtime_ns, timeout=0.0))
         if leaf == "similar":
-            return SimilarDir(fabric, path, directory(self.mtime_ns, 0o555, timeout=0.0))
+            return SimilarDir(fabric, path, directory(self.mtime_ns, 0o555))
         if leaf == "compiled":  # unlisted, as /search queries: tree walkers transpile nothing
             return CompiledDir(fabric, path, directory(self.mtime_ns, 0o555, timeout=0.0))
         version = parse_version_file(leaf)
@@ -734,33 +733,26 @@ class SimilarDir(CircuitPart):
         if self.fabric.scratch.find(self.path, name) is not None:
             return self.scratch_entry(name)
         if name in dict(await self.similar()):
-            return Symlink(self.fabric, self.child(name), similar_target(name),
-                           self.attrs.mtime_ns)
+            return self._link(name)
         raise NotFound(f"{self.where()}/{name}")
 
     async def list(self) -> Listing:
-        return [(entry, Symlink(self.fabric, self.child(entry), similar_target(entry),
-                                self.attrs.mtime_ns))
-                for entry, _score in await self.similar()]
+        return [(entry, self._link(entry)) for entry, _score in await self.similar()]
+
+    def _link(self, entry: str) -> Symlink:
+        """A ranked link, its name and attributes kept by the kernel for a second (`ls -l`
+        then asks only for each target): a ranking changed by another circuit's change
+        shows in the next listing at once, and in a lookup within that second."""
+        return Symlink(self.fabric, self.child(entry), similar_target(entry),
+                       self.attrs.mtime_ns, DIR_TIMEOUT)
 
     async def similar(self) -> Ranked:
         """Ranked `<rank>-<name>` entries of circuits shaped like `name`'s latest version."""
-        fabric, name = self.fabric, self.name
-        circuit = fabric.circuits.get(name)
-        if circuit.latest is None or "semantic" not in fabric.index_types:
+        fabric = self.fabric
+        if "semantic" not in fabric.index_types:
             return []
-        target = circuit.latest.stats
-
-        def rank() -> Ranked:
-            candidates = (
-                (c.name, c.latest.stats)
-                for c in fabric.circuits.all_circuits()
-                if c.latest is not None and c.name != name
-            )
-            return rank_similar(target, candidates,
-                                fabric.config.circuit_fs.similar_result_limit)
-
-        ranked = await trio.to_thread.run_sync(rank)
+        ranked = await trio.to_thread.run_sync(
+            fabric.circuits.similar_to, self.name, fabric.config.circuit_fs.similar_result_limit)
         return [(f"{i:02d}-{n}", score) for i, (n, score) in enumerate(ranked, 1)]
 
     async def create(self, name: str, mode: int, uid: int, gid: int) -> Entry:
