@@ -19,6 +19,9 @@ def _features(stats: dict[str, Any]) -> dict[str, float]:
     return features
 
 
+KEPT_RANKINGS = 4096  # rankings an index keeps (10 links each): a few MiB at most
+
+
 class ShapeIndex:
     """Every candidate's shape vector, as one matrix: ranking a circuit against them all is
     then one product. CircuitStore keeps one while the store holds the same data, with the
@@ -65,5 +68,7 @@ class ShapeIndex:
         key = (name, limit)
         ranked = self._ranked.get(key)
         if ranked is None:
+            if len(self._ranked) >= KEPT_RANKINGS:
+                self._ranked.clear()
             ranked = self._ranked[key] = self.rank(target, limit, exclude=name)
         return ranked
