@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -224,6 +225,7 @@ class CircuitStore:
         # names_with_mtime's last answer and the store snapshot it was read from
         self._listed: tuple[int | None, Sequence[tuple[str, int]]] = (None, ())
         self._shapes: tuple[int | None, ShapeIndex | None] = (None, None)
+        self._shaping = threading.Lock()  # one index made at a time, by one thread
         # Retention: with versioning off a circuit is its latest version alone.
         self._kept_versions = config.max_versions_per_artifact if config.versioning_enabled else 1
         self._max_age_s = parse_retention(config.retention_policy)
@@ -288,18 +290,19 @@ class CircuitStore:
         """(name, cosine) of the circuits shaped most like `name`'s latest version, best
         first (levels/similar.py), from an index of every circuit's latest shape kept
         while the store holds the same data (blocking: use a thread)."""
-        with self._meta.reading() as txn:
+        with self._shaping, self._meta.reading() as txn:
             snapshot, kept = txn.snapshot(), self._shapes
             target = self._shared(txn, name).latest
             if target is None:
                 return []
             index = kept[1] if snapshot is not None and kept[0] == snapshot else None
             if index is None:
+                self._shapes = (None, None)  # the old index goes before the new is made
                 index = ShapeIndex((c.name, c.latest.stats) for c in (
                     Circuit.from_json(k.decode(), raw) for k, raw in txn.scan("circuits"))
                     if c.latest is not None)
-        if snapshot is not None:
-            self._shapes = (snapshot, index)
+                if snapshot is not None:
+                    self._shapes = (snapshot, index)
         return index.rank_kept(name, target.stats, limit)
 
     def count(self) -> int:

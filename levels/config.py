@@ -63,7 +63,7 @@ class CircuitFsConfig(_Section):
     """Unpinned versions older than this are dropped when a newer one is written."""
     search_result_limit: int = 10000
     """Most names one search lists."""
-    similar_result_limit: int = 10
+    similar_result_limit: int = Field(default=10, ge=0)
     """Most links in a circuit's similar/ directory."""
     index_commit_interval_ms: int = 1000
     """How long index updates gather before a commit (a search commits what it must see)."""

@@ -222,6 +222,8 @@ class SearchIndex:
 
     def submit(self, name: str, doc: Document | None) -> None:
         if not self.kept:
+            with self._cond:  # the cached results of structured searches are stale now
+                self._submitted += 1
             return
         with self._cond:
             # The writer waits for something pending, then gathers a batch for an interval:

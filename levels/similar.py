@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 
 
 def _features(stats: dict[str, Any]) -> dict[str, float]:
@@ -35,11 +36,15 @@ class ShapeIndex:
             self.names.append(name)
             rows.append(_features(stats))
         self._column = {feature: i for i, feature in enumerate(sorted(set().union(*rows)))}
-        self._matrix = np.zeros((len(rows), len(self._column)))
-        for i, row in enumerate(rows):
-            for feature, value in row.items():
-                self._matrix[i, self._column[feature]] = value
-        self._norms = np.linalg.norm(self._matrix, axis=1)
+        # Sparse: every custom gate name is a column, and a corpus of circuits that each
+        # define their own would make a dense matrix of circuits squared.
+        columns = [self._column[feature] for row in rows for feature in row]
+        values = [value for row in rows for value in row.values()]
+        starts = np.cumsum([0, *(len(row) for row in rows)])
+        self._matrix = scipy.sparse.csr_matrix((values, columns, starts),
+                                               shape=(len(rows), len(self._column)))
+        self._norms = np.sqrt(np.asarray(self._matrix.multiply(self._matrix).sum(axis=1))
+                              ).ravel()
         self._ranked: dict[tuple[str, int], list[tuple[str, float]]] = {}
 
     def rank(self, target: dict[str, Any], limit: int, exclude: str = "",
@@ -54,8 +59,10 @@ class ShapeIndex:
         norms = self._norms * (float(np.linalg.norm(list(query.values()))) or 1.0)
         scores = np.divide(self._matrix @ vector, norms, out=np.zeros(len(self.names)),
                            where=norms > 0)
+        # Equal shapes can score an ulp apart (the product's summation order): rounded,
+        # they tie, and ties keep the candidates' order.
         ranked: list[tuple[str, float]] = []
-        for i in np.argsort(-scores, kind="stable"):
+        for i in np.argsort(-np.round(scores, 12), kind="stable"):
             if len(ranked) == limit or scores[i] <= 0:
                 break
             if self.names[i] != exclude:
@@ -64,7 +71,8 @@ class ShapeIndex:
 
     def rank_kept(self, name: str, target: dict[str, Any], limit: int,
                   ) -> list[tuple[str, float]]:
-        """rank(target, limit, exclude=name), made once per name for this index."""
+        """rank(target, limit, exclude=name), made once per name for this index (whose
+        candidates include `name` with `target`, its shape in the same data)."""
         key = (name, limit)
         ranked = self._ranked.get(key)
         if ranked is None:

@@ -180,6 +180,8 @@ def test_index_types_choose_which_searches_are_offered(mount_factory, tmp_path):
     qfs.write_circuit("bell")
     qfs.write_circuit("other")
     assert os.listdir(qfs.root / "search" / "qubits:2") == ["bell", "other"]  # facets
+    qfs.write_circuit("third")  # the results kept for the query follow the change
+    assert sorted(os.listdir(qfs.root / "search" / "qubits:2")) == ["bell", "other", "third"]
     with pytest.raises(OSError) as caught:
         os.listdir(qfs.root / "search" / "bell")  # a word: the text index is off
     assert caught.value.errno == errno.EOPNOTSUPP

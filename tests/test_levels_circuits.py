@@ -115,16 +115,19 @@ def test_search_sees_every_change_before_it(fabric):
 def test_similarity_prefers_same_shape():
     bell = {"gate_counts": {"h": 1, "cx": 1, "measure": 2}, "num_qubits": 2, "depth": 3}
     index = ShapeIndex([
+        ("bell", dict(bell)),
         ("xs", {"gate_counts": {"x": 40}, "num_qubits": 20, "depth": 2}),
         ("twin", dict(bell)),
-        ("bell", dict(bell)),
         ("ghz", {"gate_counts": {"h": 1, "cx": 2, "measure": 3}, "num_qubits": 3, "depth": 4}),
+        *((f"same{i}", dict(bell)) for i in range(12)),
     ])
-    ranked = index.rank(bell, limit=10, exclude="bell")
-    assert [n for n, _ in ranked][:2] == ["twin", "ghz"]
+    ranked = index.rank(bell, limit=3, exclude="bell")
+    assert [n for n, _ in ranked] == ["twin", "same0", "same1"]  # ties in candidates' order
     assert ranked[0][1] == pytest.approx(1.0)
-    assert [n for n, _ in index.rank(bell, limit=2)] == ["twin", "bell"]  # ties: in order
-    assert index.rank_kept("bell", bell, 1) == ranked[:1]
+    assert [n for n, _ in index.rank(bell, limit=1, exclude="bell")] == ["twin"]
+    assert [n for n, _ in index.rank(bell, limit=30)][-3:] == ["same11", "ghz", "xs"]
+    assert index.rank_kept("bell", bell, 3) == ranked
+    assert ShapeIndex([]).rank(bell, limit=3) == []
 
 
 def test_empty_index_searches_and_reopens(tmp_path):

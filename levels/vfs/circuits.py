@@ -194,6 +194,7 @@ def cached_across_change(name: str) -> list[Path]:
     """The paths whose attributes the kernel keeps (attr_timeout > 0) although a change to
     circuit `name` changes them: the FUSE layer drops them when the circuit changes."""
     return [("circuits", name), ("circuits", name, "latest.qasm"),
+            ("circuits", name, "similar"),
             *(("circuits", f"{name}.{suffix}") for suffix in IMPORTS)]
 
 
