@@ -98,7 +98,9 @@ class QueryDir(Dir):
 
     async def lookup(self, name: str) -> Entry:
         hit = self.fabric.search.cached_hit(self.path[-1], name)
-        if not (name in await self.search() if hit is None else hit):
+        if hit is None:
+            hit = name in await self.search()
+        if not hit:
             raise NotFound(f"{self.where()}/{name}")
         return self._link(name)
 
