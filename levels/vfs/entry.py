@@ -127,6 +127,11 @@ class Uniform(Sequence[tuple[str, "Entry | Attrs"]]):
         """The (name, mtime) pairs from offset `start` on, as readdir resumes a listing."""
         return _from_index(self.stamps, start)
 
+    def entries_from(self, start: int) -> Iterator[tuple[str, Entry | Attrs]]:
+        """Whole entries from offset `start` on, for callers other than readdir's."""
+        return itertools.chain(map(self._entry, self.stamps_from(start)),
+                               self.rest_from(start))
+
     def rest_from(self, start: int) -> Iterator[tuple[str, Entry | Attrs]]:
         """The entries after the pairs, from offset `start` of the whole listing on."""
         return itertools.islice(self._rest, max(0, start - len(self.stamps)), None)
@@ -146,8 +151,7 @@ def _from_index(items: Sequence[K], start: int) -> Iterator[K]:
 def listed_from(listing: Listing, start: int) -> Iterator[tuple[str, Entry | Attrs]]:
     """A listing's entries from offset `start` on (readdir's offsets index the listing)."""
     if isinstance(listing, Uniform):
-        return itertools.chain(map(listing._entry, listing.stamps_from(start)),
-                               listing.rest_from(start))
+        return listing.entries_from(start)
     return itertools.islice(listing, start, None)
 
 
