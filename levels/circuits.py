@@ -42,7 +42,14 @@ from levels.errors import (
 )
 from levels.lru import LRU
 from levels.pictures import histogram_png
-from levels.qasm import VIEW_FORMATS, CircuitStats, ProgramLimits, parse_program
+from levels.qasm import (
+    SERIALIZED_VIEWS,
+    TEXT_DRAWING,
+    VIEW_FORMATS,
+    CircuitStats,
+    ProgramLimits,
+    parse_program,
+)
 from levels.sdkformats import SDK_FORMATS
 from levels.sdkformats import prepare as prepare_written
 from levels.sdkformats import render_view as render_sdk_view
@@ -54,6 +61,10 @@ MAX_NAME_BYTES = 200
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]*$")
 _RESULT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]*\.json$")
 PICTURE = "png"
+DRAWINGS = (TEXT_DRAWING, PICTURE)  # each drawn alone, when first asked for
+# What a cached view costs beyond its bytes (its key and the cache's bookkeeping): the
+# bytes bound the view cache, so a tree walk's thousands of small views stay cached.
+VIEW_OVERHEAD_BYTES = 256
 META_FIELDS = {"description": str, "author": str, "tags": list, "parameters": dict,
                "pinned": list, "optimization_level": int}
 _MTIME = struct.Struct("<q")
@@ -243,9 +254,9 @@ class CircuitStore:
         self._sources: LRU[bytes] = LRU(max_entries=4096, max_bytes=cache_bytes // 4,
                                         sizeof=len)
         self._views: LRU[bytes | str] = LRU(
-            max_entries=4096,
+            max_entries=max(4096, cache_bytes // VIEW_OVERHEAD_BYTES),
             max_bytes=cache_bytes,
-            sizeof=lambda v: len(v),
+            sizeof=lambda v: len(v) + VIEW_OVERHEAD_BYTES,
         )
         with meta.reading() as txn:
             indexed = facets.current(txn)
@@ -350,8 +361,8 @@ class CircuitStore:
     def view(self, name: str, n: int, fmt: str) -> bytes:
         """A format view of version n; slow on a miss (a worker renders): call from a thread.
 
-        One render makes every text view of a version (one parse); a picture is drawn
-        alone, on first demand."""
+        One render makes every serialization of a version (one parse); a drawing (text or
+        picture) is made alone, on first demand."""
         if fmt not in (*VIEW_FORMATS, PICTURE, *SDK_FORMATS):
             raise NotFound(f"no format view .{fmt}")
         stats = self.get(name).version(n).stats
@@ -364,7 +375,7 @@ class CircuitStore:
                     views = {fmt: self._workers.run(render_sdk_view, self.source(name, n), name,
                                                     fmt)}
                 else:
-                    formats = (PICTURE,) if fmt == PICTURE else VIEW_FORMATS
+                    formats = (fmt,) if fmt in DRAWINGS else SERIALIZED_VIEWS
                     views = self._workers.run(qasm.render_views, self.source(name, n), name,
                                               formats)
             except WorkerDied as exc:
@@ -488,10 +499,18 @@ class CircuitStore:
         assert isinstance(cached, bytes)
         return cached
 
-    def has_picture(self, name: str, n: int) -> bool:
-        """Whether vN.png is drawn already (listings show pictures once drawn)."""
+    def serialized(self, name: str, n: int) -> bool:
+        """Whether every serialization of version n is made already (or known not to hold
+        it): a listing then needs no worker."""
         stats = self.get(name).version(n).stats
-        return isinstance(self._views.peek((stats["sha256"], name, PICTURE)), bytes)
+        return all(self._views.peek((stats["sha256"], name, fmt)) is not None
+                   or stats.get("written_as") == fmt for fmt in SERIALIZED_VIEWS)
+
+    def drawn(self, name: str, n: int, fmt: str) -> bool:
+        """Whether drawing vN.<fmt> is made already: listings show a picture once drawn,
+        and a text drawing's size."""
+        stats = self.get(name).version(n).stats
+        return isinstance(self._views.peek((stats["sha256"], name, fmt)), bytes)
 
     def result_picture(self, name: str, run: str) -> bytes:
         """The histogram of results/<run>.json as PNG (slow on a miss: call from a thread)."""

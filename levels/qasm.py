@@ -52,8 +52,13 @@ _NOT_BRACKETS = bytes(set(range(256)) - set(b"()[]{}"))
 _OPEN = ord("(")
 _STANDARD_INCLUDES = ("qelib1.inc", "stdgates.inc")
 
-# Format views made on read, by file extension.
-VIEW_FORMATS = ("qpy", "qasm2", "qasm3", "txt")
+# Format views made on read, by file extension. The serializations come from one parse,
+# together, and only rendering them shows whether the format can hold the circuit; the text
+# drawing is most of a small circuit's rendering time, and whether it is made follows from
+# the circuit's stats, so it is drawn alone, when first read or stat'ed.
+SERIALIZED_VIEWS = ("qpy", "qasm2", "qasm3")
+TEXT_DRAWING = "txt"
+VIEW_FORMATS = (*SERIALIZED_VIEWS, TEXT_DRAWING)
 MAX_TEXT_DRAWN_OPERATIONS = 10_000  # the text drawing costs ~6 KB per operation
 
 
@@ -313,6 +318,15 @@ def _depth_and_size(circuit: "QuantumCircuit", counts: dict) -> tuple[int, int]:
     return circuit.depth(), circuit.size()
 
 
+def text_drawing_refusal(operations: int) -> str | None:
+    """Why a circuit of `operations` operations (its stats' size) is not drawn as text, or
+    None: a listing knows from the stats whether to show vN.txt, without drawing it."""
+    if operations <= MAX_TEXT_DRAWN_OPERATIONS:
+        return None
+    return (f"too large to draw as text ({operations} operations; the limit is "
+            f"{MAX_TEXT_DRAWN_OPERATIONS}): read the .qasm3 view instead")
+
+
 def render_view(circuit: "QuantumCircuit", fmt: str) -> bytes:
     """The bytes of one format view; Unexpressible when the format cannot hold the circuit."""
     if fmt == "qpy":
@@ -335,10 +349,10 @@ def render_view(circuit: "QuantumCircuit", fmt: str) -> bytes:
             return qasm3.dumps(circuit).encode() + b"\n"
         except Exception as exc:
             raise Unexpressible(f"not expressible in OpenQASM 3: {_first_line(exc)}") from exc
-    if fmt == "txt":
-        if circuit.size() > MAX_TEXT_DRAWN_OPERATIONS:
-            raise TooBig(f"too large to draw as text ({circuit.size()} operations; the limit is "
-                         f"{MAX_TEXT_DRAWN_OPERATIONS}): read the .qasm3 view instead")
+    if fmt == TEXT_DRAWING:
+        refusal = text_drawing_refusal(circuit.size())
+        if refusal is not None:
+            raise TooBig(refusal)
         return str(circuit.draw(output="text")).encode() + b"\n"
     raise Invalid(f"unknown format view .{fmt}")
 

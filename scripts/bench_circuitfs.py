@@ -11,6 +11,8 @@ moments before or after on the same disk and CPUs, and the report gives medians 
   search        latency per query kind at N and at BIG circuits: through the mount, through
                 qfs's SearchIndex in-process, and raw Whoosh on the same index
   lmdb_floor    synced LMDB puts (one transaction each) and gets: what no qfs write can beat
+  tree_walk     `find` and `du -s` of /circuits at WALK circuits on a fresh mount: what a tree
+                walker pays for the format views each circuit directory lists
 
 Run it from the repository root with the project's virtualenv, as root with /dev/fuse:
 
@@ -78,6 +80,7 @@ class Sizes:
     lmdb_puts: int = 2000
     lmdb_gets: int = 100_000
     similar_samples: int = 10
+    walk_circuits: int = 2000
 
 
 # -- circuits --------------------------------------------------------------------------------
@@ -426,6 +429,26 @@ def bench_similar(work: Path, data: Path, count: int, samples: int) -> Json:
             "notes": "the first listing after mounting builds the shape index"}
 
 
+def bench_tree_walk(work: Path, count: int) -> Json:
+    """Tree walkers over /circuits on a fresh mount, each twice: `find` lists every circuit
+    directory (their views need exact sizes) and `du -s` stats every file as well."""
+    data, mnt = work / "data_walk", work / "mnt_walk"
+    load = bulk_load(data, count)
+    walks: Json = {}
+    with qfs_mount(data, mnt):
+        for tool, argv in (("find", ["find", str(mnt / "circuits")]),
+                           ("du_s", ["du", "-s", str(mnt / "circuits")])):
+            for attempt in ("first", "again"):
+                elapsed, done = timed(functools.partial(subprocess.run, argv, check=True,
+                                                        capture_output=True, text=True))
+                walks[f"{tool}_{attempt}_s"] = round(elapsed, 3)
+                if tool == "find":
+                    walks["find_lines"] = len(done.stdout.splitlines())
+                say(f"tree walk {count}: {' '.join(argv[:2])} ({attempt}) {elapsed:.2f} s")
+    return {"circuits": count, "versions_per_circuit": 1, "load_s": load["total_s"], **walks,
+            "notes": "in this order on one mount: find, find again, du -s, du -s again"}
+
+
 # -- (c) search ------------------------------------------------------------------------------
 
 
@@ -723,10 +746,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke check: 500 / 2000 circuits and few repetitions (~1 min)")
     parser.add_argument("--out", type=Path, help="also write the JSON document to this file")
-    parser.add_argument("--search-only", action="store_true",
-                        help="only load the big corpus and time its searches")
-    parser.add_argument("--similar-only", action="store_true",
-                        help="only load the small corpus and time ls -l of similar/")
+    parser.add_argument("--walk-circuits", type=int, default=2000,
+                        help="circuits for the find/du walk of /circuits (2000)")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--search-only", action="store_true",
+                      help="only load the big corpus and time its searches")
+    only.add_argument("--similar-only", action="store_true",
+                      help="only load the small corpus and time ls -l of similar/")
+    only.add_argument("--tree-walk-only", action="store_true",
+                      help="only load WALK circuits and time find and du -s of /circuits")
     parser.add_argument("--keep", action="store_true",
                         help="keep the scratch tree under /tmp (its path goes to stderr)")
     return parser.parse_args(argv)
@@ -735,8 +763,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def sizes_from(args: argparse.Namespace) -> Sizes:
     if args.quick:
         return Sizes(circuits=500, big=2000, walk_reps=5, plain_cp_reps=2, search_reps=10,
-                     broad_reps=5, lmdb_puts=200, lmdb_gets=10_000)
-    return Sizes(circuits=args.circuits, big=args.big)
+                     broad_reps=5, lmdb_puts=200, lmdb_gets=10_000, walk_circuits=200)
+    return Sizes(circuits=args.circuits, big=args.big, walk_circuits=args.walk_circuits)
 
 
 def label(count: int) -> str:
@@ -770,21 +798,27 @@ def main(argv: list[str] | None = None) -> int:
         small, big = work / "data_small", work / "data_big"
         loads: Json = {}
         search: Json = {}
-        if not args.search_only:
-            if not args.similar_only:
-                report["lmdb_floor"] = section("lmdb_floor", lambda: bench_lmdb(work, sizes))
+        only = {name for name, chosen in (("search", args.search_only),
+                                          ("similar", args.similar_only),
+                                          ("tree_walk", args.tree_walk_only)) if chosen}
+        if not only or "tree_walk" in only:
+            report["tree_walk"] = section("tree_walk", lambda: bench_tree_walk(
+                work, sizes.walk_circuits))
+        if not only:
+            report["lmdb_floor"] = section("lmdb_floor", lambda: bench_lmdb(work, sizes))
+        if not only or "similar" in only:
             say(f"bulk loading {sizes.circuits} circuits")
             loads[label(sizes.circuits)] = section("load",
                                                    lambda: bulk_load(small, sizes.circuits))
             report["similar"] = section("similar", lambda: bench_similar(
                 work, small, sizes.circuits, sizes.similar_samples))
-        if not (args.search_only or args.similar_only):
+        if not only:
             report["readdir_stat"] = section("readdir_stat",
                                              lambda: bench_readdir_stat(work, small, sizes))
             report["cp_import"] = section("cp_import", lambda: bench_cp_import(work, sizes))
             search[label(sizes.circuits)] = section(
                 "search small", lambda: bench_search(work, small, sizes.circuits, sizes))
-        if not args.similar_only:
+        if not only or "search" in only:
             say(f"bulk loading {sizes.big} circuits")
             loads[label(sizes.big)] = section("load big", lambda: bulk_load(big, sizes.big))
             search[label(sizes.big)] = section(

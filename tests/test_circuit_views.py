@@ -56,6 +56,32 @@ def test_txt_view_is_the_text_drawing(qfs):
     assert drawing == str(QuantumCircuit.from_qasm_str(BELL).draw(output="text")) + "\n"
 
 
+def test_a_text_drawing_is_listed_before_it_is_drawn_and_its_size_is_exact_once_seen(qfs):
+    drawing = (str(QuantumCircuit.from_qasm_str(BELL).draw(output="text")) + "\n").encode()
+    listed = qfs.write_circuit("listed")
+    assert "v1.txt" in os.listdir(listed)  # listed undrawn: the kernel holds no size yet
+    fd = os.open(listed / "v1.txt", os.O_RDONLY)  # read with no stat first
+    try:
+        assert os.read(fd, 1 << 16) == drawing
+    finally:
+        os.close(fd)
+    assert os.stat(listed / "v1.txt").st_size == len(drawing)
+    long_listed = qfs.write_circuit("long_listed")
+    sizes = {line.split()[-1]: int(line.split()[4]) for line in subprocess.run(
+        ["ls", "-l", str(long_listed)], check=True, capture_output=True,
+        text=True).stdout.splitlines()[1:]}
+    assert sizes["v1.txt"] == len(drawing)
+    assert sizes["v1.qasm3"] == len((long_listed / "v1.qasm3").read_bytes())
+    wide = "OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[1];\n" + "h q[0];\n" * 10_001
+    big = qfs.write_circuit("big", wide)
+    names = os.listdir(big)  # no drawing, yet every serialization
+    assert {"v1.qasm", "v1.qpy", "v1.qasm2", "v1.qasm3"} <= set(names) and "v1.txt" not in names
+    with pytest.raises(OSError) as caught:
+        (big / "v1.txt").read_bytes()
+    assert caught.value.errno == errno.EFBIG
+    assert "too large to draw as text (10001 operations" in (big / "errors").read_text()
+
+
 def test_view_sizes_are_exact(qfs):
     bell = qfs.write_circuit("bell")
     (bell / "latest.qasm").write_text(GHZ3)

@@ -37,7 +37,12 @@ from levels.errors import (
     NotSupported,
     ReadOnly,
 )
-from levels.qasm import VIEW_FORMATS
+from levels.qasm import (
+    SERIALIZED_VIEWS,
+    TEXT_DRAWING,
+    VIEW_FORMATS,
+    text_drawing_refusal,
+)
 from levels.scratch import is_scratch_name
 from levels.sdkformats import IMPORTS, SDK_FORMATS, split_import
 from levels.vfs.entry import (
@@ -65,6 +70,7 @@ from levels.vfs.entry import (
     directory,
     field,
     immutable_file,
+    unmeasured_file,
     xattr_value,
 )
 
@@ -526,33 +532,49 @@ class CircuitDir(CircuitPart):
 
     def names(self) -> Names:
         """The fabric's own entries (scratch files come on top)."""
-        fabric, name = self.fabric, self.name
-        circuit = fabric.circuits.get(name)
+        circuits, name = self.fabric.circuits, self.name
+        circuit = circuits.get(name)
         names = ["latest.qasm", "meta.json", "stats.json", "errors", "results", "similar"]
         kept = {version.n for version in circuit.versions}
         for version in circuit.versions:
-            names.append(f"v{version.n}.qasm")
-            if version.n - 1 in kept:
-                names.append(f"v{version.n}.diff")
-            names.extend(f"v{version.n}.{fmt}" for fmt in VIEW_FORMATS)
-            if fabric.circuits.has_picture(name, version.n):  # pictures: listed once drawn
-                names.append(f"v{version.n}.{PICTURE}")
+            n = version.n
+            names.append(f"v{n}.qasm")
+            if n - 1 in kept:
+                names.append(f"v{n}.diff")
+            names.extend(f"v{n}.{fmt}" for fmt in SERIALIZED_VIEWS)
+            if text_drawing_refusal(version.stats["size"]) is None:
+                names.append(f"v{n}.{TEXT_DRAWING}")
+            if circuits.drawn(name, n, PICTURE):  # pictures: listed once drawn
+                names.append(f"v{n}.{PICTURE}")
         return names
 
     async def list(self) -> Listing:
-        # Views are rendered to know their exact size: do them all in one worker thread.
-        await trio.to_thread.run_sync(self._render_views)
-        entries = []
+        # Serializations are listed where they can hold the circuit, with their exact size:
+        # render those not yet made in one worker thread first.
+        circuits = self.fabric.circuits
+        if not all(circuits.serialized(self.name, v.n) for v in circuits.get(self.name).versions):
+            await trio.to_thread.run_sync(self._render_serializations)
+        entries: Entries = []
         for leaf in self.names():
             try:
-                entries.append((leaf, await self._file(leaf)))
+                entries.append((leaf, await self._listed(leaf)))
             except Invalid:
                 continue  # a view this circuit cannot be expressed in: not listed
         return entries + self.scratch_entries()
 
-    def _render_views(self) -> None:
+    async def _listed(self, leaf: str) -> Entry | Attrs:
+        """A text drawing not yet made is listed unmeasured: drawing it is most of a
+        listing's time, and a tree walker such as find never stats it."""
+        version = parse_version_file(leaf)
+        if version is not None and version[1] == TEXT_DRAWING:
+            n = version[0]
+            if not self.fabric.circuits.drawn(self.name, n, TEXT_DRAWING):
+                return unmeasured_file(self.fabric.circuits.get(self.name).version(n).created_ns)
+        return await self._file(leaf)
+
+    def _render_serializations(self) -> None:
         for version in self.fabric.circuits.get(self.name).versions:
-            for fmt in VIEW_FORMATS:
+            for fmt in SERIALIZED_VIEWS:  # the first renders them all, from one parse
                 with contextlib.suppress(Invalid):
                     self.fabric.circuits.view(self.name, version.n, fmt)
 

@@ -190,6 +190,13 @@ def immutable_file(size: int, mtime_ns: int, perm: int = 0o444, io_size: int = 0
                  immutable=True, io_size=io_size)
 
 
+def unmeasured_file(mtime_ns: int) -> Attrs:
+    """An immutable file listed before its bytes are made. Its attributes are never kept,
+    so a stat asks for them, which makes the bytes, and the kernel asks again before a read
+    past the size it holds: wherever st_size is seen, it is exact."""
+    return Attrs(FILE, 0o444, mtime_ns, attr_timeout=0.0, immutable=True)
+
+
 class Entry:
     """One path. Every operation is refused unless the kind allows it: open() of a
     directory and commit() of a read-only file are EACCES (ReadOnly), namespace operations
