@@ -266,7 +266,10 @@ def test_restore_reports_the_fidelity_of_the_state_it_loads(qfs, fmt):
     if fmt == "statevector":  # the loaded state is the decoded one: the bound is exact
         assert restored["fidelity_to_checkpointed_at_least"] == pytest.approx(actual, abs=1e-9)
     else:
-        assert restored["fidelity"] < 1 - 1e-3  # a shadow's top eigenvector is not all of it
+        # A shadow's top eigenvector is as faithful to it as its largest eigenvalue: below 1,
+        # unless the projection onto a density matrix left a pure state (1 seed in ~400).
+        top = float(np.linalg.eigvalsh(stored.data)[-1])
+        assert restored["fidelity"] == pytest.approx(top, abs=1e-9)
 
 
 def test_migration_reports_and_checks_the_fidelity_of_the_state_it_loads(mount_factory,
