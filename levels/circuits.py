@@ -316,6 +316,16 @@ class CircuitStore:
                     self._shapes = (snapshot, index)
         return index.rank_kept(name, target.stats, limit)
 
+    def similar_kept(self, name: str, limit: int) -> list[tuple[str, float]] | None:
+        """similar_to's answer where the index is current and has ranked `name` already,
+        else None: a lookup or readlink of a ranked link then needs no thread."""
+        with self._meta.reading() as txn:
+            snapshot = txn.snapshot()
+        kept_at, index = self._shapes
+        if snapshot is None or kept_at != snapshot or index is None:
+            return None
+        return index.kept(name, limit)
+
     def count(self) -> int:
         with self._meta.reading() as txn:
             return sum(1 for _ in txn.scan("names"))
@@ -453,6 +463,18 @@ class CircuitStore:
     def history(self, name: str) -> dict[int, bool | str | None]:
         """`equivalent_to_previous` of each kept version (None for v1, which has none);
         slow on a miss (workers compare): call from a thread. Cached by the two sources."""
+        return self._history(name, self._equivalent)
+
+    def compared_history(self, name: str) -> dict[int, bool | str | None] | None:
+        """history() where every comparison is cached already, else None: a stat of
+        stats.json then needs no thread."""
+        try:
+            return self._history(name, self._compared)
+        except LookupError:
+            return None
+
+    def _history(self, name: str, compare: Callable[[str, Version, Version], bool | str]
+                 ) -> dict[int, bool | str | None]:
         circuit = self.get(name)
         kept = {v.n: v for v in circuit.versions}
         answers: dict[int, bool | str | None] = {}
@@ -463,11 +485,22 @@ class CircuitStore:
             elif previous is None:
                 answers[version.n] = f"unknown (v{version.n - 1} is no longer kept)"
             else:
-                answers[version.n] = self._equivalent(name, previous, version)
+                answers[version.n] = compare(name, previous, version)
         return answers
 
+    @staticmethod
+    def _equivalence_key(previous: Version, version: Version) -> tuple[str, str, str]:
+        return ("equivalent", previous.stats["sha256"], version.stats["sha256"])
+
+    def _compared(self, name: str, previous: Version, version: Version) -> bool | str:
+        """A comparison's cached answer; LookupError when not compared yet."""
+        cached = self._views.get(self._equivalence_key(previous, version))
+        if cached is None:
+            raise LookupError(f"{name} v{version.n} not compared yet")
+        return json.loads(cached)
+
     def _equivalent(self, name: str, previous: Version, version: Version) -> bool | str:
-        key = ("equivalent", previous.stats["sha256"], version.stats["sha256"])
+        key = self._equivalence_key(previous, version)
         cached = self._views.get(key)
         if cached is None:
             try:

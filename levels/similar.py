@@ -69,6 +69,10 @@ class ShapeIndex:
                 ranked.append((self.names[i], float(scores[i])))
         return ranked
 
+    def kept(self, name: str, limit: int) -> list[tuple[str, float]] | None:
+        """rank_kept's answer if made already, else None."""
+        return self._ranked.get((name, limit))
+
     def rank_kept(self, name: str, target: dict[str, Any], limit: int,
                   ) -> list[tuple[str, float]]:
         """rank(target, limit, exclude=name), made once per name for this index (whose

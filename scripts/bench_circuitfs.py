@@ -11,8 +11,9 @@ moments before or after on the same disk and CPUs, and the report gives medians 
   search        latency per query kind at N and at BIG circuits: through the mount, through
                 qfs's SearchIndex in-process, and raw Whoosh on the same index
   lmdb_floor    synced LMDB puts (one transaction each) and gets: what no qfs write can beat
-  tree_walk     `find` and `du -s` of /circuits at WALK circuits on a fresh mount: what a tree
-                walker pays for the format views each circuit directory lists
+  tree_walk     `find`, `du -s` and `grep -R` of /circuits at WALK circuits on a fresh mount:
+                what a tree walker pays for the views each circuit directory lists and for
+                the similar/ links grep -R follows
 
 Run it from the repository root with the project's virtualenv, as root with /dev/fuse:
 
@@ -431,22 +432,25 @@ def bench_similar(work: Path, data: Path, count: int, samples: int) -> Json:
 
 def bench_tree_walk(work: Path, count: int) -> Json:
     """Tree walkers over /circuits on a fresh mount, each twice: `find` lists every circuit
-    directory (their views need exact sizes) and `du -s` stats every file as well."""
+    directory (their views need exact sizes), `du -s` stats every file as well, and
+    `grep -R` reads every file, following each similar/ link to the circuit it names."""
     data, mnt = work / "data_walk", work / "mnt_walk"
     load = bulk_load(data, count)
     walks: Json = {}
     with qfs_mount(data, mnt):
         for tool, argv in (("find", ["find", str(mnt / "circuits")]),
-                           ("du_s", ["du", "-s", str(mnt / "circuits")])):
+                           ("du_s", ["du", "-s", str(mnt / "circuits")]),
+                           ("grep_R", ["grep", "-R", "-l", "-e", "ccx", str(mnt / "circuits")])):
             for attempt in ("first", "again"):
                 elapsed, done = timed(functools.partial(subprocess.run, argv, check=True,
                                                         capture_output=True, text=True))
                 walks[f"{tool}_{attempt}_s"] = round(elapsed, 3)
-                if tool == "find":
-                    walks["find_lines"] = len(done.stdout.splitlines())
+                if tool != "du_s":
+                    walks[f"{tool}_lines"] = len(done.stdout.splitlines())
                 say(f"tree walk {count}: {' '.join(argv[:2])} ({attempt}) {elapsed:.2f} s")
     return {"circuits": count, "versions_per_circuit": 1, "load_s": load["total_s"], **walks,
-            "notes": "in this order on one mount: find, find again, du -s, du -s again"}
+            "notes": "in this order on one mount: find, find again, du -s, du -s again, "
+                     "grep -R, grep -R again"}
 
 
 # -- (c) search ------------------------------------------------------------------------------

@@ -126,8 +126,29 @@ def test_similarity_prefers_same_shape():
     assert ranked[0][1] == pytest.approx(1.0)
     assert [n for n, _ in index.rank(bell, limit=1, exclude="bell")] == ["twin"]
     assert [n for n, _ in index.rank(bell, limit=30)][-3:] == ["same11", "ghz", "xs"]
+    assert index.kept("bell", 3) is None
     assert index.rank_kept("bell", bell, 3) == ranked
+    assert index.kept("bell", 3) == ranked and index.kept("bell", 2) is None
     assert ShapeIndex([]).rank(bell, limit=3) == []
+
+
+def test_answers_kept_for_the_same_data_are_given_without_a_worker(fabric):
+    """What a lookup takes without a thread: a ranking made for this data, comparisons
+    made already; a commit makes the kept ranking stale."""
+    store = fabric.circuits
+    store.commit_version("bell", prepare(store, BELL), create=True)
+    store.commit_version("ghz", prepare(store, GHZ3), create=True)
+    assert store.similar_kept("bell", 5) is None
+    ranked = store.similar_to("bell", 5)
+    assert [n for n, _ in ranked] == ["ghz"] and store.similar_kept("bell", 5) == ranked
+    store.commit_version("twin", prepare(store, BELL + "// twin\n"), create=True)
+    assert store.similar_kept("bell", 5) is None
+    assert [n for n, _ in store.similar_to("bell", 5)] == ["twin", "ghz"]
+    store.commit_version("bell", prepare(store, BELL.replace("measure", "x q[1];\nmeasure")))
+    assert store.compared_history("bell") is None  # v2 against v1 not compared yet
+    history = store.history("bell")
+    assert history[1] is None and history[2] is False
+    assert store.compared_history("bell") == history
 
 
 def test_empty_index_searches_and_reopens(tmp_path):

@@ -314,7 +314,9 @@ async def stats_json(fabric: Fabric, path: Path, name: str) -> Derived:
     """stats.json; each version's equivalence to the one before is decided now (workers,
     cached), so that st_size is exact."""
     circuit = fabric.circuits.get(name)
-    history = await trio.to_thread.run_sync(fabric.circuits.history, name)
+    history = fabric.circuits.compared_history(name)
+    if history is None:
+        history = await trio.to_thread.run_sync(fabric.circuits.history, name)
     return Derived(fabric, path, CircuitStore.stats_json(circuit, history),
                    Attrs(FILE, 0o444, circuit.mtime_ns))
 
@@ -774,8 +776,10 @@ class SimilarDir(CircuitPart):
         fabric = self.fabric
         if "semantic" not in fabric.index_types:
             return []
-        ranked = await trio.to_thread.run_sync(
-            fabric.circuits.similar_to, self.name, fabric.config.circuit_fs.similar_result_limit)
+        limit = fabric.config.circuit_fs.similar_result_limit
+        ranked = fabric.circuits.similar_kept(self.name, limit)
+        if ranked is None:
+            ranked = await trio.to_thread.run_sync(fabric.circuits.similar_to, self.name, limit)
         return [(f"{i:02d}-{n}", score) for i, (n, score) in enumerate(ranked, 1)]
 
     async def create(self, name: str, mode: int, uid: int, gid: int) -> Entry:
