@@ -373,32 +373,36 @@ class CircuitStore:
 
         One render makes every serialization of a version (one parse); a drawing (text or
         picture) is made alone, on first demand."""
+        made = self.made_view(name, n, fmt)
+        if made is not None:
+            return made
+        try:
+            if fmt in SDK_FORMATS:  # alone: its SDK is imported only when asked for
+                views = {fmt: self._workers.run(render_sdk_view, self.source(name, n), name,
+                                                fmt)}
+            else:
+                formats = (fmt,) if fmt in DRAWINGS else SERIALIZED_VIEWS
+                views = self._workers.run(qasm.render_views, self.source(name, n), name,
+                                          formats)
+        except WorkerDied as exc:
+            raise WorkerDied(f"{name} v{n}.{fmt} could not be made: {exc}") from exc
+        sha256 = self.get(name).version(n).stats["sha256"]
+        for each, rendered in views.items():
+            self._views.put((sha256, name, each), rendered)  # QPY embeds the name
+            if isinstance(rendered, str):
+                self._note_unavailable(name, n, each, rendered)
+        return _view_or_refusal(name, n, fmt, views[fmt])
+
+    def made_view(self, name: str, n: int, fmt: str) -> bytes | None:
+        """view() where it is made already (or known not to exist), else None: an open or
+        a lookup of a rendered view then needs no thread."""
         if fmt not in (*VIEW_FORMATS, PICTURE, *SDK_FORMATS):
             raise NotFound(f"no format view .{fmt}")
         stats = self.get(name).version(n).stats
         if stats.get("written_as") == fmt:
             return self.written(name, n)
-        cached = self._views.get((stats["sha256"], name, fmt))  # QPY embeds the name
-        if cached is None:
-            try:
-                if fmt in SDK_FORMATS:  # alone: its SDK is imported only when asked for
-                    views = {fmt: self._workers.run(render_sdk_view, self.source(name, n), name,
-                                                    fmt)}
-                else:
-                    formats = (fmt,) if fmt in DRAWINGS else SERIALIZED_VIEWS
-                    views = self._workers.run(qasm.render_views, self.source(name, n), name,
-                                              formats)
-            except WorkerDied as exc:
-                raise WorkerDied(f"{name} v{n}.{fmt} could not be made: {exc}") from exc
-            for each, made in views.items():
-                self._views.put((stats["sha256"], name, each), made)
-                if isinstance(made, str):
-                    self._note_unavailable(name, n, each, made)
-            cached = views[fmt]
-        if isinstance(cached, str):
-            refusal = TooBig if cached.startswith("too large") else Unexpressible
-            raise refusal(f"{name} v{n}.{fmt}: {cached}")
-        return cached
+        cached = self._views.get((stats["sha256"], name, fmt))
+        return None if cached is None else _view_or_refusal(name, n, fmt, cached)
 
     def written(self, name: str, n: int) -> bytes:
         """The bytes of version n as written in another SDK's format (vN.quil, ...)."""
@@ -515,22 +519,31 @@ class CircuitStore:
 
     def diff(self, name: str, n: int) -> bytes:
         """vN.diff: the unified diff of vN-1 -> vN (a worker diffs: call from a thread)."""
-        circuit = self.get(name)
-        version = circuit.version(n)
-        if all(v.n != n - 1 for v in circuit.versions):
-            raise NotFound(f"{name} v{n}.diff: there is no v{n - 1} to compare with")
-        previous = circuit.version(n - 1)
-        key = ("diff", previous.stats["sha256"], version.stats["sha256"], n)
-        cached = self._views.get(key)
-        if cached is None:
+        key = self._diff_key(self.get(name), n)
+        made = self._views.get(key)
+        if made is None:
             try:
-                cached = self._workers.run(compiler.unified_diff, self.source(name, n - 1),
-                                           self.source(name, n), f"v{n - 1}.qasm", f"v{n}.qasm")
+                made = self._workers.run(compiler.unified_diff, self.source(name, n - 1),
+                                         self.source(name, n), f"v{n - 1}.qasm", f"v{n}.qasm")
             except WorkerDied as exc:
                 raise WorkerDied(f"{name} v{n}.diff could not be made: {exc}") from exc
-            self._views.put(key, cached)
-        assert isinstance(cached, bytes)
-        return cached
+            self._views.put(key, made)
+        assert isinstance(made, bytes)
+        return made
+
+    def made_diff(self, name: str, n: int) -> bytes | None:
+        """diff() where it is made already, else None."""
+        made = self._views.get(self._diff_key(self.get(name), n))
+        assert not isinstance(made, str)
+        return made
+
+    @staticmethod
+    def _diff_key(circuit: Circuit, n: int) -> tuple[str, str, str, int]:
+        """The cache key of vN.diff; NotFound where vN-1 is not kept."""
+        if all(v.n != n - 1 for v in circuit.versions):
+            raise NotFound(f"{circuit.name} v{n}.diff: there is no v{n - 1} to compare with")
+        return ("diff", circuit.version(n - 1).stats["sha256"],
+                circuit.version(n).stats["sha256"], n)
 
     def serialized(self, name: str, n: int) -> bool:
         """Whether every serialization of version n is made already (or known not to hold
@@ -1013,6 +1026,14 @@ def _with_pins(meta: dict[str, Any], pins: set[int]) -> dict[str, Any]:
 
 def _iso(ns: int) -> str:
     return time.strftime(_ISO, time.gmtime(ns / 1e9))
+
+
+def _view_or_refusal(name: str, n: int, fmt: str, made: bytes | str) -> bytes:
+    """A rendered view's bytes, or the refusal a render recorded instead (its reason)."""
+    if isinstance(made, str):
+        refusal = TooBig if made.startswith("too large") else Unexpressible
+        raise refusal(f"{name} v{n}.{fmt}: {made}")
+    return made
 
 
 def parse_iso(text: str) -> int:

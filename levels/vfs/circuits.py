@@ -21,7 +21,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
     from levels.fabric import Fabric
 
 CIRCUITS = "circuits"
+T = TypeVar("T")
 DIFF = "diff"
 PINNED = "user.qfs.pinned"  # on vN.qasm: "1" keeps the version beyond retention
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]{0,9})\.([a-z0-9]+(?:\.json)?)$")
@@ -280,14 +282,24 @@ class VersionSource(CircuitFile):
         self.fabric.circuits.pin(self.name, self.n, False)
 
 
+async def made_now_or_in_thread(made: Callable[[], T | None], make: Callable[[], T]) -> T:
+    """What `made` has at hand (cached: answered on trio's thread), else `make` on a worker
+    thread: a thread's round trip is most of a cached answer's time on a small machine."""
+    answer = made()
+    return answer if answer is not None else await trio.to_thread.run_sync(make)
+
+
 async def version_view(fabric: Fabric, path: Path, name: str, n: int, fmt: str) -> Derived:
     """vN.<view>, vN.png and vN.diff: rendered now (in a worker) because st_size must be
     exact; immutable (keep_cache). EINVAL where the format cannot express the circuit."""
-    version = fabric.circuits.get(name).version(n)
+    circuits = fabric.circuits
+    version = circuits.get(name).version(n)
     if fmt == DIFF:
-        data = await trio.to_thread.run_sync(fabric.circuits.diff, name, n)
+        data = await made_now_or_in_thread(lambda: circuits.made_diff(name, n),
+                                           lambda: circuits.diff(name, n))
     else:
-        data = await trio.to_thread.run_sync(fabric.circuits.view, name, n, fmt)
+        data = await made_now_or_in_thread(lambda: circuits.made_view(name, n, fmt),
+                                           lambda: circuits.view(name, n, fmt))
     return Derived(fabric, path, data, immutable_file(0, version.created_ns))
 
 
@@ -314,9 +326,8 @@ async def stats_json(fabric: Fabric, path: Path, name: str) -> Derived:
     """stats.json; each version's equivalence to the one before is decided now (workers,
     cached), so that st_size is exact."""
     circuit = fabric.circuits.get(name)
-    history = fabric.circuits.compared_history(name)
-    if history is None:
-        history = await trio.to_thread.run_sync(fabric.circuits.history, name)
+    history = await made_now_or_in_thread(lambda: fabric.circuits.compared_history(name),
+                                          lambda: fabric.circuits.history(name))
     return Derived(fabric, path, CircuitStore.stats_json(circuit, history),
                    Attrs(FILE, 0o444, circuit.mtime_ns))
 
@@ -777,9 +788,9 @@ class SimilarDir(CircuitPart):
         if "semantic" not in fabric.index_types:
             return []
         limit = fabric.config.circuit_fs.similar_result_limit
-        ranked = fabric.circuits.similar_kept(self.name, limit)
-        if ranked is None:
-            ranked = await trio.to_thread.run_sync(fabric.circuits.similar_to, self.name, limit)
+        ranked = await made_now_or_in_thread(
+            lambda: fabric.circuits.similar_kept(self.name, limit),
+            lambda: fabric.circuits.similar_to(self.name, limit))
         return [(f"{i:02d}-{n}", score) for i, (n, score) in enumerate(ranked, 1)]
 
     async def create(self, name: str, mode: int, uid: int, gid: int) -> Entry:
