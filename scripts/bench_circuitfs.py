@@ -751,14 +751,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="smoke check: 500 / 2000 circuits and few repetitions (~1 min)")
     parser.add_argument("--out", type=Path, help="also write the JSON document to this file")
     parser.add_argument("--walk-circuits", type=int, default=2000,
-                        help="circuits for the find/du walk of /circuits (2000)")
+                        help="circuits for the find, du and grep -R walks of /circuits (2000)")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--search-only", action="store_true",
                       help="only load the big corpus and time its searches")
     only.add_argument("--similar-only", action="store_true",
                       help="only load the small corpus and time ls -l of similar/")
     only.add_argument("--tree-walk-only", action="store_true",
-                      help="only load WALK circuits and time find and du -s of /circuits")
+                      help="only load WALK circuits and time find, du -s and grep -R of them")
     parser.add_argument("--keep", action="store_true",
                         help="keep the scratch tree under /tmp (its path goes to stderr)")
     return parser.parse_args(argv)
