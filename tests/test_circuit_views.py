@@ -66,6 +66,15 @@ def test_a_text_drawing_is_listed_before_it_is_drawn_and_its_size_is_exact_once_
     finally:
         os.close(fd)
     assert os.stat(listed / "v1.txt").st_size == len(drawing)
+    spliced = qfs.write_circuit("spliced")
+    os.listdir(spliced)
+    source = os.open(spliced / "v1.txt", os.O_RDONLY)  # the kernel copies, with no stat
+    target = os.open(qfs.root.parent / "spliced.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        assert os.sendfile(target, source, 0, 1 << 16) == len(drawing)
+    finally:
+        os.close(source)
+        os.close(target)
     long_listed = qfs.write_circuit("long_listed")
     sizes = {line.split()[-1]: int(line.split()[4]) for line in subprocess.run(
         ["ls", "-l", str(long_listed)], check=True, capture_output=True,
