@@ -49,6 +49,7 @@ from levels.qasm import (
     CircuitStats,
     ProgramLimits,
     parse_program,
+    text_drawing_refusal,
 )
 from levels.sdkformats import SDK_FORMATS
 from levels.sdkformats import prepare as prepare_written
@@ -255,7 +256,7 @@ class CircuitStore:
         self._sources: LRU[bytes] = LRU(max_entries=4096, max_bytes=cache_bytes // 4,
                                         sizeof=len)
         self._views: LRU[bytes | str] = LRU(
-            max_entries=max(4096, cache_bytes // VIEW_OVERHEAD_BYTES),
+            max_entries=max(1, cache_bytes // VIEW_OVERHEAD_BYTES),
             max_bytes=cache_bytes,
             sizeof=lambda v: len(v) + VIEW_OVERHEAD_BYTES,
         )
@@ -320,12 +321,12 @@ class CircuitStore:
     def similar_kept(self, name: str, limit: int) -> list[tuple[str, float]] | None:
         """similar_to's answer where the index is current and has ranked `name` already,
         else None: a lookup or readlink of a ranked link then needs no thread."""
-        with self._meta.reading() as txn:
-            snapshot = txn.snapshot()
         kept_at, index = self._shapes
-        if snapshot is None or kept_at != snapshot or index is None:
+        if index is None:  # none made yet, or none kept (a store without snapshots)
             return None
-        return index.kept(name, limit)
+        with self._meta.reading() as txn:
+            current = txn.snapshot() == kept_at
+        return index.kept(name, limit) if current else None
 
     def count(self) -> int:
         with self._meta.reading() as txn:
@@ -370,13 +371,30 @@ class CircuitStore:
         return raw
 
     def view(self, name: str, n: int, fmt: str) -> bytes:
-        """A format view of version n; slow on a miss (a worker renders): call from a thread.
-
-        One render makes every serialization of a version (one parse); a drawing (text or
-        picture) is made alone, on first demand."""
+        """A format view of version n: made_view's, else make_view's (call from a thread)."""
         made = self.made_view(name, n, fmt)
+        return made if made is not None else self.make_view(name, n, fmt)
+
+    def made_view(self, name: str, n: int, fmt: str) -> bytes | None:
+        """A view rendered already (or the refusal its render recorded), else None: an open
+        or a lookup of a rendered view then needs no thread. Counted in the cache's hits
+        and misses."""
+        stats = self._view_stats(name, n, fmt)
+        if stats.get("written_as") == fmt:
+            return None  # the bytes as written, read from the store by make_view
+        cached = self._views.get((stats["sha256"], name, fmt))  # QPY embeds the name
+        return None if cached is None else _view_or_refusal(name, n, fmt, cached)
+
+    def make_view(self, name: str, n: int, fmt: str) -> bytes:
+        """The view made_view did not have: the bytes written in that format, or a worker
+        renders it (slow: call from a thread). One render makes every serialization of a
+        version (one parse); a drawing (text or picture) is made alone, on first demand."""
+        stats = self._view_stats(name, n, fmt)
+        if stats.get("written_as") == fmt:
+            return self.written(name, n)
+        made = self._views.peek((stats["sha256"], name, fmt))  # another thread's render
         if made is not None:
-            return made
+            return _view_or_refusal(name, n, fmt, made)
         try:
             if fmt in SDK_FORMATS:  # alone: its SDK is imported only when asked for
                 views = {fmt: self._workers.run(render_sdk_view, self.source(name, n), name,
@@ -387,23 +405,16 @@ class CircuitStore:
                                           formats)
         except WorkerDied as exc:
             raise WorkerDied(f"{name} v{n}.{fmt} could not be made: {exc}") from exc
-        sha256 = self.get(name).version(n).stats["sha256"]
         for each, rendered in views.items():
-            self._views.put((sha256, name, each), rendered)  # QPY embeds the name
+            self._views.put((stats["sha256"], name, each), rendered)
             if isinstance(rendered, str):
                 self._note_unavailable(name, n, each, rendered)
         return _view_or_refusal(name, n, fmt, views[fmt])
 
-    def made_view(self, name: str, n: int, fmt: str) -> bytes | None:
-        """view() where it is made already (or known not to exist), else None: an open or
-        a lookup of a rendered view then needs no thread."""
+    def _view_stats(self, name: str, n: int, fmt: str) -> dict[str, Any]:
         if fmt not in (*VIEW_FORMATS, PICTURE, *SDK_FORMATS):
             raise NotFound(f"no format view .{fmt}")
-        stats = self.get(name).version(n).stats
-        if stats.get("written_as") == fmt:
-            return self.written(name, n)
-        cached = self._views.get((stats["sha256"], name, fmt))
-        return None if cached is None else _view_or_refusal(name, n, fmt, cached)
+        return self.get(name).version(n).stats
 
     def written(self, name: str, n: int) -> bytes:
         """The bytes of version n as written in another SDK's format (vN.quil, ...)."""
@@ -465,18 +476,19 @@ class CircuitStore:
             raise Unexpressible(f"{name} v{n} cannot be compiled for {device.name}: {cached}")
         return cached
 
-    def history(self, name: str) -> dict[int, bool | str | None]:
-        """`equivalent_to_previous` of each kept version (None for v1, which has none);
-        slow on a miss (workers compare): call from a thread. Cached by the two sources."""
-        return self._history(name, self._equivalent)
-
     def compared_history(self, name: str) -> dict[int, bool | str | None] | None:
-        """history() where every comparison is cached already, else None: a stat of
-        stats.json then needs no thread."""
+        """`equivalent_to_previous` of each kept version (None for v1, which has none)
+        where every comparison is made already, else None: a stat of stats.json then needs
+        no thread. Counted in the cache's hits and misses."""
         try:
             return self._history(name, self._compared)
         except LookupError:
             return None
+
+    def history(self, name: str) -> dict[int, bool | str | None]:
+        """compared_history's answer, the comparisons it lacked made by workers (slow:
+        call from a thread). Cached by the two sources."""
+        return self._history(name, self._equivalent)
 
     def _history(self, name: str, compare: Callable[[str, Version, Version], bool | str]
                  ) -> dict[int, bool | str | None]:
@@ -506,7 +518,7 @@ class CircuitStore:
 
     def _equivalent(self, name: str, previous: Version, version: Version) -> bool | str:
         key = self._equivalence_key(previous, version)
-        cached = self._views.get(key)
+        cached = self._views.peek(key)  # counted by compared_history, which came first
         if cached is None:
             try:
                 answer = self._workers.run(compiler.equivalent,
@@ -518,10 +530,17 @@ class CircuitStore:
             self._views.put(key, cached)
         return json.loads(cached)
 
-    def diff(self, name: str, n: int) -> bytes:
-        """vN.diff: the unified diff of vN-1 -> vN (a worker diffs: call from a thread)."""
+    def made_diff(self, name: str, n: int) -> bytes | None:
+        """vN.diff made already, else None (counted in the cache's hits and misses)."""
+        made = self._views.get(self._diff_key(self.get(name), n))
+        assert not isinstance(made, str)
+        return made
+
+    def make_diff(self, name: str, n: int) -> bytes:
+        """vN.diff, the unified diff of vN-1 -> vN, that made_diff did not have (a worker
+        diffs: call from a thread)."""
         key = self._diff_key(self.get(name), n)
-        made = self._views.get(key)
+        made = self._views.peek(key)  # another thread's
         if made is None:
             try:
                 made = self._workers.run(compiler.unified_diff, self.source(name, n - 1),
@@ -530,12 +549,6 @@ class CircuitStore:
                 raise WorkerDied(f"{name} v{n}.diff could not be made: {exc}") from exc
             self._views.put(key, made)
         assert isinstance(made, bytes)
-        return made
-
-    def made_diff(self, name: str, n: int) -> bytes | None:
-        """diff() where it is made already, else None."""
-        made = self._views.get(self._diff_key(self.get(name), n))
-        assert not isinstance(made, str)
         return made
 
     @staticmethod
@@ -551,7 +564,7 @@ class CircuitStore:
         it): a listing then needs no worker."""
         stats = self.get(name).version(n).stats
         return all(self._views.peek((stats["sha256"], name, fmt)) is not None
-                   or stats.get("written_as") == fmt for fmt in SERIALIZED_VIEWS)
+                   for fmt in SERIALIZED_VIEWS)
 
     def drawn(self, name: str, n: int, fmt: str) -> bool:
         """Whether drawing vN.<fmt> is made already: listings show a picture once drawn,
@@ -935,7 +948,7 @@ class CircuitStore:
             "name": circuit.name,
             "latest": circuit.latest.n if circuit.latest else None,
             "versions": [
-                {"version": v.n, "created": _iso(v.created_ns), **v.stats,
+                {"version": v.n, "created": _iso(v.created_ns), **_shown_stats(v.stats),
                  "equivalent_to_previous": history.get(v.n)}
                 for v in circuit.versions
             ],
@@ -1027,6 +1040,16 @@ def _with_pins(meta: dict[str, Any], pins: set[int]) -> dict[str, Any]:
 
 def _iso(ns: int) -> str:
     return time.strftime(_ISO, time.gmtime(ns / 1e9))
+
+
+def _shown_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """A version's stats as stats.json shows them: `unavailable_views` also names a text
+    drawing too large to make, which its listing leaves out without trying to draw it."""
+    refusal = text_drawing_refusal(stats["size"])
+    if refusal is None:
+        return stats
+    return {**stats, "unavailable_views": {**stats.get("unavailable_views", {}),
+                                           TEXT_DRAWING: refusal}}
 
 
 def _view_or_refusal(name: str, n: int, fmt: str, made: bytes | str) -> bytes:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -85,10 +86,41 @@ def test_a_text_drawing_is_listed_before_it_is_drawn_and_its_size_is_exact_once_
     big = qfs.write_circuit("big", wide)
     names = os.listdir(big)  # no drawing, yet every serialization
     assert {"v1.qasm", "v1.qpy", "v1.qasm2", "v1.qasm3"} <= set(names) and "v1.txt" not in names
+    unavailable = json.loads((big / "stats.json").read_text())["versions"][0]["unavailable_views"]
+    assert unavailable["txt"].startswith("too large to draw as text (10001 operations")
     with pytest.raises(OSError) as caught:
         (big / "v1.txt").read_bytes()
     assert caught.value.errno == errno.EFBIG
     assert "too large to draw as text (10001 operations" in (big / "errors").read_text()
+
+
+def test_a_drawing_listed_again_after_it_left_the_cache_reads_whole(mount_factory, tmp_path):
+    """With no view cache, every listing shows vN.txt unmeasured again, after the kernel
+    has learned its size: a mapping and a descriptor opened before still read all of it."""
+    config = tmp_path / "qfs.yaml"
+    config.write_text("cross_level:\n  cache_enabled: false\n")
+    qfs = mount_factory(extra=["--config", str(config)])
+    drawing = (str(QuantumCircuit.from_qasm_str(BELL).draw(output="text")) + "\n").encode()
+    bell = qfs.write_circuit("bell")
+    assert os.stat(bell / "v1.txt").st_size == len(drawing)
+    mapped = subprocess.run([sys.executable, "-c", f"""
+import mmap, os
+fd = os.open({str(bell / "v1.txt")!r}, os.O_RDONLY)
+mapping = mmap.mmap(fd, {len(drawing)}, prot=mmap.PROT_READ)
+os.listdir({str(bell)!r})
+print(mapping[:].hex())
+"""], capture_output=True, text=True)
+    assert mapped.returncode == 0, mapped.stderr  # -7: SIGBUS, the mapping cut to nothing
+    assert bytes.fromhex(mapped.stdout.strip()) == drawing
+    source = os.open(bell / "v1.txt", os.O_RDONLY)
+    target = os.open(tmp_path / "copied.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.listdir(bell)
+        assert os.sendfile(target, source, 0, 1 << 16) == len(drawing)
+    finally:
+        os.close(source)
+        os.close(target)
+    assert (tmp_path / "copied.txt").read_bytes() == drawing
 
 
 def test_view_sizes_are_exact(qfs):

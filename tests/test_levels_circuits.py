@@ -212,3 +212,17 @@ def test_the_reference_configuration_schema_loads(tmp_path):
         config.write_text(bad)
         with pytest.raises(Invalid):
             load_config(config, environ={})
+
+
+def test_the_view_cache_is_bounded_by_bytes_not_by_a_count(fabric):
+    """A tree walk over thousands of circuits renders each small view once: the cache
+    keeps far more than 4,096 of them within its bytes, and drops the oldest past them."""
+    views = fabric.circuits.caches()[1]
+    for i in range(20_000):
+        views.put((f"{i:064x}", f"circuit{i}", "qasm2"), b"x" * 100)
+    assert all(views.peek((f"{i:064x}", f"circuit{i}", "qasm2")) for i in range(20_000))
+    big = b"y" * (1 << 20)
+    for i in range(2_000):  # 2 GiB: past any configured cache
+        views.put(("big", str(i), "txt"), big)
+    assert views.peek((f"{0:064x}", "circuit0", "qasm2")) is None
+    assert views.peek(("big", "1999", "txt")) is big

@@ -78,8 +78,9 @@ from levels.vfs.entry import (
 if TYPE_CHECKING:
     from levels.fabric import Fabric
 
-CIRCUITS = "circuits"
 T = TypeVar("T")
+
+CIRCUITS = "circuits"
 DIFF = "diff"
 PINNED = "user.qfs.pinned"  # on vN.qasm: "1" keeps the version beyond retention
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]{0,9})\.([a-z0-9]+(?:\.json)?)$")
@@ -290,16 +291,17 @@ async def made_now_or_in_thread(made: Callable[[], T | None], make: Callable[[],
 
 
 async def version_view(fabric: Fabric, path: Path, name: str, n: int, fmt: str) -> Derived:
-    """vN.<view>, vN.png and vN.diff: rendered now (in a worker) because st_size must be
-    exact; immutable (keep_cache). EINVAL where the format cannot express the circuit."""
+    """vN.<view>, vN.png and vN.diff: rendered at the first lookup (in a worker), because
+    st_size must be exact, then taken from the cache; immutable (keep_cache). EINVAL where
+    the format cannot express the circuit."""
     circuits = fabric.circuits
     version = circuits.get(name).version(n)
     if fmt == DIFF:
         data = await made_now_or_in_thread(lambda: circuits.made_diff(name, n),
-                                           lambda: circuits.diff(name, n))
+                                           lambda: circuits.make_diff(name, n))
     else:
         data = await made_now_or_in_thread(lambda: circuits.made_view(name, n, fmt),
-                                           lambda: circuits.view(name, n, fmt))
+                                           lambda: circuits.make_view(name, n, fmt))
     return Derived(fabric, path, data, immutable_file(0, version.created_ns))
 
 

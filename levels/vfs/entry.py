@@ -190,11 +190,21 @@ def immutable_file(size: int, mtime_ns: int, perm: int = 0o444, io_size: int = 0
                  immutable=True, io_size=io_size)
 
 
+# The size a listing gives a file whose bytes are not made yet: more than any file holds.
+UNMEASURED_SIZE = 1 << 62
+
+
 def unmeasured_file(mtime_ns: int) -> Attrs:
-    """An immutable file listed before its bytes are made. Its attributes are never kept,
-    so a stat asks for them, which makes the bytes, and the kernel asks again before a read
-    past the size it holds: wherever st_size is seen, it is exact."""
-    return Attrs(FILE, 0o444, mtime_ns, attr_timeout=0.0, immutable=True)
+    """A file listed before its bytes are made (their size is not known yet).
+
+    Its attributes are never kept, so every stat asks for them, which makes the bytes:
+    wherever st_size is seen, it is exact. The size the listing gives the kernel is larger
+    than any file, because the kernel also reads by the size it holds, without asking:
+    a page fault of a mapping, or sendfile on a descriptor opened earlier. A read past the
+    bytes then ends where they end, and the kernel shrinks its size to that
+    (fuse_short_read). A size too small would cut such reads short, and a listing may come
+    after the kernel has learned the real size (the drawing then dropped from the cache)."""
+    return Attrs(FILE, 0o444, mtime_ns, size=UNMEASURED_SIZE, attr_timeout=0.0)
 
 
 class Entry:
