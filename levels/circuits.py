@@ -518,7 +518,7 @@ class CircuitStore:
 
     def _equivalent(self, name: str, previous: Version, version: Version) -> bool | str:
         key = self._equivalence_key(previous, version)
-        cached = self._views.peek(key)  # counted by compared_history, which came first
+        cached = self._views.peek(key)  # compared_history, which came first, counted it
         if cached is None:
             try:
                 answer = self._workers.run(compiler.equivalent,
