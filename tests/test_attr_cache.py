@@ -128,15 +128,17 @@ def test_ctl_size_follows_each_reply_at_once(qfs):
 
 
 def test_a_circuit_directory_shows_each_change_at_once(warm):
-    """The kernel keeps a circuit's directory for 60 s (vfs.KEPT_TIMEOUT): its mtime must
-    still move with every version, whoever adds it."""
+    """The kernel keeps a circuit's directory for 60 s (vfs.KEPT_TIMEOUT), and its results/
+    and similar/ a second: their mtime must still move with every version, whoever adds
+    it."""
     bell = warm.write_circuit("bell")
-    seen = os.stat(bell).st_mtime_ns  # cached now
+    parts = (bell, bell / "results", bell / "similar")
+    seen = [os.stat(part).st_mtime_ns for part in parts]  # cached now
     for write in (lambda: (bell / "latest.qasm").write_text(GHZ3),
                   lambda: (warm.circuits / "bell.qasm").write_text(BELL)):
         write()
-        now = os.stat(bell).st_mtime_ns
-        assert now > seen
+        now = [os.stat(part).st_mtime_ns for part in parts]
+        assert all(after > before for after, before in zip(now, seen, strict=True))
         seen = now
 
 

@@ -203,7 +203,7 @@ def cached_across_change(name: str) -> list[Path]:
     """The paths whose attributes the kernel keeps (attr_timeout > 0) although a change to
     circuit `name` changes them: the FUSE layer drops them when the circuit changes."""
     return [("circuits", name), ("circuits", name, "latest.qasm"),
-            ("circuits", name, "similar"),
+            ("circuits", name, "results"), ("circuits", name, "similar"),
             *(("circuits", f"{name}.{suffix}") for suffix in IMPORTS)]
 
 
@@ -533,7 +533,7 @@ class CircuitDir(CircuitPart):
         if leaf == "errors":
             return ErrorsFile(fabric, path, name)
         if leaf == "results":
-            return ResultsDir(fabric, path, directory(self.mtime_ns, timeout=0.0))
+            return ResultsDir(fabric, path, directory(self.mtime_ns))
         if leaf == "similar":
             return SimilarDir(fabric, path, directory(self.mtime_ns, 0o555))
         if leaf == "compiled":  # unlisted, as /search queries: tree walkers transpile nothing
