@@ -77,3 +77,10 @@ class WorkerDied(QfsError):
 class Unavailable(QfsError):
     """A shared backend (the PostgreSQL metadata store, the S3 blob store) cannot be
     reached: the request fails (EIO) and nothing is half-written."""
+
+
+def first_line(exc: BaseException) -> str:
+    """A library's exception as one short line of a refusal's reason (parsers' messages
+    span lines and quote the program)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:400]

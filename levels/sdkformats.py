@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from levels.errors import Invalid, Unexpressible
+from levels.errors import Invalid, Unexpressible, first_line
 from levels.qasm import ProgramLimits, circuit_stats, parse_program, program_text
 
 if TYPE_CHECKING:
@@ -107,10 +107,6 @@ SDK_FORMATS = tuple(FORMATS)
 IMPORTS = ("qasm", *(s for s, f in FORMATS.items() if f.read is not None))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:400]
-
 
 def render(circuit: "QuantumCircuit", suffix: str) -> bytes:
     """The bytes of one SDK view; Unexpressible with the converter's reason."""
@@ -119,7 +115,7 @@ def render(circuit: "QuantumCircuit", suffix: str) -> bytes:
         return fmt.export(circuit)
     except Exception as exc:
         raise Unexpressible(f"not expressible in {fmt.sdk} ({suffix}): "
-                            f"{_first_line(exc)}") from exc
+                            f"{first_line(exc)}") from exc
 
 
 def split_import(filename: str) -> tuple[str, str] | None:
@@ -155,5 +151,5 @@ def prepare(suffix: str, written: bytes, limits: ProgramLimits) -> "tuple[bytes,
     try:
         qasm = fmt.read(text)
     except Exception as exc:
-        raise Invalid(f"{suffix} rejected by {fmt.sdk}: {_first_line(exc)}") from exc
+        raise Invalid(f"{suffix} rejected by {fmt.sdk}: {first_line(exc)}") from exc
     return qasm, circuit_stats(qasm, parse_program(qasm, limits))

@@ -759,6 +759,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="only load the small corpus and time ls -l of similar/")
     only.add_argument("--tree-walk-only", action="store_true",
                       help="only load WALK circuits and time find, du -s and grep -R of them")
+    only.add_argument("--cp-only", action="store_true",
+                      help="only time one cp of CIRCUITS files, into qfs and a plain directory")
     parser.add_argument("--keep", action="store_true",
                         help="keep the scratch tree under /tmp (its path goes to stderr)")
     return parser.parse_args(argv)
@@ -804,7 +806,8 @@ def main(argv: list[str] | None = None) -> int:
         search: Json = {}
         only = {name for name, chosen in (("search", args.search_only),
                                           ("similar", args.similar_only),
-                                          ("tree_walk", args.tree_walk_only)) if chosen}
+                                          ("tree_walk", args.tree_walk_only),
+                                          ("cp", args.cp_only)) if chosen}
         if not only or "tree_walk" in only:
             report["tree_walk"] = section("tree_walk", lambda: bench_tree_walk(
                 work, sizes.walk_circuits))
@@ -819,7 +822,9 @@ def main(argv: list[str] | None = None) -> int:
         if not only:
             report["readdir_stat"] = section("readdir_stat",
                                              lambda: bench_readdir_stat(work, small, sizes))
+        if not only or "cp" in only:
             report["cp_import"] = section("cp_import", lambda: bench_cp_import(work, sizes))
+        if not only:
             search[label(sizes.circuits)] = section(
                 "search small", lambda: bench_search(work, small, sizes.circuits, sizes))
         if not only or "search" in only:

@@ -1,0 +1,147 @@
+"""The stats of an OpenQASM 2 program read from Qiskit's parser output, without the circuit.
+
+`qiskit.qasm2.loads` runs in two stages: a Rust parser that does all of the validation and
+yields bytecode, and a Python loop (`from_bytecode`) that builds a QuantumCircuit from it,
+one gate object per operation. A new version only needs the stats (qubits, clbits, counts,
+depth, size), and for a small program the Python loop and the stats over the circuit are
+three quarters of its parse: the write path of `cp` waits on it for every file.
+
+So a new OpenQASM 2 version is checked by the same Rust parser and measured from its
+bytecode here, by QuantumCircuit's own rules (see `measure`). Programs with classically
+conditioned operations, which Qiskit turns into control flow with rules of its own, are
+left to the whole circuit (`measure` returns None). Qiskit's bytecode interface is private,
+so tests compare these stats with Qiskit's for a corpus of programs on every run.
+"""
+
+import functools
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from levels.errors import Invalid, first_line
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What QuantumCircuit would say of the program: counts, depth() and size()."""
+
+    num_qubits: int
+    num_clbits: int
+    depth: int
+    size: int
+    gate_counts: dict[str, int]
+
+
+def measure(text: str) -> Measured | None:
+    """The program's stats, Invalid with the parser's reason, or None when it holds
+    conditioned operations (measure those from the whole circuit)."""
+    from qiskit._accelerate import qasm2 as parser
+    from qiskit.qasm2 import LEGACY_CUSTOM_INSTRUCTIONS
+
+    try:
+        bytecode = parser.bytecode_from_string(text, [], _parser_instructions(), (), False)
+        return _Measurer(LEGACY_CUSTOM_INSTRUCTIONS, parser.OpCode).run(iter(bytecode))
+    except Exception as exc:  # what qasm2.loads would raise for it (see qasm._load_qasm2)
+        raise Invalid(f"OpenQASM 2 rejected by Qiskit: {first_line(exc)}") from exc
+
+
+@functools.cache
+def _parser_instructions() -> list[Any]:
+    """qasm2.loads's legacy instructions as the Rust parser takes them (made once)."""
+    from qiskit._accelerate import qasm2 as parser
+    from qiskit.qasm2 import LEGACY_CUSTOM_INSTRUCTIONS
+
+    return [parser.CustomInstruction(c.name, c.num_params, c.num_qubits, c.builtin)
+            for c in LEGACY_CUSTOM_INSTRUCTIONS]
+
+
+class _Measurer:
+    """One pass over the bytecode. Operation names come from the constructors that
+    `from_bytecode` would call, in the same gate table order: the custom instructions, U
+    and CX where those do not name them, qelib1.inc's gates as included, then each gate
+    and opaque the program declares (named as declared)."""
+
+    def __init__(self, custom: tuple[Any, ...], opcode: Any) -> None:
+        from qiskit.circuit import library
+        from qiskit.qasm2.parse import QELIB1
+
+        self._qelib1 = QELIB1
+        self._op = opcode
+        self._table: list[Callable[..., Any] | str] = [c.constructor for c in custom]
+        named = {c.name for c in custom}
+        self._table += [gate for name, gate in (("U", library.UGate), ("CX", library.CXGate))
+                        if name not in named]
+        self._names: dict[int, str] = {}
+        self._applied: list[int | str] = []  # gate ids, or the name of any other operation
+        self._qubit_depths: list[int] = []
+        self._clbit_depths: list[int] = []
+
+    def run(self, bytecode: Any) -> Measured | None:
+        op, on_qubits = self._op, self._qubit_depths
+        gate_opcode, applied = op.Gate, self._applied
+        for instruction in bytecode:
+            code, operands = instruction.opcode, instruction.operands
+            if code == gate_opcode:  # most of a program: _apply's rule, inlined
+                gate, parameters, qubits = operands
+                if gate not in self._names:
+                    self._names[gate] = self._name(gate, parameters)
+                applied.append(gate)
+                if len(qubits) == 1:
+                    on_qubits[qubits[0]] += 1
+                else:
+                    depth = max([on_qubits[q] for q in qubits], default=0) + 1
+                    for q in qubits:
+                        on_qubits[q] = depth
+            elif code == op.Measure:
+                qubit, clbit = operands
+                self._apply("measure", (qubit,), (clbit,))
+            elif code == op.Reset:
+                self._apply("reset", operands, ())
+            elif code == op.Barrier:
+                self._apply("barrier", operands[0], (), counts_in_depth=False)
+            elif code == op.DeclareQreg:
+                on_qubits += [0] * operands[1]
+            elif code == op.DeclareCreg:
+                self._clbit_depths += [0] * operands[1]
+            elif code == op.SpecialInclude:
+                self._table += [self._qelib1[index] for index in operands[0]]
+            elif code in (op.DeclareGate, op.DeclareOpaque):
+                self._table.append(operands[0])
+                if code == op.DeclareGate:  # its body is the gate's, not the program's
+                    for inner in bytecode:
+                        if inner.opcode == op.EndDeclareGate:
+                            break
+            else:
+                return None  # a conditioned operation: control flow in Qiskit
+        return self._measured()
+
+    def _measured(self) -> Measured:
+        """count_ops' order: by count, ties in order of first appearance."""
+        counts: Counter[str] = Counter()
+        for name in self._applied:
+            counts[name if isinstance(name, str) else self._names[name]] += 1
+        size = len(self._applied) - counts["barrier"]
+        return Measured(len(self._qubit_depths), len(self._clbit_depths),
+                        max(self._qubit_depths + self._clbit_depths, default=0), size,
+                        dict(sorted(counts.items(), key=lambda kv: -kv[1])))
+
+    def _name(self, gate: int, parameters: tuple) -> str:
+        name = self._names.get(gate)
+        if name is None:
+            entry = self._table[gate]
+            name = entry if isinstance(entry, str) else entry(*parameters).name
+            self._names[gate] = name
+        return name
+
+    def _apply(self, name: str, qubits: Any, clbits: Any, counts_in_depth: bool = True) -> None:
+        """QuantumCircuit.depth's rule: an operation starts after everything on its bits;
+        a barrier lines them up without adding a layer (nor counting in size)."""
+        on_qubits, on_clbits = self._qubit_depths, self._clbit_depths
+        depth = max(max((on_qubits[q] for q in qubits), default=0),
+                    max((on_clbits[c] for c in clbits), default=0)) + counts_in_depth
+        for q in qubits:
+            on_qubits[q] = depth
+        for c in clbits:
+            on_clbits[c] = depth
+        self._applied.append(name)
