@@ -25,6 +25,7 @@ as medians and ratios (repetitions alternate which side goes first):
 Run it from the repository root with the project's virtualenv, as root with /dev/fuse:
 
     .venv/bin/python scripts/bench_states.py [--quick] [--out FILE] [--blas-threads N]
+                                             [--malloc daemon|default]
 
 --blas-threads sets OPENBLAS_NUM_THREADS / OMP_NUM_THREADS for this process and the daemon
 (qfs computes a dense SVD per checkpoint, and OpenBLAS threads on a loaded 2-core machine can
@@ -948,10 +949,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="OPENBLAS/OMP threads for this process and the daemon")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated, of {', '.join(SECTIONS)}")
+    parser.add_argument("--malloc", choices=("daemon", "default"), default="daemon",
+                        help="this process's allocator: the daemon's settings "
+                        "(qfsmount/mallocsettings.py, as a mounted daemon runs), or glibc's "
+                        "defaults; in-process figures depend on it, the mounts' do not")
     parser.add_argument("--scale", type=int, default=None, metavar="QUBITS",
                         help="streaming: also import and read back a state this large (28: "
                         "4 GiB; needs ~3x that of free disk)")
     args = parser.parse_args(argv)
+    if args.malloc == "daemon":  # runs this process again once, with the tunable set
+        from qfsmount.mallocsettings import apply_malloc_settings
+
+        apply_malloc_settings()
     chosen = set(args.sections.split(","))
     if args.blas_threads is not None:  # before numpy is first imported (all imports are lazy)
         os.environ.update(dict.fromkeys(BLAS_ENV, str(args.blas_threads)))
@@ -963,7 +972,8 @@ def main(argv: list[str] | None = None) -> int:
         from levels.config import load_config
         from levels.fabric import Fabric
 
-        report["environment"] = environment(base)
+        report["environment"] = {**environment(base), "malloc": args.malloc,
+                                 "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
         fabric = Fabric(base / "direct-data", load_config())
         config64 = load_config()
         config64.state_store.amplitude_precision = "complex64"
