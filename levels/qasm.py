@@ -134,15 +134,27 @@ def _check_includes(code: bytes) -> None:
 
 
 def _check_sizes(code: bytes, limits: ProgramLimits) -> None:
-    declared = {what: sum(int(match.group(1)) for pattern in patterns
-                          for match in _keyword_matches(pattern, code))
-                for what, patterns in _DECLARED.items()}
+    declared = _declared_sizes(code)
     physical = max((int(m.group(1)) + 1 for m in _PHYSICAL_QUBIT.finditer(code)), default=0)
     declared["qubits"] = max(declared["qubits"], physical)
     for what, count in declared.items():
         if count > limits.max_qubits:
             raise TooBig(f"declares {count} {what}; the limit is {limits.max_qubits} "
                          "(circuit_fs.max_program_qubits)")
+
+
+def _declared_sizes(code: bytes) -> dict[str, int]:
+    """Qubits and classical bits the declarations add up to. Read left to right, each
+    declaration once: `qreg bit[3];` is a register named `bit`, not a `bit[3]` as well."""
+    found = sorted((match.start(), match.end(), what, int(match.group(1)))
+                   for what, patterns in _DECLARED.items() for pattern in patterns
+                   for match in _keyword_matches(pattern, code))
+    sizes, read_to = dict.fromkeys(_DECLARED, 0), 0
+    for start, end, what, size in found:
+        if start >= read_to:
+            sizes[what] += size
+            read_to = end
+    return sizes
 
 
 def _check_nesting(code: bytes, max_nesting: int) -> None:
@@ -258,7 +270,6 @@ def _load_qasm2(text: str) -> "QuantumCircuit":
         raise Invalid(f"OpenQASM 2 rejected by Qiskit: {first_line(exc)}") from exc
 
 
-
 def parse_program(source: bytes, limits: ProgramLimits | None = None) -> "QuantumCircuit":
     """Parse OpenQASM 2 or 3 bytes into a QuantumCircuit, or raise Invalid/TooBig with the
     reason. Call it in a worker process for a program not yet accepted."""
@@ -267,6 +278,7 @@ def parse_program(source: bytes, limits: ProgramLimits | None = None) -> "Quantu
 
 
 def _loaded(source: bytes, text: str, limits: ProgramLimits) -> "QuantumCircuit":
+    """The circuit of a program whose text passed check_source, within the limits."""
     circuit = _load_qasm2(text) if qasm_major_version(source) == 2 else _load_qasm3(text)
     # size() leaves barriers out, in Python: only a program with more instructions needs it.
     operations = len(circuit.data)
@@ -276,6 +288,7 @@ def _loaded(source: bytes, text: str, limits: ProgramLimits) -> "QuantumCircuit"
 
 
 def _refuse_beyond(limits: ProgramLimits, operations: int, qubits: int) -> None:
+    """TooBig for a program over circuit_fs.max_program_operations or _qubits."""
     if operations > limits.max_operations:
         raise TooBig(f"{operations} operations; the limit is {limits.max_operations} "
                      "(circuit_fs.max_program_operations)")
@@ -382,13 +395,13 @@ def prepare(source: bytes, limits: ProgramLimits) -> CircuitStats:
     from the parser's bytecode (levels/qasm2_stats.py) where that can say what the circuit
     would: the same parser accepts it, without building a gate object per operation."""
     text = check_source(source, limits)
-    measured = qasm2_stats.measure(text) if qasm_major_version(source) == 2 else None
-    if measured is None:
+    counted = qasm2_stats.stats_of(text) if qasm_major_version(source) == 2 else None
+    if counted is None:
         return circuit_stats(source, _loaded(source, text, limits))
-    _refuse_beyond(limits, measured.size, measured.num_qubits)
-    return CircuitStats(num_qubits=measured.num_qubits, num_clbits=measured.num_clbits,
-                        depth=measured.depth, size=measured.size,
-                        gate_counts=measured.gate_counts,
+    _refuse_beyond(limits, counted.size, counted.num_qubits)
+    return CircuitStats(num_qubits=counted.num_qubits, num_clbits=counted.num_clbits,
+                        depth=counted.depth, size=counted.size,
+                        gate_counts=counted.gate_counts,
                         sha256=hashlib.sha256(source).hexdigest(), qasm_version=2)
 
 

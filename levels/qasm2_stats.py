@@ -6,16 +6,17 @@ one gate object per operation. A new version only needs the stats (qubits, clbit
 depth, size), and for a small program the Python loop and the stats over the circuit are
 three quarters of its parse: the write path of `cp` waits on it for every file.
 
-So a new OpenQASM 2 version is checked by the same Rust parser and measured from its
-bytecode here, by QuantumCircuit's own rules (see `measure`). Programs with classically
-conditioned operations, which Qiskit turns into control flow with rules of its own, are
-left to the whole circuit (`measure` returns None). Qiskit's bytecode interface is private,
-so tests compare these stats with Qiskit's for a corpus of programs on every run.
+So a new OpenQASM 2 version is checked by the same Rust parser and its stats are counted
+from the bytecode here, by QuantumCircuit's own rules (`stats_of`). Programs with
+classically conditioned operations, which Qiskit turns into control flow with rules of its
+own, are left to the whole circuit (`stats_of` returns None). Qiskit's bytecode interface
+is private, so tests compare these stats with Qiskit's for a corpus of programs on every
+run.
 """
 
 import functools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from levels.errors import Invalid, first_line
 
 
 @dataclass(frozen=True)
-class Measured:
+class BytecodeStats:
     """What QuantumCircuit would say of the program: counts, depth() and size()."""
 
     num_qubits: int
@@ -33,17 +34,33 @@ class Measured:
     gate_counts: dict[str, int]
 
 
-def measure(text: str) -> Measured | None:
-    """The program's stats, Invalid with the parser's reason, or None when it holds
-    conditioned operations (measure those from the whole circuit)."""
+class _Refused(Exception):
+    """The parser, or a constructor `from_bytecode` calls, refused the program."""
+
+
+def stats_of(text: str) -> BytecodeStats | None:
+    """The program's stats, Invalid with the parser's reason, or None where the whole
+    circuit must say (a conditioned operation, or bytecode this module does not read)."""
     from qiskit._accelerate import qasm2 as parser
     from qiskit.qasm2 import LEGACY_CUSTOM_INSTRUCTIONS
 
     try:
-        bytecode = parser.bytecode_from_string(text, [], _parser_instructions(), (), False)
-        return _Measurer(LEGACY_CUSTOM_INSTRUCTIONS, parser.OpCode).run(iter(bytecode))
-    except Exception as exc:  # what qasm2.loads would raise for it (see qasm._load_qasm2)
-        raise Invalid(f"OpenQASM 2 rejected by Qiskit: {first_line(exc)}") from exc
+        bytecode = _refusing(lambda: parser.bytecode_from_string(
+            text, [], _parser_instructions(), (), False))
+        return _Counter(LEGACY_CUSTOM_INSTRUCTIONS, parser.OpCode).run(bytecode)
+    except _Refused as refused:  # as qasm2.loads would raise it (see qasm._load_qasm2)
+        reason = refused.__cause__ or refused
+        raise Invalid(f"OpenQASM 2 rejected by Qiskit: {first_line(reason)}") from reason
+    except Exception:  # not the program's fault: let the whole circuit answer
+        return None
+
+
+def _refusing(parse: Callable[[], Iterable[Any]]) -> Iterator[Any]:
+    """The parser's bytecode, its errors (raised as it goes) marked as refusals."""
+    try:
+        yield from parse()
+    except Exception as exc:
+        raise _Refused from exc
 
 
 @functools.cache
@@ -56,7 +73,7 @@ def _parser_instructions() -> list[Any]:
             for c in LEGACY_CUSTOM_INSTRUCTIONS]
 
 
-class _Measurer:
+class _Counter:
     """One pass over the bytecode. Operation names come from the constructors that
     `from_bytecode` would call, in the same gate table order: the custom instructions, U
     and CX where those do not name them, qelib1.inc's gates as included, then each gate
@@ -72,20 +89,23 @@ class _Measurer:
         named = {c.name for c in custom}
         self._table += [gate for name, gate in (("U", library.UGate), ("CX", library.CXGate))
                         if name not in named]
-        self._names: dict[int, str] = {}
+        self._names: dict[int, str] = {}  # gate id -> the operation's name
+        self._checking: set[int] = set()  # gate ids whose constructor checks each use
         self._applied: list[int | str] = []  # gate ids, or the name of any other operation
         self._qubit_depths: list[int] = []
         self._clbit_depths: list[int] = []
 
-    def run(self, bytecode: Any) -> Measured | None:
+    def run(self, bytecode: Iterator[Any]) -> BytecodeStats | None:
+        """Count every operation of the program; None at one measured otherwise."""
         op, on_qubits = self._op, self._qubit_depths
-        gate_opcode, applied = op.Gate, self._applied
+        gate_opcode, applied, names, checking = op.Gate, self._applied, self._names, \
+            self._checking
         for instruction in bytecode:
             code, operands = instruction.opcode, instruction.operands
             if code == gate_opcode:  # most of a program: _apply's rule, inlined
                 gate, parameters, qubits = operands
-                if gate not in self._names:
-                    self._names[gate] = self._name(gate, parameters)
+                if gate not in names or gate in checking:
+                    names[gate] = self._name(gate, parameters)
                 applied.append(gate)
                 if len(qubits) == 1:
                     on_qubits[qubits[0]] += 1
@@ -99,7 +119,7 @@ class _Measurer:
             elif code == op.Reset:
                 self._apply("reset", operands, ())
             elif code == op.Barrier:
-                self._apply("barrier", operands[0], (), counts_in_depth=False)
+                self._apply("barrier", operands[0], (), layers=0)
             elif code == op.DeclareQreg:
                 on_qubits += [0] * operands[1]
             elif code == op.DeclareCreg:
@@ -112,36 +132,44 @@ class _Measurer:
                     for inner in bytecode:
                         if inner.opcode == op.EndDeclareGate:
                             break
-            else:
-                return None  # a conditioned operation: control flow in Qiskit
-        return self._measured()
-
-    def _measured(self) -> Measured:
-        """count_ops' order: by count, ties in order of first appearance."""
-        counts: Counter[str] = Counter()
-        for name in self._applied:
-            counts[name if isinstance(name, str) else self._names[name]] += 1
-        size = len(self._applied) - counts["barrier"]
-        return Measured(len(self._qubit_depths), len(self._clbit_depths),
-                        max(self._qubit_depths + self._clbit_depths, default=0), size,
-                        dict(sorted(counts.items(), key=lambda kv: -kv[1])))
+            else:  # a conditioned operation (control flow in Qiskit), or one unknown here
+                return None
+        return self._stats()
 
     def _name(self, gate: int, parameters: tuple) -> str:
-        name = self._names.get(gate)
-        if name is None:
-            entry = self._table[gate]
-            name = entry if isinstance(entry, str) else entry(*parameters).name
-            self._names[gate] = name
-        return name
+        """The name of gate `gate`, from its constructor called as `from_bytecode` would.
+        The gate library's classes take any angle, so one call names them for the whole
+        program; any other constructor (the legacy u0 and delay check their parameter) is
+        called at each use, so that a bad value anywhere refuses the program as loads does."""
+        entry = self._table[gate]
+        if isinstance(entry, str):
+            return entry
+        if not (isinstance(entry, type) and entry.__module__.startswith("qiskit.circuit.")):
+            self._checking.add(gate)
+        try:
+            return str(entry(*parameters).name)
+        except Exception as exc:
+            raise _Refused from exc
 
-    def _apply(self, name: str, qubits: Any, clbits: Any, counts_in_depth: bool = True) -> None:
-        """QuantumCircuit.depth's rule: an operation starts after everything on its bits;
-        a barrier lines them up without adding a layer (nor counting in size)."""
+    def _apply(self, name: str, qubits: Any, clbits: Any, layers: int = 1) -> None:
+        """QuantumCircuit.depth's rule: an operation starts after everything on its bits
+        and adds `layers` (a barrier lines its bits up and adds none)."""
         on_qubits, on_clbits = self._qubit_depths, self._clbit_depths
         depth = max(max((on_qubits[q] for q in qubits), default=0),
-                    max((on_clbits[c] for c in clbits), default=0)) + counts_in_depth
+                    max((on_clbits[c] for c in clbits), default=0)) + layers
         for q in qubits:
             on_qubits[q] = depth
         for c in clbits:
             on_clbits[c] = depth
         self._applied.append(name)
+
+    def _stats(self) -> BytecodeStats:
+        """count_ops' order: by count, ties in order of first appearance; size() leaves
+        barriers out."""
+        counts: Counter[str] = Counter()
+        for name in self._applied:
+            counts[name if isinstance(name, str) else self._names[name]] += 1
+        size = len(self._applied) - counts["barrier"]
+        return BytecodeStats(len(self._qubit_depths), len(self._clbit_depths),
+                             max(self._qubit_depths + self._clbit_depths, default=0), size,
+                             dict(sorted(counts.items(), key=lambda kv: -kv[1])))

@@ -107,7 +107,6 @@ SDK_FORMATS = tuple(FORMATS)
 IMPORTS = ("qasm", *(s for s, f in FORMATS.items() if f.read is not None))
 
 
-
 def render(circuit: "QuantumCircuit", suffix: str) -> bytes:
     """The bytes of one SDK view; Unexpressible with the converter's reason."""
     fmt = FORMATS[suffix]

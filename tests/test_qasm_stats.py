@@ -9,7 +9,7 @@ from qiskit.circuit.random import random_circuit
 
 from levels import qasm2_stats
 from levels.errors import Invalid, TooBig
-from levels.qasm import ProgramLimits, circuit_stats, parse_program, prepare
+from levels.qasm import ProgramLimits, check_source, circuit_stats, parse_program, prepare
 
 
 def _random(seed: int) -> QuantumCircuit:
@@ -82,14 +82,14 @@ def test_a_new_versions_stats_from_the_parsers_bytecode_are_qiskits(chunk):
         fast = prepare(source, ProgramLimits())
         assert fast == whole, source.decode()
         assert list(fast.gate_counts.items()) == list(whole.gate_counts.items())
-        measured_from_bytecode += qasm2_stats.measure(source.decode()) is not None
+        measured_from_bytecode += qasm2_stats.stats_of(source.decode()) is not None
     assert measured_from_bytecode >= len(sources) * 0.8  # most go the fast way
 
 
 def test_conditioned_programs_are_measured_from_the_whole_circuit():
     source = ('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\n'
               "measure q[0] -> c[0];\nif(c==1) x q[1];\n")
-    assert qasm2_stats.measure(source) is None
+    assert qasm2_stats.stats_of(source) is None
     whole = circuit_stats(source.encode(), parse_program(source.encode(), ProgramLimits()))
     assert prepare(source.encode(), ProgramLimits()) == whole
 
@@ -118,3 +118,34 @@ def test_the_bytecode_path_keeps_the_operation_and_qubit_limits():
     assert str(fast.value) == str(whole.value) == (
         "6 operations; the limit is 5 (circuit_fs.max_program_operations)")
     assert prepare(many.encode(), ProgramLimits(max_operations=6)).size == 6  # barriers are free
+
+
+@pytest.mark.parametrize("operations", [
+    "u0(1) q[0];\nu0(0.5) q[0];",  # u0 takes a whole number of delay lengths
+    'delay(100) q[0];\ndelay(-5) q[0];',  # a delay is positive
+    "u0(1) q[0];\nu0(1e400) q[0];",
+])
+def test_a_bad_parameter_refuses_the_program_wherever_it_is_used(operations):
+    """Qiskit builds every operation, so a constructor that checks its parameter refuses
+    the program at any use, not only the first of that gate."""
+    source = ("OPENQASM 2.0;\nopaque delay(t) a;\nqreg q[1];\n" + operations + "\n").encode()
+    with pytest.raises(Invalid) as whole:
+        parse_program(source, ProgramLimits())
+    with pytest.raises(Invalid) as fast:
+        prepare(source, ProgramLimits())
+    assert str(fast.value) == str(whole.value)
+
+
+@pytest.mark.parametrize("declarations, refusal", [
+    ("qreg bit[600];\ncreg c[600];", None),  # a register named bit is 600 qubits, no bits
+    ("qreg qubit[600];", None),
+    ("creg qubit[1100];", "declares 1100 classical bits"),
+    ("qreg q[3];\nbit[1100] b;", "declares 1100 classical bits"),  # OpenQASM 3's form
+])
+def test_each_declaration_counts_once_against_the_limits(declarations, refusal):
+    source = f"OPENQASM 2.0;\n{declarations}\n".encode()
+    if refusal is None:
+        check_source(source, ProgramLimits())
+        return
+    with pytest.raises(TooBig, match=refusal):
+        check_source(source, ProgramLimits())
