@@ -267,7 +267,7 @@ def _load_qasm2(text: str) -> "QuantumCircuit":
         return qasm2.loads(text, custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS,
                            include_path=())
     except Exception as exc:
-        raise Invalid(f"OpenQASM 2 rejected by Qiskit: {first_line(exc)}") from exc
+        raise qasm2_stats.refusal(exc) from exc
 
 
 def parse_program(source: bytes, limits: ProgramLimits | None = None) -> "QuantumCircuit":

@@ -48,11 +48,16 @@ def stats_of(text: str) -> BytecodeStats | None:
         bytecode = _refusing(lambda: parser.bytecode_from_string(
             text, [], _parser_instructions(), (), False))
         return _Counter(LEGACY_CUSTOM_INSTRUCTIONS, parser.OpCode).run(bytecode)
-    except _Refused as refused:  # as qasm2.loads would raise it (see qasm._load_qasm2)
+    except _Refused as refused:
         reason = refused.__cause__ or refused
-        raise Invalid(f"OpenQASM 2 rejected by Qiskit: {first_line(reason)}") from reason
+        raise refusal(reason) from reason
     except Exception:  # not the program's fault: let the whole circuit answer
         return None
+
+
+def refusal(exc: BaseException) -> Invalid:
+    """What a program gets for an error of Qiskit's OpenQASM 2 loader, by either path."""
+    return Invalid(f"OpenQASM 2 rejected by Qiskit: {first_line(exc)}")
 
 
 def _refusing(parse: Callable[[], Iterable[Any]]) -> Iterator[Any]:
