@@ -76,7 +76,7 @@ class WorkerDied(QfsError):
 
 class Unavailable(QfsError):
     """A shared backend (the PostgreSQL metadata store, the S3 blob store) cannot be
-    reached: the request fails (EIO) and nothing is half-written."""
+    reached or fails: the request fails (EIO) and nothing is half-written."""
 
 
 def first_line(exc: BaseException) -> str:

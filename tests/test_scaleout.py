@@ -443,6 +443,32 @@ def test_s3_stopped_fails_a_checkpoint_with_eio_and_cached_reads_go_on(hosts, cl
     assert exists(a.root / "states" / "c2")
 
 
+@pytest.mark.fuse
+def test_an_s3_server_error_fails_a_checkpoint_with_eio_and_its_reason(hosts, cluster):
+    """A server that answers 500 (here SeaweedFS on a disk it takes for full: every volume
+    read-only) is a failing backend, said in one line, not an unexpected error (the
+    fixture fails a test whose daemon logged a traceback)."""
+    a = hosts("a")
+    a.write_circuit("prep", ENTANGLED)
+    command(a.qubits / "ctl", "alloc 3 task=t topology=linear")
+    ctl = a.qubits / "tasks" / "t" / "ctl"
+    command(ctl, "apply prep")
+    command(ctl, "checkpoint c1 format=statevector")
+    saved = (a.root / "states" / "c1" / "statevector.npy").read_bytes()
+    cluster_sh(cluster, "s3-full")
+    try:
+        assert refused(ctl, "checkpoint c2 format=statevector") == errno.EIO
+        log = (a.root / ".qfs" / "log").read_text()
+        assert "blob store failing: S3 at" in log and "(HTTP 500)" in log
+        assert not exists(a.root / "states" / "c2")  # no record without its blob
+        assert (a.root / "states" / "c1" / "statevector.npy").read_bytes() == saved
+    finally:
+        cluster_sh(cluster, "s3-stop")
+        cluster_sh(cluster, "s3-start")
+    command(ctl, "checkpoint c2 format=statevector")
+    assert exists(a.root / "states" / "c2")
+
+
 def test_an_unreachable_server_stops_the_mount_with_one_line(tmp_path):
     config = config_file(tmp_path, {"dsn": "postgresql://qfs@127.0.0.1:1/qfs",
                                     "endpoint": "http://127.0.0.1:1", "bucket": "b"})

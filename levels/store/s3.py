@@ -6,7 +6,7 @@ the durable write `BlobStore.put` promises; the caller commits the metadata nami
 blob after it, and a crash in between leaves an orphan object for `--check --repair`.
 Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
 ~/.aws, instance roles). The bucket is created when missing. A server that cannot be
-reached raises Unavailable naming the endpoint.
+reached, or that answers with a server error, raises Unavailable naming the endpoint.
 """
 
 import hashlib
@@ -51,8 +51,20 @@ class S3BlobStore:
         except self._no_credentials as exc:
             raise Unavailable(f"S3 at {self.endpoint}: {exc} (AWS_ACCESS_KEY_ID and "
                               "AWS_SECRET_ACCESS_KEY, or boto3's other sources)") from exc
+        except self._client_error as exc:
+            if self._status(exc) < 500:
+                raise  # the caller's to read: a missing key, a missing bucket
+            # The server failed (a full disk, an overloaded gateway) after boto3's retries.
+            raise Unavailable(f"blob store failing: S3 at {self.endpoint} answered "
+                              f"{self._code(exc)} (HTTP {self._status(exc)})") from exc
 
-    def _code(self, exc: Exception) -> str:
+    @staticmethod
+    def _status(exc: Exception) -> int:
+        return int(getattr(exc, "response", {}).get("ResponseMetadata", {})
+                   .get("HTTPStatusCode", 0))
+
+    @staticmethod
+    def _code(exc: Exception) -> str:
         return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
     def _ensure_bucket(self) -> None:
