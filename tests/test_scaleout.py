@@ -421,15 +421,20 @@ def test_postgresql_stopped_fails_requests_with_eio_and_recovers_without_remount
     assert (a.circuits / "after" / "v1.qasm").read_text() == GHZ3
 
 
+def _task_with_checkpoint_c1(host: Mount) -> tuple[Path, bytes]:
+    """Task t holding an entangled state, checkpointed as c1: its ctl and c1's bytes."""
+    host.write_circuit("prep", ENTANGLED)
+    command(host.qubits / "ctl", "alloc 3 task=t topology=linear")
+    ctl = host.qubits / "tasks" / "t" / "ctl"
+    command(ctl, "apply prep")
+    command(ctl, "checkpoint c1 format=statevector")
+    return ctl, (host.root / "states" / "c1" / "statevector.npy").read_bytes()
+
+
 @pytest.mark.fuse
 def test_s3_stopped_fails_a_checkpoint_with_eio_and_cached_reads_go_on(hosts, cluster):
     a = hosts("a")
-    a.write_circuit("prep", ENTANGLED)
-    command(a.qubits / "ctl", "alloc 3 task=t topology=linear")
-    ctl = a.qubits / "tasks" / "t" / "ctl"
-    command(ctl, "apply prep")
-    command(ctl, "checkpoint c1 format=statevector")
-    saved = (a.root / "states" / "c1" / "statevector.npy").read_bytes()
+    ctl, saved = _task_with_checkpoint_c1(a)
     cluster_sh(cluster, "s3-stop")
     try:
         assert refused(ctl, "checkpoint c2 format=statevector") == errno.EIO
@@ -449,12 +454,7 @@ def test_an_s3_server_error_fails_a_checkpoint_with_eio_and_its_reason(hosts, cl
     read-only) is a failing backend, said in one line, not an unexpected error (the
     fixture fails a test whose daemon logged a traceback)."""
     a = hosts("a")
-    a.write_circuit("prep", ENTANGLED)
-    command(a.qubits / "ctl", "alloc 3 task=t topology=linear")
-    ctl = a.qubits / "tasks" / "t" / "ctl"
-    command(ctl, "apply prep")
-    command(ctl, "checkpoint c1 format=statevector")
-    saved = (a.root / "states" / "c1" / "statevector.npy").read_bytes()
+    ctl, saved = _task_with_checkpoint_c1(a)
     cluster_sh(cluster, "s3-full")
     try:
         assert refused(ctl, "checkpoint c2 format=statevector") == errno.EIO
