@@ -310,24 +310,31 @@ class Sealing:
     def finish(self) -> Sealed:
         """Wait for every chunk; Invalid unless every chunk was given, every amplitude
         was finite and the norm is 1 (within NORM_TOLERANCE)."""
-        for future in self._stopped():
-            future.result()
-        if self._submitted != len(spans(self._size)):
-            raise Invalid(f"the state has {self._size} amplitudes; only "
-                          f"{min(self._size, self._submitted * CHUNK_AMPLITUDES)} were given")
-        return self._sealed()
+        try:
+            for future in self._settled():
+                future.result()
+            if self._submitted != len(spans(self._size)):
+                raise Invalid(f"the state has {self._size} amplitudes; only "
+                              f"{min(self._size, self._submitted * CHUNK_AMPLITUDES)} "
+                              "were given")
+            # Still under the BLAS limit: the spectrum's eigvalsh on OpenBLAS's threads
+            # would leave one spinning ~100 ms after it (a fifth of a 24-qubit
+            # checkpoint's CPU, taken from the next one's chunks).
+            return self._sealed()
+        finally:
+            self._close()
 
     def abort(self) -> None:
         """Stop: nothing is left running (the caller then drops the blob)."""
         for sealing, *_ in self._flight:
             sealing.cancel()
-        self._stopped()
+        self._settled()
+        self._close()
 
-    def _stopped(self) -> list[concurrent.futures.Future]:
-        """Every future in flight, once all are done; the BLAS limit lifted."""
+    def _settled(self) -> list[concurrent.futures.Future]:
+        """Every future in flight, once all are done."""
         futures = [f for chunk in self._flight for f in chunk]
         concurrent.futures.wait(futures)
-        self._close()
         return futures
 
     def _close(self) -> None:

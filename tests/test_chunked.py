@@ -223,12 +223,14 @@ def test_unencrypted_chunks_are_checked_against_the_record(tmp_path):
 
 
 def test_blob_writers_name_what_put_would(tmp_path):
-    """A blob written in parts is the blob `put` makes of the joined bytes; an aborted one
-    leaves nothing; a store without a writer of its own gets a joining one."""
-    from levels.store.blobs import DirectoryBlobStore, JoinedWriter, writer_for
+    """A blob written in parts is the blob `put` makes of the joined bytes, small parts
+    hashed in line and large ones beside their write, in order; an aborted one leaves
+    nothing; a store without a writer of its own gets a joining one."""
+    from levels.store.blobs import HASH_ASIDE, DirectoryBlobStore, JoinedWriter, writer_for
 
     store = DirectoryBlobStore(tmp_path / "blobs")
-    parts = [b"alpha" * 1000, b"", b"beta" * 3]
+    parts = [b"alpha" * 1000, b"", os.urandom(HASH_ASIDE), os.urandom(HASH_ASIDE + 7),
+             b"beta" * 3, os.urandom(3 * HASH_ASIDE)]
     writer = writer_for(store)
     for part in parts:
         writer.write(part)
@@ -238,6 +240,7 @@ def test_blob_writers_name_what_put_would(tmp_path):
     assert store.get(key) == b"".join(parts)
     dropped = writer_for(store)
     dropped.write(b"never")
+    dropped.write(os.urandom(HASH_ASIDE))
     dropped.abort()
     assert store.list() == [key]
     assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == [key[:2]]
@@ -350,3 +353,25 @@ def test_a_sealing_asks_its_caller_to_wait_only_on_unfinished_chunks(tmp_path):
         assert np.allclose(fabric.states.load("w")[1], state, rtol=1e-15, atol=0)
     finally:
         fabric.close()
+
+
+def test_a_sealing_measures_its_spectrum_with_blas_on_one_thread(tmp_path, monkeypatch):
+    """The entropy's eigvalsh runs before the BLAS limit is lifted: on OpenBLAS's threads
+    it left one spinning ~100 ms after every checkpoint, a fifth of a 24-qubit one's CPU."""
+    from threadpoolctl import threadpool_info
+
+    eigvalsh, blas_threads = np.linalg.eigvalsh, []
+
+    def counted(matrix):
+        blas_threads.append(max(i["num_threads"] for i in threadpool_info()
+                                if i["user_api"] == "blas"))
+        return eigvalsh(matrix)
+
+    fabric = fabric_at(tmp_path)
+    try:
+        monkeypatch.setattr(np.linalg, "eigvalsh", counted)
+        fabric.states.commit(fabric.states.prepare(Request("w", format="statevector"),
+                                                   random_state(18, 5)))
+    finally:
+        fabric.close()
+    assert blas_threads == [1]

@@ -14,6 +14,7 @@ written in parts through a `BlobWriter`: `writer_for(store)` gives the store's o
 without one, a writer that joins the parts and makes one `put` at the end.
 """
 
+import concurrent.futures
 import errno
 import hashlib
 import os
@@ -29,6 +30,11 @@ _KEY = re.compile(r"[0-9a-f]{64}")
 # where both share a disk it must still fit.
 RESERVE = 8 << 20
 CHECK_EVERY = 64 << 20  # a parted write checks free space for this much at a time
+# A part at least this large is hashed on a hasher thread while the file write runs (both
+# release the GIL); smaller ones are hashed in line, cheaper than the hand-off.
+HASH_ASIDE = 256 << 10
+# Each writer has at most one part hashing at a time, so a pool keeps each one's order.
+_HASHERS = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="qfs-blob-hasher")
 
 
 def is_key(key: object) -> bool:
@@ -203,17 +209,28 @@ class DirectoryBlobStore:
 class DirectoryBlobWriter:
     """A blob written in parts to a temporary file in the store's root, hashed as it
     grows; `commit` syncs it and renames it to its key (or drops it when that blob is
-    already there). Free space is checked before each part, as `put` does."""
+    already there). Free space is checked before each part, as `put` does.
+
+    A large part is hashed on a hasher thread while it is written: a checkpoint's parts
+    come through one writer in order, so writing then hashing each would make this the
+    slowest stage of the seal (write and hash were 23 + 57 ms of a 24-qubit complex64
+    checkpoint, and the write 281 ms into fresh page cache)."""
 
     def __init__(self, store: DirectoryBlobStore) -> None:
         self._store = store
         self._temp = store._root / f".stage-{uuid.uuid4().hex}.{os.getpid()}.tmp"
         self._file = open(self._temp, "w+b")  # noqa: SIM115 (closed by commit or abort)
         self._hash = hashlib.sha256()
+        self._hashing: concurrent.futures.Future | None = None  # the part being hashed
         self.size = 0
         self._room = 0  # bytes known to fit since the last statvfs
 
     def write(self, data: bytes) -> None:
+        self._hashed()
+        if len(data) >= HASH_ASIDE:
+            self._hashing = _HASHERS.submit(self._hash.update, data)
+        else:
+            self._hash.update(data)
         try:
             if len(data) > self._room:  # one statvfs per 64 MiB, not per part
                 self._room = max(len(data), CHECK_EVERY)
@@ -223,14 +240,20 @@ class DirectoryBlobWriter:
         except OSError as exc:
             self.abort()
             raise _no_space(exc) from exc
-        self._hash.update(data)
         self.size += len(data)
+
+    def _hashed(self) -> None:
+        """Wait for the part being hashed, so that parts are hashed in order."""
+        if self._hashing is not None:
+            self._hashing.result()
+            self._hashing = None
 
     def read(self, offset: int, size: int) -> bytes:
         self._file.flush()
         return os.pread(self._file.fileno(), size, offset)
 
     def commit(self) -> str:
+        self._hashed()
         key = self._hash.hexdigest()
         path = self._store._path(key)
         try:
@@ -248,5 +271,6 @@ class DirectoryBlobWriter:
         return key
 
     def abort(self) -> None:
+        self._hashed()
         self._file.close()
         self._temp.unlink(missing_ok=True)
