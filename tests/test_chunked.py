@@ -224,13 +224,15 @@ def test_unencrypted_chunks_are_checked_against_the_record(tmp_path):
 
 def test_blob_writers_name_what_put_would(tmp_path):
     """A blob written in parts is the blob `put` makes of the joined bytes, small parts
-    hashed in line and large ones beside their write, in order; an aborted one leaves
-    nothing; a store without a writer of its own gets a joining one."""
-    from levels.store.blobs import HASH_ASIDE, DirectoryBlobStore, JoinedWriter, writer_for
+    hashed in line and large ones beside their write, in order, its writeback started as
+    it grows; an aborted one leaves nothing; a store without a writer of its own gets a
+    joining one."""
+    from levels.store.blobs import (HASH_ASIDE, WRITEBACK_EVERY, DirectoryBlobStore,
+                                    JoinedWriter, writer_for)
 
     store = DirectoryBlobStore(tmp_path / "blobs")
     parts = [b"alpha" * 1000, b"", os.urandom(HASH_ASIDE), os.urandom(HASH_ASIDE + 7),
-             b"beta" * 3, os.urandom(3 * HASH_ASIDE)]
+             b"beta" * 3, os.urandom(WRITEBACK_EVERY), os.urandom(3 * HASH_ASIDE)]
     writer = writer_for(store)
     for part in parts:
         writer.write(part)

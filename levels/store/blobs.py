@@ -15,6 +15,7 @@ without one, a writer that joins the parts and makes one `put` at the end.
 """
 
 import concurrent.futures
+import ctypes
 import errno
 import hashlib
 import os
@@ -33,6 +34,10 @@ CHECK_EVERY = 64 << 20  # a parted write checks free space for this much at a ti
 # A part at least this large is hashed on a hasher thread while the file write runs (both
 # release the GIL); smaller ones are hashed in line, cheaper than the hand-off.
 HASH_ASIDE = 256 << 10
+# A parted write asks the kernel to start writing its file back every this many bytes, so
+# that the fsync at commit waits for the last few only (a 113 MB checkpoint's fsync took
+# 49 ms, a fifth of the checkpoint, with the pipeline idle; 4.6 ms so).
+WRITEBACK_EVERY = 8 << 20
 # Each writer has at most one part hashing at a time, so a pool keeps each one's order.
 _HASHERS = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="qfs-blob-hasher")
 
@@ -110,6 +115,21 @@ def writer_for(store: object) -> BlobWriter:
     """The store's own writer, or one that joins the parts into a single put."""
     make = getattr(store, "writer", None)
     return make() if make is not None else JoinedWriter(store)  # type: ignore[arg-type]
+
+
+def _writeback_starter():
+    """sync_file_range(fd, offset, size, SYNC_FILE_RANGE_WRITE) where libc has it: starts
+    writeback without waiting for it. Only a head start: commit's fsync is what makes a
+    blob durable, and reports any error this would have met."""
+    function = getattr(ctypes.CDLL(None), "sync_file_range", None)
+    if function is None:
+        return lambda fd, offset, size: None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    write = 2  # SYNC_FILE_RANGE_WRITE (fcntl.h)
+    return lambda fd, offset, size: function(fd, offset, size, write)
+
+
+_start_writeback = _writeback_starter()
 
 
 def _check_space(root: Path, size: int) -> None:
@@ -211,7 +231,8 @@ class DirectoryBlobWriter:
     grows; `commit` syncs it and renames it to its key (or drops it when that blob is
     already there). Free space is checked before each part, as `put` does.
 
-    A large part is hashed on a hasher thread while it is written: a checkpoint's parts
+    The kernel is asked to write the file back as it grows (WRITEBACK_EVERY). A large
+    part is hashed on a hasher thread while it is written: a checkpoint's parts
     come through one writer in order, so writing then hashing each would make this the
     slowest stage of the seal (write and hash were 23 + 57 ms of a 24-qubit complex64
     checkpoint, and the write 281 ms into fresh page cache)."""
@@ -223,6 +244,7 @@ class DirectoryBlobWriter:
         self._hash = hashlib.sha256()
         self._hashing: concurrent.futures.Future | None = None  # the part being hashed
         self.size = 0
+        self._written_back = 0  # bytes whose writeback has been started
         self._room = 0  # bytes known to fit since the last statvfs
 
     def write(self, data: bytes) -> None:
@@ -241,6 +263,11 @@ class DirectoryBlobWriter:
             self.abort()
             raise _no_space(exc) from exc
         self.size += len(data)
+        if self.size - self._written_back >= WRITEBACK_EVERY:
+            self._file.flush()
+            _start_writeback(self._file.fileno(), self._written_back,
+                             self.size - self._written_back)
+            self._written_back = self.size
 
     def _hashed(self) -> None:
         """Wait for the part being hashed, so that parts are hashed in order."""
