@@ -20,6 +20,12 @@ T = TypeVar("T")
 Json = dict[str, Any]
 STARTED = time.monotonic()
 REPO = Path(__file__).resolve().parent.parent
+# In-process sections import `levels` from the tree this script belongs to: the venv's
+# editable install points at the development tree, so a baseline worktree's script would
+# otherwise measure the development tree's code (as in-process baselines did before the
+# ninth pass of issue 15). The scripts import the levels lazily, after this module.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 _VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 # `python -m` rather than the entry point: run with cwd set to a git worktree, that tree's
 # own packages come first on sys.path, which is how the before/after benchmarks mount a
