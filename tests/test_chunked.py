@@ -227,8 +227,13 @@ def test_blob_writers_name_what_put_would(tmp_path):
     hashed in line and large ones beside their write, in order, its writeback started as
     it grows; an aborted one leaves nothing; a store without a writer of its own gets a
     joining one."""
-    from levels.store.blobs import (HASH_ASIDE, WRITEBACK_EVERY, DirectoryBlobStore,
-                                    JoinedWriter, writer_for)
+    from levels.store.blobs import (
+        HASH_ASIDE,
+        WRITEBACK_EVERY,
+        DirectoryBlobStore,
+        JoinedWriter,
+        writer_for,
+    )
 
     store = DirectoryBlobStore(tmp_path / "blobs")
     parts = [b"alpha" * 1000, b"", os.urandom(HASH_ASIDE), os.urandom(HASH_ASIDE + 7),
