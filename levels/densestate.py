@@ -328,8 +328,10 @@ class Sealing:
         """Stop: nothing is left running (the caller then drops the blob)."""
         for sealing, *_ in self._flight:
             sealing.cancel()
-        self._settled()
-        self._close()
+        try:
+            self._settled()
+        finally:
+            self._close()
 
     def _settled(self) -> list[concurrent.futures.Future]:
         """Every future in flight, once all are done."""

@@ -222,11 +222,13 @@ def test_unencrypted_chunks_are_checked_against_the_record(tmp_path):
         fabric.close()
 
 
-def test_blob_writers_name_what_put_would(tmp_path):
+def test_blob_writers_name_what_put_would(tmp_path, monkeypatch):
     """A blob written in parts is the blob `put` makes of the joined bytes, small parts
-    hashed in line and large ones beside their write, in order, its writeback started as
-    it grows; an aborted one leaves nothing; a store without a writer of its own gets a
-    joining one."""
+    hashed in line and large ones beside their write, in order (a buffer its caller
+    reuses at once included), its writeback started as it grows, over every byte once;
+    an aborted one leaves nothing; a store without a writer of its own gets a joining
+    one."""
+    from levels.store import blobs
     from levels.store.blobs import (
         HASH_ASIDE,
         WRITEBACK_EVERY,
@@ -235,16 +237,26 @@ def test_blob_writers_name_what_put_would(tmp_path):
         writer_for,
     )
 
+    started = []
+    monkeypatch.setattr(blobs, "_start_writeback",
+                        lambda fd, offset, size: started.append((offset, size)))
     store = DirectoryBlobStore(tmp_path / "blobs")
+    reused = bytearray(os.urandom(HASH_ASIDE))
     parts = [b"alpha" * 1000, b"", os.urandom(HASH_ASIDE), os.urandom(HASH_ASIDE + 7),
-             b"beta" * 3, os.urandom(WRITEBACK_EVERY), os.urandom(3 * HASH_ASIDE)]
+             b"beta" * 3, os.urandom(WRITEBACK_EVERY), reused, os.urandom(3 * HASH_ASIDE),
+             os.urandom(WRITEBACK_EVERY)]
+    joined = b"".join(parts)
     writer = writer_for(store)
     for part in parts:
         writer.write(part)
-    assert writer.size == sum(map(len, parts))
+        if part is reused:
+            reused[:] = bytes(len(reused))  # the caller's buffer, reused after write
+    assert writer.size == len(joined)
     key = writer.commit()
-    assert key == hashlib.sha256(b"".join(parts)).hexdigest()
-    assert store.get(key) == b"".join(parts)
+    assert key == hashlib.sha256(joined).hexdigest()
+    assert store.get(key) == joined
+    assert len(started) == 2 and all(size >= WRITEBACK_EVERY for _, size in started)
+    assert [offset for offset, _ in started] == [0, sum(started[0])]
     dropped = writer_for(store)
     dropped.write(b"never")
     dropped.write(os.urandom(HASH_ASIDE))
@@ -365,7 +377,7 @@ def test_a_sealing_asks_its_caller_to_wait_only_on_unfinished_chunks(tmp_path):
 def test_a_sealing_measures_its_spectrum_with_blas_on_one_thread(tmp_path, monkeypatch):
     """The entropy's eigvalsh runs before the BLAS limit is lifted: on OpenBLAS's threads
     it left one spinning ~100 ms after every checkpoint, a fifth of a 24-qubit one's CPU."""
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     eigvalsh, blas_threads = np.linalg.eigvalsh, []
 
@@ -377,8 +389,9 @@ def test_a_sealing_measures_its_spectrum_with_blas_on_one_thread(tmp_path, monke
     fabric = fabric_at(tmp_path)
     try:
         monkeypatch.setattr(np.linalg, "eigvalsh", counted)
-        fabric.states.commit(fabric.states.prepare(Request("w", format="statevector"),
-                                                   random_state(18, 5)))
+        with threadpool_limits(2, user_api="blas"):  # what a limit would be lifted to
+            fabric.states.commit(fabric.states.prepare(Request("w", format="statevector"),
+                                                       random_state(18, 5)))
     finally:
         fabric.close()
     assert blas_threads == [1]

@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -38,6 +39,7 @@ HASH_ASIDE = 256 << 10
 # that the fsync at commit waits for the last few only (a 113 MB checkpoint's fsync took
 # 49 ms, a fifth of the checkpoint, with the pipeline idle; 4.6 ms so).
 WRITEBACK_EVERY = 8 << 20
+SYNC_FILE_RANGE_WRITE = 2  # fcntl.h
 # Each writer has at most one part hashing at a time, so a pool keeps each one's order.
 _HASHERS = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="qfs-blob-hasher")
 
@@ -117,16 +119,16 @@ def writer_for(store: object) -> BlobWriter:
     return make() if make is not None else JoinedWriter(store)  # type: ignore[arg-type]
 
 
-def _writeback_starter():
+def _writeback_starter() -> Callable[[int, int, int], object]:
     """sync_file_range(fd, offset, size, SYNC_FILE_RANGE_WRITE) where libc has it: starts
     writeback without waiting for it. Only a head start: commit's fsync is what makes a
-    blob durable, and reports any error this would have met."""
+    blob durable. The WRITE flag alone, because waiting (WAIT_BEFORE/AFTER) would consume
+    the file's writeback error, which that fsync must still report."""
     function = getattr(ctypes.CDLL(None), "sync_file_range", None)
     if function is None:
         return lambda fd, offset, size: None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    write = 2  # SYNC_FILE_RANGE_WRITE (fcntl.h)
-    return lambda fd, offset, size: function(fd, offset, size, write)
+    return lambda fd, offset, size: function(fd, offset, size, SYNC_FILE_RANGE_WRITE)
 
 
 _start_writeback = _writeback_starter()
@@ -249,31 +251,39 @@ class DirectoryBlobWriter:
 
     def write(self, data: bytes) -> None:
         self._hashed()
-        if len(data) >= HASH_ASIDE:
-            self._hashing = _HASHERS.submit(self._hash.update, data)
-        else:
-            self._hash.update(data)
+        self._hash_part(data)
         try:
             if len(data) > self._room:  # one statvfs per 64 MiB, not per part
                 self._room = max(len(data), CHECK_EVERY)
                 _check_space(self._store._root, self._room)
             self._room -= len(data)
             self._file.write(data)
+            self.size += len(data)
+            if self.size - self._written_back >= WRITEBACK_EVERY:
+                self._file.flush()
+                _start_writeback(self._file.fileno(), self._written_back,
+                                 self.size - self._written_back)
+                self._written_back = self.size
         except OSError as exc:
             self.abort()
             raise _no_space(exc) from exc
-        self.size += len(data)
-        if self.size - self._written_back >= WRITEBACK_EVERY:
-            self._file.flush()
-            _start_writeback(self._file.fileno(), self._written_back,
-                             self.size - self._written_back)
-            self._written_back = self.size
+
+    def _hash_part(self, data: bytes) -> None:
+        """Hash a large part on a hasher thread, anything else here. Only `bytes` go
+        aside: a buffer its caller may reuse once write returns must be hashed now."""
+        if type(data) is bytes and len(data) >= HASH_ASIDE:
+            try:
+                self._hashing = _HASHERS.submit(self._hash.update, data)
+                return
+            except RuntimeError:  # the interpreter is exiting: no new threads
+                pass
+        self._hash.update(data)
 
     def _hashed(self) -> None:
         """Wait for the part being hashed, so that parts are hashed in order."""
-        if self._hashing is not None:
-            self._hashing.result()
-            self._hashing = None
+        hashing, self._hashing = self._hashing, None
+        if hashing is not None:
+            hashing.result()
 
     def read(self, offset: int, size: int) -> bytes:
         self._file.flush()
@@ -298,6 +308,8 @@ class DirectoryBlobWriter:
         return key
 
     def abort(self) -> None:
-        self._hashed()
-        self._file.close()
-        self._temp.unlink(missing_ok=True)
+        try:
+            self._hashed()
+        finally:
+            self._file.close()
+            self._temp.unlink(missing_ok=True)
