@@ -213,8 +213,16 @@ class _BlasLimit:
                 self._limit.restore_original_limits()
                 self._limit = None
 
+    def __enter__(self) -> None:
+        self.acquire()
 
-_blas_limit = _BlasLimit()
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+# Also for a small LAPACK call beside a seal (stateformats.looks_dense): on OpenBLAS's
+# threads even a 64 x 64 problem leaves one spinning ~100 ms after it.
+one_blas_thread = _BlasLimit()
 
 
 class Sealing:
@@ -247,7 +255,7 @@ class Sealing:
         self._submitted = 0
         writer.write(sealer.head)
         self._open = True
-        _blas_limit.acquire()
+        one_blas_thread.acquire()
 
     def submit(self, amplitudes: Callable[[], np.ndarray]) -> None:
         """The next chunk (CHUNK_AMPLITUDES amplitudes, fewer at the end), as a function
@@ -342,7 +350,7 @@ class Sealing:
     def _close(self) -> None:
         if self._open:
             self._open = False
-            _blas_limit.release()
+            one_blas_thread.release()
 
     def _sealed(self) -> Sealed:
         total = self._total

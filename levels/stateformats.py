@@ -30,6 +30,7 @@ MAX_SHADOW_QUBITS = 8
 STABILIZER_SUPPORT_MAX = 20  # the stabilizer test holds 2^k x k bits for a support of 2^k
 NONZERO = 1e-12  # a normalised amplitude at most this is zero to the sparse choice
 SCHMIDT_ZERO = 1e-12  # squared Schmidt coefficients below this are the arithmetic's
+GUESS_AMPLITUDES = 1 << 16  # what looks_dense reads of a state (1 MiB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -557,6 +558,24 @@ def dense_reason(qubits: int, spectrum: tuple[int, np.ndarray], nonzero: int,
     if _may_be_mps(qubits, cut, int((values > SCHMIDT_ZERO + error).sum()), options):
         return None
     return _entangled(int((values > SCHMIDT_ZERO).sum()), cut)
+
+
+def looks_dense(vector: np.ndarray, options: FormatOptions) -> bool:
+    """A guess, from the first GUESS_AMPLITUDES, that dense_reason will settle a large
+    state vector: an eighth or more of them over NONZERO, and their rows across the
+    entropy's cut of a Schmidt rank no exact MPS within the bond limit has (a slice's
+    squared Schmidt values are at most the whole state's). Cheap, and only a guess:
+    StateStore then seals the state as a state vector first and its chunks' evidence
+    decides, which spares a dense state the whole-state probes (its spectrum computed
+    twice, a normalised copy: half of a 24-qubit checkpoint under `auto`)."""
+    n = num_qubits_of(vector)
+    cut = min(n // 2, ENTROPY_CUT_MAX)
+    head = vector[:GUESS_AMPLITUDES]
+    if np.count_nonzero(np.abs(head) > NONZERO) * 8 <= head.size:
+        return False
+    rows = head.reshape(-1, 2**cut)
+    values = np.linalg.eigvalsh(rows.conj().T @ rows)
+    return not _may_be_mps(n, cut, int((values > SCHMIDT_ZERO).sum()), options)
 
 
 def _mps_bound(qubits: int, options: FormatOptions) -> int:

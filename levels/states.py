@@ -285,7 +285,10 @@ class StateStore:
                 state: np.ndarray | densestate.Source) -> Prepared:
         """Encode, measure, compress and encrypt (slow: call from a worker thread). A
         state vector in the statevector format, not incremental, is sealed in chunks
-        (densestate.py); `state` may then be a Source read by chunks (an import)."""
+        (densestate.py); `state` may then be a Source read by chunks (an import). Under
+        `auto`, a large state vector held in memory that looks dense is sealed so first,
+        as an import is: its chunks' evidence settles the format, or the whole-state
+        choice follows."""
         validate_name(request.name, "checkpoint name")
         retention = parse_duration(request.retention) if request.retention else self._retention
         owner = self._owner(request)
@@ -297,6 +300,28 @@ class StateStore:
                 else densestate.ArraySource(np.asarray(state))
             reason = "asked for" if request.format else "the configured default"
             return self._prepare_chunked(request, source, owner, retention, reason)
+        if asked == "auto" and parent is None and isinstance(state, np.ndarray) \
+                and self._seals_first(state):
+            guessed = self._prepare_chunked(request, densestate.ArraySource(state), owner,
+                                            retention, None)
+            if not guessed.unsettled:
+                return guessed
+            guessed.abort()
+        return self._prepare_whole(request, state, owner, retention, parent, asked)
+
+    def _seals_first(self, state: np.ndarray) -> bool:
+        """Whether `auto` guesses that a state held in memory is a state vector: one it
+        would stream as an import (`_streams_under_auto`) that looks dense."""
+        if not (state.ndim == 1 and state.dtype == np.complex128
+                and self._streams_under_auto(state.size)):
+            return False
+        with densestate.one_blas_thread:
+            return stateformats.looks_dense(state, self.options)
+
+    def _prepare_whole(self, request: Request, state: np.ndarray | densestate.Source,
+                       owner: int, retention: float, parent: dict[str, Any] | None,
+                       asked: str) -> Prepared:
+        """A state chosen for and encoded whole (held in memory)."""
         if isinstance(state, densestate.Source):
             state = state.chunk(0, state.size)
         state, projected = stateformats.validate_state(state)
@@ -347,9 +372,10 @@ class StateStore:
         return Prepared(meta, blob)
 
     def _prepare_chunked(self, request: Request, source: densestate.Source, owner: int,
-                         retention: float, reason: str) -> Prepared:
+                         retention: float, reason: str | None) -> Prepared:
         """A state held in memory sealed chunk by chunk straight into the blob store's
-        writer: never copied whole, decoded whole to be checked, or hashed twice."""
+        writer: never copied whole, decoded whole to be checked, or hashed twice. With
+        no reason yet (a guess under `auto`), the result may be `unsettled`."""
         chunked = self._begin_chunked(request, source.size, owner, retention, reason)
         try:
             densestate.submit_all(source, chunked.sealing)
@@ -377,9 +403,13 @@ class StateStore:
         if rank != 1:
             return False
         chosen = self._default_format()
-        return chosen == "statevector" or (
-            chosen == "auto" and not self.options.complex64
-            and amplitudes > 2**stateformats.STABILIZER_SUPPORT_MAX)
+        return chosen == "statevector" or (chosen == "auto"
+                                           and self._streams_under_auto(amplitudes))
+
+    def _streams_under_auto(self, amplitudes: int) -> bool:
+        """A state vector in double precision that its evidence may settle as a state
+        vector (dense_reason: over 2^STABILIZER_SUPPORT_MAX amplitudes, 32 MiB)."""
+        return not self.options.complex64 and amplitudes > 2**stateformats.STABILIZER_SUPPORT_MAX
 
     def choose_whole(self, prepared: Prepared) -> Prepared:
         """A streamed import its evidence left open under `auto` (`Prepared.unsettled`: it
@@ -395,7 +425,9 @@ class StateStore:
                                            self._blobs.threads).array()
         finally:
             prepared.abort()
-        return self.prepare(Request(meta["name"], owner=meta["owner"]), state)
+        return self._prepare_whole(Request(meta["name"], owner=meta["owner"]), state,
+                                   meta["owner"], self._retention, None,
+                                   self._default_format())
 
     def _default_format(self) -> str:
         return _format_name(self._config.default_serialization_format)

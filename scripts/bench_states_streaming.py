@@ -36,6 +36,7 @@ from benchlib import Json, ratio, say
 
 MB = 1e6
 LOSSY_REPS = 8
+AUTO_REPS = 4
 STREAM_CONFIG = ("state_store:\n  default_serialization_format: statevector\n"
                  "  compression_level: fast\n  max_checkpoint_size_mb: 65536\n"
                  "performance:\n  max_buffered_mb_per_user: 65536\n")
@@ -121,6 +122,8 @@ def bench_streaming(base: Path, quick: bool, scale: int | None, helpers: Any) ->
     report["ratios"] = {
         "checkpoint_floor_over_mount (goal >= 0.7)":
             ratio(floor_s, mount["checkpoint"]["median_s"]),
+        "checkpoint_auto_floor_over_mount (goal >= 0.7)":
+            ratio(floor_s, mount["checkpoint_auto"]["median_s"]),
         "restore_plain_over_mount (goal >= 0.7)":
             ratio(mount["plain_np_load"]["median_s"], mount["restore_np_load"]["median_s"]),
         "restore_unseal_floor_over_mount (goal >= 0.7)":
@@ -174,6 +177,7 @@ def _in_process(base: Path, psi: Any, helpers: Any) -> Json:
             if precision == "complex128":
                 out["in_process_checkpoint"] = helpers.seconds_summary(times, psi.size * 16)
                 out["profile"] = profiled.report(cumulative=16, own=12)
+                out["in_process_checkpoint_auto"] = _auto_checkpoints(fabric, psi, helpers)
             else:
                 _meta, decoded = fabric.states.load("p0")
                 out["lossy"] = {
@@ -191,6 +195,20 @@ def _in_process(base: Path, psi: Any, helpers: Any) -> Json:
         finally:
             fabric.close()
     return out
+
+
+def _auto_checkpoints(fabric: Any, psi: Any, helpers: Any) -> Json:
+    """The same checkpoint under `auto`, the default format (its choice included)."""
+    from levels.states import Request
+
+    times = []
+    for i in range(AUTO_REPS):
+        started = time.perf_counter()
+        fabric.states.commit(fabric.states.prepare(Request(f"auto{i}"), psi))
+        times.append(time.perf_counter() - started)
+    meta = fabric.states.get("auto0")
+    return {**helpers.seconds_summary(times, psi.size * 16),
+            "format": meta["format"], "format_reason": meta["format_reason"]}
 
 
 def _through_mount(mnt: Path, psi: Any, plain: Path, reps: int, helpers: Any) -> Json:
@@ -228,8 +246,16 @@ def _through_mount(mnt: Path, psi: Any, plain: Path, reps: int, helpers: Any) ->
         repeats.append(time.perf_counter() - started)
         meta = json.loads((mnt / "states" / name / "meta.json").read_text())
         helpers.remove_checkpoint(mnt, name)
+    chosen = []  # under `auto`, the default format
+    for i in range(reps):
+        say(f"streaming: checkpoint auto{i} through the mount")
+        chosen.append(helpers.command(ctl, f"checkpoint auto{i} format=auto"))
+        auto_meta = json.loads((mnt / "states" / f"auto{i}" / "meta.json").read_text())
+        helpers.remove_checkpoint(mnt, f"auto{i}")
     return {"import_cp_s": round(import_s, 4),
             "checkpoint": helpers.seconds_summary(checkpoints, raw),
+            "checkpoint_auto": {**helpers.seconds_summary(chosen, raw),
+                                "format": auto_meta["format"]},
             "restore_np_load": helpers.seconds_summary(restores, raw),
             "plain_np_load": helpers.seconds_summary(plains, raw),
             "repeat_np_load_through_mount": helpers.seconds_summary(repeats, raw),

@@ -395,3 +395,36 @@ def test_a_sealing_measures_its_spectrum_with_blas_on_one_thread(tmp_path, monke
     finally:
         fabric.close()
     assert blas_threads == [1]
+
+
+def test_auto_seals_a_dense_state_first_and_chooses_whole_only_when_unsettled(
+        tmp_path, monkeypatch):
+    """A state held in memory that looks dense is sealed as a state vector under `auto`
+    without the whole-state probes; one whose chunks leave the format open (dense only in
+    its first amplitudes) is chosen whole, its speculative blob dropped."""
+    from levels import stateformats
+
+    dense = random_state(21, 6)
+    head = np.zeros_like(dense)
+    head[: 2**16] = dense[: 2**16]
+    head /= np.linalg.norm(head)
+    assert stateformats.looks_dense(dense, stateformats.FormatOptions())
+    assert stateformats.looks_dense(head, stateformats.FormatOptions())
+    fabric = fabric_at(tmp_path)
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(stateformats, "schmidt_spectrum", None)  # never the whole path
+            meta = fabric.states.commit(fabric.states.prepare(Request("dense"), dense))
+        assert meta["format"] == "statevector"
+        assert meta["format_reason"] == stateformats.choose_format(
+            dense, fabric.states.options)[1]
+        meta = fabric.states.commit(fabric.states.prepare(Request("head"), head))
+        assert meta["format"] == "sparse"
+        assert meta["format_reason"] == stateformats.choose_format(
+            head, fabric.states.options)[1]
+        for name, state in (("dense", dense), ("head", head)):
+            assert np.allclose(fabric.states.load(name)[1], state, rtol=0, atol=1e-15)
+        kept = {fabric.states.get(name)["blob"] for name in ("dense", "head")}
+        assert set(fabric.states._blobs.list()) == kept
+    finally:
+        fabric.close()

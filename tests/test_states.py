@@ -179,6 +179,29 @@ def test_automatic_choice_finds_low_entanglement_at_any_size(qfs):
     assert "Schmidt rank 64 across qubits 0..5" in meta_of(qfs, "dense16")["format_reason"]
 
 
+def test_auto_checkpoints_of_large_live_states_choose_as_their_imports_did(qfs):
+    """Under `auto`, a live state over 2^20 amplitudes that looks dense is sealed as a
+    state vector first and its chunks' evidence decides: a dense one stays a state
+    vector, one dense only in its first amplitudes is chosen whole (sparse), each for
+    the reason its import got, and each reads back as it was."""
+    n = 21
+    dense = np.asarray(random_statevector(2**n, seed=n).data)
+    head = np.zeros(2**n, dtype=complex)
+    head[: 2**16] = dense[: 2**16]
+    head /= np.linalg.norm(head)
+    for name, state, chosen in (("dense", dense, "statevector"), ("head", head, "sparse")):
+        _import(qfs, f"{name}-in", state)
+        command(qfs.qubits / "ctl", f"alloc {n} task={name} topology=linear")
+        ctl = qfs.qubits / "tasks" / name / "ctl"
+        command(ctl, f"restore {name}-in")
+        command(ctl, f"checkpoint {name}-out")
+        meta = meta_of(qfs, f"{name}-out")
+        assert meta["format"] == chosen
+        assert meta["format_reason"] == meta_of(qfs, f"{name}-in")["format_reason"]
+        assert state_fidelity(Statevector(npy(qfs, f"{name}-out")), Statevector(state)) \
+            > 1 - 1e-12
+
+
 def test_import_npy_and_refusals(qfs, tmp_path):
     psi = np.asarray(expected_state(ENTANGLED).data)
     np.save(tmp_path / "psi.npy", psi)
