@@ -190,8 +190,9 @@ class Sealed:
 class _BlasLimit:
     """BLAS on one thread while any sealing runs (chunks run on our own threads: OpenBLAS's
     threads spinning beside them on two cores made a 24-qubit scan 9 s instead of a
-    fraction). Counted, because sealings overlap and an import's lasts as long as its
-    writer: the first sets the limit, the last lifts it."""
+    fraction), and around the small LAPACK calls beside a seal. Counted, because
+    sealings overlap and an import's lasts as long as its writer: the first sets the
+    limit, the last lifts it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -220,8 +221,8 @@ class _BlasLimit:
         self.release()
 
 
-# Also for a small LAPACK call beside a seal (stateformats.looks_dense): on OpenBLAS's
-# threads even a 64 x 64 problem leaves one spinning ~100 ms after it.
+# Also for stateformats.looks_dense: on OpenBLAS's threads even a 64 x 64 problem leaves
+# one spinning ~100 ms after it.
 one_blas_thread = _BlasLimit()
 
 

@@ -30,7 +30,7 @@ MAX_SHADOW_QUBITS = 8
 STABILIZER_SUPPORT_MAX = 20  # the stabilizer test holds 2^k x k bits for a support of 2^k
 NONZERO = 1e-12  # a normalised amplitude at most this is zero to the sparse choice
 SCHMIDT_ZERO = 1e-12  # squared Schmidt coefficients below this are the arithmetic's
-GUESS_AMPLITUDES = 1 << 16  # what looks_dense reads of a state (1 MiB)
+GUESS_ROWS = 1024  # rows across the entropy's cut looks_dense reads (1 MiB at a cut of 6)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -561,20 +561,26 @@ def dense_reason(qubits: int, spectrum: tuple[int, np.ndarray], nonzero: int,
 
 
 def looks_dense(vector: np.ndarray, options: FormatOptions) -> bool:
-    """A guess, from the first GUESS_AMPLITUDES, that dense_reason will settle a large
-    state vector: an eighth or more of them over NONZERO, and their rows across the
-    entropy's cut of a Schmidt rank no exact MPS within the bond limit has (a slice's
-    squared Schmidt values are at most the whole state's). Cheap, and only a guess:
-    StateStore then seals the state as a state vector first and its chunks' evidence
-    decides, which spares a dense state the whole-state probes (its spectrum computed
-    twice, a normalised copy: half of a 24-qubit checkpoint under `auto`)."""
+    """A guess, from GUESS_ROWS rows across the entropy's cut spread over the state, that
+    dense_reason will settle a large state vector: more than an eighth of their
+    amplitudes over NONZERO, and a Schmidt rank no exact MPS within the bond limit has
+    (rows taken from a state give squared Schmidt values at most the whole state's).
+    Spread, not the head: a register whose high qubits idle in |0> has its support
+    there. Cheap, and only a guess: StateStore then seals the state as a state vector
+    first and its chunks' evidence decides, which spares a dense state the whole-state
+    probes (its spectrum computed twice, a normalised copy: half of a 24-qubit checkpoint
+    under `auto`). NaN or infinity guesses no (the whole path refuses them)."""
     n = num_qubits_of(vector)
     cut = min(n // 2, ENTROPY_CUT_MAX)
-    head = vector[:GUESS_AMPLITUDES]
-    if np.count_nonzero(np.abs(head) > NONZERO) * 8 <= head.size:
+    width, rows = 2**cut, min(GUESS_ROWS, vector.size >> cut)
+    step = (vector.size >> cut) // rows
+    picked = (np.arange(rows)[:, None] * (step * width) + np.arange(width)).ravel()
+    sample = vector[picked]
+    if not np.isfinite(sample).all() or \
+            np.count_nonzero(np.abs(sample) > NONZERO) * 8 <= sample.size:
         return False
-    rows = head.reshape(-1, 2**cut)
-    values = np.linalg.eigvalsh(rows.conj().T @ rows)
+    matrix = sample.reshape(rows, width)
+    values = np.linalg.eigvalsh(matrix.conj().T @ matrix)
     return not _may_be_mps(n, cut, int((values > SCHMIDT_ZERO).sum()), options)
 
 

@@ -39,6 +39,7 @@ from levels.errors import (
     Corrupt,
     Exists,
     Invalid,
+    NoSpace,
     NotEmpty,
     NotFound,
     PermissionDenied,
@@ -86,8 +87,9 @@ class Prepared:
 
     @property
     def unsettled(self) -> bool:
-        """An `auto` import whose format its streamed evidence left open: not to be
-        committed before StateStore.choose_whole."""
+        """An `auto` seal whose format its chunks' evidence left open (an import, or a
+        state held in memory that looked dense): not to be committed; an import goes to
+        StateStore.choose_whole."""
         return self.meta["format_reason"] is None
 
     def abort(self) -> None:
@@ -302,18 +304,24 @@ class StateStore:
             return self._prepare_chunked(request, source, owner, retention, reason)
         if asked == "auto" and parent is None and isinstance(state, np.ndarray) \
                 and self._seals_first(state):
-            guessed = self._prepare_chunked(request, densestate.ArraySource(state), owner,
-                                            retention, None)
-            if not guessed.unsettled:
-                return guessed
-            guessed.abort()
+            try:
+                guessed = self._prepare_chunked(request, densestate.ArraySource(state),
+                                                owner, retention, None)
+            except NoSpace:
+                pass  # the guess's blob did not fit: what the whole choice stores may
+            else:
+                if not guessed.unsettled:
+                    return guessed
+                guessed.abort()
         return self._prepare_whole(request, state, owner, retention, parent, asked)
 
     def _seals_first(self, state: np.ndarray) -> bool:
         """Whether `auto` guesses that a state held in memory is a state vector: one it
-        would stream as an import (`_streams_under_auto`) that looks dense."""
+        would stream as an import (`_streams_under_auto`), within the size limit (else
+        the whole path's checks come first, as before), that looks dense."""
         if not (state.ndim == 1 and state.dtype == np.complex128
-                and self._streams_under_auto(state.size)):
+                and self._streams_under_auto(state.size)
+                and state.size * 16 <= self._config.max_checkpoint_size_mb << 20):
             return False
         with densestate.one_blas_thread:
             return stateformats.looks_dense(state, self.options)
@@ -321,7 +329,8 @@ class StateStore:
     def _prepare_whole(self, request: Request, state: np.ndarray | densestate.Source,
                        owner: int, retention: float, parent: dict[str, Any] | None,
                        asked: str) -> Prepared:
-        """A state chosen for and encoded whole (held in memory)."""
+        """A state chosen for from the whole of it, held in memory (a dense one is then
+        still sealed in chunks)."""
         if isinstance(state, densestate.Source):
             state = state.chunk(0, state.size)
         state, projected = stateformats.validate_state(state)

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import os
+import subprocess
 import threading
 
 import numpy as np
@@ -16,7 +17,7 @@ from qiskit.quantum_info import Statevector, entropy, partial_trace, state_fidel
 
 from levels.config import load_config
 from levels.densestate import CHUNK_AMPLITUDES
-from levels.errors import Corrupt
+from levels.errors import Corrupt, Invalid
 from levels.fabric import Fabric
 from levels.states import Request, npy_bytes
 from levels.store.chunked import TRAILER
@@ -400,31 +401,65 @@ def test_a_sealing_measures_its_spectrum_with_blas_on_one_thread(tmp_path, monke
 def test_auto_seals_a_dense_state_first_and_chooses_whole_only_when_unsettled(
         tmp_path, monkeypatch):
     """A state held in memory that looks dense is sealed as a state vector under `auto`
-    without the whole-state probes; one whose chunks leave the format open (dense only in
-    its first amplitudes) is chosen whole, its speculative blob dropped."""
-    from levels import stateformats
+    without the whole-state probes; one whose chunks leave the format open (every other
+    row across the cut zero: 2^20 non-zeros, which a stabilizer state may have) is
+    chosen whole, its speculative blob dropped; one dense only in its first amplitudes
+    never looks dense; NaN is refused as the whole path refuses it."""
+    from levels import densestate, stateformats
 
     dense = random_state(21, 6)
+    halves = dense.copy()
+    halves.reshape(-1, 64)[1::2] = 0
+    halves /= np.linalg.norm(halves)
     head = np.zeros_like(dense)
     head[: 2**16] = dense[: 2**16]
     head /= np.linalg.norm(head)
-    assert stateformats.looks_dense(dense, stateformats.FormatOptions())
-    assert stateformats.looks_dense(head, stateformats.FormatOptions())
+    options = stateformats.FormatOptions()
+    assert stateformats.looks_dense(dense, options) and stateformats.looks_dense(halves, options)
+    assert not stateformats.looks_dense(head, options)
     fabric = fabric_at(tmp_path)
     try:
         with monkeypatch.context() as patched:
             patched.setattr(stateformats, "schmidt_spectrum", None)  # never the whole path
             meta = fabric.states.commit(fabric.states.prepare(Request("dense"), dense))
         assert meta["format"] == "statevector"
-        assert meta["format_reason"] == stateformats.choose_format(
-            dense, fabric.states.options)[1]
-        meta = fabric.states.commit(fabric.states.prepare(Request("head"), head))
-        assert meta["format"] == "sparse"
-        assert meta["format_reason"] == stateformats.choose_format(
-            head, fabric.states.options)[1]
-        for name, state in (("dense", dense), ("head", head)):
+        for name, state in (("dense", dense), ("halves", halves), ("head", head)):
+            if name != "dense":
+                meta = fabric.states.commit(fabric.states.prepare(Request(name), state))
+            assert (meta["format"], meta["format_reason"]) == stateformats.choose_format(
+                state, fabric.states.options)
             assert np.allclose(fabric.states.load(name)[1], state, rtol=0, atol=1e-15)
-        kept = {fabric.states.get(name)["blob"] for name in ("dense", "head")}
+        broken = dense.copy()
+        broken[5] = np.nan
+        with pytest.raises(Invalid, match="NaN"):
+            fabric.states.prepare(Request("broken"), broken)
+        kept = {fabric.states.get(name)["blob"] for name in ("dense", "halves", "head")}
         assert set(fabric.states._blobs.list()) == kept
+        assert not list(tmp_path.rglob(".stage-*"))
+        assert densestate.one_blas_thread._holders == 0
     finally:
         fabric.close()
+
+
+def test_a_guess_whose_blob_does_not_fit_gives_way_to_the_whole_choice(tmp_path):
+    """The speculative blob of `auto`'s guess (the whole state vector) that the disk
+    cannot hold is no refusal: the whole-state choice follows and stores what fits."""
+    from levels import stateformats
+
+    root = tmp_path / "small"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(root)], check=True)
+    try:
+        state = np.zeros(2**21, dtype=complex)
+        state.reshape(-1, 64)[::32] = random_state(16, 7).reshape(-1, 64)  # rows it samples
+        assert stateformats.looks_dense(state, stateformats.FormatOptions())
+        fabric = fabric_at(root / "data", compression_enabled=False)
+        try:
+            meta = fabric.states.commit(fabric.states.prepare(Request("s"), state))
+            assert meta["format"] == "sparse"
+            assert np.allclose(fabric.states.load("s")[1], state, rtol=0, atol=1e-15)
+            assert not list(root.rglob(".stage-*"))
+        finally:
+            fabric.close()
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)

@@ -181,15 +181,20 @@ def test_automatic_choice_finds_low_entanglement_at_any_size(qfs):
 
 def test_auto_checkpoints_of_large_live_states_choose_as_their_imports_did(qfs):
     """Under `auto`, a live state over 2^20 amplitudes that looks dense is sealed as a
-    state vector first and its chunks' evidence decides: a dense one stays a state
-    vector, one dense only in its first amplitudes is chosen whole (sparse), each for
-    the reason its import got, and each reads back as it was."""
+    state vector first and its chunks' evidence decides: the format and reason are those
+    its import got, whether the guess holds (dense), is dropped for the whole-state
+    choice (every other row across the cut zero), or is never made (dense only in its
+    first amplitudes: sparse), and each reads back as it was."""
     n = 21
     dense = np.asarray(random_statevector(2**n, seed=n).data)
+    halves = dense.copy()
+    halves.reshape(-1, 64)[1::2] = 0
+    halves /= np.linalg.norm(halves)
     head = np.zeros(2**n, dtype=complex)
     head[: 2**16] = dense[: 2**16]
     head /= np.linalg.norm(head)
-    for name, state, chosen in (("dense", dense, "statevector"), ("head", head, "sparse")):
+    for name, state, chosen in (("dense", dense, "statevector"),
+                                ("halves", halves, "statevector"), ("head", head, "sparse")):
         _import(qfs, f"{name}-in", state)
         command(qfs.qubits / "ctl", f"alloc {n} task={name} topology=linear")
         ctl = qfs.qubits / "tasks" / name / "ctl"
@@ -200,6 +205,7 @@ def test_auto_checkpoints_of_large_live_states_choose_as_their_imports_did(qfs):
         assert meta["format_reason"] == meta_of(qfs, f"{name}-in")["format_reason"]
         assert state_fidelity(Statevector(npy(qfs, f"{name}-out")), Statevector(state)) \
             > 1 - 1e-12
+        command(qfs.qubits / "ctl", f"release task={name}")
 
 
 def test_import_npy_and_refusals(qfs, tmp_path):
