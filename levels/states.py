@@ -80,6 +80,15 @@ class Request:
     provenance: dict[str, Any] | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """A directory made in /states for an import not yet written: who made it, and when
+    (its mtime, steady while tar or rsync read it)."""
+
+    owner: int
+    made_ns: int
+
+
 @dataclasses.dataclass
 class Prepared:
     meta: dict[str, Any]
@@ -184,7 +193,7 @@ class StateStore:
         self._next_expiry_ns = 0
         # Directories made by mkdir that await an imported state, with the uid that made
         # each (in memory, like scratch).
-        self.pending: dict[str, int] = {}
+        self.pending: dict[str, Pending] = {}
         # Decoded states as .npy bytes, by (name, created): reads of statevector.npy.
         self.decoded_npy: LRU[bytes] = LRU(max_entries=64, max_bytes=cache_bytes, sizeof=len)
         # Range readers of chunked checkpoints, by (name, created): every open of one
@@ -607,7 +616,13 @@ class StateStore:
             taken = txn.get("checkpoints", name.encode()) is not None
         if taken or name in self.pending:
             raise Exists(f"checkpoint {name} exists")
-        self.pending[name] = uid
+        self.pending[name] = Pending(uid, time.time_ns())
+
+    def importer_of(self, name: str, uid: int) -> int:
+        """Who an import into /states/<name> belongs to: whoever made the directory, else
+        the writer `uid`."""
+        pending = self.pending.get(name)
+        return pending.owner if pending is not None else uid
 
     def remove_dir(self, name: str) -> None:
         if self.pending.pop(name, None) is None:

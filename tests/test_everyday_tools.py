@@ -66,9 +66,12 @@ def test_every_file_reports_the_size_a_read_returns(qfs, tmp_path):
             wrong[path] = (size, len(data))
     assert wrong == {}
     assert (qfs.circuits / "ghz" / "errors").stat().st_size > 0
-    # tar reads st_size bytes and compares the attributes before and after: no complaint.
+    # tar reads st_size bytes and compares the attributes before and after: no complaint,
+    # about a file or a directory (/states's times were the moment of each stat).
+    (qfs.root / "states" / "waiting").mkdir()  # made, nothing imported yet
     done = subprocess.run(["tar", "cf", str(tmp_path / "c.tar"), "-C", str(qfs.root),
-                           "circuits"], capture_output=True, text=True, timeout=120)
+                           "circuits", "states", "workflows", "qubits/tasks"],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     subprocess.run(["tar", "xf", str(tmp_path / "c.tar"), "-C", str(tmp_path)], check=True)
     for name in ("ghz/errors", "bell/stats.json", "bell/v2.qasm"):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import TYPE_CHECKING
 
 from levels.errors import NotFound
@@ -151,7 +150,7 @@ class TasksDir(Dir):
     """tasks/: one directory per task allocated on this device."""
 
     def __init__(self, fabric: Fabric, path: Path, device: str) -> None:
-        super().__init__(fabric, path, directory(time.time_ns()))
+        super().__init__(fabric, path, directory(STARTED_NS))
         self.device = device
 
     def names(self) -> Names:

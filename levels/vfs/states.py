@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import io
-import time
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -30,6 +29,7 @@ from levels.states import Prepared, Request, meta_json, npy_size, owner_of
 from levels.vfs.entry import (
     FILE,
     LARGE_FILE_IO,
+    STARTED_NS,
     Attrs,
     Constant,
     Content,
@@ -59,13 +59,14 @@ class StatesDir(Dir):
     referenced)."""
 
     def __init__(self, fabric: Fabric, path: Path) -> None:
-        super().__init__(fabric, path, directory(time.time_ns(), perm=0o1777, timeout=0.0))
+        super().__init__(fabric, path, directory(STARTED_NS, perm=0o1777, timeout=0.0))
 
     async def lookup(self, name: str) -> Entry:
         store = self.fabric.states
-        if name in store.pending:
-            attrs = directory(time.time_ns(), timeout=0.0)
-            attrs.uid = store.pending[name]
+        pending = store.pending.get(name)
+        if pending is not None:
+            attrs = directory(pending.made_ns, timeout=0.0)
+            attrs.uid = pending.owner
             return PendingDir(self.fabric, self.child(name), attrs)
         meta = store.get(name)
         attrs = directory(meta["created_ns"], timeout=0.0)
@@ -232,7 +233,7 @@ class ImportFile(Entry):
         if len(data) > header.size + chunk_bytes:
             return None
         name = self.path[1]
-        checkpoint = states.begin_import(Request(name, owner=states.pending.get(name, uid)),
+        checkpoint = states.begin_import(Request(name, owner=states.importer_of(name, uid)),
                                          header.shape[0])
         try:
             return ImportStream(checkpoint, data, header.size, header.dtype, header.shape[0],
@@ -245,7 +246,7 @@ class ImportFile(Entry):
         if self._refused is not None:
             raise self._refused
         fabric, name, filename, rank = self.fabric, self.path[1], self.path[2], self.rank
-        owner = fabric.states.pending.get(name, uid)  # who made the directory
+        owner = fabric.states.importer_of(name, uid)
 
         def prepare():
             try:  # over the written bytes, not a copy: a state vector is sealed by chunks

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from levels.coordinator import check_definition_size
@@ -53,9 +52,9 @@ class WorkflowsDir(Dir):
             rendered = coordinator.rendered(workflow)
             return WorkflowFile(self.fabric, self.child(name), rendered.definition,
                                 rendered.updated_ns)
-        coordinator.rendered(name)
+        rendered = coordinator.rendered(name)
         return WorkflowDir(self.fabric, self.child(name),
-                           directory(time.time_ns(), perm=0o555, timeout=0.0))
+                           directory(rendered.updated_ns, perm=0o555, timeout=0.0))
 
     def names(self) -> Names:
         return sorted(n + suffix for n in self.fabric.coordinator.names()
