@@ -191,8 +191,8 @@ class StateStore:
         # No checkpoint expires before this time (0: look): expire() runs every second and
         # must not parse every record each time.
         self._next_expiry_ns = 0
-        # Directories made by mkdir that await an imported state, with the uid that made
-        # each (in memory, like scratch).
+        # Directories made by mkdir that await an imported state, with who made each and
+        # when (in memory, like scratch).
         self.pending: dict[str, Pending] = {}
         # Decoded states as .npy bytes, by (name, created): reads of statevector.npy.
         self.decoded_npy: LRU[bytes] = LRU(max_entries=64, max_bytes=cache_bytes, sizeof=len)
