@@ -289,6 +289,107 @@ def test_blob_writers_name_what_put_would(tmp_path, monkeypatch):
     assert plain.blobs[joined.commit()] == b"".join(parts)
 
 
+def _cached_bytes(path) -> int:
+    """Bytes of `path` in the page cache (util-linux fincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip())
+
+
+def _direct_from_small(monkeypatch) -> None:
+    from levels.store import blobs
+
+    monkeypatch.setattr(blobs, "DIRECT_FROM", 1 << 20)
+    monkeypatch.setattr(blobs, "DIRECT_STAGE", 256 << 10)
+
+
+def _write_across_direct_from(store) -> tuple[bytes, object]:
+    """Parts that cross DIRECT_FROM, a stage boundary and end mid-block; the writer's
+    read-back checked on each side of every boundary before its commit."""
+    from levels.store import blobs
+
+    parts = [os.urandom(700 << 10), os.urandom(500 << 10), b"xyz", os.urandom(300 << 10),
+             os.urandom(1 << 20), os.urandom(5000)]
+    joined = b"".join(parts)
+    writer = blobs.writer_for(store)
+    for part in parts:
+        writer.write(part)
+    edge, total = blobs.DIRECT_FROM, len(joined)
+    for offset, size in [(0, 100), (edge - 10, 20), (edge + 5, 1000), (edge + 1000, 600 << 10),
+                         (total - 50, 100), (edge - 4096, total), (total, 10)]:
+        assert writer.read(offset, size) == joined[offset : offset + size], (offset, size)
+    return joined, writer
+
+
+def test_a_blobs_bytes_past_direct_from_bypass_the_page_cache(tmp_path, monkeypatch):
+    """A large blob's tail is written and read with O_DIRECT: the same bytes and key as
+    `put`, read back right before and after its commit at any offset, and none of it
+    past DIRECT_FROM left in the page cache."""
+    from levels.store import blobs
+
+    _direct_from_small(monkeypatch)
+    store = blobs.DirectoryBlobStore(tmp_path / "blobs")
+    joined, writer = _write_across_direct_from(store)
+    key = writer.commit()
+    assert key == hashlib.sha256(joined).hexdigest()
+    path = tmp_path / "blobs" / key[:2] / key
+    assert path.stat().st_size == len(joined)
+    assert _cached_bytes(path) <= blobs.DIRECT_FROM
+    edge, total = blobs.DIRECT_FROM, len(joined)
+    for offset, size in [(edge, 4096), (edge + 1, 7), (edge + 300_000, 900_000),
+                         (total - 3, 100), (total + 5, 10)]:
+        assert store.get_range(key, offset, size) == joined[offset : offset + size]
+    assert _cached_bytes(path) <= blobs.DIRECT_FROM
+    assert store.get_range(key, edge - 100, 200) == joined[edge - 100 : edge + 100]
+    assert store.get(key) == joined
+    aborted = blobs.writer_for(store)
+    aborted.write(os.urandom(2 << 20))
+    aborted.abort()
+    assert store.list() == [key] and not list((tmp_path / "blobs").glob(".*.tmp"))
+
+
+def test_a_file_system_without_direct_io_gets_the_same_blobs(tmp_path, monkeypatch):
+    """Where O_DIRECT is refused, at open or at the first transfer (EINVAL), the blob is
+    written and read through the page cache instead, byte for byte the same."""
+    import errno
+    import fcntl
+
+    from levels.store import blobs
+
+    _direct_from_small(monkeypatch)
+    real_open, real_pwrite, real_preadv = os.open, os.pwrite, os.preadv
+    refused = {"open": 0, "transfer": 0}
+
+    def open_without_direct(path, flags, *args, **kwargs):
+        if flags & os.O_DIRECT and refused["open"] == 0:
+            refused["open"] += 1
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args, **kwargs)
+
+    def refusing(real, name):
+        def transfer(fd, *args):
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+                refused[name] += 1
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real(fd, *args)
+        return transfer
+
+    monkeypatch.setattr(os, "open", open_without_direct)
+    monkeypatch.setattr(os, "pwrite", refusing(real_pwrite, "transfer"))
+    monkeypatch.setattr(os, "preadv", refusing(real_preadv, "transfer"))
+    store = blobs.DirectoryBlobStore(tmp_path / "blobs")
+    refused_at_open, written_later = _write_across_direct_from(store)
+    refused_at_open_key = written_later.commit()  # the first writer's open was refused
+    joined, writer = _write_across_direct_from(store)  # this one's first write is
+    key = writer.commit()
+    assert refused["open"] == 1 and refused["transfer"] >= 1
+    for data, name in ((refused_at_open, refused_at_open_key), (joined, key)):
+        assert name == hashlib.sha256(data).hexdigest() and store.get(name) == data
+        edge = blobs.DIRECT_FROM
+        assert store.get_range(name, edge + 1, 5000) == data[edge + 1 : edge + 5001]
+
+
+
 def test_mmap_of_statevector_npy_reads_only_the_chunks_it_touches(mount_factory):
     """np.load(mmap_mode="r") through the mount: the slices read are the state's, and a
     damaged chunk elsewhere in the blob does not stop them (it would, were the file
