@@ -105,7 +105,9 @@ def _pool_of(threads: int) -> concurrent.futures.ThreadPoolExecutor:
 
 
 def _ordered(jobs: Sequence[Callable[[], Any]], threads: int) -> Iterator[Any]:
-    """Results of `jobs` in order, at most IN_FLIGHT x threads running or done ahead."""
+    """Results of `jobs` in order, at most IN_FLIGHT x threads running or done ahead.
+    Stopped early (a job failed, or the caller stopped asking), it returns only once no
+    job is running: the caller may then release what the jobs read (a blob writer)."""
     pool = _pool_of(threads)
     pending: list[concurrent.futures.Future] = []
     queued = iter(jobs)
@@ -119,6 +121,7 @@ def _ordered(jobs: Sequence[Callable[[], Any]], threads: int) -> Iterator[Any]:
     finally:
         for future in pending:
             future.cancel()
+        concurrent.futures.wait(pending)
 
 
 def shuffle(stored: np.ndarray) -> np.ndarray:

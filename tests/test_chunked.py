@@ -3,6 +3,7 @@ FUSE: tampering, truncation, reordering and swaps are detected chunk by chunk; t
 single-blob format still reads; fidelity and ranged reads against Qiskit and numpy."""
 
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import json
@@ -290,7 +291,12 @@ def test_blob_writers_name_what_put_would(tmp_path, monkeypatch):
 
 
 def _cached_bytes(path) -> int:
-    """Bytes of `path` in the page cache (util-linux fincore)."""
+    """Bytes of `path` in the page cache (util-linux fincore); 0 on tmpfs, which keeps
+    every file in memory whatever O_DIRECT says."""
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    if kind == "tmpfs":
+        return 0
     out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
                          capture_output=True, text=True, check=True).stdout
     return int(out.strip())
@@ -336,6 +342,8 @@ def test_a_blobs_bytes_past_direct_from_bypass_the_page_cache(tmp_path, monkeypa
     assert path.stat().st_size == len(joined)
     assert _cached_bytes(path) <= blobs.DIRECT_FROM
     edge, total = blobs.DIRECT_FROM, len(joined)
+    with concurrent.futures.ThreadPoolExecutor(1) as fresh:  # no aligned buffer yet
+        assert fresh.submit(store.get_range, key, edge, 0).result() == b""
     for offset, size in [(edge, 4096), (edge + 1, 7), (edge + 300_000, 900_000),
                          (total - 3, 100), (total + 5, 10)]:
         assert store.get_range(key, offset, size) == joined[offset : offset + size]
@@ -346,6 +354,43 @@ def test_a_blobs_bytes_past_direct_from_bypass_the_page_cache(tmp_path, monkeypa
     aborted.write(os.urandom(2 << 20))
     aborted.abort()
     assert store.list() == [key] and not list((tmp_path / "blobs").glob(".*.tmp"))
+
+
+def test_a_disk_that_fills_during_a_direct_write_refuses_it_and_keeps_nothing(
+        tmp_path, monkeypatch):
+    """The disk fills after the free-space check (another writer): the direct write that
+    finds it full, in a part or in the commit's last block, is NoSpace, and the writer
+    leaves no temporary file and no descriptor behind."""
+    from levels.errors import NoSpace
+    from levels.store import blobs
+
+    _direct_from_small(monkeypatch)
+    monkeypatch.setattr(blobs, "CHECK_EVERY", 4 << 20)
+    root = tmp_path / "small"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(root)], check=True)
+    try:
+        store = blobs.DirectoryBlobStore(root / "blobs")
+        for last in ("a part", "the commit"):
+            writer = blobs.writer_for(store)
+            writer.write(os.urandom(blobs.DIRECT_FROM + 5000))  # checked: 4 MiB fit
+            descriptors = len(os.listdir("/proc/self/fd"))
+            filler = root / "filler"
+            with open(filler, "wb") as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(bytes(1 << 16))
+                    f.flush()
+            with pytest.raises(NoSpace):
+                if last == "a part":
+                    writer.write(os.urandom(1 << 20))  # within the 4 MiB checked
+                else:
+                    writer.commit()
+            assert not list((root / "blobs").glob(".*.tmp")), last
+            assert len(os.listdir("/proc/self/fd")) == descriptors - 2, last
+            filler.unlink()
+        assert store.list() == []
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 def test_a_file_system_without_direct_io_gets_the_same_blobs(tmp_path, monkeypatch):

@@ -341,10 +341,12 @@ class DirectoryBlobWriter:
         try:
             self._hashed()
         finally:
-            if self._direct is not None:
-                self._direct.close()
-            self._file.close()
-            self._temp.unlink(missing_ok=True)
+            try:
+                if self._direct is not None:
+                    self._direct.close()
+            finally:
+                self._file.close()
+                self._temp.unlink(missing_ok=True)
 
 
 def _open_maybe_direct(path: Path, flags: int, direct: bool) -> int:
@@ -385,6 +387,8 @@ def _round_up(n: int, unit: int) -> int:
 def _read_direct(fd: int, offset: int, size: int) -> bytes:
     """pread of an O_DIRECT descriptor: the aligned blocks around the range, then the
     range's bytes out of them (fewer at the end of the file)."""
+    if size <= 0:
+        return b""
     start = offset - offset % DIRECT_BLOCK
     span = _round_up(offset + size, DIRECT_BLOCK) - start
     buffer = _aligned_buffer(span)
@@ -406,9 +410,9 @@ class _DirectTail:
     back before its commit) see the staged ones too, and leave the tail uncached."""
 
     def __init__(self, path: Path, start: int) -> None:
-        self._fd = _open_maybe_direct(path, os.O_RDWR, True)
         self._stage = mmap.mmap(-1, DIRECT_STAGE)
         self._view = memoryview(self._stage)
+        self._fd = _open_maybe_direct(path, os.O_RDWR, True)
         self._staged = 0
         self._start = start
         self._flushed = start  # the file's offset of the stage's first byte
@@ -423,14 +427,16 @@ class _DirectTail:
                 self._drain(DIRECT_STAGE)
 
     def _drain(self, length: int) -> None:
-        block = self._view[:length]
-        try:
-            written = os.pwrite(self._fd, block, self._flushed)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            _without_direct(self._fd)
-            written = os.pwrite(self._fd, block, self._flushed)
+        # Released even when the write fails: the error's traceback holds this frame, and
+        # a slice still alive would keep close() from unmapping the stage.
+        with self._view[:length] as block:
+            try:
+                written = os.pwrite(self._fd, block, self._flushed)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                _without_direct(self._fd)
+                written = os.pwrite(self._fd, block, self._flushed)
         if written != length:  # a regular file's write stops short only when it is full
             raise OSError(errno.ENOSPC, "the disk filled during a write")
         self._flushed += length
