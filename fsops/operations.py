@@ -293,7 +293,7 @@ class Operations(pyfuse3.Operations):
     @staticmethod
     def _file_info(fh: int, entry: Entry) -> pyfuse3.FileInfo:
         attrs = entry.attrs
-        return pyfuse3.FileInfo(fh=fh, direct_io=attrs.live,
+        return pyfuse3.FileInfo(fh=fh, direct_io=attrs.live or entry.direct_io,
                                 keep_cache=attrs.immutable or attrs.pages_follow_attrs)
 
     async def open(self, inode, flags, ctx):

@@ -222,6 +222,9 @@ class Entry:
     commits = False  # what is written goes somewhere at close: commit()
     takes_buffer = False  # commit() gets the handle's buffer itself, not a copy (a state)
     is_control = False  # each write() is one command: control()
+    # Opened with FUSE direct I/O: the writer's bytes go straight to the daemon, the kernel
+    # keeps no copy of them (a file only ever written, whose pages nobody would read).
+    direct_io = False
 
     def __init__(self, fabric: Fabric, path: Path, attrs: Attrs) -> None:
         self.fabric = fabric
