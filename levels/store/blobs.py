@@ -361,10 +361,16 @@ def _open_maybe_direct(path: Path, flags: int, direct: bool) -> int:
     return os.open(path, flags)
 
 
-def _without_direct(fd: int) -> None:
-    """Clear O_DIRECT on an open file: for a file system that took it at open and then
-    refuses the aligned transfer itself with EINVAL."""
+def _transfer(fd: int, transfer: Callable[[], int]) -> int:
+    """An aligned transfer on a descriptor opened with O_DIRECT, done again without it
+    where the file system took the flag at open but refuses the transfer (EINVAL)."""
+    try:
+        return transfer()
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+    return transfer()
 
 
 _aligned = threading.local()  # each reading thread's buffer for direct reads
@@ -392,13 +398,7 @@ def _read_direct(fd: int, offset: int, size: int) -> bytes:
     start = offset - offset % DIRECT_BLOCK
     span = _round_up(offset + size, DIRECT_BLOCK) - start
     buffer = _aligned_buffer(span)
-    try:
-        got = os.preadv(fd, [buffer[:span]], start)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        _without_direct(fd)
-        return os.pread(fd, size, offset)
+    got = _transfer(fd, lambda: os.preadv(fd, [buffer[:span]], start))
     skip = offset - start
     return bytes(buffer[skip : max(skip, min(got, skip + size))])
 
@@ -430,13 +430,7 @@ class _DirectTail:
         # Released even when the write fails: the error's traceback holds this frame, and
         # a slice still alive would keep close() from unmapping the stage.
         with self._view[:length] as block:
-            try:
-                written = os.pwrite(self._fd, block, self._flushed)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                _without_direct(self._fd)
-                written = os.pwrite(self._fd, block, self._flushed)
+            written = _transfer(self._fd, lambda: os.pwrite(self._fd, block, self._flushed))
         if written != length:  # a regular file's write stops short only when it is full
             raise OSError(errno.ENOSPC, "the disk filled during a write")
         self._flushed += length
