@@ -142,6 +142,33 @@ def test_a_circuit_directory_shows_each_change_at_once(warm):
         seen = now
 
 
+
+def test_meta_json_shows_each_change_to_the_circuit_at_once(warm):
+    """meta.json keeps its attributes a second too (a walk's stat, open and read of it ask
+    for none): a change made through an extended attribute, through meta.json or by a new
+    version shows in its size, bytes and mtime at once."""
+    import json
+
+    bell = warm.write_circuit("bell")
+    meta = bell / "meta.json"
+    before = os.stat(meta)  # cached now
+    for change, check in (
+        (lambda: os.setxattr(bell, "user.qfs.tags", b"one, two, three"),
+         lambda doc: doc["tags"] == ["one", "two", "three"]),
+        (lambda: meta.write_text(json.dumps({"description": "a Bell pair, " * 5})),
+         lambda doc: doc["description"] == "a Bell pair, " * 5 and doc["tags"] == []),
+        (lambda: os.setxattr(bell, "user.qfs.author", b"someone with a long name"),
+         lambda doc: doc["author"] == "someone with a long name"),
+        (lambda: (bell / "latest.qasm").write_text(GHZ3), lambda doc: True),
+    ):
+        change()
+        after = os.stat(meta)
+        data = meta.read_bytes()
+        assert after.st_size == len(data) == os.stat(meta).st_size
+        assert check(json.loads(data)), data
+        assert after.st_mtime_ns > before.st_mtime_ns
+        before = after
+
 def test_a_file_being_written_shows_each_change_to_another_process_at_once(qfs):
     """Files being written (a cp's import, an editor's temporary) keep their attributes a
     second too (cp's fstat after create asks for none): each write, truncate and chmod

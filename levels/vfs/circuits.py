@@ -203,6 +203,7 @@ def cached_across_change(name: str) -> list[Path]:
     """The paths whose attributes the kernel keeps (attr_timeout > 0) although a change to
     circuit `name` changes them: the FUSE layer drops them when the circuit changes."""
     return [("circuits", name), ("circuits", name, "latest.qasm"),
+            ("circuits", name, "meta.json"),
             ("circuits", name, "results"), ("circuits", name, "similar"),
             *(("circuits", f"{name}.{suffix}") for suffix in IMPORTS)]
 
@@ -307,15 +308,17 @@ async def version_view(fabric: Fabric, path: Path, name: str, n: int, fmt: str) 
 
 class MetaJson(CircuitFile):
     """meta.json: description, author, tags, parameters, pinned, optimization_level,
-    created; a write replaces it (EINVAL for JSON the schema refuses)."""
+    created; a write replaces it (EINVAL for JSON the schema refuses). Its attributes are
+    kept a second (a walk's stat, open and read of it ask for none) and dropped at every
+    change to the circuit (cached_across_change): it shows the circuit's record only."""
 
     writable = commits = True
 
     def __init__(self, fabric: Fabric, path: Path, name: str) -> None:
         circuit = fabric.circuits.get(name)
         self.data = CircuitStore.meta_json(circuit)
-        super().__init__(fabric, path, name,
-                         Attrs(FILE, 0o644, circuit.mtime_ns, size=len(self.data)))
+        super().__init__(fabric, path, name, Attrs(FILE, 0o644, circuit.mtime_ns,
+                                                   size=len(self.data), attr_timeout=DIR_TIMEOUT))
 
     async def open(self) -> Content:
         return self.data
@@ -326,7 +329,8 @@ class MetaJson(CircuitFile):
 
 async def stats_json(fabric: Fabric, path: Path, name: str) -> Derived:
     """stats.json; each version's equivalence to the one before is decided now (workers,
-    cached), so that st_size is exact."""
+    cached), so that st_size is exact. Its attributes are never kept: a comparison that could
+    not finish is made again once the cache has let it go, and may then have an answer."""
     circuit = fabric.circuits.get(name)
     history = await made_now_or_in_thread(lambda: fabric.circuits.compared_history(name),
                                           lambda: fabric.circuits.history(name))
