@@ -11,9 +11,10 @@ moments before or after on the same disk and CPUs, and the report gives medians 
   search        latency per query kind at N and at BIG circuits: through the mount, through
                 qfs's SearchIndex in-process, and raw Whoosh on the same index
   lmdb_floor    synced LMDB puts (one transaction each) and gets: what no qfs write can beat
-  tree_walk     `find`, `du -s` and `grep -R` of /circuits at WALK circuits on a fresh mount:
-                what a tree walker pays for the views each circuit directory lists and for
-                the similar/ links grep -R follows
+  tree_walk     `find`, `du -s`, `grep -R` and `tar` of /circuits at WALK circuits on a fresh
+                mount: what a tree walker pays for the views each circuit directory lists
+                and for the similar/ links grep -R follows; with --walk-baseline REV, that
+                revision side by side, walks alternating, and FUSE requests per circuit
 
 Run it from the repository root with the project's virtualenv, as root with /dev/fuse:
 
@@ -59,6 +60,7 @@ from benchlib import (
     ratio,
     say,
     timed,
+    worktree,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,6 +174,38 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+
+
+_TRACING = Path("/sys/kernel/tracing")
+_REQUEST_SENT = re.compile(r"fuse_request_send: connection (\d+) req \d+ opcode \d+ \(FUSE_(\w+)\)")
+
+
+def fuse_requests(mountpoint: Path, action: Callable[[], object]) -> dict[str, int] | None:
+    """How many FUSE requests of each kind `action` made the kernel send to the daemon of
+    `mountpoint` (the fuse tracepoints: counts, unlike times, do not move with a noisy
+    machine). None where tracefs cannot be written (not root, no tracefs)."""
+    enable = _TRACING / "events" / "fuse" / "fuse_request_send" / "enable"
+    if not os.access(enable, os.W_OK):
+        return None
+    connection = str(os.minor(os.stat(mountpoint).st_dev))
+    (_TRACING / "buffer_size_kb").write_text("200000")
+    (_TRACING / "trace").write_text("")
+    was_on = (_TRACING / "tracing_on").read_text().strip()
+    (_TRACING / "tracing_on").write_text("1")
+    enable.write_text("1")
+    try:
+        action()
+    finally:
+        enable.write_text("0")
+        (_TRACING / "tracing_on").write_text(was_on)
+    counts: dict[str, int] = {}
+    with open(_TRACING / "trace") as trace:
+        for line in trace:
+            sent = _REQUEST_SENT.search(line)
+            if sent and sent.group(1) == connection:
+                counts[sent.group(2)] = counts.get(sent.group(2), 0) + 1
+    (_TRACING / "trace").write_text("")
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     """CPU seconds of each thread of a process, with its kernel name (tid -> name, seconds)."""
@@ -430,27 +464,80 @@ def bench_similar(work: Path, data: Path, count: int, samples: int) -> Json:
             "notes": "the first listing after mounting builds the shape index"}
 
 
-def bench_tree_walk(work: Path, count: int) -> Json:
-    """Tree walkers over /circuits on a fresh mount, each twice: `find` lists every circuit
-    directory (their views need exact sizes), `du -s` stats every file as well, and
-    `grep -R` reads every file, following each similar/ link to the circuit it names."""
-    data, mnt = work / "data_walk", work / "mnt_walk"
+def walk_commands(work: Path) -> tuple[tuple[str, list[str]], ...]:
+    """Each tree walker's command line, the tree to walk to be added at its end (tar writes
+    a file: with /dev/null as its archive, GNU tar reads no file's contents)."""
+    return (("find", ["find"]), ("du_s", ["du", "-s"]),
+            ("grep_R", ["grep", "-R", "-l", "-e", "ccx"]),
+            ("tar", ["tar", "cf", str(work / "walk.tar")]))
+
+
+def bench_tree_walk(work: Path, count: int, baseline: str | None, rounds: int) -> Json:
+    """Tree walkers over /circuits on a fresh mount: `find` lists every circuit directory
+    (their views need exact sizes), `du -s` stats every file as well, `grep -R` reads every
+    file, following each similar/ link to the circuit it names, and `tar` reads every file
+    without following links. Each tool walks once (first), then `rounds` times again.
+
+    With a baseline revision, that tree is mounted beside this one on a copy of the same
+    data directory and each walk alternates between the two (the order swapped every
+    round), so both meet the same moments of a noisy machine: medians of the walks' times
+    and of the daemon's CPU time, and the FUSE requests of one more walk of each, counted
+    per circuit (root only)."""
+    data = work / "data_walk"
     load = bulk_load(data, count)
-    walks: Json = {}
-    with qfs_mount(data, mnt):
-        for tool, argv in (("find", ["find", str(mnt / "circuits")]),
-                           ("du_s", ["du", "-s", str(mnt / "circuits")]),
-                           ("grep_R", ["grep", "-R", "-l", "-e", "ccx", str(mnt / "circuits")])):
-            for attempt in ("first", "again"):
-                elapsed, done = timed(functools.partial(subprocess.run, argv, check=True,
-                                                        capture_output=True, text=True))
-                walks[f"{tool}_{attempt}_s"] = round(elapsed, 3)
-                if tool != "du_s":
-                    walks[f"{tool}_lines"] = len(done.stdout.splitlines())
-                say(f"tree walk {count}: {' '.join(argv[:2])} ({attempt}) {elapsed:.2f} s")
-    return {"circuits": count, "versions_per_circuit": 1, "load_s": load["total_s"], **walks,
-            "notes": "in this order on one mount: find, find again, du -s, du -s again, "
-                     "grep -R, grep -R again"}
+    trees = {"qfs": (REPO, data)}
+    with contextlib.ExitStack() as stack:
+        if baseline:
+            shutil.copytree(data, work / "data_walk_baseline")
+            trees["baseline"] = (stack.enter_context(worktree(baseline)),
+                                 work / "data_walk_baseline")
+        mounts = {}
+        for tag, (tree, tree_data) in trees.items():
+            mnt = work / f"mnt_walk_{tag}"
+            log = tree_data.parent / f"{tree_data.name}-daemon.out"  # where log_findings looks
+            mounts[tag] = (mnt, stack.enter_context(
+                mounted(qfs_command(mnt, tree_data), mnt, log, cwd=tree)))
+        walks: Json = {tag: {} for tag in trees}
+        for tool, argv in walk_commands(work):
+            seconds: dict[str, list[float]] = {tag: [] for tag in trees}
+            cpu: dict[str, list[float]] = {tag: [] for tag in trees}
+            for attempt in range(rounds + 1):
+                for tag in (list(trees) if attempt % 2 == 0 else list(trees)[::-1]):
+                    mnt, proc = mounts[tag]
+                    before = cpu_seconds(proc.pid)
+                    elapsed, done = timed(functools.partial(
+                        subprocess.run, [*argv, str(mnt / "circuits")], check=True,
+                        capture_output=True, text=True))
+                    seconds[tag].append(elapsed)
+                    cpu[tag].append(cpu_seconds(proc.pid) - before)
+                    if tool in ("find", "grep_R"):
+                        walks[tag][f"{tool}_lines"] = len(done.stdout.splitlines())
+            for tag, (mnt, _proc) in mounts.items():
+                again = seconds[tag][1:]
+                walks[tag][f"{tool}_first_s"] = round(seconds[tag][0], 3)
+                walks[tag][f"{tool}_again_s"] = round(statistics.median(again), 3)
+                walks[tag][f"{tool}_again_daemon_cpu_s"] = round(statistics.median(cpu[tag][1:]), 3)
+                walks[tag][f"{tool}_again_all_s"] = [round(x, 3) for x in again]
+                requests = fuse_requests(mnt, functools.partial(
+                    subprocess.run, [*argv, str(mnt / "circuits")], capture_output=True))
+                if requests is not None:
+                    walks[tag][f"{tool}_requests_per_circuit"] = {
+                        op: round(n / count, 2) for op, n in requests.items()}
+                say(f"tree walk {count} ({tag}): {' '.join(argv[:2])} first "
+                    f"{seconds[tag][0]:.2f} s, again {statistics.median(again):.2f} s")
+    report: Json = {"circuits": count, "versions_per_circuit": 1, "load_s": load["total_s"],
+                    "rounds_again": rounds, **walks.pop("qfs"),
+                    "notes": "on one mount, each tool in turn: its first walk, then the walks "
+                             "again; medians of those"}
+    if baseline:
+        report["baseline"] = {"revision": baseline, **walks["baseline"]}
+        report["qfs_over_baseline_again"] = {
+            tool: {"time": ratio(report[f"{tool}_again_s"],
+                                 report["baseline"][f"{tool}_again_s"]),
+                   "daemon_cpu": ratio(report[f"{tool}_again_daemon_cpu_s"],
+                                       report["baseline"][f"{tool}_again_daemon_cpu_s"])}
+            for tool, _ in walk_commands(work)}
+    return report
 
 
 # -- (c) search ------------------------------------------------------------------------------
@@ -751,14 +838,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="smoke check: 500 / 2000 circuits and few repetitions (~1 min)")
     parser.add_argument("--out", type=Path, help="also write the JSON document to this file")
     parser.add_argument("--walk-circuits", type=int, default=2000,
-                        help="circuits for the find, du and grep -R walks of /circuits (2000)")
+                        help="circuits for the find, du, grep -R and tar walks of /circuits "
+                             "(2000)")
+    parser.add_argument("--walk-rounds", type=int, default=1,
+                        help="walks of each tool after its first (1)")
+    parser.add_argument("--walk-baseline", metavar="REV",
+                        help="also walk qfs as of git revision REV, mounted beside this tree "
+                             "on a copy of the same data, walks alternating")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--search-only", action="store_true",
                       help="only load the big corpus and time its searches")
     only.add_argument("--similar-only", action="store_true",
                       help="only load the small corpus and time ls -l of similar/")
     only.add_argument("--tree-walk-only", action="store_true",
-                      help="only load WALK circuits and time find, du -s and grep -R of them")
+                      help="only load WALK circuits and time find, du -s, grep -R and tar of them")
     only.add_argument("--cp-only", action="store_true",
                       help="only time one cp of CIRCUITS files, into qfs and a plain directory")
     parser.add_argument("--keep", action="store_true",
@@ -810,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
                                           ("cp", args.cp_only)) if chosen}
         if not only or "tree_walk" in only:
             report["tree_walk"] = section("tree_walk", lambda: bench_tree_walk(
-                work, sizes.walk_circuits))
+                work, sizes.walk_circuits, args.walk_baseline, args.walk_rounds))
         if not only:
             report["lmdb_floor"] = section("lmdb_floor", lambda: bench_lmdb(work, sizes))
         if not only or "similar" in only:
