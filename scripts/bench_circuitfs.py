@@ -175,7 +175,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-
 _TRACING = Path("/sys/kernel/tracing")
 _REQUEST_SENT = re.compile(r"fuse_request_send: connection (\d+) req \d+ opcode \d+ \(FUSE_(\w+)\)")
 
@@ -206,6 +205,7 @@ def fuse_requests(mountpoint: Path, action: Callable[[], object]) -> dict[str, i
                 counts[sent.group(2)] = counts.get(sent.group(2), 0) + 1
     (_TRACING / "trace").write_text("")
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     """CPU seconds of each thread of a process, with its kernel name (tid -> name, seconds)."""

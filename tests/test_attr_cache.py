@@ -4,6 +4,7 @@ change must drop them: st_size always equals what a read returns, whichever path
 change, and after a refused write too. latest.qasm also keeps its pages."""
 
 import errno
+import json
 import os
 
 import pytest
@@ -147,8 +148,6 @@ def test_meta_json_shows_each_change_to_the_circuit_at_once(warm):
     """meta.json keeps its attributes a second too (a walk's stat, open and read of it ask
     for none): a change made through an extended attribute, through meta.json or by a new
     version shows in its size, bytes and mtime at once."""
-    import json
-
     bell = warm.write_circuit("bell")
     meta = bell / "meta.json"
     before = os.stat(meta)  # cached now
