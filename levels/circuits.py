@@ -520,31 +520,15 @@ class CircuitStore:
         key = self._equivalence_key(previous, version)
         cached = self._views.peek(key)  # compared_history, which came first, counted it
         if cached is None:
-            cached = self._decided(name, previous, version)
+            try:
+                answer = self._workers.run(compiler.equivalent,
+                                           self.source(name, previous.n),
+                                           self.source(name, version.n))
+            except WorkerDied as exc:  # cached too: it would stop the next worker as well
+                answer = f"unknown (the comparison could not finish: {exc})"
+            cached = json.dumps(answer).encode()
             self._views.put(key, cached)
         return json.loads(cached)
-
-    def _decided(self, name: str, previous: Version, version: Version) -> bytes:
-        """The comparison's answer as the metadata store keeps it: made once, by a worker,
-        and never again, so stats.json's bytes change only with the circuit (an answer cut
-        short by the time bound or a worker's death would otherwise be made again once the
-        cache let it go, and could differ), and a remount compares nothing again."""
-        stored_as = f"{previous.stats['sha256']}:{version.stats['sha256']}".encode()
-        with self._meta.reading() as txn:
-            stored = txn.get("equivalence", stored_as)
-        if stored is not None:
-            return stored
-        try:
-            answer = self._workers.run(compiler.equivalent, self.source(name, previous.n),
-                                       self.source(name, version.n))
-        except WorkerDied as exc:  # kept too: it would stop the next worker as well
-            answer = f"unknown (the comparison could not finish: {exc})"
-        made = json.dumps(answer).encode()
-        with self._meta.writing() as txn:
-            stored = txn.get("equivalence", stored_as)  # another thread or host came first
-            if stored is None:
-                txn.put("equivalence", stored_as, made)
-        return stored or made
 
     def made_diff(self, name: str, n: int) -> bytes | None:
         """vN.diff made already, else None (counted in the cache's hits and misses)."""

@@ -168,21 +168,6 @@ def test_meta_json_shows_each_change_to_the_circuit_at_once(warm):
         assert after.st_mtime_ns > before.st_mtime_ns
         before = after
 
-
-def test_stats_json_shows_each_new_version_at_once(warm):
-    """stats.json keeps its attributes a second as well: a version added through
-    latest.qasm or through the import alias shows in its size and bytes at once."""
-    bell = warm.write_circuit("bell")
-    stats = bell / "stats.json"
-    os.stat(stats)  # cached now
-    for latest, write in ((2, lambda: (bell / "latest.qasm").write_text(GHZ3)),
-                          (3, lambda: (warm.circuits / "bell.qasm").write_text(BELL))):
-        write()
-        size = os.stat(stats).st_size
-        data = stats.read_bytes()
-        assert size == len(data) == os.stat(stats).st_size
-        assert json.loads(data)["latest"] == latest
-
 def test_a_file_being_written_shows_each_change_to_another_process_at_once(qfs):
     """Files being written (a cp's import, an editor's temporary) keep their attributes a
     second too (cp's fstat after create asks for none): each write, truncate and chmod

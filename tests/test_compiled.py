@@ -12,7 +12,6 @@ import qiskit
 from qiskit import QuantumCircuit, qasm3, qpy
 from qiskit.quantum_info import Operator, Statevector
 
-from levels.store.meta import LmdbMetaStore
 from tests.conftest import BELL
 
 pytestmark = pytest.mark.fuse
@@ -170,26 +169,3 @@ def test_history_says_which_versions_compute_the_same_and_what_changed(qfs):
                                                 other.splitlines(keepends=True),
                                                 "v2.qasm", "v3.qasm"))
     assert os.stat(bell / "v3.diff").st_size == len(diff.encode())
-
-
-def test_a_comparison_is_made_once_and_kept_in_the_metadata_store(mount_factory):
-    """stats.json's answer for two versions is decided once and kept (so its bytes change
-    only with the circuit, and a remount compares nothing again): a mount of the same data
-    shows the kept answer, whatever it is."""
-    first = mount_factory()
-    bell = first.write_circuit("bell")
-    (bell / "latest.qasm").write_text(BELL.replace("h q[0];", "h q[0];\nx q[1];\nx q[1];"))
-    assert json.loads((bell / "stats.json").read_text())["versions"][1][
-        "equivalent_to_previous"] is True
-    first.stop()
-    store = LmdbMetaStore(first.data / "meta.lmdb", 1024)
-    try:
-        with store.writing() as txn:
-            (key, kept), = list(txn.scan("equivalence"))
-            assert json.loads(kept) is True
-            txn.put("equivalence", key, b'"unknown (kept by another host)"')
-    finally:
-        store.close()
-    again = mount_factory(data=first.data)
-    stats = json.loads((again.circuits / "bell" / "stats.json").read_text())
-    assert stats["versions"][1]["equivalent_to_previous"] == "unknown (kept by another host)"

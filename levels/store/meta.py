@@ -34,9 +34,6 @@ otherwise; each table is written by one level only.
     facets       the structured search index: postings, counts and each circuit's indexed
                  terms under ordered byte keys (read by range scans)
                                                            Level 3, levels/facets.py
-    equivalence  two versions' sha256 hex digests, "<before>:<after>" -> whether they compute
-                 the same (true, false or "unknown (why)"), decided once
-                                                           Level 3, levels/circuits.py
 
 Circuit ids are random (uuid4 hex), so a rename moves only the `circuits` and `names` rows.
 """
@@ -55,7 +52,7 @@ from levels.errors import NoSpace
 
 FULL_BELOW = 8 << 20  # free bytes under which a failed commit is taken for a full disk
 TABLES = ("circuits", "sources", "results", "names", "tasks", "checkpoints", "workflows", "log",
-          "settings", "facets", "equivalence")
+          "settings", "facets")
 
 
 class Txn(Protocol):

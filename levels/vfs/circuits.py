@@ -203,7 +203,7 @@ def cached_across_change(name: str) -> list[Path]:
     """The paths whose attributes the kernel keeps (attr_timeout > 0) although a change to
     circuit `name` changes them: the FUSE layer drops them when the circuit changes."""
     return [("circuits", name), ("circuits", name, "latest.qasm"),
-            ("circuits", name, "meta.json"), ("circuits", name, "stats.json"),
+            ("circuits", name, "meta.json"),
             ("circuits", name, "results"), ("circuits", name, "similar"),
             *(("circuits", f"{name}.{suffix}") for suffix in IMPORTS)]
 
@@ -329,14 +329,13 @@ class MetaJson(CircuitFile):
 
 async def stats_json(fabric: Fabric, path: Path, name: str) -> Derived:
     """stats.json; each version's equivalence to the one before is decided now (workers,
-    kept in the metadata store), so that st_size is exact. Its attributes are kept a second,
-    as meta.json's: its bytes change only with the circuit, since a comparison's answer is
-    made once."""
+    cached), so that st_size is exact. Its attributes are never kept: a comparison that could
+    not finish is made again once the cache has let it go, and may then have an answer."""
     circuit = fabric.circuits.get(name)
     history = await made_now_or_in_thread(lambda: fabric.circuits.compared_history(name),
                                           lambda: fabric.circuits.history(name))
     return Derived(fabric, path, CircuitStore.stats_json(circuit, history),
-                   Attrs(FILE, 0o444, circuit.mtime_ns, attr_timeout=DIR_TIMEOUT))
+                   Attrs(FILE, 0o444, circuit.mtime_ns))
 
 
 class ErrorsFile(Live):
