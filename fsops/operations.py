@@ -3,8 +3,10 @@ its inode, resolves it to an entry of the tree (levels/vfs), makes one call and 
 result to pyfuse3 types; the rules live in the entries, the errno table in fsops/errors.py.
 
 Concurrency rule (as in s3ql): handler code between two awaits runs atomically on the trio
-thread, and LMDB write transactions happen only there, so commits are serialized and version
-numbers have no gaps. Parsing, rendering and searching run in worker threads.
+thread, and versions are committed only there, so commits are serialized and version
+numbers have no gaps. Parsing, rendering and searching run in worker threads (a render
+that finds a view unavailable notes why in the version's record, in a transaction of its
+own).
 """
 
 import contextlib

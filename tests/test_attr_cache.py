@@ -143,7 +143,6 @@ def test_a_circuit_directory_shows_each_change_at_once(warm):
         seen = now
 
 
-
 def test_meta_json_shows_each_change_to_the_circuit_at_once(warm):
     """meta.json keeps its attributes a second too (a walk's stat, open and read of it ask
     for none): a change made through an extended attribute, through meta.json or by a new
@@ -167,6 +166,7 @@ def test_meta_json_shows_each_change_to_the_circuit_at_once(warm):
         assert check(json.loads(data)), data
         assert after.st_mtime_ns > before.st_mtime_ns
         before = after
+
 
 def test_a_file_being_written_shows_each_change_to_another_process_at_once(qfs):
     """Files being written (a cp's import, an editor's temporary) keep their attributes a

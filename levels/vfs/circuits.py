@@ -329,8 +329,10 @@ class MetaJson(CircuitFile):
 
 async def stats_json(fabric: Fabric, path: Path, name: str) -> Derived:
     """stats.json; each version's equivalence to the one before is decided now (workers,
-    cached), so that st_size is exact. Its attributes are never kept: a comparison that could
-    not finish is made again once the cache has let it go, and may then have an answer."""
+    cached), so that st_size is exact. Its attributes are never kept: its bytes change
+    without a change to the circuit when a comparison that could not finish is made again
+    once the cache has let it go, and when a view is first found unavailable (its reason
+    joins `unavailable_views`, as a circuit's first listing renders its views)."""
     circuit = fabric.circuits.get(name)
     history = await made_now_or_in_thread(lambda: fabric.circuits.compared_history(name),
                                           lambda: fabric.circuits.history(name))
