@@ -237,7 +237,11 @@ class CircuitStore:
         self._workers = workers
         # names_with_mtime's last answer and the store snapshot it was read from
         self._listed: tuple[int | None, Sequence[tuple[str, int]]] = (None, ())
+        # The shape index of similar/ with the count of circuit changes it was made after.
+        # Changes, not the store's snapshot: any commit moves that (a note that a view is
+        # unavailable, a ctl command), and a walk then rebuilt the index once per circuit.
         self._shapes: tuple[int | None, ShapeIndex | None] = (None, None)
+        self._changes = 0
         self._shaping = threading.Lock()  # one index made at a time, by one thread
         # Retention: with versioning off a circuit is its latest version alone.
         self._kept_versions = config.max_versions_per_artifact if config.versioning_enabled else 1
@@ -299,34 +303,41 @@ class CircuitStore:
             self._listed = (snapshot, names)
         return names
 
+    def _changed(self, name: str, document: dict[str, Any] | None) -> None:
+        """After a change to circuit `name` is committed: the shape index is out of date,
+        and the fabric hears of it (search, the kernel's caches)."""
+        self._changes += 1
+        self._on_change(name, document)
+
     def similar_to(self, name: str, limit: int) -> list[tuple[str, float]]:
         """(name, cosine) of the circuits shaped most like `name`'s latest version, best
         first (levels/similar.py), from an index of every circuit's latest shape kept
         while the store holds the same data (blocking: use a thread)."""
-        with self._shaping, self._meta.reading() as txn:
-            snapshot, kept = txn.snapshot(), self._shapes
-            target = self._shared(txn, name).latest
-            if target is None:
-                return []
-            index = kept[1] if snapshot is not None and kept[0] == snapshot else None
-            if index is None:
-                self._shapes = (None, None)  # the old index goes before the new is made
-                index = ShapeIndex((c.name, c.latest.stats) for c in (
-                    Circuit.from_json(k.decode(), raw) for k, raw in txn.scan("circuits"))
-                    if c.latest is not None)
-                if snapshot is not None:
-                    self._shapes = (snapshot, index)
+        with self._shaping:
+            changes, kept = self._changes, self._shapes  # before the read: never older data
+            with self._meta.reading() as txn:
+                # A store without snapshots is shared: other hosts change it unseen here.
+                keeps = txn.snapshot() is not None
+                target = self._shared(txn, name).latest
+                if target is None:
+                    return []
+                index = kept[1] if keeps and kept[0] == changes else None
+                if index is None:
+                    self._shapes = (None, None)  # the old index goes before the new is made
+                    index = ShapeIndex((c.name, c.latest.stats) for c in (
+                        Circuit.from_json(k.decode(), raw) for k, raw in txn.scan("circuits"))
+                        if c.latest is not None)
+                    if keeps:
+                        self._shapes = (changes, index)
         return index.rank_kept(name, target.stats, limit)
 
     def similar_kept(self, name: str, limit: int) -> list[tuple[str, float]] | None:
         """similar_to's answer where the index is current and has ranked `name` already,
         else None: a lookup or readlink of a ranked link then needs no thread."""
-        kept_at, index = self._shapes
+        kept_after, index = self._shapes
         if index is None:  # none made yet, or none kept (a store without snapshots)
             return None
-        with self._meta.reading() as txn:
-            current = txn.snapshot() == kept_at
-        return index.kept(name, limit) if current else None
+        return index.kept(name, limit) if kept_after == self._changes else None
 
     def count(self) -> int:
         with self._meta.reading() as txn:
@@ -637,7 +648,7 @@ class CircuitStore:
             if txn.get("circuits", name.encode()) is not None:
                 raise Exists(f"circuit {name} already exists")
             self._put(txn, circuit)
-        self._on_change(name, circuit.search_document())
+        self._changed(name, circuit.search_document())
         return circuit
 
     def delete(self, name: str) -> None:
@@ -653,7 +664,7 @@ class CircuitStore:
             txn.delete("names", name.encode())
             facets.update(txn, name, None)
         self._filling.pop(name, None)
-        self._on_change(name, None)
+        self._changed(name, None)
 
     def rename(self, old: str, new: str) -> None:
         validate_name(new)
@@ -668,8 +679,8 @@ class CircuitStore:
             circuit.mtime_ns = time.time_ns()
             self._put(txn, circuit)
         self._filling.pop(old, None)
-        self._on_change(old, None)
-        self._on_change(new, circuit.search_document())
+        self._changed(old, None)
+        self._changed(new, circuit.search_document())
 
     async def prepare_version(self, source: bytes, written_as: str = "qasm") -> PreparedVersion:
         """Check, parse and measure a new program in a worker process (awaited on trio's
@@ -705,7 +716,7 @@ class CircuitStore:
         if fill is not None and fill.fresh and n >= first_new:
             fill.floating.add(n)
         self._dropped(name, dropped)
-        self._on_change(name, circuit.search_document())
+        self._changed(name, circuit.search_document())
         return n
 
     # -- filling a circuit made by mkdir (restoring a backup) --------------------------
@@ -732,7 +743,7 @@ class CircuitStore:
             circuit.versions = [Version(v.n, created_ns, v.stats) if v.n == n else v
                                 for v in circuit.versions]
             self._put(txn, circuit)
-        self._on_change(name, circuit.search_document())  # latest.qasm's time may be this
+        self._changed(name, circuit.search_document())  # latest.qasm's time may be this
 
     def end_filling(self, name: str) -> None:
         self._filling.pop(name, None)
@@ -795,7 +806,7 @@ class CircuitStore:
         if fill is not None:
             fill.floating = floated
         self._dropped(name, dropped)
-        self._on_change(name, circuit.search_document())
+        self._changed(name, circuit.search_document())
 
     def commit_many(self, names: list[str], prepared: PreparedVersion) -> None:
         """Bulk load: the same program as a version of many circuits, in one transaction."""
@@ -805,7 +816,7 @@ class CircuitStore:
             commits = [self._commit_in(txn, name, prepared, True) for name in names]
         for circuit, _n, dropped in commits:
             self._dropped(circuit.name, dropped)
-            self._on_change(circuit.name, circuit.search_document())
+            self._changed(circuit.name, circuit.search_document())
 
     def _commit_in(
         self, txn: Txn, name: str, prepared: PreparedVersion, create: bool
@@ -905,7 +916,7 @@ class CircuitStore:
             circuit.meta = change(dict(circuit.meta))
             circuit.mtime_ns = time.time_ns()
             self._put(txn, circuit)
-        self._on_change(name, circuit.search_document())
+        self._changed(name, circuit.search_document())
 
     def put_result(self, name: str, run: str, document: bytes) -> None:
         validate_result_name(run)

@@ -151,6 +151,26 @@ def test_answers_kept_for_the_same_data_are_given_without_a_worker(fabric):
     assert store.compared_history("bell") == history
 
 
+
+def test_a_kept_ranking_outlives_commits_that_change_no_circuit(fabric):
+    """The ranking of similar/ is kept until a circuit changes, not until the store does:
+    a note that a view cannot be made, or any other table's commit (a ctl command), left a
+    walk rebuilding the shape index once per circuit."""
+    store = fabric.circuits
+    dynamic = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
+               'c[0] = measure q[0];\nif (c[0]) x q[1];\nc[1] = measure q[1];\n')
+    store.commit_version("bell", prepare(store, BELL), create=True)
+    store.commit_version("dynamic", prepare(store, dynamic), create=True)
+    ranked = store.similar_to("bell", 5)
+    with pytest.raises(Invalid):  # OpenQASM 2 cannot hold it: the reason is noted
+        store.view("dynamic", 1, "qasm2")
+    assert "qasm2" in store.get("dynamic").version(1).stats["unavailable_views"]
+    with fabric.meta.writing() as txn:
+        txn.put("settings", b"unrelated", b"1")
+    assert store.similar_kept("bell", 5) == ranked
+    store.commit_version("twin", prepare(store, BELL + "// twin\n"), create=True)
+    assert store.similar_kept("bell", 5) is None
+
 def test_empty_index_searches_and_reopens(tmp_path):
     first = Fabric(tmp_path / "d", load_config())
     assert first.search.search("anything") == []
