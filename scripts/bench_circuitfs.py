@@ -115,8 +115,19 @@ def program(qubits: int, extra: tuple[str, ...] = (), angle: float = 0.1, tag: s
     return ("\n".join(lines) + "\n").encode()
 
 
-def bulk_load(data: Path, count: int) -> Json:
-    """Fill a data dir through the Python API (no FUSE): qubit counts 2-5 in turn, 1% tagged.
+def dynamic_program(qubits: int, extra: tuple[str, ...] = ()) -> bytes:
+    """program's gates in OpenQASM 3 after a measurement and a branch on it, which OpenQASM
+    2 cannot express: each version's .qasm2 view is refused, and the reason noted."""
+    gates = program(qubits, extra).decode().splitlines()[4:-1]  # past the registers
+    lines = ["OPENQASM 3.0;", 'include "stdgates.inc";', f"qubit[{qubits}] q;",
+             f"bit[{qubits}] c;", "c[0] = measure q[0];", "if (c[0]) x q[1];", *gates,
+             "c = measure q;"]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def bulk_load(data: Path, count: int, dynamic: bool = False) -> Json:
+    """Fill a data dir through the Python API (no FUSE): qubit counts 2-5 in turn, 1% tagged;
+    with `dynamic`, each program in OpenQASM 3 with a branch on a measurement.
 
     The corpus is not uniform on purpose: `qubits:5` then matches a quarter, not everything.
     """
@@ -126,7 +137,8 @@ def bulk_load(data: Path, count: int) -> Json:
     started = time.perf_counter()
     fabric = Fabric(data, load_config())
     try:
-        prepared = {q: trio.run(fabric.circuits.prepare_version, program(q, extra))
+        write = dynamic_program if dynamic else program
+        prepared = {q: trio.run(fabric.circuits.prepare_version, write(q, extra))
                     for q, extra in QUBIT_VARIANTS.items()}
         qubit_list = list(QUBIT_VARIANTS)
         for start in range(0, count, LOAD_CHUNK):
@@ -472,7 +484,8 @@ def walk_commands(work: Path) -> tuple[tuple[str, list[str]], ...]:
             ("tar", ["tar", "cf", str(work / "walk.tar")]))
 
 
-def bench_tree_walk(work: Path, count: int, baseline: str | None, rounds: int) -> Json:
+def bench_tree_walk(work: Path, count: int, baseline: str | None, rounds: int,
+                    dynamic: bool) -> Json:
     """Tree walkers over /circuits on a fresh mount: `find` lists every circuit directory
     (their views need exact sizes), `du -s` stats every file as well, `grep -R` reads every
     file, following each similar/ link to the circuit it names, and `tar` reads every file
@@ -482,9 +495,9 @@ def bench_tree_walk(work: Path, count: int, baseline: str | None, rounds: int) -
     data directory and each walk alternates between the two (the order swapped every
     round), so both meet the same moments of a noisy machine: medians of the walks' times
     and of the daemon's CPU time, and the FUSE requests of one more walk of each, counted
-    per circuit (root only)."""
+    per circuit (root only). With `dynamic`, the corpus is dynamic_program's."""
     data = work / "data_walk"
-    load = bulk_load(data, count)
+    load = bulk_load(data, count, dynamic)
     trees = {"qfs": (REPO, data)}
     with contextlib.ExitStack() as stack:
         if baseline:
@@ -526,6 +539,7 @@ def bench_tree_walk(work: Path, count: int, baseline: str | None, rounds: int) -
                 say(f"tree walk {count} ({tag}): {' '.join(argv[:2])} first "
                     f"{seconds[tag][0]:.2f} s, again {statistics.median(again):.2f} s")
     report: Json = {"circuits": count, "versions_per_circuit": 1, "load_s": load["total_s"],
+                    "programs": "OpenQASM 3, dynamic" if dynamic else "OpenQASM 2",
                     "rounds_again": rounds, **walks.pop("qfs"),
                     "notes": "on one mount, each tool in turn: its first walk, then the walks "
                              "again; medians of those"}
@@ -842,6 +856,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(2000)")
     parser.add_argument("--walk-rounds", type=int, default=1,
                         help="walks of each tool after its first (1)")
+    parser.add_argument("--walk-dynamic", action="store_true",
+                        help="walk circuits in OpenQASM 3 with a branch on a measurement, "
+                             "whose OpenQASM 2 view cannot be made")
     parser.add_argument("--walk-baseline", metavar="REV",
                         help="also walk qfs as of git revision REV, mounted beside this tree "
                              "on a copy of the same data, walks alternating")
@@ -903,7 +920,8 @@ def main(argv: list[str] | None = None) -> int:
                                           ("cp", args.cp_only)) if chosen}
         if not only or "tree_walk" in only:
             report["tree_walk"] = section("tree_walk", lambda: bench_tree_walk(
-                work, sizes.walk_circuits, args.walk_baseline, args.walk_rounds))
+                work, sizes.walk_circuits, args.walk_baseline, args.walk_rounds,
+                args.walk_dynamic))
         if not only:
             report["lmdb_floor"] = section("lmdb_floor", lambda: bench_lmdb(work, sizes))
         if not only or "similar" in only:
