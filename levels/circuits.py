@@ -312,7 +312,7 @@ class CircuitStore:
     def similar_to(self, name: str, limit: int) -> list[tuple[str, float]]:
         """(name, cosine) of the circuits shaped most like `name`'s latest version, best
         first (levels/similar.py), from an index of every circuit's latest shape kept
-        while the store holds the same data (blocking: use a thread)."""
+        until a circuit changes (blocking: use a thread)."""
         with self._shaping:
             changes, kept = self._changes, self._shapes  # before the read: never older data
             with self._meta.reading() as txn:
