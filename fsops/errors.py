@@ -68,15 +68,22 @@ class Guard:
             return  # nothing to map: the exception, if any, goes on as it is
         path = self._path
         where = f"{self._op} /{'/'.join(path)}" if path else self._op
-        subject = self._subject or self._subject_of(path)
         if isinstance(exc, errors.QfsError):
             if not isinstance(exc, _QUIET):
-                self._oplog.refuse(where, str(exc), subject)
+                self._report(where, str(exc))
             raise pyfuse3.FUSEError(errno_of(exc)) from exc
         if isinstance(exc, OSError):
-            self._oplog.refuse(where, f"{exc}", subject)
+            self._report(where, f"{exc}")
             code = exc.errno if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
             raise pyfuse3.FUSEError(code) from exc
         log.error("unexpected error in %s", where, exc_info=(type(exc), exc, tb))
-        self._oplog.refuse(where, f"internal error: {type(exc).__name__}: {exc}", subject)
+        self._report(where, f"internal error: {type(exc).__name__}: {exc}")
         raise pyfuse3.FUSEError(errno.EIO) from exc
+
+    def _report(self, where: str, reason: str) -> None:
+        """The refusal's line in /.qfs/log. Whatever goes wrong there is a bug, and it is
+        logged: escaping this guard, it would end the mount."""
+        try:
+            self._oplog.refuse(where, reason, self._subject or self._subject_of(self._path))
+        except Exception:
+            log.exception("could not report the refusal of %s: %s", where, reason)

@@ -37,7 +37,8 @@ _DIR = stat.S_IFDIR
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
-def _name(raw: bytes) -> str:
+def _xattr_name(raw: bytes) -> str:
+    """An extended attribute's name, only ever compared with user.qfs.* names."""
     return os.fsdecode(raw)
 
 
@@ -115,8 +116,19 @@ class Operations(pyfuse3.Operations):
     async def _dir(self, ino: int) -> vfs.Dir:
         return await vfs.directory_at(self.fabric, self.inodes.path(ino))
 
-    def _child(self, parent_inode: int, name: bytes) -> Path:
-        return (*self.inodes.path(parent_inode), _name(name))
+    def _child(self, parent_inode: int, name: bytes, making: str | None = None) -> Path:
+        """The path of `name` in a directory. The tree's names are UTF-8 text (the stores
+        key by them): other bytes name nothing (ENOENT), and an operation `making` such a
+        name is refused with EINVAL and a line in /.qfs/log."""
+        parent = self.inodes.path(parent_inode)
+        try:
+            return (*parent, name.decode())
+        except UnicodeDecodeError:
+            if making is None:
+                raise pyfuse3.FUSEError(errno.ENOENT) from None
+            where = f"{making} /{'/'.join((*parent, os.fsdecode(name)))}"
+            self.fabric.oplog.refuse(where, "names here are UTF-8 text")
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
 
     def _new_fh(self) -> int:
         fh = self._next_fh
@@ -130,14 +142,12 @@ class Operations(pyfuse3.Operations):
     # -- lookup and attributes -----------------------------------------------------------
 
     async def lookup(self, parent_inode, name, ctx=None):
-        text = _name(name)
-        parent = self.inodes.path(parent_inode)
-        if text == ".":
-            path = parent
-        elif text == "..":
-            path = parent[:-1]
+        if name == b".":
+            path = self.inodes.path(parent_inode)
+        elif name == b"..":
+            path = self.inodes.path(parent_inode)[:-1]
         else:
-            path = (*parent, text)
+            path = self._child(parent_inode, name)
         with self._guard("lookup", path):
             return await self._made(path)
 
@@ -246,7 +256,7 @@ class Operations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        path = self._child(parent_inode, name)
+        path = self._child(parent_inode, name, "mkdir")
         with self._guard("mkdir", path):
             await (await self._dir(parent_inode)).mkdir(path[-1], ctx.uid)
             return await self._made(path)
@@ -266,14 +276,14 @@ class Operations(pyfuse3.Operations):
             self.inodes.detach(path)
 
     async def symlink(self, parent_inode, name, target, ctx):
-        path = self._child(parent_inode, name)
+        path = self._child(parent_inode, name, "symlink")
         with self._guard("symlink", path):
             await (await self._dir(parent_inode)).symlink(path[-1], os.fsdecode(target))
             return await self._made(path)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         src = self._child(parent_inode_old, name_old)
-        dst = self._child(parent_inode_new, name_new)
+        dst = self._child(parent_inode_new, name_new, "rename")
         with self._guard("rename", dst):
             if flags & pyfuse3.RENAME_EXCHANGE:
                 raise Invalid("RENAME_EXCHANGE is not supported")
@@ -321,7 +331,7 @@ class Operations(pyfuse3.Operations):
             return self._file_info(self._register(handle), entry)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
-        path = self._child(parent_inode, name)
+        path = self._child(parent_inode, name, "create")
         with self._guard("create", path):
             entry = await (await self._dir(parent_inode)).create(path[-1], mode, ctx.uid,
                                                                    ctx.gid)
@@ -422,7 +432,7 @@ class Operations(pyfuse3.Operations):
 
     async def getxattr(self, inode, name, ctx):
         self._without_xattrs()
-        decoded = _name(name)
+        decoded = _xattr_name(name)
         if not vfs.in_xattr_namespace(decoded):
             # ENOTSUP, not ENODATA: coreutils' ls -l then takes the whole filesystem for one
             # without SELinux labels and ACLs and stops asking; after ENODATA it asked every
@@ -439,12 +449,12 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         self._without_xattrs()
         with self._guard("setxattr"):
-            await (await self._entry(inode)).setxattr(_name(name), value)
+            await (await self._entry(inode)).setxattr(_xattr_name(name), value)
 
     async def removexattr(self, inode, name, ctx):
         self._without_xattrs()
         with self._guard("removexattr"):
-            await (await self._entry(inode)).removexattr(_name(name))
+            await (await self._entry(inode)).removexattr(_xattr_name(name))
 
 
 def _entry_attributes(ino: int, node: Attrs, size: int, mtime_ns: int) -> pyfuse3.EntryAttributes:

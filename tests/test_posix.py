@@ -39,6 +39,30 @@ def test_name_errors(qfs):
     assert "use letters" in (qfs.root / ".qfs" / "log").read_text()
 
 
+def test_names_that_are_not_utf8_name_nothing_and_are_never_made(qfs):
+    """The tree's names are UTF-8: other bytes are ENOENT to look up and EINVAL to make,
+    anywhere, and the daemon keeps serving (a lookup of one once ended the mount)."""
+    bell = qfs.write_circuit("bell")
+    root = os.fsencode(qfs.root)
+    bad = b"\xffbad"
+    for where in (b"/circuits/", b"/circuits/bell/", b"/circuits/bell/results/", b"/search/",
+                  b"/states/", b"/qubits/"):
+        assert _errno_of(os.stat, root + where + bad) == errno.ENOENT
+    assert _errno_of(os.stat, root + b"/search/qubits:" + bad) == errno.ENOENT
+    assert _errno_of(os.open, root + b"/circuits/" + bad + b".qasm",
+                     os.O_WRONLY | os.O_CREAT) == errno.EINVAL
+    assert _errno_of(os.open, root + b"/circuits/bell/results/r" + bad + b".json",
+                     os.O_WRONLY | os.O_CREAT) == errno.EINVAL
+    assert _errno_of(os.mkdir, root + b"/circuits/" + bad) == errno.EINVAL
+    assert _errno_of(os.mkdir, root + b"/states/" + bad) == errno.EINVAL
+    assert _errno_of(os.symlink, b"x", root + b"/circuits/bell/similar/" + bad) == errno.EINVAL
+    assert _errno_of(os.rename, bell, root + b"/circuits/" + bad) == errno.EINVAL
+    assert os.listdir(qfs.circuits) == ["bell"]
+    assert "mkdir /circuits/\\udcffbad: names here are UTF-8 text" in \
+        (qfs.root / ".qfs" / "log").read_text()
+    assert (bell / "latest.qasm").read_text() == BELL
+
+
 def test_attributes(qfs):
     bell = qfs.write_circuit("bell")
     st = os.stat(bell)
