@@ -303,10 +303,14 @@ class Operations(pyfuse3.Operations):
         return fh
 
     @staticmethod
-    def _file_info(fh: int, entry: Entry) -> pyfuse3.FileInfo:
+    def _file_info(fh: int, entry: Entry, writable: bool) -> pyfuse3.FileInfo:
+        """How the kernel caches an open file. A writer of bytes that never change (a
+        version, a view: only their own bytes are accepted, at close) writes past the page
+        cache, whose pages every reader shares: refused bytes would stay in them."""
         attrs = entry.attrs
-        return pyfuse3.FileInfo(fh=fh, direct_io=attrs.live or entry.direct_io,
-                                keep_cache=attrs.immutable or attrs.pages_follow_attrs)
+        return pyfuse3.FileInfo(
+            fh=fh, direct_io=attrs.live or entry.direct_io or (writable and attrs.immutable),
+            keep_cache=attrs.immutable or attrs.pages_follow_attrs)
 
     async def open(self, inode, flags, ctx):
         path = self.inodes.path(inode)
@@ -328,7 +332,7 @@ class Operations(pyfuse3.Operations):
             handle = open_handle(inode, entry, content, writable, ctx.uid)
             if truncate:
                 await handle.truncate(0)
-            return self._file_info(self._register(handle), entry)
+            return self._file_info(self._register(handle), entry, writable)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         path = self._child(parent_inode, name, "create")
@@ -340,7 +344,7 @@ class Operations(pyfuse3.Operations):
             # A new fabric file commits even when empty (an empty import makes the circuit).
             handle.dirty = entry.scratch is None or entry.commits
             fh = self._register(handle)
-            return self._file_info(fh, entry), self._attrs(ino, entry)
+            return self._file_info(fh, entry, True), self._attrs(ino, entry)
 
     async def read(self, fh, off, size):
         handle = self._files[fh]

@@ -99,6 +99,18 @@ def test_pages_of_a_refused_write_of_the_same_length_are_never_served(warm):
     assert os.stat(latest).st_size == len(first)
 
 
+def test_bytes_written_over_a_version_and_refused_are_never_served(warm):
+    """A version and its views keep their pages for long (immutable): bytes a writer put
+    over them, refused at close (EACCES), never reach what later readers get."""
+    bell = warm.write_circuit("bell")
+    for name in ("v1.qasm", "v1.qasm2", "v1.qpy"):
+        before = (bell / name).read_bytes()  # its pages now in the kernel's cache
+        with pytest.raises(PermissionError), open(bell / name, "r+b") as out:
+            out.write(b"XXXX")
+        assert (bell / name).read_bytes() == before, name
+        assert os.stat(bell / name).st_size == len(before)
+
+
 # A control file keeps its attributes for a second too (the next command's open asks for
 # none): each command's write() makes the kernel forget the size, a refused one has fsops
 # drop it, so a stat right after any command shows the reply's size.
