@@ -165,6 +165,26 @@ def test_versions_are_immutable(qfs):
     assert versions(bell) == [1]
 
 
+def test_a_refused_rename_commits_nothing(qfs):
+    """A rename whose source cannot stop being (a version, latest.qasm, a workflow
+    definition) is EACCES before its bytes are committed under the new name."""
+    bell = qfs.write_circuit("bell")
+    (bell / "latest.qasm").write_text(GHZ3)
+    for src, dst in ((bell / "v1.qasm", bell / "latest.qasm"),
+                     (bell / "latest.qasm", bell / "v7.qasm"),
+                     (bell / "v1.qasm", qfs.circuits / "copy.qasm")):
+        with pytest.raises(PermissionError):
+            os.rename(src, dst)
+    assert versions(bell) == [1, 2]
+    assert (bell / "latest.qasm").read_text() == GHZ3
+    assert sorted(os.listdir(qfs.circuits)) == ["bell"]
+    workflows = qfs.root / "workflows"
+    (workflows / "w1.yaml").write_text("stages:\n  - circuit: bell\n")
+    with pytest.raises(PermissionError):
+        os.rename(workflows / "w1.yaml", workflows / "w2.yaml")
+    assert sorted(os.listdir(workflows)) == ["w1", "w1.yaml"]
+
+
 def test_retention_keeps_max_versions(mount_factory, tmp_path):
     config = tmp_path / "qfs.yaml"
     config.write_text("circuit_fs:\n  max_versions_per_artifact: 3\n")

@@ -357,7 +357,7 @@ class ResultFile(CircuitFile):
     """results/<run>.json: a run's result; writable (a backup written back), rm deletes it,
     renamed away it moves."""
 
-    writable = commits = True
+    writable = commits = renamable = True
 
     def __init__(self, fabric: Fabric, path: Path, name: str, run: str) -> None:
         self.data = fabric.circuits.result(name, run)

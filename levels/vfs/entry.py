@@ -221,6 +221,7 @@ class Entry:
     writable = False  # open(O_WRONLY) allowed
     commits = False  # what is written goes somewhere at close: commit()
     takes_buffer = False  # commit() gets the handle's buffer itself, not a copy (a state)
+    renamable = False  # a rename may commit its bytes under another name: see taken()
     is_control = False  # each write() is one command: control()
     # Opened with FUSE direct I/O: the writer's bytes go straight to the daemon, the kernel
     # keeps no copy of them (a file only ever written, whose pages nobody would read).
@@ -284,8 +285,9 @@ class Entry:
         """chmod, chown and utime of fabric files are accepted and ignored (README)."""
 
     def taken(self) -> None:
-        """Its bytes were committed elsewhere by a rename: what the source name stops being."""
-        raise ReadOnly(f"{self.where()} cannot be renamed")
+        """Its bytes were committed elsewhere by a rename: what the source name stops being
+        (a kind that is `renamable` says)."""
+        raise self.not_movable()
 
     def not_movable(self) -> Exception:
         return ReadOnly(f"{self.where()} cannot be renamed")
@@ -448,7 +450,7 @@ class Scratch(Entry):
     """A tool's temporary (levels/scratch.py): in memory, written in place, committed only
     when renamed onto a fabric file. chmod, chown and utime apply to it."""
 
-    writable = True
+    writable = renamable = True
 
     def __init__(self, fabric: Fabric, path: Path, file: ScratchFile,
                  commit: Commit | None = None, subject: str | None = None) -> None:
@@ -589,6 +591,8 @@ class Dir(Entry):
         content = await src.read_all()
         target = await self.commit_target(name)
         if target is not None:
+            if not src.renamable:  # refused before anything is committed
+                raise src.not_movable()
             if src.scratch is not None:
                 target.set_attrs(None, None, None, src.scratch.mtime_ns)  # rsync sets it first
             await target.commit(content, uid)
