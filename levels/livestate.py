@@ -15,6 +15,7 @@ Whole circuits go through Qiskit. Qubit k is bit k of the index, as in qiskit.qu
 """
 
 import functools
+import types
 
 import numpy as np
 
@@ -149,10 +150,13 @@ class LiveState:
         return self._stored.reshape(-1, 2, 1 << qubit)[:, bit, :]
 
     def _sub_block(self, qubits: tuple[int, ...], local: int) -> np.ndarray:
-        """The stored amplitudes whose bits on `qubits` spell the local index: a view."""
-        index: list[slice | int] = [slice(None)] * self.num_qubits
+        """The stored amplitudes whose bits on `qubits` spell the local index: a view, also
+        when `qubits` are all of the task's (a 0-d view: the trailing Ellipsis keeps numpy
+        from returning a scalar, a copy that in-place updates would miss)."""
+        index: list[slice | int | types.EllipsisType] = [slice(None)] * self.num_qubits
         for j, q in enumerate(qubits):
             index[self.num_qubits - 1 - q] = (local >> j) & 1
+        index.append(Ellipsis)
         return self._stored.reshape((2,) * self.num_qubits)[tuple(index)]
 
     def apply_gate(self, name: str, qubits: tuple[int, ...], params: tuple[float, ...] = ()):

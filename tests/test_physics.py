@@ -301,3 +301,38 @@ def test_migration_reports_and_checks_the_fidelity_of_the_state_it_loads(mount_f
     command(ctl, f"migrate device=lab format=shadow threshold={reported - 1e-9}")
     assert json.loads((lab / "c" / "state.json").read_text())["live"]["migrated"][
         "fidelity"] == reported
+
+
+# (task qubits, preparation (OpenQASM 2 body), triggers on q0 outcome 1 as (gate, logical
+# qubits)): q0 is |1> after the preparation, so `measure q0` gives 1 and fires them all.
+# Each gate acts on every qubit of its task, which the live path once indexed to a copy.
+WHOLE_TASK_TRIGGERS = {
+    "one": (1, "x q[0];\n", [("h", (0,)), ("s", (0,))]),
+    "two": (2, "x q[0];\nry(0.7) q[1];\n", [("cx", (1, 0))]),
+    "three": (3, "x q[0];\nry(0.7) q[1];\nh q[2];\n", [("ccx", (1, 2, 0))]),
+}
+
+
+def test_live_triggers_acting_on_every_task_qubit(qfs):
+    """A trigger gate on all of its task's qubits changes the live state as Qiskit says."""
+    from qiskit.quantum_info import Statevector, state_fidelity
+
+    for task, (n, prep, gates) in WHOLE_TASK_TRIGGERS.items():
+        qfs.write_circuit(f"prep_{task}", f'OPENQASM 2.0;\ninclude "qelib1.inc";\n'
+                                          f"qreg q[{n}];\n{prep}")
+        command(qfs.qubits / "ctl", f"alloc {n} task={task}")
+        physical = mapping(qfs, task)
+        for name, qubits in gates:
+            command(qfs.qubits / f"q{physical[0]}" / "ctl",
+                    f"on 1 do {name} " + " ".join(f"q{physical[q]}" for q in qubits))
+        ctl = qfs.qubits / "tasks" / task / "ctl"
+        command(ctl, f"apply prep_{task}")
+        command(ctl, "measure q0")
+        fired = ",".join(str(i + 1) for i in range(len(gates)))
+        assert ctl.read_text() == f"ok: q0=1 triggers {fired}\n"
+        expected = QuantumCircuit.from_qasm_str(
+            f'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[{n}];\n{prep}')
+        for name, qubits in gates:  # q0 is |1>: measuring it changes nothing
+            getattr(expected, name)(*qubits)
+        live = Statevector(live_vector(qfs, ctl, f"live_{task}"))
+        assert state_fidelity(live, Statevector(expected)) >= 1 - 1e-9, task
