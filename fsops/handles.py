@@ -31,7 +31,7 @@ class FileHandle:
     uid: int = 0  # who opened it (commands are checked against the task's owner)
     reader: RangeReader | None = None  # content read in pieces instead of `data`
     dirty: bool = False
-    written: bool = False  # any write() yet (a truncate alone is not yet content)
+    written: bool = False  # any write() or ftruncate() yet (O_TRUNC alone is not content)
     screening: bool = True  # the entry judges the first bytes until satisfied
     reserved: int = 0  # bytes held against the writer's budget (levels/budget.py)
     refused: QfsError | None = None  # a write() refused: nothing commits, close() says why
@@ -75,16 +75,19 @@ class FileHandle:
                 self.data = bytearray()
         return len(buf)
 
-    async def truncate(self, size: int) -> None:
+    async def truncate(self, size: int, at_open: bool = False) -> None:
+        """ftruncate(), content as a write is (the next close commits it: `truncate -s`
+        hears a refusal), or O_TRUNC `at_open`, which is not yet content (see
+        commit_if_dirty)."""
         if self.stream is not None:
             stream = self._open_stream()
             with self._failure_sticks():
                 await stream.truncate(size)
-            self.dirty = self.unsettled = True
-            return
-        assert isinstance(self.data, bytearray)
-        resize(self.data, size)
+        else:
+            assert isinstance(self.data, bytearray)
+            resize(self.data, size)
         self.dirty = self.unsettled = True
+        self.written = self.written or not at_open
         if self.entry.scratch is not None:
             self.entry.scratch.touch()
 

@@ -81,12 +81,18 @@ class Operations(pyfuse3.Operations):
     def _reserve(self, handle: FileHandle, size_after: int) -> None:
         """Hold a handle's growth against the file's and the user's bounds (levels/budget.py)
         before the buffer grows; a scratch file's bytes count as its owner's, and a stream
-        holds none (each write is still checked against the bounds)."""
+        holds none (each write is still checked against the bounds). A refusal stands for
+        the handle, as a refused write() or truncate() does: nothing commits, and close()
+        says why."""
         scratch = handle.entry.scratch
         uid, keep = (scratch.uid, False) if scratch is not None else (handle.uid, True)
-        handle.reserved += self.fabric.budget.reserve(
-            uid, handle.path, handle.size, size_after, self.fabric.scratch.bytes_of(uid),
-            keep=keep and handle.stream is None)
+        try:
+            handle.reserved += self.fabric.budget.reserve(
+                uid, handle.path, handle.size, size_after, self.fabric.scratch.bytes_of(uid),
+                keep=keep and handle.stream is None)
+        except QfsError as exc:
+            handle.refused = exc
+            raise
 
     def _attrs(self, ino: int, shown: Entry | Attrs) -> pyfuse3.EntryAttributes:
         """What stat shows of an entry, or of the attributes a listing gave in its place
@@ -331,7 +337,7 @@ class Operations(pyfuse3.Operations):
                 content.watch(ctx.pid)  # its reads end when this process is interrupted
             handle = open_handle(inode, entry, content, writable, ctx.uid)
             if truncate:
-                await handle.truncate(0)
+                await handle.truncate(0, at_open=True)
             return self._file_info(self._register(handle), entry, writable)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -358,11 +364,7 @@ class Operations(pyfuse3.Operations):
         if handle.entry.is_control:
             return await self._control(handle, buf)
         with self._guard("write", handle.path, handle.entry.subject):
-            try:
-                self._reserve(handle, max(handle.size, off + len(buf)))
-            except QfsError as exc:
-                handle.refused = exc  # a refused write changes nothing, even at close
-                raise
+            self._reserve(handle, max(handle.size, off + len(buf)))
             return await handle.write(off, buf)
 
     async def _control(self, handle: FileHandle, buf: bytes) -> int:

@@ -185,6 +185,28 @@ def test_a_refused_rename_commits_nothing(qfs):
     assert sorted(os.listdir(workflows)) == ["w1", "w1.yaml"]
 
 
+def test_truncate_hears_at_close_whether_its_change_was_kept(qfs):
+    """ftruncate() is content, as a write is: `truncate -s` gets the refusal from close(),
+    and one past the file's bound (EFBIG) leaves nothing to commit."""
+    bell = qfs.write_circuit("bell")
+    for size, target, code in ((0, "latest.qasm", errno.EINVAL), (10, "v1.qasm", errno.EACCES)):
+        done = subprocess.run(["truncate", "-s", str(size), bell / target],
+                              capture_output=True, text=True)
+        assert done.returncode != 0 and os.strerror(code) in done.stderr, done.stderr
+    fd = os.open(bell / "latest.qasm", os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, GHZ3.encode())
+        with pytest.raises(OSError) as too_big:
+            os.ftruncate(fd, 1 << 30)
+        assert too_big.value.errno == errno.EFBIG
+    finally:
+        with pytest.raises(OSError) as at_close:
+            os.close(fd)
+    assert at_close.value.errno == errno.EFBIG
+    assert versions(bell) == [1]
+    assert (bell / "latest.qasm").read_text() == BELL
+
+
 def test_retention_keeps_max_versions(mount_factory, tmp_path):
     config = tmp_path / "qfs.yaml"
     config.write_text("circuit_fs:\n  max_versions_per_artifact: 3\n")
