@@ -24,6 +24,9 @@ from typing import cast
 
 from levels.errors import Invalid
 
+# Far more than any command takes, and far less than FUSE's largest write (1 MiB): a
+# write() over that comes in pieces, each of which would be taken for a command.
+MAX_COMMAND_LENGTH = 4096
 TOPOLOGIES = ("any", "linear", "ring", "triangle", "grid", "star")
 ISOLATIONS = ("none", "spatial", "temporal", "strict")
 _QUBIT = re.compile(r"^q([0-9]{1,4})$")
@@ -151,6 +154,8 @@ _PLAIN_WORDS = re.compile(r"[^ \t\r\n]+")  # shlex's whitespace in POSIX mode
 
 
 def _words(line: str) -> list[str]:
+    if len(line) > MAX_COMMAND_LENGTH:  # the kernel would pass a longer write() in pieces
+        raise Invalid(f"a command is at most {MAX_COMMAND_LENGTH} characters, not {len(line)}")
     text = line.strip()
     if not text:
         raise Invalid("empty command")

@@ -25,6 +25,14 @@ def escape_controls(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _clipped(reason: str, limit: int = 1000) -> str:
+    """A reason cut to `limit` characters: a refusal may quote what was written, and the
+    log's rings bound lines, not bytes."""
+    if len(reason) <= limit:
+        return reason
+    return f"{reason[:limit]}... ({len(reason) - limit} more characters)"
+
+
 class EscapingFormatter(logging.Formatter):
     """One record, one line of qfs.log: the message's control characters are escaped, and
     the lines of a traceback are indented under their record, so none looks like a record
@@ -73,7 +81,7 @@ class OpLog:
             self._load(meta)
 
     def refuse(self, where: str, reason: str, subject: str | None = None) -> None:
-        where, reason = escape_controls(where), escape_controls(reason)
+        where, reason = escape_controls(where), escape_controls(_clipped(reason))
         log.warning("refused %s: %s", where, reason)
         self._add(f"{where}: {reason}", subject)
 

@@ -165,6 +165,31 @@ def test_a_malformed_line_on_every_ctl_is_einval_with_its_reason_logged(qfs):
         assert reason in (qfs.root / ".qfs" / "log").read_text()
 
 
+@pytest.mark.fuse
+def test_a_write_too_long_for_one_command_runs_none_and_logs_a_bounded_line(qfs):
+    """The kernel passes a write() over 1 MiB in pieces; none is taken for a command, and
+    what /.qfs/log keeps of a refusal is bounded, whatever was written."""
+    import os
+
+    from tests.test_qubits import command
+
+    command(qfs.qubits / "ctl", "alloc 1 task=p1")
+    line = b"alloc 1 task=p2" + b" " * (1 << 20) + b"release task=p1"
+    fd = os.open(qfs.qubits / "ctl", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as caught:
+            os.write(fd, line)
+        assert caught.value.errno == errno.EINVAL
+        with pytest.raises(OSError):
+            os.write(fd, b"z" * 4000)  # within the bound: refused as a command, quoted
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(qfs.qubits / "tasks")) == ["p1"]
+    log = (qfs.root / ".qfs" / "log").read_text().splitlines()
+    assert "a command is at most 4096 characters" in log[-2]
+    assert max(map(len, log)) < 1200 and "more characters)" in log[-1]
+
+
 @given(st.text(alphabet="ab =.,;\t\x0b\x0c\u00a0#$&|()<>x1-\"'\\", min_size=1, max_size=24))
 @settings(max_examples=400, deadline=None)
 def test_a_line_splits_into_the_words_shlex_gives(line):
