@@ -207,6 +207,20 @@ def test_truncate_hears_at_close_whether_its_change_was_kept(qfs):
     assert (bell / "latest.qasm").read_text() == BELL
 
 
+def test_a_version_written_back_leaves_room_for_the_versions_after_it(qfs):
+    """vN.qasm is written back for N up to 10^9 (EINVAL at create past it), so every
+    later version still has a name the tree parses, and the circuit stays listable."""
+    circuit = qfs.circuits / "big"
+    circuit.mkdir()
+    with pytest.raises(OSError) as caught:
+        (circuit / "v9999999999.qasm").write_text(BELL)
+    assert caught.value.errno == errno.EINVAL
+    (circuit / "v1000000000.qasm").write_text(BELL)
+    (circuit / "latest.qasm").write_text(GHZ3)
+    assert versions(circuit) == [1000000000, 1000000001]
+    assert (circuit / "v1000000001.qasm").read_text() == GHZ3
+
+
 def test_retention_keeps_max_versions(mount_factory, tmp_path):
     config = tmp_path / "qfs.yaml"
     config.write_text("circuit_fs:\n  max_versions_per_artifact: 3\n")

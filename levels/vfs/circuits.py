@@ -84,6 +84,9 @@ CIRCUITS = "circuits"
 DIFF = "diff"
 PINNED = "user.qfs.pinned"  # on vN.qasm: "1" keeps the version beyond retention
 _VERSION_FILE = re.compile(r"^v([1-9][0-9]{0,9})\.([a-z0-9]+(?:\.json)?)$")
+# The largest N a vN.qasm written back may have: a backup's numbers come from real
+# histories, and a larger one would leave the versions after it no names of ten digits.
+MAX_WRITTEN_VERSION = 10**9
 Ranked = list[tuple[str, float]]
 # compiled/<device>/vN.<fmt>: the formats levels.compiler makes, whatever they are.
 _COMPILED_FILE = re.compile(
@@ -649,6 +652,9 @@ class CircuitDir(CircuitPart):
             return NewFile(fabric, path, meta, circuit)
         if version is not None and version[1] == "qasm":
             n = version[0]
+            if n > MAX_WRITTEN_VERSION:
+                raise Invalid(f"{name}: a version written back is numbered at most "
+                              f"{MAX_WRITTEN_VERSION}")
 
             async def restore(data: bytes, uid: int) -> None:
                 await restore_version(fabric, circuit, n, data)
