@@ -911,9 +911,12 @@ class CircuitStore:
             self._put(txn, circuit)
 
     def update_meta(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Change the user metadata (a meta.json write, an extended attribute). What
+        meta.json then shows must pass parse_meta, so that it can be written back (cp -a)."""
         with self._meta.writing() as txn:
             circuit = self._get(txn, name)
             circuit.meta = change(dict(circuit.meta))
+            parse_meta(self.meta_json(circuit))
             circuit.mtime_ns = time.time_ns()
             self._put(txn, circuit)
         self._changed(name, circuit.search_document())
@@ -1002,27 +1005,49 @@ MAX_META_BYTES = 64 * 1024
 MAX_META_DEPTH = 32
 
 
-def parse_meta(document: bytes) -> dict[str, Any]:
-    """Validate meta.json: an object with known fields of the right types, within
-    MAX_META_BYTES and MAX_META_DEPTH."""
+def bounded_json(document: bytes, what: str) -> Any:
+    """JSON `what` holds, within MAX_META_BYTES and MAX_META_DEPTH, its strings Unicode
+    text (JSON's escapes can spell a lone surrogate, which no UTF-8 reader could be given:
+    getfattr of such a field was EIO)."""
     if len(document) > MAX_META_BYTES:
-        raise TooBig(f"meta.json holds at most {MAX_META_BYTES} bytes, not {len(document)}")
-    too_deep = Invalid(f"meta.json nests deeper than {MAX_META_DEPTH} levels")
+        raise TooBig(f"{what} holds at most {MAX_META_BYTES} bytes, not {len(document)}")
+    too_deep = Invalid(f"{what} nests deeper than {MAX_META_DEPTH} levels")
     try:
         data = json.loads(document or b"{}")
     except RecursionError:
         raise too_deep from None
     except ValueError as exc:
-        raise Invalid(f"meta.json is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise Invalid("meta.json must be a JSON object")
-    pending: list[tuple[dict | list, int]] = [(data, 1)]
+        raise Invalid(f"{what} is not valid JSON: {exc}") from exc
+    pending: list[tuple[Any, int]] = [(data, 1)]
     while pending:
         value, depth = pending.pop()
+        if isinstance(value, str):
+            if not value.isascii() and not _is_unicode_text(value):
+                raise Invalid(f"{what}: {value!r} is not Unicode text (a lone surrogate)")
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
         if depth > MAX_META_DEPTH:
             raise too_deep
-        children = value.values() if isinstance(value, dict) else value
-        pending.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+        children = (*value, *value.values()) if isinstance(value, dict) else value
+        pending.extend((c, depth + 1) for c in children)
+    return data
+
+
+def _is_unicode_text(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_meta(document: bytes) -> dict[str, Any]:
+    """Validate meta.json: an object with known fields of the right types, within
+    MAX_META_BYTES and MAX_META_DEPTH (bounded_json)."""
+    data = bounded_json(document, "meta.json")
+    if not isinstance(data, dict):
+        raise Invalid("meta.json must be a JSON object")
     meta: dict[str, Any] = {}
     for key, value in data.items():
         if key == "created":
@@ -1050,7 +1075,10 @@ def _with_pins(meta: dict[str, Any], pins: set[int]) -> dict[str, Any]:
 
 
 def _iso(ns: int) -> str:
-    return time.strftime(_ISO, time.gmtime(ns / 1e9))
+    """`ns` as parse_iso reads it: the year always of four digits (strftime writes the
+    year 1 as "1")."""
+    moment = time.gmtime(ns / 1e9)
+    return f"{moment.tm_year:04d}" + time.strftime(_ISO.removeprefix("%Y"), moment)
 
 
 def _shown_stats(stats: dict[str, Any]) -> dict[str, Any]:

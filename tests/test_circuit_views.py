@@ -214,6 +214,46 @@ def test_xattrs(qfs):
     assert json.loads((bell / "meta.json").read_text())["author"] == ""
 
 
+def test_attributes_keep_meta_json_within_what_can_be_written_back(qfs):
+    """Extended attributes change meta.json only within the bounds a write of meta.json
+    has (so a backup of it can always be written back), to Unicode text, and a file that
+    holds none answers ENODATA to get and ENOTSUP to set."""
+    bell = qfs.write_circuit("bell")
+
+    def refused(name: str, value: bytes) -> int:
+        with pytest.raises(OSError) as caught:
+            os.setxattr(bell, name, value)
+        return caught.value.errno
+
+    big = json.dumps({"k": "b" * 40_000}).encode()
+    os.setxattr(bell, "user.qfs.parameters", big)
+    assert refused("user.qfs.description", b"d" * 40_000) == errno.EFBIG
+    assert refused("user.qfs.parameters", b"[" * 500 + b"]" * 500) == errno.EINVAL
+    assert refused("user.qfs.parameters", b"[" * 20_000 + b"]" * 20_000) == errno.EINVAL
+    assert refused("user.qfs.parameters", b'{"a": "\\ud800"}') == errno.EINVAL
+    document = (bell / "meta.json").read_bytes()
+    assert json.loads(document)["parameters"] == json.loads(big)
+    (bell / "meta.json").write_bytes(document)  # what it shows, written back
+    with pytest.raises(OSError) as caught:
+        (bell / "meta.json").write_text('{"description": "\\udc00"}')
+    assert caught.value.errno == errno.EINVAL
+    for name, call in (("get", lambda: os.getxattr(bell / "latest.qasm", "user.qfs.author")),
+                       ("set", lambda: os.setxattr(bell / "v1.qasm", "user.qfs.author", b"x"))):
+        with pytest.raises(OSError) as caught:
+            call()
+        assert caught.value.errno == (errno.ENODATA if name == "get" else errno.ENOTSUP)
+
+
+def test_a_creation_time_before_the_year_1000_is_written_back_as_it_reads(qfs):
+    (qfs.circuits / "old").mkdir()
+    os.setxattr(qfs.circuits / "old", "user.qfs.created", b"0001-01-01T00:00:00Z")
+    os.listdir(qfs.circuits / "old")  # the circuit is filled (see Filling)
+    document = (qfs.circuits / "old" / "meta.json").read_bytes()
+    assert json.loads(document)["created"] == "0001-01-01T00:00:00Z"
+    assert os.getxattr(qfs.circuits / "old", "user.qfs.created") == b"0001-01-01T00:00:00Z"
+    (qfs.circuits / "old" / "meta.json").write_bytes(document)
+
+
 def test_ls_l_gets_no_attribute_outside_user_qfs_without_a_lookup(qfs):
     """ls -l asks for security.selinux and both POSIX ACLs: they are ENOTSUP wherever
     asked (so ls stops asking for the rest of the listing; after ENODATA it asked every

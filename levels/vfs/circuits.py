@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from levels.circuits import PICTURE, CircuitStore, parse_iso, validate_result_name
+from levels.circuits import (
+    PICTURE,
+    CircuitStore,
+    bounded_json,
+    parse_iso,
+    validate_result_name,
+)
 from levels.compiler import COMPILED_FORMATS
 from levels.devices import DeviceSpec
 from levels.errors import (
@@ -72,7 +78,6 @@ from levels.vfs.entry import (
     field,
     immutable_file,
     unmeasured_file,
-    xattr_value,
 )
 
 if TYPE_CHECKING:
@@ -709,6 +714,23 @@ class CircuitDir(CircuitPart):
             raise NoAttribute(name)
         self.fabric.circuits.update_meta(
             self.name, lambda meta: {k: v for k, v in meta.items() if k != key})
+
+
+def xattr_value(name: str, value: bytes) -> object:
+    """user.qfs.tags is comma-separated, parameters is JSON within meta.json's bounds, the
+    rest plain UTF-8 text."""
+    try:
+        text = value.decode()
+    except UnicodeDecodeError as exc:
+        raise Invalid(f"user.qfs.{name} must be UTF-8") from exc
+    if name == "tags":
+        return [t.strip() for t in text.split(",") if t.strip()]
+    if name == "parameters":
+        parsed = bounded_json(value, "user.qfs.parameters")
+        if not isinstance(parsed, dict):
+            raise Invalid("user.qfs.parameters must be a JSON object")
+        return parsed
+    return text
 
 
 class ResultsDir(CircuitPart):

@@ -15,7 +15,6 @@ import collections
 import dataclasses
 import hashlib
 import itertools
-import json
 import os
 import stat
 import time
@@ -296,14 +295,16 @@ class Entry:
 
     async def getxattr(self, name: str) -> bytes:
         field(name)
-        raise NotFound("no such attribute here (user.qfs.* live on circuit directories)")
+        raise NoAttribute(f"{self.where()} holds no {name} (user.qfs.* live on circuit "
+                          f"directories)")
 
     def listxattr(self) -> Names:
         return []
 
     async def setxattr(self, name: str, value: bytes) -> None:
         field(name, missing=NotSupported)  # ENOTSUP: sed -i and vim keep no ACLs here
-        raise NotFound("no such attribute here (user.qfs.* live on circuit directories)")
+        raise NotSupported(f"{self.where()} cannot hold {name} (user.qfs.* live on circuit "
+                           f"directories)")
 
     async def removexattr(self, name: str) -> None:
         await self.getxattr(name)
@@ -323,25 +324,6 @@ def field(name: str, missing: type[Exception] = NoAttribute) -> str:
     if got not in (*XATTR_FIELDS, "created"):
         raise missing(f"no attribute {name}")
     return got
-
-
-def xattr_value(name: str, value: bytes) -> object:
-    """user.qfs.tags is comma-separated, parameters is JSON, the rest plain UTF-8 text."""
-    try:
-        text = value.decode()
-    except UnicodeDecodeError as exc:
-        raise Invalid(f"user.qfs.{name} must be UTF-8") from exc
-    if name == "tags":
-        return [t.strip() for t in text.split(",") if t.strip()]
-    if name == "parameters":
-        try:
-            parsed = json.loads(text)
-        except ValueError as exc:
-            raise Invalid(f"user.qfs.parameters must be a JSON object: {exc}") from exc
-        if not isinstance(parsed, dict):
-            raise Invalid("user.qfs.parameters must be a JSON object")
-        return parsed
-    return text
 
 
 class Constant(Entry):
