@@ -67,8 +67,9 @@ DRAWINGS = (TEXT_DRAWING, PICTURE)  # each drawn alone, when first asked for
 # bytes measured with tracemalloc). Bytes bound the view cache, not a count of entries,
 # so a tree walk's thousands of small views stay cached.
 VIEW_OVERHEAD_BYTES = 320
-META_FIELDS = {"description": str, "author": str, "tags": list, "parameters": dict,
-               "pinned": list, "optimization_level": int}
+META_FIELDS: dict[str, type[Any]] = {
+    "description": str, "author": str, "tags": list, "parameters": dict, "pinned": list,
+    "optimization_level": int}
 _MTIME = struct.Struct("<q")
 _ISO = "%Y-%m-%dT%H:%M:%SZ"
 
