@@ -64,6 +64,8 @@ def qubits_of_shape(shape: tuple[int, ...]) -> int:
     n = size.bit_length() - 1
     if size < 1 or 2**n != size:
         raise Invalid(f"a state needs a power-of-two dimension, not {size}")
+    if n < 1:  # a 1-amplitude "state" has no qubit to hold, measure or restore onto
+        raise Invalid(f"a state needs at least one qubit: a dimension of 2 or more, not {size}")
     if len(shape) == 2 and shape != (size, size):
         raise Invalid(f"a density matrix must be square, not {shape}")
     return n

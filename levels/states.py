@@ -194,6 +194,9 @@ class StateStore:
         # Directories made by mkdir that await an imported state, with who made each and
         # when (in memory, like scratch).
         self.pending: dict[str, Pending] = {}
+        # Held while a name is checked free and taken (a record put, a directory made), so
+        # that a mkdir and a checkpoint of one name never both succeed.
+        self._names_lock = threading.Lock()
         # Decoded states as .npy bytes, by (name, created): reads of statevector.npy.
         self.decoded_npy: LRU[bytes] = LRU(max_entries=64, max_bytes=cache_bytes, sizeof=len)
         # Range readers of chunked checkpoints, by (name, created): every open of one
@@ -203,19 +206,33 @@ class StateStore:
     # -- reading -------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        """Checkpoints not expired; a listing deletes nothing (the fabric's periodic task
-        calls expire)."""
-        now = time.time_ns()
-        with self._meta.reading() as txn:
-            return [k.decode() for k, v in txn.scan("checkpoints") if _alive(json.loads(v), now)]
+        """Checkpoints shown (`_shown`: not expired, pinned, or the parent a shown child
+        needs); a listing deletes nothing (the fabric's periodic task calls expire)."""
+        return sorted(_shown(self._records(), time.time_ns()))
 
-    def get(self, name: str) -> dict[str, Any]:
+    def _records(self) -> dict[str, dict[str, Any]]:
+        with self._meta.reading() as txn:
+            return {k.decode(): json.loads(v) for k, v in txn.scan("checkpoints")}
+
+    def _record(self, name: str) -> dict[str, Any] | None:
+        """The checkpoint's record as stored, shown or not (None: there is none)."""
         with self._meta.reading() as txn:
             raw = txn.get("checkpoints", name.encode())
-        if raw is None:
+        return None if raw is None else json.loads(raw)
+
+    def _is_shown(self, name: str, meta: dict[str, Any]) -> bool:
+        """Whether this record is shown (`_shown`): an expired one no shown child needs is
+        gone for every purpose at once, though expire has not yet deleted it."""
+        now = time.time_ns()
+        # Only an expired record scans the others: it is shown while a shown child is
+        # decoded from it (it is deleted within a second otherwise).
+        return _alive(meta, now) or name in _shown(self._records(), now)
+
+    def get(self, name: str) -> dict[str, Any]:
+        meta = self._record(name)
+        if meta is None:
             raise NotFound(f"no checkpoint {name}")
-        meta = json.loads(raw)
-        if not _alive(meta, time.time_ns()):
+        if not self._is_shown(name, meta):
             raise NotFound(f"checkpoint {name} expired")
         if not is_key(meta.get("blob")):
             raise Corrupt(f"checkpoint {name} names blob {meta.get('blob')!r}, not a SHA-256 "
@@ -584,19 +601,51 @@ class StateStore:
             raise Invalid(f"checkpoint {prepared.meta['name']}: its format was never chosen")
         meta = dict(prepared.meta)
         name = meta["name"]
-        with self._meta.reading() as txn:
-            if txn.get("checkpoints", name.encode()) is not None:
-                prepared.abort()
-                raise Exists(f"checkpoint {name} exists")
+        try:
+            self._check_free(name, meta["owner"])
+        except BaseException:
+            prepared.abort()
+            raise
         with self._blob_lock:
             blob = prepared.blob
             meta["blob"] = self._blobs.put(blob) if isinstance(blob, bytes) else blob.commit()
-            with self._meta.writing() as txn:
-                if txn.get("checkpoints", name.encode()) is not None:
-                    raise Exists(f"checkpoint {name} exists")
-                txn.put("checkpoints", name.encode(), json.dumps(meta).encode())
+            with self._names_lock:
+                try:
+                    self._check_free(name, meta["owner"], expire=False)
+                    with self._meta.writing() as txn:
+                        if txn.get("checkpoints", name.encode()) is not None:
+                            raise Exists(f"checkpoint {name} exists")
+                        txn.put("checkpoints", name.encode(), json.dumps(meta).encode())
+                except Exists:  # taken meanwhile: its blob stays only if another uses it
+                    with self._meta.reading() as txn:
+                        used = any(json.loads(v).get("blob") == meta["blob"]
+                                   for _k, v in txn.scan("checkpoints"))
+                    if not used:
+                        self._blobs.delete(meta["blob"])
+                    raise
+                # An empty directory its owner made for it is now this checkpoint.
+                self.pending.pop(name, None)
             self._next_expiry_ns = min(self._next_expiry_ns, meta["expires_ns"])
         return meta
+
+    def _check_free(self, name: str, owner: int, expire: bool = True) -> None:
+        """Exists when /states/<name> is a checkpoint, or a directory made by a user other
+        than `owner` (theirs to import into); an empty directory made by `owner` is the
+        place for this checkpoint (a task's, or the import into it). With `expire`, an
+        expired record no child needs is deleted first: its name is free, as its lookup
+        says (without it, under `_names_lock`, which expire's `_blob_lock` must not
+        follow, any record takes the name)."""
+        record = self._record(name)
+        if record is not None and expire and not self._is_shown(name, record):
+            self._next_expiry_ns = 0
+            self.expire()
+            record = self._record(name)
+        if record is not None:
+            raise Exists(f"checkpoint {name} exists")
+        pending = self.pending.get(name)
+        if pending is not None and pending.owner != owner:
+            raise Exists(f"/states/{name} is a directory uid {pending.owner} made to import "
+                         f"into; this checkpoint belongs to uid {owner}")
 
     def blob_keys(self) -> list[str]:
         return self._blobs.list()
@@ -610,13 +659,15 @@ class StateStore:
         self._drop(lambda records: [n for n in names if n in records])
 
     def make_pending(self, name: str, uid: int) -> None:
-        """mkdir /states/<name> by `uid`: an empty directory awaiting an imported state."""
+        """mkdir /states/<name> by `uid`: an empty directory awaiting an imported state
+        (or a task's `checkpoint <name>` by the same uid)."""
         validate_name(name, "checkpoint name")
-        with self._meta.reading() as txn:
-            taken = txn.get("checkpoints", name.encode()) is not None
-        if taken or name in self.pending:
-            raise Exists(f"checkpoint {name} exists")
-        self.pending[name] = Pending(uid, time.time_ns())
+        self._check_free(name, uid)  # deletes an expired record holding the name
+        with self._names_lock:
+            self._check_free(name, uid, expire=False)
+            if name in self.pending:
+                raise Exists(f"checkpoint {name} exists")
+            self.pending[name] = Pending(uid, time.time_ns())
 
     def importer_of(self, name: str, uid: int) -> int:
         """Who an import into /states/<name> belongs to: whoever made the directory, else
@@ -649,17 +700,12 @@ class StateStore:
             return []
 
         def doomed(records: dict[str, dict[str, Any]]) -> list[str]:
-            pinned: set[str] = set()
-            live = [m for m in records.values() if _alive(m, now)]
-            for meta in live:
-                parent = meta.get("parent")
-                while parent and parent not in pinned:
-                    pinned.add(parent)
-                    parent = records.get(parent, {}).get("parent")
+            shown = _shown(records, now)
             # A kept parent goes when its last live child expires or is deleted.
-            self._next_expiry_ns = min((m["expires_ns"] for m in live if not m.get("pinned")),
+            self._next_expiry_ns = min((m["expires_ns"] for m in records.values()
+                                        if _alive(m, now) and not m.get("pinned")),
                                        default=1 << 62)
-            return [n for n, m in records.items() if not _alive(m, now) and n not in pinned]
+            return [n for n in records if n not in shown]
 
         return self._drop(doomed)
 
@@ -688,6 +734,22 @@ FORMAT_ALIASES = {"tensor_network": "mps", "full_state_vector": "statevector",
 def _alive(meta: dict[str, Any], now: int) -> bool:
     """Not expired, or pinned (a pinned checkpoint survives retention)."""
     return bool(meta.get("pinned")) or meta["expires_ns"] > now
+
+
+def _shown(records: dict[str, dict[str, Any]], now: int) -> set[str]:
+    """The checkpoints that exist for every purpose (listed, read, restored, their names
+    taken): the alive ones and each parent an alive one is decoded from, whatever that
+    parent's own retention. The rest are expired, invisible at once and deleted by
+    expire."""
+    shown: set[str] = set()
+    for name, meta in records.items():
+        if not _alive(meta, now):
+            continue
+        chain: str | None = name
+        while chain is not None and chain in records and chain not in shown:
+            shown.add(chain)
+            chain = records[chain].get("parent")
+    return shown
 
 
 def _version(distribution: str) -> str | None:

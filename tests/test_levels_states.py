@@ -1,6 +1,7 @@
 """Level 2 without FUSE: formats against qiskit.quantum_info, stabilizer detection, sealing."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -13,16 +14,20 @@ from qiskit.quantum_info import (
     state_fidelity,
 )
 
-from levels.errors import Corrupt, Invalid
+from levels.config import load_config
+from levels.errors import Corrupt, Exists, Invalid, NotFound
+from levels.fabric import Fabric
 from levels.stateformats import (
     FORMATS,
     FormatOptions,
     choose_format,
     decode,
     encode,
+    qubits_of_shape,
     stabilizer_circuit,
     validate_state,
 )
+from levels.states import Request
 from levels.store.sealed import Sealer, load_or_create_key
 
 OPTIONS = FormatOptions(seed=7)
@@ -94,3 +99,52 @@ def test_sealing_detects_tampering_and_other_keys(tmp_path):
     os.chmod(key_path, 0o644)
     with pytest.raises(Invalid):
         load_or_create_key(key_path)
+
+
+def test_a_state_needs_at_least_one_qubit():
+    for shape in ((1,), (1, 1)):
+        with pytest.raises(Invalid, match="at least one qubit"):
+            qubits_of_shape(shape)
+    with pytest.raises(Invalid, match="at least one qubit"):
+        validate_state(np.array([1 + 0j]))
+    assert qubits_of_shape((2,)) == qubits_of_shape((2, 2)) == 1
+
+
+def _store_checkpoint(states, name: str, **request) -> dict:
+    vector = np.asarray(random_statevector(4, seed=2).data)
+    return states.commit(states.prepare(Request(name, format="statevector", **request),
+                                        vector))
+
+
+def test_one_name_means_one_thing_past_retention_and_mkdir(tmp_path):
+    """An expired checkpoint no child needs is gone at once (its name free before expire
+    deletes it); a parent a live child needs stays shown, its name taken; a checkpoint
+    fills an empty directory its owner made, not another user's."""
+    fabric = Fabric(tmp_path / "data", load_config())
+    states = fabric.states
+    try:
+        _store_checkpoint(states, "old", retention="1s")
+        _store_checkpoint(states, "base", retention="1s")
+        _store_checkpoint(states, "kid", retention="1h", parent="base")
+        time.sleep(1.1)
+        assert states.names() == ["base", "kid"]
+        with pytest.raises(NotFound):
+            states.get("old")
+        states.make_pending("old", 0)  # free: the expired record goes first
+        assert "old" not in states.names() and "old" in states.pending
+        assert states.load("kid")[1].shape == (4,)
+        assert states.get("base")["name"] == "base"
+        with pytest.raises(Exists):
+            states.make_pending("base", 0)
+        with pytest.raises(Exists):
+            _store_checkpoint(states, "base")
+        _store_checkpoint(states, "old")  # fills the directory its owner made
+        assert "old" not in states.pending and "old" in states.names()
+        states.make_pending("theirs", 65534)
+        with pytest.raises(Exists, match="uid 65534"):
+            _store_checkpoint(states, "theirs")
+        assert "theirs" in states.pending
+        states.delete("kid")
+        assert states.expire() == ["base"]
+    finally:
+        fabric.close()

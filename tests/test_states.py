@@ -545,6 +545,113 @@ def test_checkpoint_errors_change_nothing(qfs):
     assert os.listdir(qfs.root / "states") == ["once"]
 
 
+def test_a_state_needs_at_least_one_qubit(qfs):
+    """A 1-amplitude vector or a 1x1 matrix is no qubit's state: EINVAL at the write()
+    whose header shows it (np.save sees that), again at close, nothing stored."""
+    states = qfs.root / "states"
+    for i, (filename, array) in enumerate((("statevector.npy", np.array([1 + 0j])),
+                                           ("density_matrix.npy", np.array([[1 + 0j]])))):
+        (states / f"one{i}").mkdir()
+        with pytest.raises(OSError) as caught:
+            np.save(states / f"one{i}" / filename, array)
+        assert caught.value.errno == errno.EINVAL, filename
+        assert os.listdir(states / f"one{i}") == []
+        assert not (states / f"one{i}" / filename).exists()
+    assert "at least one qubit" in (qfs.root / ".qfs" / "log").read_text()
+    # Written in pieces, the data after the header: refused at close all the same.
+    data = npy_bytes_of(np.array([1 + 0j]))
+    (states / "pieces").mkdir()
+    fd = os.open(states / "pieces" / "statevector.npy", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError) as caught:
+            os.write(fd, data)
+        assert caught.value.errno == errno.EINVAL
+    finally:
+        with pytest.raises(OSError) as caught:
+            os.close(fd)
+    assert caught.value.errno == errno.EINVAL
+    assert sorted(os.listdir(states)) == ["one0", "one1", "pieces"]
+    np.save(states / "one0" / "statevector.npy", np.array([1, 0], dtype=complex))
+    assert meta_of(qfs, "one0")["qubit_count"] == 1
+
+
+def test_a_checkpoint_fills_the_empty_directory_made_for_it(mount_factory):
+    """`mkdir /states/x` then `checkpoint x`: the checkpoint fills the directory its owner
+    made (as an import would); /states/x is then that checkpoint and nothing else. A
+    directory another user made is EEXIST, and stays theirs to import into."""
+    base = Path(tempfile.mkdtemp(prefix="qfs-fill-"))
+    base.chmod(0o755)  # the mountpoint must be reachable for nobody
+    qfs = mount_factory(base=base)
+    states = qfs.root / "states"
+    prepared_task(qfs, "t")
+    ctl = qfs.qubits / "tasks" / "t" / "ctl"
+    (states / "px").mkdir()
+    command(ctl, "checkpoint px format=statevector")
+    assert os.listdir(states) == ["px"]
+    assert sorted(os.listdir(states / "px")) == ["blob", "lineage", "meta.json",
+                                                 "statevector.npy"]
+    assert meta_of(qfs, "px")["provenance"]["task"] == "t"
+    assert state_fidelity(Statevector(npy(qfs, "px")), expected_state(ENTANGLED)) > 1 - 1e-12
+    with pytest.raises(OSError) as caught:  # no longer a directory to import into
+        np.save(states / "px" / "statevector.npy", np.array([1, 0], dtype=complex))
+    assert caught.value.errno == errno.EACCES
+    with pytest.raises(FileExistsError):
+        (states / "px").mkdir()
+    assert refused(ctl, "checkpoint px") == errno.EEXIST
+    assert state_fidelity(Statevector(npy(qfs, "px")), expected_state(ENTANGLED)) > 1 - 1e-12
+    done = as_nobody(f"mkdir {states / 'theirs'}")
+    assert done.returncode == 0, done.stderr
+    assert refused(ctl, "checkpoint theirs") == errno.EEXIST
+    assert "theirs" in (qfs.root / ".qfs" / "log").read_text()
+    assert os.listdir(states / "theirs") == []
+    psi = np.asarray(expected_state(ENTANGLED).data)
+    np.save(base / "psi.npy", psi)
+    done = as_nobody(f"cp {base / 'psi.npy'} {states / 'theirs' / 'statevector.npy'}")
+    assert done.returncode == 0, done.stderr
+    assert meta_of(qfs, "theirs")["owner"] == 65534
+    subprocess.run(["rm", "-r", str(states / "px"), str(states / "theirs")], check=True)
+    assert os.listdir(states) == []
+
+
+def test_an_expired_parent_stays_while_a_live_child_needs_it(qfs):
+    """A child pinned, or with a longer retention, is decoded from its parents whatever
+    their own retention: an expired parent a live child needs stays listed and readable
+    (its name taken) until that child goes, then it expires."""
+    prepared_task(qfs, "r6")
+    ctl = qfs.qubits / "tasks" / "r6" / "ctl"
+    states = qfs.root / "states"
+    command(ctl, "checkpoint f1 retention=1s format=statevector")
+    command(ctl, "checkpoint f2 retention=1s parent=f1 format=statevector")
+    command(ctl, "checkpoint g1 retention=1s format=statevector")
+    command(ctl, "checkpoint g2 retention=1h parent=g1 format=statevector")
+    os.setxattr(states / "f2", "user.qfs.pinned", b"1")
+    time.sleep(2.2)  # past every short retention, and a periodic expiry or two
+    assert sorted(os.listdir(states)) == ["f1", "f2", "g1", "g2"]
+    expected = expected_state(ENTANGLED)
+    for name in ("f1", "f2", "g1", "g2"):
+        assert state_fidelity(Statevector(npy(qfs, name)), expected) > 1 - 1e-12, name
+        assert meta_of(qfs, name)["name"] == name
+    assert [line.split("\t")[0] for line in
+            (states / "f2" / "lineage").read_text().splitlines()] == ["f2", "f1"]
+    command(qfs.qubits / "ctl", "alloc 4 task=r6b topology=linear")
+    command(qfs.qubits / "tasks" / "r6b" / "ctl", "restore f2")
+    command(qfs.qubits / "tasks" / "r6b" / "ctl", "restore g2")
+    command(qfs.qubits / "tasks" / "r6b" / "ctl", "restore f1")
+    with pytest.raises(FileExistsError):  # its name is taken, as its listing says
+        (states / "f1").mkdir()
+    assert refused(ctl, "checkpoint g1") == errno.EEXIST
+    done = subprocess.run(["rm", "-r", str(states / "g1")], capture_output=True, text=True)
+    assert done.returncode != 0 and "Directory not empty" in done.stderr
+    # When the child goes, so does the parent it kept.
+    subprocess.run(["rm", "-r", str(states / "g2")], check=True)
+    os.removexattr(states / "f2", "user.qfs.pinned")
+    for name in ("f2", "f1", "g1"):
+        wait_until_deleted(qfs.data, name)
+    assert os.listdir(states) == []
+    assert refused(qfs.qubits / "tasks" / "r6b" / "ctl", "restore f1") == errno.ENOENT
+    command(ctl, "checkpoint f1 format=statevector")  # the name is free again
+    assert os.listdir(states) == ["f1"]
+
 
 @pytest.mark.damages_data
 def test_kill_during_checkpoint_leaves_no_partial_checkpoint(mount_factory, tmp_path):

@@ -54,21 +54,24 @@ PINNED = "user.qfs.pinned"  # on /states/<ckpt>: "1" keeps it (and its parents) 
 
 
 class StatesDir(Dir):
-    """/states (1777): mkdir makes an empty checkpoint directory to import into (EEXIST if
-    taken); rmdir removes a checkpoint (EACCES unless its owner or root, EBUSY while
-    referenced)."""
+    """/states (1777): mkdir makes an empty checkpoint directory to import into, or for its
+    maker's task to `checkpoint` into (EEXIST if taken); rmdir removes a checkpoint
+    (EACCES unless its owner or root, EBUSY while referenced)."""
 
     def __init__(self, fabric: Fabric, path: Path) -> None:
         super().__init__(fabric, path, directory(STARTED_NS, perm=0o1777, timeout=0.0))
 
     async def lookup(self, name: str) -> Entry:
         store = self.fabric.states
-        pending = store.pending.get(name)
-        if pending is not None:
+        try:
+            meta = store.get(name)
+        except NotFound:  # a directory made to import into, if any: a checkpoint fills it
+            pending = store.pending.get(name)
+            if pending is None:
+                raise
             attrs = directory(pending.made_ns, timeout=0.0)
             attrs.uid = pending.owner
             return PendingDir(self.fabric, self.child(name), attrs)
-        meta = store.get(name)
         attrs = directory(meta["created_ns"], timeout=0.0)
         attrs.uid = owner_of(meta)
         return CheckpointDir(self.fabric, self.child(name), attrs, meta)
@@ -78,7 +81,9 @@ class StatesDir(Dir):
         return sorted({*store.names(), *store.pending})
 
     async def mkdir(self, name: str, uid: int) -> None:
-        self.fabric.states.make_pending(name, uid)
+        # off trio's thread: it may wait for a commit taking the name, or delete an expired
+        # checkpoint whose name it is
+        await trio.to_thread.run_sync(self.fabric.states.make_pending, name, uid)
 
     async def rmdir(self, name: str) -> None:
         # off trio's thread: it may wait for a checkpoint putting its blob
