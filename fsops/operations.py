@@ -369,22 +369,26 @@ class Operations(pyfuse3.Operations):
 
     async def _control(self, handle: FileHandle, buf: bytes) -> int:
         """One command per write(): its errno is the write's, its reply the file's content."""
-        key = "/".join(handle.path)
         with self._guard("write", handle.path):
             try:
                 reply = await handle.entry.control(_command_line(buf), handle.uid)
             except QfsError as exc:
                 name = errno.errorcode.get(errno_of(exc), "EIO")
-                self.fabric.oplog.set_reply(key, f"error: {name}: {exc}")
+                self._answer(handle, f"error: {name}: {exc}")
                 _drop_attrs(handle.ino)  # a failed write() leaves the kernel's size as it was
                 raise
             except Exception as exc:  # a bug: the guard logs it; the ctl still answers
-                self.fabric.oplog.set_reply(
-                    key, f"error: EIO: internal error: {type(exc).__name__}: {exc}")
+                self._answer(handle, f"error: EIO: internal error: {type(exc).__name__}: {exc}")
                 _drop_attrs(handle.ino)
                 raise
-            self.fabric.oplog.set_reply(key, f"ok: {reply}")
+            self._answer(handle, f"ok: {reply}")
             return len(buf)
+
+    def _answer(self, handle: FileHandle, text: str) -> None:
+        """The reply every later open reads, and the one this descriptor reads back."""
+        key = "/".join(handle.path)
+        self.fabric.oplog.set_reply(key, text)
+        handle.data = bytearray(self.fabric.oplog.reply(key).encode())
 
     async def flush(self, fh):
         handle = self._files[fh]

@@ -3,6 +3,7 @@ or a cat of every circuit costs no getattr per file, a command's open none), so 
 change must drop them: st_size always equals what a read returns, whichever path made the
 change, and after a refused write too. latest.qasm also keeps its pages."""
 
+import contextlib
 import errno
 import json
 import os
@@ -138,6 +139,22 @@ def test_ctl_size_follows_each_reply_at_once(qfs):
                 assert ctl.read_text().startswith("error:" if refused else "ok:")
     finally:
         os.close(kept)
+
+
+def test_the_descriptor_that_wrote_a_command_reads_its_reply(qfs):
+    """`exec 3<>ctl`: a read on the descriptor that wrote a command gives that command's
+    reply, good or refused, and fstat the same size."""
+    command(qfs.qubits / "ctl", "alloc 2 task=t")
+    ctl = qfs.qubits / "tasks" / "t" / "ctl"
+    command(ctl, "reset")
+    with open(ctl, "r+b", buffering=0) as f:
+        for line, reply in ((b"set zz=7", b"ok: set zz=7.0\n"), (b"bogus", b"error: EINVAL")):
+            with contextlib.suppress(OSError):  # the refused one: its errno is tested elsewhere
+                f.write(line)
+            f.seek(0)
+            got = f.read()
+            assert got.startswith(reply), got
+            assert os.fstat(f.fileno()).st_size == len(got)
 
 
 def test_a_circuit_directory_shows_each_change_at_once(warm):
