@@ -176,6 +176,8 @@ def _options(words: list[str], allowed: dict[str, type], usage: str) -> dict[str
         key, sep, value = word.partition("=")
         if not sep or key not in allowed:
             raise Invalid(f"unexpected {word!r}; usage: {usage}")
+        if key in options:  # `task=a task=b` would act on whichever came last
+            raise Invalid(f"{key}= given twice; usage: {usage}")
         options[key] = _convert(key, value, allowed[key])
     return options
 
