@@ -569,10 +569,10 @@ class StateStore:
         the automatic choice (`choice` where already made), or the exact dense format
         where the choice falls below the floor. The reason says which, and why a
         preference was passed over."""
-        if request.format:
-            return stateformats.encode(state, _format_name(request.format), self.options), \
-                "asked for"
-        default = self._default_format()
+        asked = _format_name(request.format) if request.format else None
+        if asked not in (None, "auto"):
+            return stateformats.encode(state, asked, self.options), "asked for"
+        default = "auto" if asked == "auto" else self._default_format()
         passed_over = ""
         if default != "auto":
             try:

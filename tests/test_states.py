@@ -460,6 +460,10 @@ def test_incremental_checkpoint_stores_only_the_change(qfs):
     command(ctl, "apply nudge")
     command(ctl, "checkpoint full format=statevector")
     command(ctl, "checkpoint delta format=statevector parent=base")
+    command(ctl, "checkpoint chosen format=auto parent=base")  # the automatic choice's
+    assert np.allclose(npy(qfs, "chosen"), npy(qfs, "full"))
+    assert meta_of(qfs, "chosen")["parent"] == "base"
+    subprocess.run(["rm", "-r", str(qfs.root / "states" / "chosen")], check=True)
     base, full, delta = (meta_of(qfs, n) for n in ("base", "full", "delta"))
     assert delta["parent"] == "base"
     assert delta["stored_bytes"] < 0.5 * full["stored_bytes"], (delta, full)
