@@ -197,6 +197,8 @@ class StateStore:
         # Held while a name is checked free and taken (a record put, a directory made), so
         # that a mkdir and a checkpoint of one name never both succeed.
         self._names_lock = threading.Lock()
+        # (snapshot, valid until ns, names): _shown_now's last answer.
+        self._shown_kept: tuple[int | None, int, frozenset[str]] = (None, 0, frozenset())
         # Decoded states as .npy bytes, by (name, created): reads of statevector.npy.
         self.decoded_npy: LRU[bytes] = LRU(max_entries=64, max_bytes=cache_bytes, sizeof=len)
         # Range readers of chunked checkpoints, by (name, created): every open of one
@@ -208,11 +210,23 @@ class StateStore:
     def names(self) -> list[str]:
         """Checkpoints shown (`_shown`: not expired, pinned, or the parent a shown child
         needs); a listing deletes nothing (the fabric's periodic task calls expire)."""
-        return sorted(_shown(self._records(), time.time_ns()))
+        return sorted(self._shown_now(time.time_ns()))
 
-    def _records(self) -> dict[str, dict[str, Any]]:
+    def _shown_now(self, now: int) -> frozenset[str]:
+        """`_shown` of every record, kept while the store's snapshot stands and no shown
+        record expires: an expired parent a pinned child needs is looked up at each
+        request on it, and each would decode every record."""
         with self._meta.reading() as txn:
-            return {k.decode(): json.loads(v) for k, v in txn.scan("checkpoints")}
+            snapshot = txn.snapshot()
+            kept = self._shown_kept
+            if snapshot is not None and kept[0] == snapshot and now < kept[1]:
+                return kept[2]
+            records = {k.decode(): json.loads(v) for k, v in txn.scan("checkpoints")}
+        shown = frozenset(_shown(records, now))
+        until = min((m["expires_ns"] for m in records.values()
+                     if not m.get("pinned") and m["expires_ns"] > now), default=1 << 62)
+        self._shown_kept = (snapshot, until, shown)
+        return shown
 
     def _record(self, name: str) -> dict[str, Any] | None:
         """The checkpoint's record as stored, shown or not (None: there is none)."""
@@ -224,9 +238,7 @@ class StateStore:
         """Whether this record is shown (`_shown`): an expired one no shown child needs is
         gone for every purpose at once, though expire has not yet deleted it."""
         now = time.time_ns()
-        # Only an expired record scans the others: it is shown while a shown child is
-        # decoded from it (it is deleted within a second otherwise).
-        return _alive(meta, now) or name in _shown(self._records(), now)
+        return _alive(meta, now) or name in self._shown_now(now)
 
     def get(self, name: str) -> dict[str, Any]:
         meta = self._record(name)
@@ -745,9 +757,9 @@ def _shown(records: dict[str, dict[str, Any]], now: int) -> set[str]:
     for name, meta in records.items():
         if not _alive(meta, now):
             continue
-        chain: str | None = name
-        while chain is not None and chain in records and chain not in shown:
-            shown.add(chain)
+        chain: object = name
+        while isinstance(chain, str) and chain in records and chain not in shown:
+            shown.add(chain)  # a damaged record's parent (not a name) ends the chain
             chain = records[chain].get("parent")
     return shown
 

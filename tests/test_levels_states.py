@@ -1,5 +1,6 @@
 """Level 2 without FUSE: formats against qiskit.quantum_info, stabilizer detection, sealing."""
 
+import json
 import os
 import time
 
@@ -114,6 +115,20 @@ def _store_checkpoint(states, name: str, **request) -> dict:
     vector = np.asarray(random_statevector(4, seed=2).data)
     return states.commit(states.prepare(Request(name, format="statevector", **request),
                                         vector))
+
+
+def test_a_damaged_parent_field_ends_its_chain_not_the_listing(tmp_path):
+    """A record whose `parent` is not a name (edited or damaged) is listed on its own;
+    /states stays listable (qfsmount --check is where such a record is reported)."""
+    fabric = Fabric(tmp_path / "data", load_config())
+    try:
+        _store_checkpoint(fabric.states, "a")
+        with fabric.meta.writing() as txn:
+            record = json.loads(txn.get("checkpoints", b"a"))
+            txn.put("checkpoints", b"a", json.dumps({**record, "parent": ["x"]}).encode())
+        assert fabric.states.names() == ["a"]
+    finally:
+        fabric.close()
 
 
 def test_one_name_means_one_thing_past_retention_and_mkdir(tmp_path):

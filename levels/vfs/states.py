@@ -284,8 +284,8 @@ class ImportFile(Entry):
             budget.give_back(uid, held)
 
     async def _store(self, prepared: Prepared) -> None:
-        await trio.to_thread.run_sync(self.fabric.states.commit, prepared)  # hashes, fsyncs
-        self.fabric.states.pending.pop(self.path[1], None)
+        # hashes, fsyncs, and the directory made for it is now the checkpoint
+        await trio.to_thread.run_sync(self.fabric.states.commit, prepared)
 
     async def truncate(self, size: int, uid: int) -> None:
         raise self.refuse_write()
