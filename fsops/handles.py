@@ -34,7 +34,8 @@ class FileHandle:
     written: bool = False  # any write() or ftruncate() yet (O_TRUNC alone is not content)
     screening: bool = True  # the entry judges the first bytes until satisfied
     reserved: int = 0  # bytes held against the writer's budget (levels/budget.py)
-    refused: QfsError | None = None  # a write() refused: nothing commits, close() says why
+    refused: QfsError | None = None  # a write() or truncate() refused: nothing commits,
+    # and close() says why
     unsettled: bool = False  # written since the last close: the kernel's size is the writer's
     stream: WriteStream | None = None  # takes the writes instead of `data`, once screened
 
@@ -96,8 +97,9 @@ class FileHandle:
         after a refused write() nothing is sent (the file holds what the writer did not
         mean): each close repeats that refusal.
 
-        Before any write() only the last close commits: a shell redirection opens the file,
-        dup2()s and closes the first descriptor (a flush) before the command writes."""
+        Before any write() or ftruncate() only the last close commits: a shell redirection
+        opens the file, dup2()s and closes the first descriptor (a flush) before the command
+        writes."""
         if self.refused is not None:
             await self.discard()  # a refused stream's chunks go before close() returns
             raise self.refused

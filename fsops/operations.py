@@ -125,16 +125,15 @@ class Operations(pyfuse3.Operations):
     def _child(self, parent_inode: int, name: bytes, making: str | None = None) -> Path:
         """The path of `name` in a directory. The tree's names are UTF-8 text (the stores
         key by them): other bytes name nothing (ENOENT), and an operation `making` such a
-        name is refused with EINVAL and a line in /.qfs/log."""
+        name is refused with EINVAL, reported against the directory."""
         parent = self.inodes.path(parent_inode)
         try:
             return (*parent, name.decode())
         except UnicodeDecodeError:
             if making is None:
                 raise pyfuse3.FUSEError(errno.ENOENT) from None
-            where = f"{making} /{'/'.join((*parent, os.fsdecode(name)))}"
-            self.fabric.oplog.refuse(where, "names here are UTF-8 text")
-            raise pyfuse3.FUSEError(errno.EINVAL) from None
+            with self._guard(making, parent):
+                raise Invalid(f"{name!r} is not UTF-8: names here are UTF-8 text") from None
 
     def _new_fh(self) -> int:
         fh = self._next_fh

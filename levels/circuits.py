@@ -894,16 +894,17 @@ class CircuitStore:
         """Replace the user metadata from meta.json bytes, validated; `created` is kept, and
         so are the pins when the document names none (a pin guards a version from loss)."""
         meta = parse_meta(document)
+        created_ns = None
         fill = self._filling.get(name)
         if fill is not None and fill.fresh:  # written back: it keeps its creation time
             created = json.loads(document).get("created")
             if isinstance(created, str):
-                self.set_created(name, parse_iso(created))
+                created_ns = parse_iso(created)
 
         def change(old: dict[str, Any]) -> dict[str, Any]:
             return _with_pins(meta, set((meta if "pinned" in meta else old).get("pinned", ())))
 
-        self.update_meta(name, change)
+        self.update_meta(name, change, created_ns)
 
     def set_created(self, name: str, created_ns: int) -> None:
         with self._meta.writing() as txn:
@@ -911,13 +912,17 @@ class CircuitStore:
             circuit.created_ns = created_ns
             self._put(txn, circuit)
 
-    def update_meta(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        """Change the user metadata (a meta.json write, an extended attribute). What
-        meta.json then shows must pass parse_meta, so that it can be written back (cp -a)."""
+    def update_meta(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]],
+                    created_ns: int | None = None) -> None:
+        """Change the user metadata (a meta.json write, an extended attribute), and the
+        creation time where given, in one transaction. What meta.json then shows must pass
+        parse_meta, so that it can be written back (cp -a)."""
         with self._meta.writing() as txn:
             circuit = self._get(txn, name)
             circuit.meta = change(dict(circuit.meta))
-            parse_meta(self.meta_json(circuit))
+            if created_ns is not None:
+                circuit.created_ns = created_ns
+            parse_meta(self.meta_json(circuit), "meta.json as it would read")
             circuit.mtime_ns = time.time_ns()
             self._put(txn, circuit)
         self._changed(name, circuit.search_document())
@@ -1043,10 +1048,10 @@ def _is_unicode_text(text: str) -> bool:
     return True
 
 
-def parse_meta(document: bytes) -> dict[str, Any]:
-    """Validate meta.json: an object with known fields of the right types, within
-    MAX_META_BYTES and MAX_META_DEPTH (bounded_json)."""
-    data = bounded_json(document, "meta.json")
+def parse_meta(document: bytes, what: str = "meta.json") -> dict[str, Any]:
+    """Validate meta.json (`what` the reasons call it): an object with known fields of the
+    right types, within MAX_META_BYTES and MAX_META_DEPTH (bounded_json)."""
+    data = bounded_json(document, what)
     if not isinstance(data, dict):
         raise Invalid("meta.json must be a JSON object")
     meta: dict[str, Any] = {}

@@ -58,8 +58,9 @@ def test_names_that_are_not_utf8_name_nothing_and_are_never_made(qfs):
     assert _errno_of(os.symlink, b"x", root + b"/circuits/bell/similar/" + bad) == errno.EINVAL
     assert _errno_of(os.rename, bell, root + b"/circuits/" + bad) == errno.EINVAL
     assert os.listdir(qfs.circuits) == ["bell"]
-    assert "mkdir /circuits/\\udcffbad: names here are UTF-8 text" in \
-        (qfs.root / ".qfs" / "log").read_text()
+    log = (qfs.root / ".qfs" / "log").read_text()
+    assert "mkdir /circuits: b'\\xffbad' is not UTF-8: names here are UTF-8 text" in log
+    assert "b'r\\xffbad.json' is not UTF-8" in (bell / "errors").read_text()
     assert (bell / "latest.qasm").read_text() == BELL
 
 
