@@ -304,6 +304,12 @@ class CircuitStore:
             self._listed = (snapshot, names)
         return names
 
+    @property
+    def changes(self) -> int:
+        """How many changes to circuits this store has committed (any circuit's): what a
+        holder of derived data compares to know it is still current."""
+        return self._changes
+
     def _changed(self, name: str, document: dict[str, Any] | None) -> None:
         """After a change to circuit `name` is committed: the shape index is out of date,
         and the fabric hears of it (search, the kernel's caches)."""

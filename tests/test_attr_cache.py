@@ -7,6 +7,7 @@ import contextlib
 import errno
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -98,6 +99,23 @@ def test_pages_of_a_refused_write_of_the_same_length_are_never_served(warm):
     assert refusal.value.errno == errno.EINVAL
     assert latest.read_text() == first
     assert os.stat(latest).st_size == len(first)
+
+
+def test_a_reader_open_across_a_new_version_leaves_no_stale_pages(warm):
+    """latest.qasm's pages are the kernel's, shared by every opener: a reader that opened
+    it before a new version and reads after it must not fill them with the old version's
+    bytes under the new one's size (a later cat read a splice of both, and sed -i
+    committed it)."""
+    latest = warm.write_circuit("bell", BELL) / "latest.qasm"
+    with open(latest, "rb", buffering=0) as held:
+        shorter = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[3];\nx q[2];\n'
+        assert len(shorter) < len(BELL)
+        latest.write_text(shorter)
+        held.read()  # the old reader reads after the new version
+    assert latest.read_text() == shorter
+    assert os.stat(latest).st_size == len(shorter)
+    subprocess.run(["sed", "-i", "s/x q/h q/", str(latest)], check=True)
+    assert latest.read_text() == shorter.replace("x q", "h q")
 
 
 def test_bytes_written_over_a_version_and_refused_are_never_served(warm):

@@ -238,11 +238,36 @@ class LatestQasm(CircuitFile):
             attr_timeout=DIR_TIMEOUT if alias else KEPT_TIMEOUT, pages_follow_attrs=not alias))
 
     async def open(self) -> Content:
+        if self.attrs.pages_follow_attrs:
+            return NewestSource(self.fabric.circuits, self.name)
         return self.fabric.circuits.source(self.name)
 
     async def commit(self, data: bytes, uid: int) -> None:
         await commit_version(self.fabric, self.name, data, create=False,
                              written_as=self.written_as)
+
+
+class NewestSource:
+    """What an open latest.qasm reads: the newest version's bytes at each read, not those
+    of the version at its open. The kernel keeps the file's pages, shared by every opener,
+    under the newest version's size and mtime: a reader opened before a new version that
+    read its own snapshot would fill them with bytes of no version, served to every later
+    reader (and committed by the next `sed -i`). A circuit renamed or removed meanwhile
+    leaves the reader what it had."""
+
+    def __init__(self, circuits: CircuitStore, name: str) -> None:
+        self._circuits, self._name = circuits, name
+        self._seen = circuits.changes
+        self._data = circuits.source(name)
+        self.size = len(self._data)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        if self._circuits.changes != self._seen:
+            self._seen = self._circuits.changes
+            with contextlib.suppress(NotFound):
+                self._data = self._circuits.source(self._name)
+                self.size = len(self._data)
+        return self._data[offset : offset + size]
 
 
 class VersionSource(CircuitFile):
