@@ -150,6 +150,11 @@ def test_every_workflow_that_could_not_run_is_refused_at_close(qfs):
     assert close_errno(qfs.root / "workflows" / f"{'w' * 198}.yaml",
                        stage("name: a").encode()) == errno.EINVAL
     assert "task name" in log.read_text().splitlines()[-1]
+    # A workflow named x.yaml (its directory would read as a definition): EINVAL at open.
+    with pytest.raises(OSError) as caught:
+        (qfs.root / "workflows" / "x.yaml.yaml").write_text(stage("shots: 1"))
+    assert caught.value.errno == errno.EINVAL
+    assert "may not end in .yaml" in log.read_text().splitlines()[-1]
     assert os.listdir(qfs.root / "workflows") == []
     assert os.listdir(qfs.qubits / "tasks") == []
     write_workflow(qfs, "good", stage("shots: 10, delay: 0.0, format: tensor_network, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from levels.coordinator import check_definition_size
+from levels.errors import Invalid
 from levels.events import workflow_topic
 from levels.vfs.entry import (
     FILE,
@@ -61,12 +62,21 @@ class WorkflowsDir(Dir):
                       for suffix in ("", SUFFIX))
 
     async def create(self, name: str, mode: int, uid: int, gid: int) -> Entry:
-        if definition_name(name) is None:
+        if self._submitted(name) is None:
             return await super().create(name, mode, uid, gid)
         return WorkflowFile(self.fabric, self.child(name))
 
     async def commit_target(self, name: str) -> Entry | None:  # type: ignore[override]
-        return WorkflowFile(self.fabric, self.child(name)) if definition_name(name) else None
+        return WorkflowFile(self.fabric, self.child(name)) if self._submitted(name) else None
+
+    @staticmethod
+    def _submitted(leaf: str) -> str | None:
+        """The workflow `<name>.yaml` submits. A name itself ending in .yaml is EINVAL:
+        its directory would be read as a definition, its ctl and status out of reach."""
+        workflow = definition_name(leaf)
+        if workflow is not None and definition_name(workflow) is not None:
+            raise Invalid(f"{leaf}: a workflow's name may not end in {SUFFIX}")
+        return workflow
 
 
 class WorkflowFile(Constant):
