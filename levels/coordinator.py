@@ -20,7 +20,15 @@ import numpy as np
 import trio
 
 from levels import ctl, native
-from levels.errors import Busy, Disabled, Invalid, NotFound, PermissionDenied, QfsError
+from levels.errors import (
+    Busy,
+    Disabled,
+    Exists,
+    Invalid,
+    NotFound,
+    PermissionDenied,
+    QfsError,
+)
 from levels.events import workflow_topic
 from levels.livestate import MAX_LIVE_QUBITS
 from levels.metrics import Metrics
@@ -264,7 +272,11 @@ class Coordinator:
             result["counts"] = await native.run_sync(sample)
         if stage.checkpoint:
             checkpoint = f"{name}-{stage.name}"
-            if checkpoint in self._states.names():
+            if checkpoint in self._states.names():  # this workflow's, from an earlier run
+                made_by = self._states.get(checkpoint).get("provenance", {}).get("task")
+                if made_by != task:  # another's (workflow p-q's stage r is p's stage q-r)
+                    raise Exists(f"checkpoint {checkpoint} exists, made by "
+                                 f"{made_by or 'an import'}, not by this workflow")
                 self._states.delete(checkpoint)
             reply = await self._qubits.execute(
                 task, ctl.Checkpoint(checkpoint, format=stage.format), 0)

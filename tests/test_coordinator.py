@@ -81,6 +81,21 @@ def test_workflow_runs_stage_by_stage_with_checkpoints(qfs):
     assert os.listdir(qfs.qubits / "tasks") == []  # released when done
 
 
+def test_a_stage_never_replaces_a_checkpoint_it_did_not_make(qfs):
+    """A stage's checkpoint is <workflow>-<stage>: workflow p-q's stage r names the one
+    workflow p's stage q-r made. The stage fails with the reason; the other stays."""
+    setup_circuits(qfs)
+    one_stage = "qubits: 3\nstages:\n  - {{name: {stage}, circuit: {circuit}, checkpoint: true}}\n"
+    write_workflow(qfs, "p", one_stage.format(stage="q-r", circuit="ghz"))
+    assert wait_status(qfs, "p", ("done", "failed")).startswith("done")
+    write_workflow(qfs, "p-q", one_stage.format(stage="r", circuit="rot"))
+    status = wait_status(qfs, "p-q", ("done", "failed"))
+    assert status.startswith("failed: checkpoint p-q-r exists, made by wf-p"), status
+    assert meta_of(qfs, "p-q-r")["provenance"]["task"] == "wf-p"
+    write_workflow(qfs, "p", one_stage.format(stage="q-r", circuit="rot"))  # its own: again
+    assert wait_status(qfs, "p", ("done", "failed")).startswith("done")
+
+
 @pytest.mark.parametrize(("text", "code"), [
     ("stages: 3\n", errno.EINVAL),
     ("stages:\n  - circuit: ghz\n    shots: many\n", errno.EINVAL),
