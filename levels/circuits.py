@@ -16,6 +16,7 @@ import calendar
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import struct
 import threading
@@ -598,7 +599,8 @@ class CircuitStore:
         if cached is None:
             try:
                 counts = json.loads(document)["counts"]
-                if not isinstance(counts, dict) or not counts:
+                if not isinstance(counts, dict) or not counts or not all(
+                        type(n) in (int, float) and 0 <= n < math.inf for n in counts.values()):
                     raise TypeError("not a mapping of outcomes to counts")
             except (KeyError, TypeError, ValueError) as exc:
                 raise NotFound(f"{name} result {run} has no counts to draw ({exc})") from exc
@@ -936,7 +938,9 @@ class CircuitStore:
     def put_result(self, name: str, run: str, document: bytes) -> None:
         validate_result_name(run)
         try:
-            json.loads(document)
+            json.loads(document, parse_constant=_not_json)
+        except RecursionError:
+            raise Invalid(f"result {run} nests too deep") from None
         except ValueError as exc:
             raise Invalid(f"result {run} is not JSON: {exc}") from exc
         with self._meta.writing() as txn:
@@ -1084,6 +1088,11 @@ def _with_pins(meta: dict[str, Any], pins: set[int]) -> dict[str, Any]:
     """`meta` with `pinned` as a sorted list, or without the key when nothing is pinned."""
     meta = {k: v for k, v in meta.items() if k != "pinned"}
     return {**meta, "pinned": sorted(pins)} if pins else meta
+
+
+def _not_json(constant: str) -> None:
+    """json.loads takes NaN and Infinity, which JSON does not (nor its other readers)."""
+    raise ValueError(f"{constant} is not a JSON number")
 
 
 def _iso(ns: int) -> str:

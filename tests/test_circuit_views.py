@@ -298,6 +298,28 @@ def test_results_files(qfs, tmp_path):
     assert os.listdir(bell / "results") == ["run-1.json"]
 
 
+def test_a_result_is_strict_json_and_any_histogram_is_drawn_in_seconds(qfs):
+    """results/*.json is JSON as its other readers take it (no NaN, no Infinity; deep
+    nesting EINVAL, never EIO); a histogram draws the 64 most frequent outcomes and the
+    rest as one bar, so 20,000 outcomes take seconds; counts that are not counts: ENOENT."""
+    bell = qfs.write_circuit("bell")
+    results = bell / "results"
+    for text in ('{"counts": {"00": NaN}}', '{"counts": {"00": Infinity}}',
+                 "[" * 100_000 + "]" * 100_000):
+        with pytest.raises(OSError) as caught:
+            (results / "bad.json").write_text(text)
+        assert caught.value.errno == errno.EINVAL, text[:30]
+    many = {format(i, "015b"): 1 + i % 7 for i in range(20_000)}
+    (results / "many.json").write_text(json.dumps({"counts": many}))
+    started = time.monotonic()
+    assert (results / "many.png").read_bytes().startswith(b"\x89PNG")
+    assert time.monotonic() - started < 30
+    (results / "words.json").write_text('{"counts": {"00": "x"}}')
+    with pytest.raises(FileNotFoundError):
+        (results / "words.png").read_bytes()
+    assert sorted(os.listdir(results)) == ["many.json", "many.png", "words.json"]
+
+
 def test_rmdir_refuses_with_results(qfs):
     bell = qfs.write_circuit("bell")
     (bell / "results" / "r.json").write_text("{}")
