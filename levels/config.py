@@ -114,15 +114,25 @@ class StateStoreConfig(_Section):
     """Snapshots taken by classical-shadow checkpoints."""
 
 
+Topology = Literal["heavy_hex", "grid", "linear", "ring", "all_to_all"]
+
+
 class DeviceConfig(_Section):
-    name: str
-    """The device's name (/devices/<name>)."""
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+@=-]{0,63}$")
+    """The device's name (/devices/<name>): letters, digits and _ . + @ = -."""
     qubits: int = Field(ge=1)
     """Its number of qubits."""
-    topology: str
+    topology: Topology
     """Its coupling graph: heavy_hex, grid, linear, ring or all_to_all."""
     seed: int = 7
     """Seed of its generated calibration."""
+
+
+def _distinct_devices(devices: list[DeviceConfig]) -> list[DeviceConfig]:
+    names = [device.name for device in devices]
+    if len(set(names)) != len(names):
+        raise ValueError(f"device names must be distinct: {names}")
+    return devices
 
 
 class LiveQubitConfig(_Section):
@@ -144,10 +154,10 @@ class LiveQubitConfig(_Section):
     """How long a released qubit cools before temporal isolation lets another task in."""
     executor: str = Field(default="local", pattern=r"^(local|dask://[^/\s]+:\d+)$")
     """Where runs simulate: local worker processes or a Dask scheduler (dask://host:port)."""
-    devices: list[DeviceConfig] = Field(
+    devices: Annotated[list[DeviceConfig], AfterValidator(_distinct_devices)] = Field(
         default=[DeviceConfig(name="eagle", qubits=127, topology="heavy_hex", seed=7)],
         min_length=1)
-    """The devices; the first is /qubits, the others /devices/<name>."""
+    """The devices; the first is /qubits, the others /devices/<name> (distinct names)."""
 
 
 class CrossLevelConfig(_Section):

@@ -14,15 +14,17 @@ import functools
 import math
 import threading
 import time
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import rustworkx as rx
 
+from levels.config import Topology
 from levels.errors import Invalid, NotFound
 from levels.execution import Calibration
 
-TOPOLOGIES = ("heavy_hex", "grid", "linear", "ring", "all_to_all")
+TOPOLOGIES = typing.get_args(Topology)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -103,6 +103,26 @@ def test_bad_config_names_the_key(tmp_path):
     assert "circuit_fs.max_versions" in done.stderr
 
 
+@pytest.mark.parametrize(("devices", "key"), [
+    ("[{name: d, qubits: 4, topology: moebius}]", "live_qubit_mgr.devices.0.topology"),
+    ("[{name: d, qubits: 4, topology: ring}, {name: d, qubits: 5, topology: ring}]",
+     "device names must be distinct"),
+    ("[{name: a/b, qubits: 4, topology: ring}]", "live_qubit_mgr.devices.0.name"),
+    ("[{name: '..', qubits: 4, topology: ring}]", "live_qubit_mgr.devices.0.name"),
+])
+def test_a_device_the_tree_cannot_hold_stops_the_mount(tmp_path, devices, key):
+    """A device's name is a path component of /devices and compiled/, its topology one
+    qfs builds: anything else stops the mount naming the key (it mounted, then /devices
+    was EIO and every use EINVAL)."""
+    (tmp_path / "m").mkdir()
+    config = tmp_path / "qfs.yaml"
+    config.write_text(f"live_qubit_mgr:\n  devices: {devices}\n")
+    done = subprocess.run([*QFSMOUNT, str(tmp_path / "m"), "--data", str(tmp_path / "d"),
+                           "--config", str(config)], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert key in done.stderr and "Traceback" not in done.stderr
+
+
 def test_remount_keeps_everything(mount_factory):
     first = mount_factory()
     first.write_circuit("bell")
