@@ -258,6 +258,8 @@ class Coordinator:
         circuit = self._circuits.circuit(stage.circuit, stage.version)
         unitary = circuit.remove_final_measurements(inplace=False)
         await self._qubits.apply_circuit(task, unitary)
+        applied = stage.version or self._circuits.get(stage.circuit).latest.n
+        self._qubits.live(task).note({"apply": f"{stage.circuit}@v{applied}"})  # provenance
         result = StageResult(circuit=f"{stage.circuit}{version}")
         if stage.shots:
             vector = self._qubits.live(task).state.vector.copy()  # a measure mutates in place

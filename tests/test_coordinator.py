@@ -76,6 +76,8 @@ def test_workflow_runs_stage_by_stage_with_checkpoints(qfs):
     assert sum(result["stages"]["rotate"]["counts"].values()) == 400
     assert result["stages"]["again"]["checkpoint"] == "w-again"
     assert meta_of(qfs, "w-entangle")["fidelity"] > 1 - 1e-12
+    assert meta_of(qfs, "w-again")["provenance"]["produced_by"] == [
+        {"apply": "ghz@v1"}, {"apply": "rot@v1"}, {"apply": "ghz@v1"}]
     assert sorted(os.listdir(qfs.root / "workflows")) == ["w", "w.yaml"]
     assert "stages:" in (qfs.root / "workflows" / "w.yaml").read_text()
     assert os.listdir(qfs.qubits / "tasks") == []  # released when done
