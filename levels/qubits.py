@@ -171,13 +171,12 @@ class LiveQubitManager:
         self.events.publish(topic, "run_started", circuit=command.circuit,
                             version=command.version, shots=command.shots)
         try:
-            reply = await self.runs.run(task, command)
+            reply, result = await self.runs.run(task, command)
         except QfsError as exc:
             self.events.publish(topic, "run_failed", circuit=command.circuit, reason=str(exc))
             raise
-        circuit, run = self.table.get(task.name).last_run.split("/", 1)
-        self.events.publish(topic, "run_finished", circuit=circuit, reply=reply,
-                            result=f"/circuits/{circuit}/results/{run}")
+        self.events.publish(topic, "run_finished", circuit=command.circuit, reply=reply,
+                            result=f"/circuits/{command.circuit}/results/{result}")
         return reply
 
     # -- for the coordinator -------------------------------------------------------------

@@ -46,7 +46,9 @@ class TaskRuns:
         except NotFound:
             return None
 
-    async def run(self, task: Task, command: ctl.Run) -> str:
+    async def run(self, task: Task, command: ctl.Run) -> tuple[str, str]:
+        """Run a circuit on the task's qubits, its counts stored in the circuit's results/:
+        (the reply, the result's file name)."""
         source = self._circuits.get(command.circuit)
         version = command.version or (source.latest.n if source.latest else None)
         if version is None:
@@ -73,13 +75,15 @@ class TaskRuns:
         self._circuits.put_result(command.circuit, f"{run_id}.json",
                                   json.dumps(document, indent=2).encode() + b"\n")
         current = self._table.tasks.get(task.name)
-        if current is not None:  # not released while it ran
+        # Not released while it ran, nor released and its name taken by a new allocation
+        # (whose result.json this run's would then be).
+        if current is not None and current.created_ns == task.created_ns:
             live = self._live.peek(task.name)
             if live is not None:  # a run never builds a live state (25+ qubits: none)
                 live.last_run = document
             self._table.save(dataclasses.replace(
                 current, last_run=f"{command.circuit}/{run_id}.json"))
-        return f"ran {command.circuit}@v{version}: results/{run_id}.json"
+        return f"ran {command.circuit}@v{version}: results/{run_id}.json", f"{run_id}.json"
 
     def job(self, task: Task, command: ctl.Run, source: bytes,
             stats: dict[str, Any]) -> execution.RunJob:

@@ -281,3 +281,40 @@ def test_long_runs_never_hold_up_a_cp(mount_factory):
     assert still_running == 2, "the runs ended before the cp: the test proves nothing"
     assert took < 5.0, f"a cp took {took:.1f} s behind two runs"
     assert (qfs.circuits / "meanwhile" / "v1.qasm").read_text() == BELL
+
+
+def test_a_run_whose_task_was_released_meanwhile_keeps_its_result_to_itself(qfs):
+    """Released during its run, a task's name taken by a new allocation: the run's result
+    is stored under its circuit and its write succeeds, but the new task has not run."""
+    import threading
+    import time
+
+    n = 12
+    slow = ("OPENQASM 3.0;\ninclude \"stdgates.inc\";\n" + f"qubit[{n}] q;\nbit[{n}] c;\nh q[0];\n"
+            + "".join(f"cx q[{i}], q[{i + 1}];\n" for i in range(n - 1)) * 3 + "c = measure q;\n")
+    qfs.write_circuit("slow", slow)
+    with open(qfs.qubits / "ctl", "w") as f:
+        f.write(f"alloc {n} task=t topology=linear\n")
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            with open(qfs.qubits / "tasks" / "t" / "ctl", "w") as f:
+                f.write("run slow shots=4000 noise=on seed=1\n")
+            outcome.append("ok")
+        except OSError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(1.5)
+    for line in ("release task=t", "alloc 2 task=t"):
+        with open(qfs.qubits / "ctl", "w") as f:
+            f.write(line + "\n")
+    still_running = thread.is_alive()
+    thread.join(timeout=600)
+    assert still_running, "the run ended before the release: the test proves nothing"
+    assert outcome == ["ok"]
+    assert len(os.listdir(qfs.circuits / "slow" / "results")) == 1
+    assert "result.json" not in os.listdir(qfs.qubits / "tasks" / "t")
+
