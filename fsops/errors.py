@@ -34,8 +34,9 @@ ERRNO: dict[type[errors.QfsError], int] = {
     errors.NotSupported: errno.ENOTSUP,
 }
 
-# Refusals that are routine lookups, not worth a line in /.qfs/log (tools probe xattrs).
-_QUIET = (errors.NotFound, errors.NoAttribute, errors.NotSupported)
+# Refusals that are routine lookups, not worth a line in /.qfs/log (tools probe xattrs);
+# a command's are never routine (fsops._control).
+QUIET = (errors.NotFound, errors.NoAttribute, errors.NotSupported)
 
 
 def errno_of(exc: errors.QfsError) -> int:
@@ -51,13 +52,13 @@ class Guard:
     A class, not a generator: it wraps every request, and where a refusal is reported
     (`op /path`, and the circuit it belongs to) is worked out only for a refusal."""
 
-    __slots__ = ("_op", "_oplog", "_path", "_subject", "_subject_of")
+    __slots__ = ("_op", "_oplog", "_path", "_quiet", "_subject", "_subject_of")
 
     def __init__(self, op: str, oplog, path: tuple[str, ...] = (), subject: str | None = None,
                  subject_of: Callable[[tuple[str, ...]], str | None] = lambda _path: None,
-                 ) -> None:
+                 quiet: tuple[type[errors.QfsError], ...] = QUIET) -> None:
         self._op, self._oplog, self._path = op, oplog, path
-        self._subject, self._subject_of = subject, subject_of
+        self._subject, self._subject_of, self._quiet = subject, subject_of, quiet
 
     def __enter__(self) -> None:
         return None
@@ -69,7 +70,7 @@ class Guard:
         path = self._path
         where = f"{self._op} /{'/'.join(path)}" if path else self._op
         if isinstance(exc, errors.QfsError):
-            if not isinstance(exc, _QUIET):
+            if not isinstance(exc, self._quiet):
                 self._report(where, str(exc))
             raise pyfuse3.FUSEError(errno_of(exc)) from exc
         if isinstance(exc, OSError):

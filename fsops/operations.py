@@ -19,7 +19,7 @@ import sys
 import pyfuse3
 import trio
 
-from fsops.errors import Guard, errno_of
+from fsops.errors import QUIET, Guard, errno_of
 from fsops.handles import DirHandle, FileHandle, open_handle
 from fsops.inodes import InodeTable, Path
 from levels import vfs
@@ -75,8 +75,9 @@ class Operations(pyfuse3.Operations):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _guard(self, op: str, path: Path = (), subject: str | None = None) -> Guard:
-        return Guard(op, self.fabric.oplog, path, subject, vfs.subject_of)
+    def _guard(self, op: str, path: Path = (), subject: str | None = None,
+               quiet: tuple[type[QfsError], ...] = QUIET) -> Guard:
+        return Guard(op, self.fabric.oplog, path, subject, vfs.subject_of, quiet)
 
     def _reserve(self, handle: FileHandle, size_after: int) -> None:
         """Hold a handle's growth against the file's and the user's bounds (levels/budget.py)
@@ -368,7 +369,7 @@ class Operations(pyfuse3.Operations):
 
     async def _control(self, handle: FileHandle, buf: bytes) -> int:
         """One command per write(): its errno is the write's, its reply the file's content."""
-        with self._guard("write", handle.path):
+        with self._guard("write", handle.path, quiet=()):  # `run nowhere`'s ENOENT too
             try:
                 reply = await handle.entry.control(_command_line(buf), handle.uid)
             except QfsError as exc:

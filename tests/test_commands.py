@@ -168,6 +168,19 @@ def test_a_malformed_line_on_every_ctl_is_einval_with_its_reason_logged(qfs):
 
 
 @pytest.mark.fuse
+def test_a_command_refused_with_enoent_is_logged_too(qfs):
+    """A lookup's ENOENT is routine and unlogged; a command's (`run nowhere`) is not."""
+    from tests.test_qubits import command, refused
+
+    command(qfs.qubits / "ctl", "alloc 2 task=t")
+    assert refused(qfs.qubits / "tasks" / "t" / "ctl", "run nowhere") == errno.ENOENT
+    assert refused(qfs.qubits / "ctl", "release task=nosuch") == errno.ENOENT
+    log = (qfs.root / ".qfs" / "log").read_text()
+    assert "write /qubits/tasks/t/ctl: no circuit nowhere" in log, log[-500:]
+    assert "write /qubits/ctl: " in log and "nosuch" in log
+
+
+@pytest.mark.fuse
 def test_a_write_too_long_for_one_command_runs_none_and_logs_a_bounded_line(qfs):
     """The kernel passes a write() over 1 MiB in pieces; none is taken for a command, and
     what /.qfs/log keeps of a refusal is bounded, whatever was written."""
