@@ -97,7 +97,8 @@ class Allocator:
                 raise Busy(f"task {command.task} lives on device {existing.device}")
         held = self.reservations(device_name)
         if physical is not None:
-            qubits, value = self._take_one(device, held, physical)
+            qubits, value = self._take_one(device, held, physical, command.task,
+                                           existing.isolate if existing else isolate)
         else:
             qubits, value = self._choose(device, held, command.count, command.topology, isolate)
         if value < command.noise:
@@ -133,11 +134,21 @@ class Allocator:
         return allocation.choose(device, free, count, topology, usable,
                                  strategy=self._config.allocation_strategy)
 
-    def _take_one(self, device: Device, held: Held, physical: int) -> tuple[list[int], float]:
+    def _take_one(self, device: Device, held: Held, physical: int, task: str,
+                  isolate: str) -> tuple[list[int], float]:
+        """qK/ctl's `alloc`: that qubit for `task`, kept apart from other tasks' qubits as
+        its isolation asks (as _choose keeps a set of them)."""
         if not 0 <= physical < device.num_qubits:
             raise NotFound(f"no qubit q{physical} on {device.name}")
         if physical in held:
             raise Busy(f"q{physical} is {self.status(device.name, physical)}")
+        if isolate in ("spatial", "strict"):
+            for near in device.neighbors[physical]:
+                holder, role = held.get(near, (task, ""))
+                if role == "allocated" and holder != task:
+                    self._metrics.isolation_violations.inc()
+                    raise Busy(f"q{physical} is next to q{near} of task {holder}, and "
+                               f"isolate={isolate} keeps a task's qubits apart")
         return [physical], allocation.score(device, [physical], [])
 
     def release(self, name: str, uid: int) -> Task:

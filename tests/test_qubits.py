@@ -136,6 +136,16 @@ def test_spatial_isolation_is_enforced_on_later_allocations(qfs):
     assert not any(frozenset((a, b)) in EAGLE for a in iso for b in many)
 
 
+def test_one_qubit_asked_for_by_its_ctl_is_kept_apart_as_a_set_is(qfs):
+    command(qfs.qubits / "q79" / "ctl", "alloc task=plain")
+    assert refused(qfs.qubits / "q78" / "ctl", "alloc task=apart isolate=spatial") \
+        == errno.EBUSY
+    assert "next to q79 of task plain" in (qfs.qubits / "q78" / "ctl").read_text()
+    command(qfs.qubits / "q77" / "ctl", "alloc task=apart isolate=spatial")
+    assert refused(qfs.qubits / "q78" / "ctl", "alloc task=apart") == errno.EBUSY
+    assert mapping(qfs, "apart") == [77]
+
+
 def test_temporal_isolation_cools_released_qubits(mount_factory, tmp_path):
     config = tmp_path / "qfs.yaml"
     config.write_text("live_qubit_mgr:\n  temporal_cooldown_ms: 1500\n")
