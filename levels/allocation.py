@@ -61,35 +61,28 @@ def score(device: Device, qubits: list[int], edges: Iterable[tuple[int, int]]) -
 
 
 def choose(
-    device: Device, free: set[int], n: int, topology: str, usable=None,
-    strategy: str = "topology_noise_aware",
+    device: Device, free: set[int], n: int, topology: str,
+    strategy: str = "topology_noise_aware", free_means: str = "free",
 ) -> tuple[list[int], float]:
-    """The best candidate (logical order -> physical qubit) and its score, or NoSpace.
-
-    `usable(candidate)` may veto a candidate (isolation rules that look beyond it).
-    """
+    """The best candidate (logical order -> physical qubit) among `free` and its score, or
+    NoSpace; `free_means` says what made those qubits the ones to choose from."""
     if n > len(free):
-        raise NoSpace(f"{n} qubits asked, {len(free)} free on {device.name}")
+        raise NoSpace(f"{n} qubits asked, {len(free)} {free_means} on {device.name}")
     pattern = shape_graph(topology, n)
     if topology in ("ring", "triangle") and n < device.girth:
         raise NoSpace(f"no ring of {n} exists on {device.name}: its shortest cycle has "
                       f"{device.girth} qubits")
     best: tuple[float, list[int]] | None = None
-    vetoed = False
     by_number = strategy == "topology_aware"
     order = sorted(free) if by_number else [q for q in device.best_first if q in free]
     for qubits, edges in _candidates(device, free, n, pattern, order):
-        if usable is not None and not usable(qubits):
-            vetoed = True
-            continue
         value = score(device, qubits, () if strategy == "noise_aware" else edges)
         if best is None or value > best[0]:
             best = (value, qubits)
         if by_number:
             break
     if best is None:
-        why = " that keeps the isolation asked for" if vetoed else ""
-        raise NoSpace(f"no {topology} set of {n} free qubits{why} on {device.name}")
+        raise NoSpace(f"no {topology} set of {n} qubits {free_means} on {device.name}")
     return best[1], best[0]
 
 

@@ -121,18 +121,21 @@ class Allocator:
     def _choose(self, device: Device, held: Held, count: int, topology: str,
                 isolate: str) -> tuple[list[int], float]:
         free = {q for q in range(device.num_qubits) if q not in held}
+        strategy = self._config.allocation_strategy
+        if isolate not in ("spatial", "strict"):
+            return allocation.choose(device, free, count, topology, strategy)
+        # Whether a qubit may be taken is its own property (no neighbour held by another
+        # task), so the others are left out before the candidates are made: vetoing
+        # candidates after could use up the few the search makes while a set existed.
         others = {q for q, (_t, role) in held.items() if role == "allocated"}
-
-        def usable(candidate: list[int]) -> bool:
-            if isolate not in ("spatial", "strict"):
-                return True
-            touches = any(n in others for q in candidate for n in device.neighbors[q])
-            if touches:
+        apart = {q for q in free if not any(n in others for n in device.neighbors[q])}
+        try:
+            return allocation.choose(device, apart, count, topology, strategy,
+                                     free_means="free and apart from other tasks' qubits")
+        except NoSpace:
+            if apart != free:  # refused to keep isolation
                 self._metrics.isolation_violations.inc()
-            return not touches
-
-        return allocation.choose(device, free, count, topology, usable,
-                                 strategy=self._config.allocation_strategy)
+            raise
 
     def _take_one(self, device: Device, held: Held, physical: int, task: str,
                   isolate: str) -> tuple[list[int], float]:

@@ -105,3 +105,24 @@ def test_compiled_triggers_reach_a_qubit_the_circuit_leaves_idle():
     counts = AerSimulator().run(compiled, shots=4000, seed_simulator=3).result().get_counts()
     assert set(counts) == {"00", "01"}  # q0=1 flips q1 through q2 before it is measured
     assert chisquare([counts["00"], counts["01"]]).pvalue > 1e-3
+
+
+def test_isolation_leaves_out_qubits_before_the_search_not_after(tmp_path):
+    """With a neighbour of each of the best qubits taken, a spatially isolated pair of any
+    shape is still found: the search's capped candidates (grown from the best free qubits)
+    were vetoed one by one, and `any` was refused while `linear` found a pair."""
+    from levels.config import load_config
+    from levels.fabric import Fabric
+
+    fabric = Fabric(tmp_path / "data", load_config())
+    try:
+        allocator, device = fabric.qubits.allocator, fabric.qubits.device("eagle")
+        best = device.best_first[:12]
+        taken = sorted({n for b in best for n in device.neighbors[b] if n not in best})
+        for i, physical in enumerate(taken):
+            allocator.allocate("eagle", ctl.Alloc(1, f"p{i}"), 0, physical=physical)
+        pair = allocator.allocate("eagle", ctl.Alloc(2, "apart", "any", 0.0, "spatial"), 0)
+        assert not {n for q in pair.qubits for n in device.neighbors[q]} & set(taken)
+    finally:
+        fabric.close()
+
