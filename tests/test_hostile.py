@@ -300,14 +300,14 @@ def test_a_run_whose_task_was_released_meanwhile_keeps_its_result_to_itself(qfs)
     def run() -> None:
         try:
             with open(qfs.qubits / "tasks" / "t" / "ctl", "w") as f:
-                f.write("run slow shots=4000 noise=on seed=1\n")
+                f.write("run slow shots=2000 noise=on seed=1\n")
             outcome.append("ok")
         except OSError as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(1.5)
+    time.sleep(1.0)  # the run takes seconds
     for line in ("release task=t", "alloc 2 task=t"):
         with open(qfs.qubits / "ctl", "w") as f:
             f.write(line + "\n")
