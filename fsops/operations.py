@@ -309,14 +309,10 @@ class Operations(pyfuse3.Operations):
         return fh
 
     @staticmethod
-    def _file_info(fh: int, entry: Entry, writable: bool) -> pyfuse3.FileInfo:
-        """How the kernel caches an open file. A writer of bytes that never change (a
-        version, a view: only their own bytes are accepted, at close) writes past the page
-        cache, whose pages every reader shares: refused bytes would stay in them."""
+    def _file_info(fh: int, entry: Entry) -> pyfuse3.FileInfo:
         attrs = entry.attrs
-        return pyfuse3.FileInfo(
-            fh=fh, direct_io=attrs.live or entry.direct_io or (writable and attrs.immutable),
-            keep_cache=attrs.immutable or attrs.pages_follow_attrs)
+        return pyfuse3.FileInfo(fh=fh, direct_io=attrs.live or entry.direct_io,
+                                keep_cache=_keeps_pages(attrs))
 
     async def open(self, inode, flags, ctx):
         path = self.inodes.path(inode)
@@ -338,7 +334,7 @@ class Operations(pyfuse3.Operations):
             handle = open_handle(inode, entry, content, writable, ctx.uid)
             if truncate:
                 await handle.truncate(0, at_open=True)
-            return self._file_info(self._register(handle), entry, writable)
+            return self._file_info(self._register(handle), entry)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         path = self._child(parent_inode, name, "create")
@@ -350,7 +346,7 @@ class Operations(pyfuse3.Operations):
             # A new fabric file commits even when empty (an empty import makes the circuit).
             handle.dirty = entry.scratch is None or entry.commits
             fh = self._register(handle)
-            return self._file_info(fh, entry, True), self._attrs(ino, entry)
+            return self._file_info(fh, entry), self._attrs(ino, entry)
 
     async def read(self, fh, off, size):
         handle = self._files[fh]
@@ -486,6 +482,11 @@ def _entry_attributes(ino: int, node: Attrs, size: int, mtime_ns: int) -> pyfuse
     return attr
 
 
+def _keeps_pages(attrs: Attrs) -> bool:
+    """Whether the kernel keeps a file's pages between opens (FUSE keep_cache)."""
+    return attrs.immutable or attrs.pages_follow_attrs
+
+
 def _drop_attrs(ino: int) -> None:
     """The kernel forgets the attributes it caches of `ino` (attributes only: no page lock
     is taken, so this is safe inside a request on the same inode)."""
@@ -495,15 +496,16 @@ def _drop_attrs(ino: int) -> None:
 
 async def _forget_written(handle: FileHandle) -> None:
     """After a writer's close the kernel forgets the size it keeps (the writer's, kept or
-    refused) and, of a file whose pages it keeps, the written pages: refused bytes of the
-    old length would otherwise be served from them. A control file's are already right
-    (vfs.ControlFile); a handle not written since its last close has nothing to drop (cp's
-    close is a FLUSH then a RELEASE)."""
+    refused) and, of a file whose pages it keeps, the written pages: refused bytes would
+    otherwise be served from them to every later reader (bytes written over a version, or
+    of latest.qasm's old length). A control file's are already right (vfs.ControlFile); a
+    handle not written since its last close has nothing to drop (cp's close is a FLUSH then
+    a RELEASE)."""
     if handle.entry.is_control or not handle.unsettled:
         return
     handle.unsettled = False
     _drop_attrs(handle.ino)
-    if handle.entry.attrs.pages_follow_attrs:
+    if _keeps_pages(handle.entry.attrs):
         # Not on trio's thread: the kernel locks each page, and a reader may hold one while
         # it waits for this daemon to answer its read.
         await trio.to_thread.run_sync(_drop_pages, handle.ino)

@@ -6,6 +6,7 @@ change, and after a refused write too. latest.qasm also keeps its pages."""
 import contextlib
 import errno
 import json
+import mmap
 import os
 import subprocess
 
@@ -128,6 +129,9 @@ def test_bytes_written_over_a_version_and_refused_are_never_served(warm):
             out.write(b"XXXX")
         assert (bell / name).read_bytes() == before, name
         assert os.stat(bell / name).st_size == len(before)
+        with open(bell / name, "r+b") as out, \
+                mmap.mmap(out.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            assert mapped[:] == before  # a writer's shared map works as on any file
 
 
 # A control file keeps its attributes for a second too (the next command's open asks for
