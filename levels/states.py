@@ -223,9 +223,7 @@ class StateStore:
                 return kept[2]
             records = {k.decode(): json.loads(v) for k, v in txn.scan("checkpoints")}
         shown = frozenset(_shown(records, now))
-        until = min((m["expires_ns"] for m in records.values()
-                     if not m.get("pinned") and m["expires_ns"] > now), default=1 << 62)
-        self._shown_kept = (snapshot, until, shown)
+        self._shown_kept = (snapshot, _next_expiry(records, now), shown)
         return shown
 
     def _record(self, name: str) -> dict[str, Any] | None:
@@ -714,9 +712,7 @@ class StateStore:
         def doomed(records: dict[str, dict[str, Any]]) -> list[str]:
             shown = _shown(records, now)
             # A kept parent goes when its last live child expires or is deleted.
-            self._next_expiry_ns = min((m["expires_ns"] for m in records.values()
-                                        if _alive(m, now) and not m.get("pinned")),
-                                       default=1 << 62)
+            self._next_expiry_ns = _next_expiry(records, now)
             return [n for n in records if n not in shown]
 
         return self._drop(doomed)
@@ -746,6 +742,13 @@ FORMAT_ALIASES = {"tensor_network": "mps", "full_state_vector": "statevector",
 def _alive(meta: dict[str, Any], now: int) -> bool:
     """Not expired, or pinned (a pinned checkpoint survives retention)."""
     return bool(meta.get("pinned")) or meta["expires_ns"] > now
+
+
+def _next_expiry(records: dict[str, dict[str, Any]], now: int) -> int:
+    """When the next checkpoint expires (far ahead when none will): what `_shown` answers
+    holds until then."""
+    return min((m["expires_ns"] for m in records.values()
+                if _alive(m, now) and not m.get("pinned")), default=1 << 62)
 
 
 def _shown(records: dict[str, dict[str, Any]], now: int) -> set[str]:
