@@ -210,6 +210,12 @@ class Filling:
         self.written[path] = target
         self.hidden.discard(path)
 
+    def unlinked(self, path: str) -> None:
+        """Hidden again, even if written meanwhile: a second tar x over the circuit unlinks
+        what the first wrote, and must then be able to create it."""
+        self.written.pop(path, None)
+        self.hidden.add(path)
+
 
 def _source_key(circuit_id: str, n: int) -> bytes:
     return f"{circuit_id}/".encode() + n.to_bytes(8, "big")
@@ -739,7 +745,7 @@ class CircuitStore:
 
     def hide(self, name: str, path: str) -> None:
         """A name unlinked from the circuit: hidden until written again or listed."""
-        self._filling.setdefault(name, Filling(fresh=False)).hidden.add(path)
+        self._filling.setdefault(name, Filling(fresh=False)).unlinked(path)
 
     def set_version_time(self, name: str, n: int, created_ns: int) -> None:
         """A time set on vN.qasm while a fresh circuit is filled is version n's."""

@@ -863,6 +863,14 @@ class SimilarDir(CircuitPart):
         await self.lookup(name)
         self.hide(name)
 
+    async def unlink(self, name: str) -> None:
+        """tar x replaces its placeholder by the link at its end: the ranking may name
+        that link by then (the circuit it points to was written back meanwhile), so
+        the placeholder's name stays hidden until the link is written."""
+        await super().unlink(name)
+        if self.filling():
+            self.hide(name)
+
     async def symlink(self, name: str, target: str) -> None:
         if not self.filling():
             await super().symlink(name, target)
