@@ -451,6 +451,7 @@ def test_mmap_of_statevector_npy_reads_only_the_chunks_it_touches(mount_factory)
     whole = np.load(directory / "statevector.npy", mmap_mode="r")
     assert np.allclose(whole, state, rtol=1e-14, atol=0)
     stored = (directory / "blob").read_bytes()
+    del whole  # a mapping keeps a lazily unmounted daemon serving it
     qfs.stop()
     path = next(p for p in (qfs.data / "blobs").glob("??/*") if p.read_bytes() == stored)
     index_length = TRAILER.unpack(stored[-TRAILER.size :])[0]
