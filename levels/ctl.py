@@ -178,6 +178,8 @@ def _options(words: list[str], allowed: dict[str, type], usage: str) -> dict[str
             raise Invalid(f"unexpected {word!r}; usage: {usage}")
         if key in options:  # `task=a task=b` would act on whichever came last
             raise Invalid(f"{key}= given twice; usage: {usage}")
+        if not value:  # `release task=` names no task: not a task that is not there
+            raise Invalid(f"{key}= needs a value; usage: {usage}")
         options[key] = _convert(key, value, allowed[key])
     return options
 

@@ -101,6 +101,8 @@ def test_every_form_parses_to_its_object(parse, line, expected):
     (ctl.parse_device_command, "frobnicate", "unknown command 'frobnicate'; /qubits/ctl takes"),
     (ctl.parse_qubit_command, "alloc task=x topology=ring", "unexpected 'topology=ring'"),
     (ctl.parse_device_command, "alloc 2 task=z task=y", "task= given twice"),
+    (ctl.parse_device_command, "release task=", "task= needs a value"),
+    (ctl.parse_task_command, "checkpoint c format=", "format= needs a value"),
     (ctl.parse_task_command, "run bell shots=5 shots=7", "shots= given twice"),
     (ctl.parse_qubit_command, "release now", "usage: release"),
     (ctl.parse_qubit_command, "on 2 do x q1", "usage: on 0|1 do ACTION"),

@@ -104,6 +104,8 @@ def test_errors_have_errno_reason_and_change_nothing(qfs):
     assert "unknown command" in ctl.read_text()
     assert refused(ctl, "alloc 2 task=held") == errno.EBUSY
     assert refused(ctl, "release task=nobody") == errno.ENOENT
+    assert refused(ctl, "release task=") == errno.EINVAL  # names no task
+    assert "task= needs a value" in ctl.read_text()
     assert refused(ctl, "alloc 2 task=picky noise=0.99999") == errno.ENOSPC
     assert refused(qfs.qubits / f"q{held[0]}" / "ctl", "alloc task=other") == errno.EBUSY
     assert "allocated to held" in (qfs.qubits / f"q{held[0]}" / "ctl").read_text()
