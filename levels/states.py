@@ -194,6 +194,9 @@ class StateStore:
         # Directories made by mkdir that await an imported state, with who made each and
         # when (in memory, like scratch).
         self.pending: dict[str, Pending] = {}
+        # Files rm'd from a checkpoint directory, by (checkpoint, created_ns): hidden until
+        # it is next listed, as a circuit's are (in memory, like pending).
+        self.unlinked: dict[tuple[str, int], set[str]] = {}
         # Held while a name is checked free and taken (a record put, a directory made), so
         # that a mkdir and a checkpoint of one name never both succeed.
         self._names_lock = threading.Lock()

@@ -233,6 +233,30 @@ def test_import_npy_and_refusals(qfs, tmp_path):
     assert np.allclose(npy(qfs, "mixed", "density_matrix"), rho)
 
 
+def test_tar_x_over_a_checkpoint_ends_and_changes_nothing(qfs, tmp_path):
+    """tar x unlinks each file its O_EXCL create meets and creates it again: rm of a
+    checkpoint's file deletes nothing yet hides it until the directory is listed, so the
+    create is refused (EACCES) instead of meeting the same file forever."""
+    psi = np.asarray(expected_state(ENTANGLED).data)
+    _import(qfs, "kept", psi)
+    states = qfs.root / "states"
+    before = {name: (states / "kept" / name).read_bytes() for name in os.listdir(states / "kept")}
+    subprocess.run(["tar", "cf", str(tmp_path / "s.tar"), "-C", str(qfs.root), "states"],
+                   check=True)
+    for _ in range(2):
+        done = subprocess.run(["tar", "xf", str(tmp_path / "s.tar"), "-C", str(qfs.root)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "Permission denied" in done.stderr, done.stderr
+    assert "states are imported into a new directory" in (qfs.root / ".qfs" / "log").read_text()
+    assert sorted(os.listdir(states / "kept")) == sorted(before)  # shown again once listed
+    os.unlink(states / "kept" / "blob")
+    assert not (states / "kept" / "blob").exists()
+    assert sorted(os.listdir(states / "kept")) == sorted(before)
+    assert {name: (states / "kept" / name).read_bytes() for name in before} == before
+    subprocess.run(["rm", "-r", str(states / "kept")], check=True)
+    assert os.listdir(states) == []
+
+
 def test_state_files_ask_tools_for_one_mib_per_request(qfs, tmp_path):
     """statevector.npy, blob and an import being written say FUSE's 1 MiB request size as
     st_blksize, so cp and Python buffer by it; a circuit keeps the page size. The import

@@ -87,25 +87,45 @@ class StatesDir(Dir):
 
     async def rmdir(self, name: str) -> None:
         # off trio's thread: it may wait for a checkpoint putting its blob
-        await trio.to_thread.run_sync(self.fabric.states.remove_dir, name)
+        try:
+            await trio.to_thread.run_sync(self.fabric.states.remove_dir, name)
+        except QfsError:  # rm -r refused: the files it unlinked before show again
+            unlinked = self.fabric.states.unlinked
+            for key in [key for key in unlinked if key[0] == name]:
+                del unlinked[key]
+            raise
 
     async def create(self, name: str, mode: int, uid: int, gid: int) -> Entry:
         raise ReadOnly(_IMPORT_REFUSAL)
 
 
 class CheckpointDir(Dir):
-    """/states/<ckpt>/: meta.json, blob and the decoded state; rm of a file is a no-op so
-    that rm -r reaches the rmdir that removes the checkpoint."""
+    """/states/<ckpt>/: meta.json, blob and the decoded state. rm of a file deletes nothing,
+    so that rm -r reaches the rmdir that removes the checkpoint, and hides the name until
+    the directory is next listed: tar x, which unlinks what its O_EXCL create met, then
+    meets the create's refusal rather than the same file again, forever."""
 
     def __init__(self, fabric: Fabric, path: Path, attrs: Attrs, meta: dict) -> None:
         super().__init__(fabric, path, attrs)
         self.meta = meta
+        self._key = (meta["name"], meta["created_ns"])  # a later namesake hides nothing
 
     def names(self) -> Names:
-        return ["blob", "lineage", "meta.json", f"{self.meta['decodes_to']}.npy"]
+        hidden = self.fabric.states.unlinked.get(self._key, ())
+        return [name for name in ("blob", "lineage", "meta.json",
+                                  f"{self.meta['decodes_to']}.npy") if name not in hidden]
+
+    def lists_late(self) -> bool:
+        return self._key in self.fabric.states.unlinked
+
+    def listed(self) -> None:
+        self.fabric.states.unlinked.pop(self._key, None)
 
     async def lookup(self, name: str) -> Entry:
         meta, owner, path = self.meta, self.attrs.uid, self.child(name)
+        if name in self.fabric.states.unlinked.get(self._key, ()):
+            raise NotFound(f"/{'/'.join(path)} was removed (it shows again once its "
+                           f"directory is listed; rm -r the directory to delete)")
         if name == "meta.json":
             entry: Entry = Constant(self.fabric, path, meta_json(meta),
                                     Attrs(FILE, 0o444, meta["created_ns"]))
@@ -123,6 +143,7 @@ class CheckpointDir(Dir):
 
     async def remove_child(self, name: str) -> None:
         await self.lookup(name)
+        self.fabric.states.unlinked.setdefault(self._key, set()).add(name)
 
     async def getxattr(self, name: str) -> bytes:
         if name != PINNED or not self.meta.get("pinned"):
