@@ -31,6 +31,7 @@ from levels.config import CircuitFsConfig
 from levels.devices import DeviceSpec
 from levels.durations import parse_retention
 from levels.errors import (
+    Corrupt,
     Exists,
     Invalid,
     NameTooLong,
@@ -224,6 +225,24 @@ def _source_key(circuit_id: str, n: int) -> bytes:
 def _written_key(circuit_id: str, n: int) -> bytes:
     """Where the bytes of a version written as Quil or Cirq JSON are kept, as written."""
     return _source_key(circuit_id, n) + b"/written"
+
+
+def _take_rows(txn: Txn, circuit_id: str, n: int) -> tuple[bytes, bytes | None]:
+    """Version n's program and, if it was written in another format, its bytes as
+    written: read and deleted, for a version that moves to another number."""
+    source = txn.get("sources", _source_key(circuit_id, n))
+    written = txn.get("sources", _written_key(circuit_id, n))
+    if source is None:
+        raise Corrupt(f"circuit {circuit_id}: version {n} has no program")
+    txn.delete("sources", _source_key(circuit_id, n))
+    txn.delete("sources", _written_key(circuit_id, n))
+    return source, written
+
+
+def _put_rows(txn: Txn, circuit_id: str, n: int, source: bytes, written: bytes | None) -> None:
+    txn.put("sources", _source_key(circuit_id, n), source)
+    if written is not None:
+        txn.put("sources", _written_key(circuit_id, n), written)
 
 
 def _result_key(circuit_id: str, run: str) -> bytes:
@@ -795,20 +814,17 @@ class CircuitStore:
                     return
                 raise ReadOnly(f"{name} v{n}.qasm exists with other content")
             moving = [v for v in circuit.versions if v.n in floating]
-            sources = {v.n: txn.get("sources", _source_key(circuit.id, v.n)) for v in moving}
-            for v in moving:
-                txn.delete("sources", _source_key(circuit.id, v.n))
+            rows = {v.n: _take_rows(txn, circuit.id, v.n) for v in moving}
             now = time.time_ns()
-            stats = {**prepared.stats.as_dict(), "bytes": len(prepared.source)}
-            fixed[n] = Version(n, fill.times.get(n, now) if fill else now, stats)
-            txn.put("sources", _source_key(circuit.id, n), prepared.source)
+            fixed[n] = Version(n, fill.times.get(n, now) if fill else now,
+                               prepared.version_stats())
+            _put_rows(txn, circuit.id, n, prepared.source,
+                      prepared.written if prepared.written_as else None)
             following = max(fixed) + 1
             floated = set()
             for v in (v for v in moving if v.stats["sha256"] != sha256):
                 fixed[following] = Version(following, v.created_ns, v.stats)
-                source = sources[v.n]
-                assert source is not None  # read in this transaction, just above
-                txn.put("sources", _source_key(circuit.id, following), source)
+                _put_rows(txn, circuit.id, following, *rows[v.n])
                 floated.add(following)
                 following += 1
             circuit.versions = sorted(fixed.values(), key=lambda v: v.n)
@@ -852,9 +868,8 @@ class CircuitStore:
         circuit.next_version += 1
         circuit.mtime_ns = now
         dropped = self._retain(txn, circuit)
-        txn.put("sources", _source_key(circuit.id, version.n), prepared.source)
-        if prepared.written_as:
-            txn.put("sources", _written_key(circuit.id, version.n), prepared.written)
+        _put_rows(txn, circuit.id, version.n, prepared.source,
+                  prepared.written if prepared.written_as else None)
         self._put(txn, circuit)
         return circuit, version.n, dropped
 

@@ -115,6 +115,23 @@ def test_sdk_views_load_in_their_sdk_and_give_qiskits_state(qfs):
 
 
 @pytest.mark.fuse
+def test_a_version_written_as_quil_keeps_its_bytes_when_a_backup_moves_it(qfs):
+    """Into a circuit made by mkdir, a version written as Quil floats: the v1.qasm of a
+    backup written after it takes v1, and the Quil version moves to v2 with the bytes it
+    was written as (they once stayed behind, v2.quil unreadable)."""
+    from tests.conftest import BELL
+
+    (qfs.circuits / "c").mkdir()
+    (qfs.circuits / "c.quil").write_text(QUIL)
+    (qfs.circuits / "c" / "v1.qasm").write_text(BELL)
+    c = qfs.circuits / "c"
+    assert "v2.qasm" in os.listdir(c)  # listed: no longer being written back
+    assert (c / "v1.qasm").read_text() == BELL
+    assert (c / "v2.quil").read_text() == QUIL
+    versions = json.loads((c / "stats.json").read_text())["versions"]
+    assert [(v["version"], v.get("written_as")) for v in versions] == [(1, None), (2, "quil")]
+
+
 def test_quil_and_cirq_json_written_are_kept_as_written_with_every_other_view(qfs):
     import cirq
 
