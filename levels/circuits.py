@@ -785,13 +785,17 @@ class CircuitStore:
     def restore_needed(self, name: str, n: int, source: bytes) -> bool:
         """Whether bytes written as vN.qasm must be parsed and restored: False when vN holds
         them already; ReadOnly when vN holds other bytes (versions are immutable), unless vN
-        only floats (made by latest.qasm while the circuit is being filled)."""
+        only floats (made by latest.qasm while the circuit is being filled). A floating vN
+        that holds them is version N from then on: it no longer gives way to the versions
+        written after it (a later vM with the same program would otherwise take its place)."""
         circuit = self.get(name)
         if all(v.n != n for v in circuit.versions):
             return True
-        if self.source(name, n) == source:
-            return False
         fill = self._filling.get(name)
+        if self.source(name, n) == source:
+            if fill is not None:
+                fill.floating.discard(n)
+            return False
         if fill is None or n not in fill.floating:
             raise ReadOnly(f"{name} v{n}.qasm exists with other content (versions are "
                            f"immutable: write latest.qasm to make a new version)")

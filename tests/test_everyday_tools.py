@@ -234,6 +234,34 @@ def test_versions_written_back_in_any_order(qfs, order):
         assert (fresh / name).read_text() == program
 
 
+def test_a_history_whose_programs_repeat_is_written_back_whole_in_any_order(qfs):
+    """A version written as latest.qasm floats until a vN.qasm fixes it; a vN.qasm finding
+    its bytes in a floating version fixes that version, so a later vM with the same program
+    (a history A, B, A) does not take its place: no order loses a version."""
+    import itertools
+    import random
+
+    a, b, c = (BELL + f"// {x}\n" for x in "abc")
+    files = ["latest.qasm", "v1.qasm", "v2.qasm", "v3.qasm", "v4.qasm"]
+    orders = {"aba": ({"v1.qasm": a, "v2.qasm": b, "v3.qasm": a},
+                      list(itertools.permutations(files[:4]))),
+              "abcb": ({"v1.qasm": a, "v2.qasm": b, "v3.qasm": c, "v4.qasm": b},
+                       [("v1.qasm", "v3.qasm", "latest.qasm", "v4.qasm", "v2.qasm"),
+                        *random.Random(4).sample(list(itertools.permutations(files)), 12)])}
+    for label, (programs, permutations) in orders.items():
+        programs["latest.qasm"] = programs[f"v{len(programs)}.qasm"]
+        for i, order in enumerate(permutations):
+            circuit = qfs.circuits / f"{label}{i}"
+            circuit.mkdir()
+            for name in order:
+                fd = os.open(circuit / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.write(fd, programs[name].encode())
+                os.close(fd)
+            assert versions(circuit) == list(range(1, len(programs))), order
+            for name, program in programs.items():
+                assert (circuit / name).read_text() == program, (order, name)
+
+
 def test_tar_over_an_existing_circuit_ends(qfs, tmp_path):
     make_history(qfs)
     subprocess.run(["tar", "cf", str(tmp_path / "c.tar"), "-C", str(qfs.root), "circuits"],
