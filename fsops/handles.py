@@ -95,7 +95,8 @@ class FileHandle:
     async def commit_if_dirty(self, closing: bool = False) -> None:
         """Send the buffer to the entry's commit once; a failed commit is not retried, and
         after a refused write() nothing is sent (the file holds what the writer did not
-        mean): each close repeats that refusal.
+        mean): each close repeats that refusal, a failed commit's too (np.save hears only
+        its last close: numpy writes through a duplicate whose close it ignores).
 
         Before any write() or ftruncate() only the last close commits: a shell redirection
         opens the file, dup2()s and closes the first descriptor (a flush) before the command
@@ -106,15 +107,15 @@ class FileHandle:
         if not self.dirty or not self.entry.commits or not (self.written or closing):
             return
         self.dirty = False
-        if self.stream is not None:
-            stream, self.stream = self.stream, None
-            await stream.close()
-            return
-        if self.entry.takes_buffer:  # a 4 GiB import is not copied: the entry keeps it
-            data, self.data = self.data, bytearray()
-            await self.entry.commit(data, self.uid)  # type: ignore[arg-type]
-            return
-        await self.entry.commit(bytes(self.data), self.uid)
+        with self._failure_sticks():
+            if self.stream is not None:
+                stream, self.stream = self.stream, None
+                await stream.close()
+            elif self.entry.takes_buffer:  # a 4 GiB import is not copied: the entry keeps it
+                data, self.data = self.data, bytearray()
+                await self.entry.commit(data, self.uid)  # type: ignore[arg-type]
+            else:
+                await self.entry.commit(bytes(self.data), self.uid)
 
     def _open_stream(self) -> WriteStream:
         """The stream, unless a refusal closed it to more bytes (close() says why)."""
@@ -125,15 +126,16 @@ class FileHandle:
 
     @contextlib.contextmanager
     def _failure_sticks(self) -> Iterator[None]:
-        """A failure of what a stream takes (a write, a truncate, its start) stands for the
-        handle: nothing commits, and close() says why (an unexpected error as EIO)."""
+        """A failure of what a stream takes (a write, a truncate, its start) or of the
+        commit stands for the handle: nothing commits, and each close says why (an
+        unexpected error as EIO)."""
         try:
             yield
         except QfsError as exc:
             self.refused = exc
             raise
         except Exception as exc:
-            self.refused = Corrupt(f"the import stopped on an internal error: {exc!r}")
+            self.refused = Corrupt(f"the write stopped on an internal error: {exc!r}")
             raise
 
     async def discard(self) -> None:

@@ -227,6 +227,12 @@ def test_import_npy_and_refusals(qfs, tmp_path):
     assert caught.value.errno == errno.EINVAL
     assert os.listdir(qfs.root / "states" / "bad") == []
     assert "not normalised" in (qfs.root / ".qfs" / "log").read_text()
+    # np.save closes a duplicate of its descriptor first and ignores that close's error:
+    # the refusal is said again at the last close, which it does hear.
+    with pytest.raises(OSError) as caught:
+        np.save(qfs.root / "states" / "bad" / "statevector.npy", np.ones(8, complex))
+    assert caught.value.errno == errno.EINVAL
+    assert os.listdir(qfs.root / "states" / "bad") == []
     rho = np.outer(psi, psi.conj()) * 0.5 + np.eye(16) * 0.5 / 16
     _import(qfs, "mixed", rho, "density_matrix.npy")
     assert meta_of(qfs, "mixed")["format"] == "density_matrix"
