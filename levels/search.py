@@ -275,7 +275,10 @@ class SearchIndex:
             names = []
             if reader.doc_count_all():  # an empty index's reader has no columns
                 column = reader.column_reader("name")
-                names = sorted(column[d] for d in self._searcher.docs_for_query(parsed))
+                # Whoosh's Not matcher also yields deleted documents (a removed circuit,
+                # a replaced version's old document): each is dropped here.
+                names = sorted(column[d] for d in self._searcher.docs_for_query(parsed)
+                               if not reader.is_deleted(d))
             names = names[: self._limit]
         self._remember(text, generation, names)
         return names

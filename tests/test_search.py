@@ -83,6 +83,11 @@ def test_bare_words_find_names_by_prefix_of_their_parts(qfs):
     assert hits(qfs, "bell AND NOT pair") == ["bell"]
     assert hits(qfs, "name:ghz") == []  # name: is the exact name
     assert hits(qfs, "name:ghz2") == ["ghz2"]
+    # NOT matches documents Whoosh keeps deleted: a removed circuit, a new version's
+    # predecessor; neither is found.
+    (qfs.circuits / "bell" / "latest.qasm").write_text(BELL + "// two\n")
+    subprocess.run(["rm", "-r", str(qfs.circuits / "zghz")], check=True)
+    assert hits(qfs, "NOT pair") == ["GHZState", "bell", "ghz2", "ghz_5"]
 
 
 MALFORMED = ["qubits:[a TO b]", "AND", "NOT", "a AND", "name:", "qubits:<=", "qubits:1e9",
