@@ -79,6 +79,10 @@ def test_a_full_store_refuses_the_put_and_keeps_what_it_held(tmp_path):
             store.put(os.urandom(8 << 20))  # fits, but not with the metadata's reserve
         assert store.list() == [kept] == files(root / "blobs")  # no temporary file left
         assert store.get(kept) == b"k" * (2 << 20)
+        writer = store.writer()  # written in parts (a chunked checkpoint): what they need
+        for _ in range(4):       # must fit, not the 64 MiB between two looks at the disk
+            writer.write(b"p" * (256 << 10))
+        assert store.get(writer.commit()) == b"p" * (1 << 20)
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
 

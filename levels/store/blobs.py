@@ -147,11 +147,15 @@ def _writeback_starter() -> Callable[[int, int, int], object]:
 _start_writeback = _writeback_starter()
 
 
-def _check_space(root: Path, size: int) -> None:
+def _check_space(root: Path, size: int) -> int:
+    """The bytes that fit beside the RESERVE kept for the metadata: ENOSPC if `size` does
+    not."""
     free = os.statvfs(root)
-    if free.f_bavail * free.f_frsize < size + RESERVE:
+    room = free.f_bavail * free.f_frsize - RESERVE
+    if room < size:
         raise OSError(errno.ENOSPC, f"{size} bytes do not fit, with "
                       f"{RESERVE >> 20} MiB kept for the metadata")
+    return room
 
 
 def _drop_leftovers(root: Path) -> None:
@@ -269,9 +273,9 @@ class DirectoryBlobWriter:
         self._hashed()
         self._hash_part(data)
         try:
-            if len(data) > self._room:  # one statvfs per 64 MiB, not per part
-                self._room = max(len(data), CHECK_EVERY)
-                _check_space(self._store._root, self._room)
+            if len(data) > self._room:  # one statvfs per 64 MiB at most, not per part
+                room = _check_space(self._store._root, len(data))
+                self._room = min(room, max(len(data), CHECK_EVERY))
             self._room -= len(data)
             cached = min(len(data), max(0, DIRECT_FROM - self.size))
             if cached:
