@@ -77,7 +77,14 @@ def run(job: RunJob) -> dict[str, int]:
     # A fresh simulator per run: a reused one measured twice as slow (14 vs 28 ms).
     result = AerSimulator(noise_model=noise).run(
         compiled, shots=job.shots, seed_simulator=job.seed).result()
-    return {str(k): int(v) for k, v in result.get_counts().items()}
+    if all(compiled.find_bit(bit).registers for bit in compiled.clbits):
+        return {str(k): int(v) for k, v in result.get_counts().items()}
+    # A bit outside every register (OpenQASM 3's `bit m;` beside `bit[2] c;`): Qiskit's
+    # counts by register would leave it out, misread the others and merge shots, so the
+    # counts are keyed by every clbit instead, clbit 0 rightmost, as for loose bits alone.
+    width = compiled.num_clbits
+    return {format(int(k, 16), f"0{width}b"): int(v)
+            for k, v in result.data(0)["counts"].items()}
 
 
 def _components(width: int, edges: tuple[tuple[int, int], ...]) -> list[int]:

@@ -336,3 +336,18 @@ def test_live_triggers_acting_on_every_task_qubit(qfs):
             getattr(expected, name)(*qubits)
         live = Statevector(live_vector(qfs, ctl, f"live_{task}"))
         assert state_fidelity(live, Statevector(expected)) >= 1 - 1e-9, task
+
+
+def test_counts_of_a_program_with_a_bit_outside_its_registers_are_whole(qfs):
+    """`bit m;` beside `bit[1] c;`: counts are keyed by every clbit (clbit 0 rightmost,
+    declaration order), sum to the shots, and follow the exact distribution; Qiskit's
+    counts by register misread them and merged shots."""
+    qfs.write_circuit("loose", 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\n'
+                      "bit m;\nbit[1] c;\nh q[0];\nm = measure q[0];\nx q[1];\n"
+                      "c[0] = measure q[1];\n")
+    command(qfs.qubits / "ctl", "alloc 2 task=lb topology=linear")
+    command(qfs.qubits / "tasks" / "lb" / "ctl", "run loose shots=2000 noise=off seed=3")
+    counts = last_result(qfs, "loose")["counts"]
+    assert set(counts) == {"10", "11"} and sum(counts.values()) == 2000, counts
+    assert chisquare([counts["10"], counts["11"]], [1000, 1000]).pvalue > 1e-4
+
