@@ -53,7 +53,7 @@ from levels.qasm import (
     parse_program,
     text_drawing_refusal,
 )
-from levels.sdkformats import SDK_FORMATS
+from levels.sdkformats import SDK_FORMATS, split_import
 from levels.sdkformats import prepare as prepare_written
 from levels.sdkformats import render_view as render_sdk_view
 from levels.similar import ShapeIndex
@@ -89,6 +89,16 @@ def validate_name(name: str, what: str = "circuit name") -> None:
         raise Invalid(
             f"{what} {name!r}: use letters, digits and _ . + @ = -, not starting with . or -"
         )
+
+
+def validate_circuit_name(name: str) -> None:
+    """A circuit's name, which cannot end as an import does (`x.qasm`, `x.quil`): writing
+    `x.qasm` into /circuits imports circuit `x`, and would meet that directory instead."""
+    validate_name(name)
+    imported = split_import(name)
+    if imported is not None:
+        raise Invalid(f"circuit name {name!r} ends as a file imported into /circuits does "
+                      f"(cp {name} /circuits/ makes circuit {imported[0]!r})")
 
 
 def validate_result_name(run: str) -> None:
@@ -675,7 +685,7 @@ class CircuitStore:
     # -- changing ------------------------------------------------------------------------
 
     def create(self, name: str) -> Circuit:
-        validate_name(name)
+        validate_circuit_name(name)
         now = time.time_ns()
         circuit = Circuit(name, uuid.uuid4().hex, now, now, {}, [], 1)
         with self._meta.writing() as txn:
@@ -701,7 +711,7 @@ class CircuitStore:
         self._changed(name, None)
 
     def rename(self, old: str, new: str) -> None:
-        validate_name(new)
+        validate_circuit_name(new)
         with self._meta.writing() as txn:
             circuit = self._get(txn, old)
             if txn.get("circuits", new.encode()) is not None:
@@ -742,7 +752,7 @@ class CircuitStore:
         max_versions_per_artifact are dropped, oldest first, each with a notice.
         """
         if create:
-            validate_name(name)
+            validate_circuit_name(name)
         fill = self._filling.get(name)
         first_new = self.get(name).next_version if fill is not None else 0
         with self._meta.writing() as txn:
@@ -846,7 +856,7 @@ class CircuitStore:
     def commit_many(self, names: list[str], prepared: PreparedVersion) -> None:
         """Bulk load: the same program as a version of many circuits, in one transaction."""
         for name in names:
-            validate_name(name)
+            validate_circuit_name(name)
         with self._meta.writing() as txn:
             commits = [self._commit_in(txn, name, prepared, True) for name in names]
         for circuit, _n, dropped in commits:
@@ -1053,8 +1063,8 @@ def bounded_json(document: bytes, what: str) -> Any:
     if len(document) > MAX_META_BYTES:
         raise TooBig(f"{what} holds at most {MAX_META_BYTES} bytes, not {len(document)}")
     too_deep = Invalid(f"{what} nests deeper than {MAX_META_DEPTH} levels")
-    try:
-        data = json.loads(document or b"{}")
+    try:  # strict: NaN and Infinity would be served back as JSON no parser takes
+        data = json.loads(document or b"{}", parse_constant=_not_json)
     except RecursionError:
         raise too_deep from None
     except ValueError as exc:

@@ -234,9 +234,12 @@ def test_attributes_keep_meta_json_within_what_can_be_written_back(qfs):
     document = (bell / "meta.json").read_bytes()
     assert json.loads(document)["parameters"] == json.loads(big)
     (bell / "meta.json").write_bytes(document)  # what it shows, written back
-    with pytest.raises(OSError) as caught:
-        (bell / "meta.json").write_text('{"description": "\\udc00"}')
-    assert caught.value.errno == errno.EINVAL
+    for text in ('{"description": "\\udc00"}', '{"parameters": {"theta": NaN}}'):
+        with pytest.raises(OSError) as caught:
+            (bell / "meta.json").write_text(text)
+        assert caught.value.errno == errno.EINVAL
+    assert refused("user.qfs.parameters", b'{"theta": Infinity}') == errno.EINVAL
+    assert json.loads((bell / "meta.json").read_bytes()) == json.loads(document)
     for name, call in (("get", lambda: os.getxattr(bell / "latest.qasm", "user.qfs.author")),
                        ("set", lambda: os.setxattr(bell / "v1.qasm", "user.qfs.author", b"x"))):
         with pytest.raises(OSError) as caught:

@@ -35,6 +35,10 @@ def test_name_errors(qfs):
     assert _errno_of(os.open, circuits / "taken" / "v9.qasm", os.O_RDONLY) == errno.ENOENT
     qfs.write_circuit("other")
     assert _errno_of(os.rename, circuits / "taken", circuits / "other") == errno.EEXIST
+    # A name that ends as an import does would stand where `cp x.qasm /circuits/` writes.
+    for name in ("x.qasm", "x.quil", "x.cirq.json"):
+        assert _errno_of(os.mkdir, circuits / name) == errno.EINVAL
+        assert _errno_of(os.rename, circuits / "taken", circuits / name) == errno.EINVAL
     assert sorted(os.listdir(circuits)) == ["other", "taken"]
     assert "use letters" in (qfs.root / ".qfs" / "log").read_text()
 
