@@ -61,12 +61,14 @@ class Allocator:
         return f"cooling (released by {name})"
 
     def holder(self, device: str, physical: int, uid: int) -> Task:
-        """The task holding `physical`, which `uid` may command."""
+        """The task holding `physical`, which `uid` may command from this host (its
+        triggers and qubits are its live state's, which lives on its host)."""
         held = self.reservations(device).get(physical)
         if held is None or held[1] != "allocated":
             raise Invalid(f"q{physical} is not allocated to a task")
         task = self._table.tasks[held[0]]
         task.check_owner(uid)
+        self._table.check_here(task)
         return task
 
     def allocate(self, device_name: str, command: ctl.Alloc, uid: int,

@@ -104,7 +104,9 @@ class LiveQubitManager:
         """A line written to the device's ctl; returns the reply shown when it is read."""
         command = ctl.parse_device_command(line)
         if isinstance(command, ctl.Release):
-            self.allocator.release(command.task or "", uid)
+            task = self.table.get(command.task or "")
+            self.table.check_here(task)  # its live state is there
+            self.allocator.release(task.name, uid)
             return f"released {command.task}"
         return _allocated(self.allocator.allocate(device, command, uid))
 

@@ -511,6 +511,13 @@ def test_two_hosts_share_one_fabric(pair):
     # B sees A's task, but its live state is on A: a command there is refused, naming A.
     assert refused(b.qubits / "tasks" / "ta" / "ctl", "reset") == errno.EBUSY
     assert "task ta lives on host " in (b.root / ".qfs" / "log").read_text()
+    # So is any other way in: its qubits' ctl (release, a trigger) and /qubits/ctl release.
+    held = json.loads((a.qubits / "tasks" / "ta" / "state.json").read_text())["qubits"][0]
+    for ctl, line in ((b.qubits / held / "ctl", "release"),
+                      (b.qubits / held / "ctl", f"on 1 do x {held}"),
+                      (b.qubits / held / "ctl", "off all"), (b.qubits / "ctl", "release task=ta")):
+        assert refused(ctl, line) == errno.EBUSY, line
+    assert len(json.loads((a.qubits / "tasks" / "ta" / "state.json").read_text())["qubits"]) == 3
     seen_on_b = json.loads((b.qubits / "tasks" / "ta" / "state.json").read_text())
     assert seen_on_b["live"]["state"].startswith(f"on host {seen_on_b['host']} ")
     command(a.qubits / "tasks" / "ta" / "ctl", "reset")
