@@ -16,7 +16,6 @@ import calendar
 import dataclasses
 import hashlib
 import json
-import math
 import re
 import struct
 import threading
@@ -89,6 +88,9 @@ def validate_name(name: str, what: str = "circuit name") -> None:
         raise Invalid(
             f"{what} {name!r}: use letters, digits and _ . + @ = -, not starting with . or -"
         )
+
+
+MAX_COUNT = 2**63  # a count of shots (the plot's integers are 64-bit)
 
 
 def validate_circuit_name(name: str) -> None:
@@ -635,7 +637,7 @@ class CircuitStore:
             try:
                 counts = json.loads(document)["counts"]
                 if not isinstance(counts, dict) or not counts or not all(
-                        type(n) in (int, float) and 0 <= n < math.inf for n in counts.values()):
+                        type(n) in (int, float) and 0 <= n < MAX_COUNT for n in counts.values()):
                     raise TypeError("not a mapping of outcomes to counts")
             except (KeyError, TypeError, ValueError) as exc:
                 raise NotFound(f"{name} result {run} has no counts to draw ({exc})") from exc
