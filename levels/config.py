@@ -107,7 +107,8 @@ class StateStoreConfig(_Section):
     mps_max_bond: int = 64
     """Largest bond dimension of an MPS checkpoint."""
     sparse_threshold: float = 0.0
-    """Amplitudes at or below this magnitude are dropped from sparse checkpoints."""
+    """Amplitudes whose probability |a|^2 is at or below this are dropped from sparse
+    checkpoints."""
     low_rank_k: int = 4
     """Rank kept by low-rank density-matrix checkpoints."""
     shadow_snapshots: int = 2000
