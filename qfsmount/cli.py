@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qfsmount: {exc}", file=sys.stderr)
         return 2
     data_dir = (args.data or default_data_dir()).resolve()
+    try:  # before the fork: a background daemon could say why only through its log, here
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        print(f"qfsmount: data directory {data_dir}: {why}", file=sys.stderr)
+        return 2
     options = [o for group in args.options for o in group.split(",")]
     if args.foreground:
         return _run(args, mountpoint, data_dir, config, options, lambda reason: _say(reason))

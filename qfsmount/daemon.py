@@ -34,7 +34,6 @@ YOUNG_OBJECTS = 10_000  # the collector's first threshold (CPython's default: 70
 
 
 def setup_logging(data_dir: Path, debug: bool, to_stderr: bool) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
     handlers: list[logging.Handler] = [logging.FileHandler(data_dir / "qfs.log")]
     if to_stderr:
         handlers.append(logging.StreamHandler())
@@ -136,14 +135,22 @@ def run(
     metrics_port: int | None,
     ready: Ready,
 ) -> int:
-    """Mount and serve until unmounted; `ready` hears None once mounted, or the reason not."""
-    stack_log = open(data_dir / "qfs.log", "a")  # noqa: SIM115 - lives as long as the daemon
-    faulthandler.enable(file=stack_log, all_threads=True)
-    faulthandler.register(signal.SIGUSR1, file=stack_log, all_threads=True)
+    """Mount and serve until unmounted; `ready` hears None once mounted, or the reason not
+    (a background daemon's stderr is /dev/null: the reason is all its user sees)."""
     try:
+        stack_log = open(data_dir / "qfs.log", "a")  # noqa: SIM115 - lives as the daemon does
+        faulthandler.enable(file=stack_log, all_threads=True)
+        faulthandler.register(signal.SIGUSR1, file=stack_log, all_threads=True)
         fabric = Fabric(data_dir, config, reindex=reindex, key_file=key_file)
     except QfsError as exc:
         ready(str(exc))
+        return 2
+    except OSError as exc:  # a data directory or key file it cannot use
+        ready(f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc))
+        return 2
+    except Exception as exc:
+        log.exception("the fabric could not be opened")
+        ready(f"the fabric could not be opened: {type(exc).__name__}: {exc}")
         return 2
     operations = Operations(fabric)
     if metrics_port is not None:

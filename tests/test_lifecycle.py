@@ -86,6 +86,20 @@ def test_missing_mountpoint_is_a_message_not_a_traceback(tmp_path):
     assert "does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_data_directory_that_cannot_be_one_is_a_message(tmp_path):
+    """Said before the daemon forks (its stderr is /dev/null, and its log would be in
+    that directory): it once said only "the daemon exited before mounting (see qfs.log)"."""
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "file").write_text("x")
+    for data, why in ((tmp_path / "file", "not a directory"),
+                      (tmp_path / "file" / "sub", "Not a directory")):
+        done = subprocess.run([*QFSMOUNT, str(tmp_path / "mnt"), "--data", str(data)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        assert done.stderr == f"qfsmount: data directory {data}: {why}\n"
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
 def test_busy_mountpoint_is_refused(qfs):
     done = subprocess.run([*QFSMOUNT, str(qfs.root), "--data", str(qfs.data) + "2"],
                           capture_output=True, text=True)
