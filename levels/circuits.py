@@ -1,11 +1,8 @@
-"""Level 3, CircuitFS: versioned OpenQASM circuits with metadata and results, in LMDB.
+"""Level 3, CircuitFS: versioned OpenQASM circuits with metadata and results, in the
+metadata store (its tables: levels/store/meta.py; one write transaction per change).
 
-Layout in the metadata store (one write transaction per change):
-  circuits  name -> JSON record {id, created, mtime, meta, versions: [{n, created, stats}], next}
-  names     name -> mtime in ns (8 bytes), so that listing 100k circuits decodes no JSON
-  sources   id/n -> the program text exactly as written (what you write is what you read)
-  results   id/run -> result JSON bytes
-Records are keyed by name but data by a stable id, so renaming a circuit moves one key.
+Records are keyed by name but data (sources, a version's bytes as written, results) by a
+stable id, so a rename moves the name's rows (`circuits`, `names`, facets), not the data.
 Parsing (slow, CPU-bound, native code on untrusted input) is separate from committing (fast,
 one transaction): `prepare_version` parses in a worker process (levels/workers.py, awaited
 on trio's thread) and `commit_version` runs where transactions are serialized. Format views and

@@ -4,8 +4,8 @@ vim writes swap files and a `4913` probe, sed -i and rsync write a temporary fil
 it over the target. These are plain files here, kept in memory until they are renamed onto a
 fabric file (which commits their content), deleted, or the filesystem is unmounted. They are
 never versions. The README documents that they do not survive a remount, so only names
-that tools give such files are scratch (`is_scratch_name`); fsops refuses other names where
-the fabric would not keep them.
+that tools give such files are scratch (`is_scratch_name`); the tree (levels/vfs/entry.py,
+`create_scratch_or_target`) refuses other names where the fabric would not keep them.
 """
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""The blob store seam: content-addressed bytes, in a local directory (S3 to follow).
+"""The blob store seam: content-addressed bytes, in a local directory (S3 in s3.py).
 
 `BlobStore` is what the levels may ask of a blob store. A key is the SHA-256 hex digest of
 the bytes, so identical content is one blob: whoever deletes decides from the metadata

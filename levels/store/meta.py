@@ -1,8 +1,8 @@
 """The metadata store seam: a transactional key-value store with named tables.
 
-LMDB now. Each change the fabric makes is one write transaction, so a crash never leaves
-half a version. A shared database could implement the same `MetaStore` protocol later
-without touching the levels.
+LMDB here (`LmdbMetaStore`), PostgreSQL for many hosts (levels/store/pg.py), behind the one
+`MetaStore` protocol the levels use. Each change the fabric makes is one write transaction,
+so a crash never leaves half a version.
 
 Durability follows POSIX: a committed transaction is in the operating system at once (it
 survives a kill -9 of the daemon), and on disk after fsync() or within about a second (the
@@ -148,7 +148,8 @@ class _Reading:
 
 
 class LmdbMetaStore:
-    """One LMDB environment holding every table; writes are synced on commit."""
+    """One LMDB environment holding every table; a commit reaches the operating system at
+    once and the disk when `sync` is called (see the module's durability note)."""
 
     def __init__(self, path: Path, map_size_mb: int) -> None:
         path.mkdir(parents=True, exist_ok=True)

@@ -207,9 +207,10 @@ def unmeasured_file(mtime_ns: int) -> Attrs:
 
 
 class Entry:
-    """One path. Every operation is refused unless the kind allows it: open() of a
-    directory and commit() of a read-only file are EACCES (ReadOnly), namespace operations
-    outside a directory that takes them are EACCES, missing xattrs ENOATTR (NoAttribute)."""
+    """One path. Every operation is refused unless the kind allows it: open() of what is
+    not a file is EINVAL (Invalid; fsops answers EISDIR for a directory first), commit()
+    of a read-only file EACCES (ReadOnly), namespace operations outside a directory that
+    takes them EACCES, missing xattrs ENOATTR (NoAttribute)."""
 
     attrs: Attrs
     subject: str | None = None  # the circuit a refusal is reported under
