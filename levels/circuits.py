@@ -9,7 +9,6 @@ on trio's thread) and `commit_version` runs where transactions are serialized. F
 pictures are made in worker processes too.
 """
 
-import calendar
 import dataclasses
 import hashlib
 import json
@@ -54,6 +53,7 @@ from levels.sdkformats import prepare as prepare_written
 from levels.sdkformats import render_view as render_sdk_view
 from levels.similar import ShapeIndex
 from levels.store.meta import MetaStore, Txn
+from levels.timestamps import iso_utc, parse_iso
 from levels.workers import WorkerPool
 
 MAX_NAME_BYTES = 200
@@ -69,7 +69,6 @@ META_FIELDS: dict[str, type[Any]] = {
     "description": str, "author": str, "tags": list, "parameters": dict, "pinned": list,
     "optimization_level": int}
 _MTIME = struct.Struct("<q")
-_ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 # Called with (name, search document) after a change, or (name, None) after a deletion.
 ChangeListener = Callable[[str, dict[str, Any] | None], None]
@@ -1001,7 +1000,7 @@ class CircuitStore:
             "pinned": circuit.meta.get("pinned", []),
             "optimization_level": circuit.meta.get("optimization_level",
                                                    DEFAULT_OPTIMIZATION_LEVEL),
-            "created": _iso(circuit.created_ns),
+            "created": iso_utc(circuit.created_ns),
         }
         return json.dumps(document, indent=2).encode() + b"\n"
 
@@ -1012,7 +1011,7 @@ class CircuitStore:
             "name": circuit.name,
             "latest": circuit.latest.n if circuit.latest else None,
             "versions": [
-                {"version": v.n, "created": _iso(v.created_ns), **_shown_stats(v.stats),
+                {"version": v.n, "created": iso_utc(v.created_ns), **_shown_stats(v.stats),
                  "equivalent_to_previous": history.get(v.n)}
                 for v in circuit.versions
             ],
@@ -1129,13 +1128,6 @@ def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not a JSON number")
 
 
-def _iso(ns: int) -> str:
-    """`ns` as parse_iso reads it: the year always of four digits (strftime writes the
-    year 1 as "1")."""
-    moment = time.gmtime(ns / 1e9)
-    return f"{moment.tm_year:04d}" + time.strftime(_ISO.removeprefix("%Y"), moment)
-
-
 def _shown_stats(stats: dict[str, Any]) -> dict[str, Any]:
     """A version's stats as stats.json shows them: `unavailable_views` also names a text
     drawing too large to make, which its listing leaves out without trying to draw it."""
@@ -1152,11 +1144,3 @@ def _view_or_refusal(name: str, n: int, fmt: str, made: bytes | str) -> bytes:
         refusal = TooBig if made.startswith("too large") else Unexpressible
         raise refusal(f"{name} v{n}.{fmt}: {made}")
     return made
-
-
-def parse_iso(text: str) -> int:
-    """A time as meta.json and stats.json write it, in ns."""
-    try:
-        return calendar.timegm(time.strptime(text, _ISO)) * 10**9
-    except ValueError as exc:
-        raise Invalid(f"{text!r} is not a time like 2026-01-31T12:00:00Z") from exc

@@ -23,6 +23,7 @@ import rustworkx as rx
 from levels.config import Topology
 from levels.errors import Invalid, NotFound
 from levels.execution import Calibration
+from levels.timestamps import iso_utc
 
 TOPOLOGIES = typing.get_args(Topology)
 
@@ -206,7 +207,7 @@ class Device:
         return {
             "qubit": q,
             "device": self.name,
-            "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.calibrated_at)),
+            "calibrated_at": iso_utc(int(self.calibrated_at * 1e9)),
             "calibration": self.epoch,
             **self.calibration[q].as_dict(),
             "cx_error": {

@@ -50,6 +50,7 @@ from levels.store.blobs import BlobWriter, is_key
 from levels.store.chunked import ChunkSealer
 from levels.store.meta import MetaStore
 from levels.store.sealed import Binding, SealedBlobStore
+from levels.timestamps import iso_utc
 
 LEVELS = {"fast": 1, "balanced": 3, "max": 19}
 
@@ -530,7 +531,7 @@ class StateStore:
         meta: dict[str, Any] | None = self.get(name)
         while meta is not None:
             kind = "incremental" if meta.get("parent") else "full"
-            lines.append(f"{meta['name']}\t{meta['format']}\t{kind}\t{_iso(meta['created_ns'])}\n")
+            lines.append(f"{meta['name']}\t{meta['format']}\t{kind}\t{iso_utc(meta['created_ns'])}\n")
             meta = self.get(meta["parent"]) if meta.get("parent") else None
         return "".join(lines).encode()
 
@@ -809,10 +810,6 @@ def _aad(meta: dict[str, Any]) -> bytes:
 def meta_json(meta: dict[str, Any]) -> bytes:
     """meta.json as users read it: times in ISO 8601, the blob key left out."""
     shown = {k: v for k, v in meta.items() if k not in ("blob", "created_ns", "expires_ns")}
-    shown["created"] = _iso(meta["created_ns"])
-    shown["expires"] = _iso(meta["expires_ns"])
+    shown["created"] = iso_utc(meta["created_ns"])
+    shown["expires"] = iso_utc(meta["expires_ns"])
     return json.dumps(shown, indent=2, allow_nan=False).encode() + b"\n"
-
-
-def _iso(ns: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))

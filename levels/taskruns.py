@@ -18,6 +18,7 @@ from levels.livetasks import LiveTasks
 from levels.lru import LRU
 from levels.metrics import Metrics
 from levels.tasks import Task, TaskTable
+from levels.timestamps import iso_utc
 from levels.workers import WorkerPool
 
 
@@ -70,7 +71,7 @@ class TaskRuns:
             "shots": command.shots, "noise": command.noise, "seed": job.seed, "counts": counts,
             "triggers": [t.describe(task.qubits) for t in task.triggers],
             "parameters": task.parameters, "duration_s": round(duration, 6),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": iso_utc(time.time_ns()),
         }
         self._circuits.put_result(command.circuit, f"{run_id}.json",
                                   json.dumps(document, indent=2).encode() + b"\n")

@@ -30,7 +30,6 @@ from levels.circuits import (
     PICTURE,
     CircuitStore,
     bounded_json,
-    parse_iso,
     validate_result_name,
 )
 from levels.compiler import COMPILED_FORMATS
@@ -52,6 +51,7 @@ from levels.qasm import (
 )
 from levels.scratch import is_scratch_name
 from levels.sdkformats import IMPORTS, SDK_FORMATS, split_import
+from levels.timestamps import parse_iso
 from levels.vfs.entry import (
     DIR,
     DIR_TIMEOUT,
