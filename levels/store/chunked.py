@@ -41,6 +41,8 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 TRAILER = struct.Struct("<Q4s")  # index length, magic
 HEAD_BYTES = len(MAGIC) + 1
+AUTH_FAILED = ("authentication failed: the blob was altered, swapped or truncated, or "
+               "the key is not the one it was sealed with")
 
 GetRange = Callable[[int, int], bytes]  # (offset, size) -> bytes of the stored blob
 
@@ -133,7 +135,7 @@ class ChunkedBlob:
                 stored = self._aead.decrypt(stored[:NONCE_BYTES], stored[NONCE_BYTES:],
                                             aad + b"|index")
             except InvalidTag:
-                raise Corrupt(_AUTH_FAILED) from None
+                raise Corrupt(AUTH_FAILED) from None
         elif expected is None or digest != expected:
             raise Corrupt("the blob's chunk index is not the one its checkpoint recorded: "
                           "the blob was altered, swapped or truncated")
@@ -158,8 +160,8 @@ class ChunkedBlob:
                     stored[:NONCE_BYTES], stored[NONCE_BYTES:],
                     _chunk_aad(self._identity, index, len(self.index.chunks)))
             except InvalidTag:
-                raise Corrupt(_AUTH_FAILED) from None
-            if body is None or stored[-TAG_BYTES:].hex() != tag:
+                raise Corrupt(AUTH_FAILED) from None
+            if stored[-TAG_BYTES:].hex() != tag:
                 raise Corrupt(f"chunk {index} is not the one the index lists")
         else:
             if hashlib.sha256(stored).hexdigest() != tag:
@@ -171,7 +173,3 @@ class ChunkedBlob:
             return zstandard.ZstdDecompressor().decompress(body, max_output_size=max_size)
         except zstandard.ZstdError as exc:
             raise Corrupt(f"cannot decompress chunk {index}: {exc}") from exc
-
-
-_AUTH_FAILED = ("authentication failed: the blob was altered, swapped or truncated, or "
-                "the key is not the one it was sealed with")

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from levels.errors import first_line
 from levels.store.pg import CHANNEL, PostgresMetaStore
 
 log = logging.getLogger("qfs")
@@ -62,8 +63,7 @@ class ChangeFeed:
                             self._store.trim_changes(KEEP)
                             self._next_trim = time.monotonic() + TRIM_EVERY
             except Exception as exc:  # the server is down: try again, losing nothing
-                log.warning("change feed: %s; retrying", str(exc).strip().splitlines()[0]
-                            if str(exc).strip() else type(exc).__name__)
+                log.warning("change feed: %s; retrying", first_line(exc))
                 self._stop.wait(1.0)
 
     def _deliver(self) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from levels.errors import Unavailable
+from levels.errors import Unavailable, first_line
 from levels.store.meta import TABLES
 
 SCHEMA_VERSION = 1
@@ -176,7 +176,7 @@ class PostgresMetaStore:
 
     def _unavailable(self, exc: BaseException) -> Unavailable:
         return Unavailable(f"metadata store unreachable: PostgreSQL at {_safe(self.dsn)}: "
-                           f"{_first_line(exc)}")
+                           f"{first_line(exc)}")
 
     def _check_back(self) -> None:
         """While the server is known gone: raise at once, or reopen the pool if it is back."""
@@ -297,8 +297,3 @@ def _safe(dsn: str) -> str:
     except Exception:
         return "the configured DSN"
     return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

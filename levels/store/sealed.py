@@ -20,12 +20,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from levels.errors import Corrupt, Invalid
 from levels.store.blobs import BlobStore, BlobWriter, writer_for
-from levels.store.chunked import ChunkedBlob, ChunkSealer
+from levels.store.chunked import (
+    AUTH_FAILED,
+    COMPRESSED,
+    ENCRYPTED,
+    NONCE_BYTES,
+    ChunkedBlob,
+    ChunkSealer,
+)
 
-MAGIC = b"QFS1"
-ENCRYPTED = 1
-COMPRESSED = 2
-NONCE_BYTES = 12
+MAGIC = b"QFS1"  # the flags and nonce as chunked.py's (QFS2)
 WINDOW_LOG_MAX = 30  # 1 GiB: the largest checkpoint plus its parent
 
 
@@ -51,7 +55,6 @@ class Sealer:
     def __init__(self, key: bytes, threads: int) -> None:
         self._key = key
         self._aead = AESGCM(key)
-        self._threads = threads
         self.threads = threads  # zstd threads of one blob, or chunks sealed at once
 
     def chunks(self, identity: bytes, count: int, encrypt: bool,
@@ -83,7 +86,7 @@ class Sealer:
                     chain_log=tables, threads=0)
             compressor = zstandard.ZstdCompressor(
                 level=level, dict_data=_dictionary(dictionary), compression_params=params) \
-                if params else zstandard.ZstdCompressor(level=level, threads=self._threads)
+                if params else zstandard.ZstdCompressor(level=level, threads=self.threads)
             body = compressor.compress(payload)
             flags |= COMPRESSED
         if not encrypt:
@@ -100,8 +103,7 @@ class Sealer:
             try:
                 body = self._aead.decrypt(nonce, ciphertext, aad)
             except InvalidTag:
-                raise Corrupt("authentication failed: the blob was altered, swapped or "
-                              "truncated, or the key is not the one it was sealed with") from None
+                raise Corrupt(AUTH_FAILED) from None
         if not flags & COMPRESSED:
             return body
         try:
