@@ -60,9 +60,15 @@ class Operations(pyfuse3.Operations):
 
     def forget_remote(self, path: Path) -> None:
         """Another host changed what `path` names (the fabric's change feed; trio's
-        thread): later lookups get a fresh inode, the kernel drops its entry and pages."""
-        parent = self.inodes.ino(path[:-1])
+        thread): later lookups get a fresh inode, the kernel drops its entry, and the old
+        inode's attributes (a descriptor open on it would otherwise keep the old size)."""
+        parent = self.inodes.known(path[:-1])
+        if parent is None:
+            return  # the kernel was never given its directory: nothing of it is cached
+        old = self.inodes.known(path)
         self.inodes.detach(path)
+        if old is not None:
+            _drop_attrs(old)
         pyfuse3.invalidate_entry_async(parent, path[-1].encode(), ignore_enoent=True)
 
     def circuit_changed(self, name: str) -> None:
