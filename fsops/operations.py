@@ -304,6 +304,25 @@ class Operations(pyfuse3.Operations):
                 raise Exists(f"/{'/'.join(dst)} exists")
             await parent.rename_into(dst[-1], await vfs.resolve(self.fabric, src), ctx.uid)
             self.inodes.move(src, dst)
+            await self._follow(src, dst)
+
+    async def _follow(self, src: Path, dst: Path) -> None:
+        """Descriptors open inside a renamed directory follow it, as on any filesystem: a
+        writer commits where its file now is (a circuit's latest.qasm under the circuit's
+        new name, not a new circuit of the old one), a listing names children by the new
+        path (its snapshot, taken at opendir, is taken again at the next readdir). A renamed
+        file's own descriptors keep what they are (a scratch file renamed onto latest.qasm
+        has committed already)."""
+        depth = len(src)
+        for listing in self._dirs.values():
+            if listing.path[:depth] == src:  # listed again, under its new path, when read
+                listing.path, listing.entries = (*dst, *listing.path[depth:]), None
+        for handle in self._files.values():
+            if handle.writable and len(handle.path) > depth and handle.path[:depth] == src:
+                with contextlib.suppress(QfsError):
+                    moved = await vfs.resolve(self.fabric, (*dst, *handle.path[depth:]))
+                    if type(moved) is type(handle.entry):
+                        handle.entry = moved
 
     # -- files ---------------------------------------------------------------------------
 

@@ -248,6 +248,30 @@ def test_mv_renames_a_circuit(qfs):
     assert os.listdir(qfs.root / "search" / "name:old") == []
 
 
+def test_descriptors_open_in_a_circuit_follow_its_rename(qfs):
+    """A writer of latest.qasm or meta.json open across `mv` commits to the circuit under
+    its new name (it once failed ENOENT, or went to a new circuit of the old name), and a
+    directory descriptor listed after the move names the files by the new path."""
+    qfs.write_circuit("wa")
+    latest = os.open(qfs.circuits / "wa" / "latest.qasm", os.O_WRONLY | os.O_TRUNC)
+    meta = os.open(qfs.circuits / "wa" / "meta.json", os.O_WRONLY | os.O_TRUNC)
+    listing = os.open(qfs.circuits / "wa", os.O_RDONLY | os.O_DIRECTORY)
+    os.write(latest, GHZ3.encode())
+    os.write(meta, b'{"description": "moved"}')
+    os.rename(qfs.circuits / "wa", qfs.circuits / "wb")
+    (qfs.circuits / "wa").mkdir()  # a new circuit of the old name takes none of it
+    os.close(latest)
+    os.close(meta)
+    assert "v1.qasm" in os.listdir(listing)
+    os.close(listing)
+    assert (qfs.circuits / "wb" / "v1.qasm").read_text() == BELL  # at once, by the new path
+    assert (qfs.circuits / "wb" / "v2.qasm").read_text() == GHZ3
+    assert json.loads((qfs.circuits / "wb" / "meta.json").read_text())["description"] == "moved"
+    assert versions(qfs.circuits / "wa") == []
+    assert json.loads((qfs.circuits / "wa" / "meta.json").read_text()).get("description") != \
+        "moved"
+
+
 def test_rm_r_deletes_and_name_can_be_reused(qfs):
     qfs.write_circuit("neighbour")  # so that gone/similar/ holds a link rm must pass
     qfs.write_circuit("gone")
