@@ -293,8 +293,14 @@ def _bound(operation, parameters: dict[str, float]):
         return operation.replace_blocks([
             block.assign_parameters({p: parameters[p.name] for p in block.parameters})
             for block in operation.blocks])
-    bound = operation.copy()
-    bound.params = [
-        float(p.bind({q: parameters[q.name] for q in p.parameters}))
-        if isinstance(p, ParameterExpression) else p for p in operation.params]
+    # Bound through a circuit, as Qiskit binds: a gate the program defines (`gate foo(a)
+    # ...; foo(theta)`) carries theta into its definition too, which params alone miss.
+    from qiskit import QuantumCircuit
+
+    holder = QuantumCircuit(operation.num_qubits, operation.num_clbits)
+    holder.append(operation, holder.qubits, holder.clbits)
+    holder.assign_parameters({p: parameters[p.name] for p in holder.parameters}, inplace=True)
+    bound = holder.data[0].operation
+    bound.params = [float(p) if isinstance(p, ParameterExpression) else p
+                    for p in bound.params]
     return bound

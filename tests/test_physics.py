@@ -351,3 +351,19 @@ def test_counts_of_a_program_with_a_bit_outside_its_registers_are_whole(qfs):
     assert set(counts) == {"10", "11"} and sum(counts.values()) == 2000, counts
     assert chisquare([counts["10"], counts["11"]], [1000, 1000]).pvalue > 1e-4
 
+
+
+def test_a_gate_the_program_defines_takes_the_parameter_the_task_sets(qfs):
+    """`gate foo(a) x { rx(a) x; } ... foo(theta)` with theta from `set`: the value reaches
+    the gate's definition (it was EIO: the definition kept the unbound parameter)."""
+    qfs.write_circuit("custom", 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
+                      "input float[64] theta;\ngate foo(a) x { rx(a) x; }\nqubit[1] q;\n"
+                      "bit[1] c;\nfoo(theta) q[0];\nc[0] = measure q[0];\n")
+    command(qfs.qubits / "ctl", "alloc 1 task=cg")
+    ctl = qfs.qubits / "tasks" / "cg" / "ctl"
+    command(ctl, "set theta=1.1")
+    command(ctl, "run custom shots=4000 noise=off seed=5")
+    counts = last_result(qfs, "custom")["counts"]
+    one = np.sin(1.1 / 2) ** 2
+    assert chisquare([counts.get("0", 0), counts.get("1", 0)],
+                     [4000 * (1 - one), 4000 * one]).pvalue > 1e-4, counts
