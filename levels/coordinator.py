@@ -126,6 +126,7 @@ class Coordinator:
         except NotFound as exc:  # quiet for a lookup, but here a refused file: say why
             self._notice(f"close /workflows/{name}.yaml", f"refused: {exc}")
             raise
+        self._check_here(name)
         if name in self._running:
             raise Busy(f"workflow {name} is running; cancel it first")
         self._save(WorkflowRecord(name, text.decode(), "pending", uid,
@@ -155,6 +156,7 @@ class Coordinator:
         record = self.record(name)
         if uid not in (0, record.owner):
             raise PermissionDenied(f"workflow {name} belongs to uid {record.owner}")
+        self._check_here(name)
         if isinstance(command, ctl.Resume):
             if name in self._running:
                 raise Busy(f"workflow {name} is already running")
@@ -171,6 +173,14 @@ class Coordinator:
         run.scope.cancel()
         await run.done.wait()  # the reply comes once it stopped and released its qubits
         return f"cancelled {name}"
+
+    def _check_here(self, name: str) -> None:
+        """A workflow is run, resumed, cancelled and rewritten where it runs: the host its
+        task's live state lives on (another host's resume would fight it for the task)."""
+        task = self._qubits.tasks.get(f"wf-{name}")
+        if task is not None and task.host != self._qubits.table.host:
+            raise Busy(f"workflow {name} runs on host {task.host}, where its task wf-{name} "
+                       "lives: resume, cancel or write it there")
 
     def _start(self, name: str) -> None:
         if self.spawn is None:

@@ -741,3 +741,27 @@ def test_the_change_feed_skips_its_own_host_and_says_when_it_missed_changes(shar
     assert heard == [None, ("circuits", b"z")]
     a.close()
     b.close()
+
+
+@pytest.mark.fuse
+def test_a_workflow_is_resumed_cancelled_and_rewritten_only_where_it_runs(pair):
+    """B sees A's running workflow but may not resume, cancel or rewrite it: its task's
+    live state is on A (a resume from B fought A for the task and failed both runs)."""
+    from tests.test_coordinator import wait_status, write_workflow
+
+    a, b = pair
+    a.write_circuit("ghz", GHZ3)
+    definition = ("stages:\n  - {circuit: ghz, name: first}\n"
+                  "  - {circuit: ghz, name: wait, delay: 600}\n")
+    write_workflow(a, "w", definition)
+    eventually(lambda: "first done" in (a.root / "workflows" / "w" / "status").read_text(),
+               within=30.0)
+    eventually(lambda: exists(b.root / "workflows" / "w" / "ctl"), within=2.0)
+    for line in ("resume", "cancel"):
+        assert refused(b.root / "workflows" / "w" / "ctl", line) == errno.EBUSY, line
+    with pytest.raises(OSError) as caught:
+        write_workflow(b, "w", definition)
+    assert caught.value.errno == errno.EBUSY
+    assert "workflow w runs on host " in (b.root / ".qfs" / "log").read_text()
+    command(a.root / "workflows" / "w" / "ctl", "cancel")
+    assert wait_status(a, "w", ("cancelled",)).startswith("cancelled")
