@@ -20,7 +20,7 @@ import dataclasses
 import json
 from typing import Any
 
-from levels.errors import QfsError
+from levels.errors import Busy, QfsError
 from levels.fabric import Fabric
 from levels.qasm import check_source
 from levels.store.blobs import is_key
@@ -127,7 +127,10 @@ def _circuit_sources(fabric: Fabric) -> list[Finding]:
 def _index(fabric: Fabric, repair: bool) -> list[Finding]:
     if not fabric.search.kept:
         return []
-    indexed = fabric.search.doc_count()
+    try:
+        indexed = fabric.search.doc_count()
+    except Busy as exc:  # its rebuild cannot write (a full disk): a finding, not a crash
+        return [Finding("index_unavailable", "search index", str(exc))]
     stored = fabric.circuits.count()
     if indexed == stored:
         return []

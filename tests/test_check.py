@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -61,6 +62,29 @@ def test_check_finds_and_repairs_cross_level_damage(mount_factory):
     assert sorted(p.name for p in (second.root / "states").iterdir()) == ["other"]
     assert [p.name for p in (second.qubits / "tasks").iterdir()] == ["t"]
     assert json.loads((second.root / ".qfs" / "health").read_text())["status"] == "healthy"
+
+
+@pytest.mark.damages_data
+def test_check_of_a_full_data_directory_reports_rather_than_stops(mount_factory, tmp_path):
+    """The search index to be rebuilt on a full disk: the check reports it unavailable
+    (one JSON line), where it stopped on the index's Busy with a traceback."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
+    try:
+        qfs = mount_factory(data=disk / "data")
+        qfs.write_circuit("kept")
+        qfs.stop()
+        shutil.rmtree(disk / "data" / "index")
+        subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'filler'}", "bs=64k"],
+                       capture_output=True, check=False)  # until ENOSPC
+        code, findings = run_check(disk / "data")
+        assert code == 1
+        assert [(f["kind"], f["subject"]) for f in findings] == \
+            [("index_unavailable", "search index")], findings
+        assert "No space left on device" in findings[0]["detail"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 @pytest.mark.damages_data
