@@ -11,9 +11,11 @@ import struct
 import time
 
 from levels.errors import Unavailable
+from levels.lru import LRU
 from levels.store.meta import MetaStore
 
 log = logging.getLogger("qfs")
+MAX_REPLIES = 4096  # control files whose last reply is kept to be read back
 _SEQ = struct.Struct(">Q")  # big-endian, so that a table scan returns lines in order
 
 
@@ -75,7 +77,9 @@ class OpLog:
         self._subjects = subjects  # rings kept, the least recently written go first
         self._lines: Ring = collections.deque()
         self._by_subject: collections.OrderedDict[str, Ring] = collections.OrderedDict()
-        self._replies: dict[str, str] = {}
+        # The last reply of each control file, the least recently written forgotten past
+        # MAX_REPLIES (a task's ctl stays a key after its task is released).
+        self._replies: LRU[str] = LRU(MAX_REPLIES)
         self._next = 0
         if meta is not None:
             self._load(meta)
@@ -163,7 +167,7 @@ class OpLog:
 
     def set_reply(self, control: str, text: str) -> None:
         """The answer to the last command written to a control file, read back from it."""
-        self._replies[control] = text if text.endswith("\n") else text + "\n"
+        self._replies.put(control, text if text.endswith("\n") else text + "\n")
 
     def reply(self, control: str) -> str:
-        return self._replies.get(control, "")
+        return self._replies.peek(control) or ""

@@ -56,3 +56,14 @@ def test_a_workflow_kept_before_stages_were_recorded_takes_them_from_its_definit
     assert json.loads(record.to_json()) == STORED_WORKFLOW
     unreadable = {**old, "definition": "stages: 3\n"}  # refused by today's rules
     assert WorkflowRecord.from_json(json.dumps(unreadable).encode()).stages == []
+
+
+def test_control_replies_are_kept_for_a_bounded_number_of_control_files():
+    """Every task's ctl ever written left its reply behind (a key per task, forever)."""
+    from levels.oplog import MAX_REPLIES, OpLog
+
+    log = OpLog()
+    for i in range(MAX_REPLIES + 10):
+        log.set_reply(f"qubits/tasks/t{i}/ctl", f"ok: {i}")
+    assert log.reply("qubits/tasks/t0/ctl") == ""  # the least recently written, forgotten
+    assert log.reply(f"qubits/tasks/t{MAX_REPLIES + 9}/ctl") == f"ok: {MAX_REPLIES + 9}\n"
