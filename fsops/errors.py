@@ -32,6 +32,7 @@ ERRNO: dict[type[errors.QfsError], int] = {
     errors.Disabled: errno.EOPNOTSUPP,
     errors.NoAttribute: pyfuse3.ENOATTR,
     errors.NotSupported: errno.ENOTSUP,
+    errors.NotPermitted: errno.EPERM,
 }
 
 # Refusals that are routine lookups, not worth a line in /.qfs/log (tools probe xattrs);

@@ -23,7 +23,7 @@ from fsops.errors import QUIET, Guard, errno_of
 from fsops.handles import DirHandle, FileHandle, open_handle
 from fsops.inodes import InodeTable, Path
 from levels import vfs
-from levels.errors import Exists, Invalid, NotFound, QfsError
+from levels.errors import Exists, Invalid, NotFound, NotPermitted, QfsError
 from levels.events import EventReader
 from levels.fabric import Fabric
 from levels.vfs import Attrs, ChangeClock, Entry
@@ -287,6 +287,16 @@ class Operations(pyfuse3.Operations):
             await (await self._dir(parent_inode)).unlink(path[-1])
             self.inodes.detach(path)
 
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        path = self._child(new_parent_inode, new_name, "link")
+        with self._guard("link", path):
+            raise NotPermitted("hard links are not kept here: cp the file, or ln -s")
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        path = self._child(parent_inode, name, "mknod")
+        with self._guard("mknod", path):
+            raise NotPermitted("special files (fifos, sockets, devices) are not kept here")
+
     async def symlink(self, parent_inode, name, target, ctx):
         path = self._child(parent_inode, name, "symlink")
         with self._guard("symlink", path):
@@ -479,12 +489,12 @@ class Operations(pyfuse3.Operations):
 
     async def setxattr(self, inode, name, value, ctx):
         self._without_xattrs()
-        with self._guard("setxattr"):
+        with self._guard("setxattr", self.inodes.path(inode)):
             await (await self._entry(inode)).setxattr(_xattr_name(name), value)
 
     async def removexattr(self, inode, name, ctx):
         self._without_xattrs()
-        with self._guard("removexattr"):
+        with self._guard("removexattr", self.inodes.path(inode)):
             await (await self._entry(inode)).removexattr(_xattr_name(name))
 
 

@@ -49,6 +49,11 @@ class NotSupported(QfsError):
     """The extended attribute cannot be kept here (ACLs, other namespaces)."""
 
 
+class NotPermitted(QfsError):
+    """An operation this filesystem never does (a hard link, a special file): EPERM, as
+    link(2) says of a filesystem without hard links."""
+
+
 class Busy(QfsError):
     """The qubit or task is held by someone else, or in a state that refuses the command."""
 

@@ -148,3 +148,19 @@ def test_rsync_into_and_out_of_the_mount(qfs, tmp_path):
     assert (backup / "ghz" / "v2.qasm").read_text() == GHZ3 + "// edited\n"
     assert (backup / "bell" / "v1.txt").read_bytes() == (qfs.circuits / "bell" / "v1.txt"
                                                           ).read_bytes()
+
+
+def test_links_special_files_and_attributes_refused_say_why(qfs):
+    """A hard link and a fifo are EPERM with their reason in /.qfs/log (they were refused
+    unlogged, the fifo ENOSYS), and a refused setxattr names its file, so that a
+    circuit's `errors` shows it."""
+    bell = qfs.write_circuit("bell")
+    assert _errno_of(os.link, bell / "v1.qasm", bell / "copy.qasm") == errno.EPERM
+    assert _errno_of(os.mkfifo, qfs.circuits / "pipe") == errno.EPERM
+    assert _errno_of(os.setxattr, bell, "user.qfs.created", b"2001-01-01T00:00:00Z") \
+        == errno.EACCES
+    log = (qfs.root / ".qfs" / "log").read_text()
+    assert "link /circuits/bell/copy.qasm: hard links are not kept" in log
+    assert "mknod /circuits/pipe: special files" in log
+    assert "setxattr /circuits/bell: " in log
+    assert "setxattr /circuits/bell: " in (bell / "errors").read_text()
