@@ -1106,8 +1106,11 @@ def parse_meta(document: bytes, what: str = "meta.json") -> dict[str, Any]:
             raise Invalid(f"meta.json: unknown field {key!r} (known: {', '.join(META_FIELDS)})")
         if not isinstance(value, expected):
             raise Invalid(f"meta.json: {key} must be a {expected.__name__}")
-        if key == "tags" and not all(isinstance(t, str) and t.strip() for t in value):
-            raise Invalid("meta.json: tags must be non-empty strings")
+        if key == "tags" and not all(isinstance(t, str) and t.strip() == t != "" and
+                                     "," not in t for t in value):
+            # user.qfs.tags lists them comma-separated, as cp -a writes them back
+            raise Invalid("meta.json: tags must be non-empty strings with no comma and no "
+                          "space at either end")
         if key == "pinned" and not all(type(n) is int and n > 0 for n in value):
             raise Invalid("meta.json: pinned must be a list of version numbers")
         if key == "optimization_level" and (type(value) is not int or not 0 <= value <= 3):

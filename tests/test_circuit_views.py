@@ -160,7 +160,8 @@ def test_meta_json_roundtrip_and_refusals(qfs):
     stored = json.loads(meta.read_text())
     assert stored["author"] == "alice" and stored["tags"] == ["entanglement"]
     created = stored["created"]
-    for bad in ("{not json", "[1, 2]", '{"colour": "red"}', '{"tags": "x"}'):
+    for bad in ("{not json", "[1, 2]", '{"colour": "red"}', '{"tags": "x"}',
+                '{"tags": ["error correction, surface"]}', '{"tags": [" padded"]}'):
         f = open(meta, "w")
         f.write(bad)
         with pytest.raises(OSError) as caught:
