@@ -754,7 +754,8 @@ class CircuitStore:
         fill = self._filling.get(name)
         first_new = self.get(name).next_version if fill is not None else 0
         with self._meta.writing() as txn:
-            circuit, n, dropped = self._commit_in(txn, name, prepared, create)
+            circuit, n, dropped = self._commit_in(txn, name, prepared, create,
+                                                  retain=fill is None or not fill.fresh)
         if fill is not None and fill.fresh and n >= first_new:
             fill.floating.add(n)
         self._dropped(name, dropped)
@@ -842,7 +843,9 @@ class CircuitStore:
             circuit.versions = sorted(fixed.values(), key=lambda v: v.n)
             circuit.next_version = max(circuit.next_version, following)
             circuit.mtime_ns = now
-            dropped = self._retain(txn, circuit)
+            # Into a circuit made by mkdir, retention waits for the next commit after the
+            # filling: a backup written newest first brings its pins (meta.json) last.
+            dropped = [] if fill is not None and fill.fresh else self._retain(txn, circuit)
             if n in dropped:
                 raise Invalid(f"{name} v{n} would be dropped at once: {self._retention_rule()}")
             self._put(txn, circuit)
@@ -862,7 +865,7 @@ class CircuitStore:
             self._changed(circuit.name, circuit.search_document())
 
     def _commit_in(
-        self, txn: Txn, name: str, prepared: PreparedVersion, create: bool
+        self, txn: Txn, name: str, prepared: PreparedVersion, create: bool, retain: bool = True
     ) -> tuple[Circuit, int, list[int]]:
         raw = txn.get("circuits", name.encode())
         now = time.time_ns()
@@ -879,7 +882,7 @@ class CircuitStore:
         circuit.versions.append(version)
         circuit.next_version += 1
         circuit.mtime_ns = now
-        dropped = self._retain(txn, circuit)
+        dropped = self._retain(txn, circuit) if retain else []
         _put_rows(txn, circuit.id, version.n, prepared.source,
                   prepared.written if prepared.written_as else None)
         self._put(txn, circuit)

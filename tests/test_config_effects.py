@@ -51,6 +51,31 @@ def test_retention_policy_drops_old_unpinned_versions(mount_factory, tmp_path):
 
 
 @pytest.mark.fuse
+def test_a_backup_written_newest_first_keeps_its_pinned_old_versions(mount_factory, tmp_path):
+    """Into a circuit made by mkdir, retention waits for the filling to end: the backup's
+    oldest, pinned version comes before meta.json brings its pin (it was EINVAL, "would
+    be dropped at once")."""
+    qfs = mount_with(mount_factory, tmp_path, "circuit_fs:\n  max_versions_per_artifact: 2\n")
+    bell = qfs.write_circuit("bell")
+    os.setxattr(bell / "v1.qasm", "user.qfs.pinned", b"1")
+    for i in (2, 3, 4):
+        (bell / "latest.qasm").write_text(BELL + f"// v{i}\n")
+    assert versions(bell) == [1, 3, 4]
+    backup = {name: (bell / name).read_bytes()
+              for name in ("latest.qasm", "v4.qasm", "v3.qasm", "v1.qasm", "meta.json")}
+    restored = qfs.circuits / "restored"
+    restored.mkdir()
+    for name, data in backup.items():  # newest first, meta.json (the pin) last
+        fd = os.open(restored / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+    assert versions(restored) == [1, 3, 4]
+    assert json.loads((restored / "meta.json").read_text())["pinned"] == [1]
+    (restored / "latest.qasm").write_text(BELL + "// v5\n")  # retention acts again
+    assert versions(restored) == [1, 4, 5]
+
+
+@pytest.mark.fuse
 def test_topology_aware_allocation_takes_the_lowest_numbered_fit(mount_factory, tmp_path):
     qfs = mount_with(mount_factory, tmp_path,
                      "live_qubit_mgr:\n  allocation_strategy: topology_aware\n")
