@@ -290,7 +290,7 @@ class Operations(pyfuse3.Operations):
     async def link(self, inode, new_parent_inode, new_name, ctx):
         path = self._child(new_parent_inode, new_name, "link")
         with self._guard("link", path):
-            raise NotPermitted("hard links are not kept here: cp the file, or ln -s")
+            raise NotPermitted("hard links are not kept here: cp the file")
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         path = self._child(parent_inode, name, "mknod")
