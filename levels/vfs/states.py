@@ -89,11 +89,10 @@ class StatesDir(Dir):
         # off trio's thread: it may wait for a checkpoint putting its blob
         try:
             await trio.to_thread.run_sync(self.fabric.states.remove_dir, name)
-        except QfsError:  # rm -r refused: the files it unlinked before show again
+        finally:  # refused, the files rm -r unlinked show again; done, nothing is left
             unlinked = self.fabric.states.unlinked
             for key in [key for key in unlinked if key[0] == name]:
                 del unlinked[key]
-            raise
 
     async def create(self, name: str, mode: int, uid: int, gid: int) -> Entry:
         raise ReadOnly(_IMPORT_REFUSAL)
